@@ -24,6 +24,7 @@ class ImageRecord:
     role: str  # ROLE_NORMAL or ROLE_UNLABELED
     gt_class: str | None = None  # ground-truth class from the layout, used only for metrics
     gt_mask_path: Path | None = None  # ground-truth defect mask, when the layout has one
+    size: tuple[int, int] | None = None  # (height, width) in pixels, when known
 
 
 @dataclass(frozen=True)

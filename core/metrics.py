@@ -1,0 +1,79 @@
+"""Quality metrics: clustering (NMI, ARI, Hungarian-matched F1) and detection (AUROC)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from scipy.optimize import linear_sum_assignment
+from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score, roc_auc_score
+
+
+def _codes(labels: Sequence) -> np.ndarray:
+    _, codes = np.unique(np.asarray([str(v) for v in labels]), return_inverse=True)
+    return codes
+
+
+def confusion(y_true: Sequence, y_pred: Sequence) -> np.ndarray:
+    """Counts matrix [true class, predicted cluster] over the sorted distinct values of each."""
+    t, p = _codes(y_true), _codes(y_pred)
+    matrix = np.zeros((t.max() + 1, p.max() + 1), dtype=np.int64)
+    np.add.at(matrix, (t, p), 1)
+    return matrix
+
+
+def hungarian_accuracy(y_true: Sequence, y_pred: Sequence) -> float:
+    """Share of samples whose cluster maps to their class under the best one-to-one matching.
+
+    With more clusters than classes (or fewer), unmatched clusters count as wrong: this equals
+    the micro-F1 of METHOD.md's metrics.
+    """
+    matrix = confusion(y_true, y_pred)
+    rows, cols = linear_sum_assignment(-matrix)
+    return float(matrix[rows, cols].sum() / matrix.sum())
+
+
+def cluster_metrics(y_true: Sequence, y_pred: Sequence) -> dict[str, float]:
+    """NMI, ARI and Hungarian-matched F1 (= clustering accuracy) of predicted clusters."""
+    if len(y_true) != len(y_pred):
+        raise ValueError(f"y_true has {len(y_true)} labels but y_pred has {len(y_pred)}")
+    if len(y_true) == 0:
+        return {"nmi": float("nan"), "ari": float("nan"), "f1": float("nan")}
+    t, p = _codes(y_true), _codes(y_pred)
+    return {
+        "nmi": float(normalized_mutual_info_score(t, p)),
+        "ari": float(adjusted_rand_score(t, p)),
+        "f1": hungarian_accuracy(y_true, y_pred),
+    }
+
+
+def image_auroc(is_anomalous: Sequence[bool], scores: Sequence[float]) -> float:
+    """Image-level detection AUROC; NaN when only one kind of image is present."""
+    labels = np.asarray(is_anomalous, dtype=bool)
+    if labels.all() or not labels.any():
+        return float("nan")
+    return float(roc_auc_score(labels, np.asarray(scores, dtype=np.float64)))
+
+
+def pixel_auroc(
+    gt_masks: Sequence[np.ndarray], maps: Sequence[np.ndarray], max_pixels: int = 4_000_000, seed: int = 0
+) -> float:
+    """Pixel-level AUROC over all images (masks > 0 are defect pixels), subsampled past max_pixels."""
+    if len(gt_masks) != len(maps):
+        raise ValueError(f"{len(gt_masks)} masks but {len(maps)} maps")
+    labels, scores = [], []
+    for mask, score_map in zip(gt_masks, maps):
+        if mask.shape != score_map.shape:
+            raise ValueError(f"mask shape {mask.shape} differs from map shape {score_map.shape}")
+        labels.append((np.asarray(mask) > 0).ravel())
+        scores.append(np.asarray(score_map, dtype=np.float32).ravel())
+    if not labels:
+        return float("nan")
+    y = np.concatenate(labels)
+    s = np.concatenate(scores)
+    if y.size > max_pixels:
+        pick = np.random.default_rng(seed).choice(y.size, size=max_pixels, replace=False)
+        y, s = y[pick], s[pick]
+    if y.all() or not y.any():
+        return float("nan")
+    return float(roc_auc_score(y, s))

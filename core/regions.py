@@ -1,0 +1,123 @@
+"""Anomaly-centred sub-images (METHOD.md stage 3): square crops around MEBin's components."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from core.records import Region
+
+Box = tuple[int, int, int, int]  # x0, y0, x1, y1 (exclusive)
+
+
+@dataclass(frozen=True)
+class RegionConfig:
+    padding: float = 0.1  # extra margin around a component's bounding box, relative to its size
+    min_crop: float = 0.1  # smallest crop radius, relative to the image's longer side
+    merge_distance: float = 0.01  # boxes closer than this (relative to the longer side) merge
+    keep: str = "reference"  # "reference": largest est_anomaly_num + 1 boxes; "all": every box
+
+
+def _square(cx: float, cy: float, radius: int, height: int, width: int) -> Box:
+    """A square of side 2*radius centred at (cx, cy), shifted (not shrunk) to lie in the image."""
+    radius = max(1, min(radius, height // 2 if height > 1 else 1, width // 2 if width > 1 else 1))
+    side = min(2 * radius, height, width)
+    x0 = int(round(cx)) - side // 2
+    y0 = int(round(cy)) - side // 2
+    x0 = min(max(x0, 0), width - side)
+    y0 = min(max(y0, 0), height - side)
+    return (x0, y0, x0 + side, y0 + side)
+
+
+def _gap(a: Box, b: Box) -> int:
+    """Chebyshev gap between two rectangles (0 when they touch or overlap)."""
+    dx = max(0, max(a[0], b[0]) - min(a[2], b[2]))
+    dy = max(0, max(a[1], b[1]) - min(a[3], b[3]))
+    return max(dx, dy)
+
+
+def _merge_close(boxes: list[Box], distance: int, height: int, width: int) -> list[Box]:
+    """Merge boxes closer than `distance` until none are; each union is made square again."""
+    boxes = list(boxes)
+    merged = True
+    while merged and len(boxes) > 1:
+        merged = False
+        for i in range(len(boxes)):
+            for j in range(i + 1, len(boxes)):
+                if _gap(boxes[i], boxes[j]) < distance:
+                    a, b = boxes[i], boxes[j]
+                    x0, y0 = min(a[0], b[0]), min(a[1], b[1])
+                    x1, y1 = max(a[2], b[2]), max(a[3], b[3])
+                    radius = (max(x1 - x0, y1 - y0) + 1) // 2
+                    union = _square((x0 + x1) / 2, (y0 + y1) / 2, radius, height, width)
+                    boxes = [box for k, box in enumerate(boxes) if k not in (i, j)] + [union]
+                    merged = True
+                    break
+            if merged:
+                break
+    return boxes
+
+
+def crop_boxes(mask: np.ndarray, num_anomalies: int, config: RegionConfig = RegionConfig()) -> list[Box]:
+    """Square crop boxes for a binary mask at image size, largest first.
+
+    No foreground at all gives the whole image as one box (as the reference does).
+    """
+    height, width = mask.shape
+    max_side = max(height, width)
+    binary = (mask > 0).astype(np.uint8)
+    contours, _ = cv2.findContours(binary, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    if not contours:
+        return [(0, 0, width, height)]
+    boxes = []
+    for contour in contours:
+        x, y, w, h = cv2.boundingRect(contour)
+        radius = max(int(max(h, w) * (1 + config.padding) / 2), int(max_side * config.min_crop))
+        radius = min(radius, int(max_side / 2))
+        boxes.append(_square(x + w / 2, y + h / 2, radius, height, width))
+    boxes = _merge_close(boxes, int(max_side * config.merge_distance), height, width)
+    boxes.sort(key=lambda b: (-(b[2] - b[0]) * (b[3] - b[1]), b[1], b[0]))
+    if config.keep == "reference":
+        boxes = boxes[: max(0, int(num_anomalies)) + 1]
+    return boxes
+
+
+def extract_regions(
+    image_key: str,
+    image: np.ndarray,
+    normalized_map: np.ndarray,
+    mask: np.ndarray,
+    num_anomalies: int,
+    config: RegionConfig = RegionConfig(),
+) -> list[Region]:
+    """Cut the anomaly-centred regions of one image.
+
+    `mask` (0/255, MEBin's final mask, any size) is resized nearest to the image; the region
+    score is the max of `normalized_map` (0..255) inside the box / 255.
+    """
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"{image_key}: image must be H x W x 3, got shape {image.shape}")
+    height, width = image.shape[:2]
+    if mask.shape != (height, width):
+        mask = cv2.resize(mask, (width, height), interpolation=cv2.INTER_NEAREST)
+    mask = np.where(mask > 0, 255, 0).astype(np.uint8)
+    score_map = np.asarray(normalized_map, dtype=np.float32)
+    if score_map.shape != (height, width):
+        score_map = cv2.resize(score_map, (width, height), interpolation=cv2.INTER_LINEAR)
+    regions = []
+    for index, (x0, y0, x1, y1) in enumerate(crop_boxes(mask, num_anomalies, config)):
+        mask_crop = mask[y0:y1, x0:x1].copy()
+        regions.append(
+            Region(
+                image=image_key,
+                index=index,
+                box=(x0, y0, x1, y1),
+                image_crop=image[y0:y1, x0:x1].copy(),
+                mask_crop=mask_crop,
+                area=int(np.count_nonzero(mask_crop)),
+                score=float(score_map[y0:y1, x0:x1].max()) / 255.0,
+            )
+        )
+    return regions
