@@ -1,0 +1,70 @@
+import numpy as np
+import pytest
+
+from core.regions import RegionConfig, crop_boxes, extract_regions
+
+
+def _mask(shape, *rects):
+    mask = np.zeros(shape, np.uint8)
+    for x0, y0, x1, y1 in rects:
+        mask[y0:y1, x0:x1] = 255
+    return mask
+
+
+def test_single_box_is_square_padded_and_centred():
+    # 30 x 20 component at x 40..70, y 50..70 on a 200 x 200 image.
+    mask = _mask((200, 200), (40, 50, 70, 70))
+    (box,) = crop_boxes(mask, num_anomalies=1)
+    # radius = max(int(30 * 1.1 / 2), int(200 * 0.1)) = max(16, 20) = 20; centre (55, 60)
+    assert box == (35, 40, 75, 80)
+
+
+def test_large_component_radius_from_padding_and_cap():
+    mask = _mask((100, 100), (10, 10, 90, 90))
+    (box,) = crop_boxes(mask, 1)
+    # int(80 * 1.1 / 2) = 44 -> side 88, centred at 50 -> (6, 6, 94, 94)
+    assert box == (6, 6, 94, 94)
+    huge = _mask((100, 100), (0, 0, 100, 100))
+    assert crop_boxes(huge, 1) == [(0, 0, 100, 100)]  # capped at max_side / 2
+
+
+def test_box_is_shifted_inside_not_shrunk():
+    mask = _mask((100, 100), (0, 0, 4, 4))
+    (box,) = crop_boxes(mask, 1)
+    assert box == (0, 0, 20, 20)  # min crop radius 10, shifted from (-8, -8)
+
+
+def test_near_boxes_merge_and_far_boxes_sort_largest_first():
+    mask = _mask((400, 400), (100, 100, 110, 110), (112, 100, 122, 110), (300, 300, 360, 340))
+    boxes = crop_boxes(mask, num_anomalies=5)
+    # the two close blobs: min-crop squares (side 80) overlap -> merged into one square
+    assert len(boxes) == 2
+    sides = [b[2] - b[0] for b in boxes]
+    assert sides == sorted(sides, reverse=True)
+    assert all(b[2] - b[0] == b[3] - b[1] for b in boxes)
+
+
+def test_reference_keeps_estimate_plus_one():
+    rects = [(10 + 60 * i, 10, 20 + 60 * i, 20) for i in range(5)]
+    mask = _mask((100, 400), *rects)
+    config = RegionConfig(min_crop=0.02)
+    assert len(crop_boxes(mask, num_anomalies=2, config=config)) == 3
+    assert len(crop_boxes(mask, num_anomalies=2, config=RegionConfig(min_crop=0.02, keep="all"))) == 5
+
+
+def test_no_contour_is_whole_image():
+    assert crop_boxes(np.zeros((30, 50), np.uint8), 0) == [(0, 0, 50, 30)]
+
+
+def test_extract_regions_crops_area_and_score():
+    image = np.random.default_rng(0).integers(0, 255, (100, 100, 3), dtype=np.uint8)
+    mask = _mask((50, 50), (10, 10, 15, 15))  # half resolution: resized nearest to 100 x 100
+    score_map = np.zeros((100, 100), np.uint8)
+    score_map[25, 25] = 204
+    (region,) = extract_regions("a.png", image, score_map, mask, 1)
+    x0, y0, x1, y1 = region.box
+    assert region.image_crop.shape == (y1 - y0, x1 - x0, 3)
+    assert np.array_equal(region.image_crop, image[y0:y1, x0:x1])
+    assert region.area == 100  # the 5x5 blob at half size is 10x10 at image size
+    assert region.score == pytest.approx(0.8)
+    assert region.key == "a.png#0"
