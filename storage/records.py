@@ -1,0 +1,228 @@
+"""Records returned by the storage API (frozen dataclasses, never ORM objects) and its errors."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+
+# Run status values.
+QUEUED, RUNNING, DONE, FAILED, CANCELLED = "queued", "running", "done", "failed", "cancelled"
+RUN_STATUSES = (QUEUED, RUNNING, DONE, FAILED, CANCELLED)
+# Label sources.
+SOURCE_ENGINEER, SOURCE_IMPORTED, SOURCE_GROUND_TRUTH = "engineer", "imported", "ground_truth"
+# Class name of regions that are normal / false detections, in exports and image classes.
+NORMAL_CLASS = "normal"
+
+
+class StorageError(Exception):
+    """Base of the errors the storage API raises; messages are meant for the engineer."""
+
+
+class NotFound(StorageError):
+    """A project, run, cluster, region or image id that does not exist."""
+
+
+class EditConflict(StorageError):
+    """Someone else changed the same cluster since it was read; reload and retry."""
+
+
+class NothingToUndo(StorageError):
+    """Undo or redo asked for with an empty history."""
+
+
+# ---------------------------------------------------------------- records returned
+
+
+@dataclass(frozen=True)
+class ProjectInfo:
+    id: int
+    name: str
+    data_root: str
+    settings: dict[str, Any]
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    id: int
+    project_id: int
+    relpath: str
+    content_hash: str | None
+    file_size: int | None
+    width: int | None
+    height: int | None
+    role: str
+    gt_class: str | None
+
+
+@dataclass(frozen=True)
+class MapInput:
+    """An anomaly map file already written by the caller, with its statistics."""
+
+    relpath: str  # image relpath the map belongs to
+    path: str  # map file (absolute, or relative to the workspace folder)
+    stats: dict[str, Any] = field(default_factory=dict)  # e.g. min, max, mean
+    source: str = "imported"  # "imported" or the detector name
+
+
+@dataclass(frozen=True)
+class BinarizationInput:
+    relpath: str  # image relpath
+    threshold: int
+    num_anomalies: int
+    counts: Sequence[int] = ()
+    mask: np.ndarray | None = None  # written as PNG under the workspace when given
+    settings: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RegionInfo:
+    id: int
+    image_id: int
+    image: str  # image relpath
+    index: int
+    box: tuple[int, int, int, int]  # x0, y0, x1, y1 (x1/y1 exclusive)
+    area: int
+    score: float
+    crop_path: str | None  # absolute path of the crop PNG
+    mask_path: str | None  # absolute path of the mask PNG
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    id: int
+    project_id: int
+    kind: str
+    settings: dict[str, Any]
+    status: str
+    progress: float
+    stage: str | None
+    message: str | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    heartbeat_at: datetime | None
+    timings: dict[str, Any]
+    metrics: dict[str, Any]
+    checkpoint_path: str | None
+    loss_history: list[Any]
+    pid: int | None
+    host: str | None
+    cancel_requested: bool
+    parent_run_id: int | None
+
+
+@dataclass(frozen=True)
+class ClusterInput:
+    """One cluster of a run's result, as the pipeline writes it."""
+
+    slot: int  # model output index (0..C-1); the normal slot has is_normal=True
+    name: str | None = None
+    color: str = ""  # "#rrggbb"; empty -> a palette color by slot
+    is_normal: bool = False
+
+
+@dataclass(frozen=True)
+class AssignmentInput:
+    """One region's place in a run's result."""
+
+    region_id: int
+    slot: int  # cluster slot (ClusterInput.slot)
+    confidence: float
+    umap_x: float | None = None
+    umap_y: float | None = None
+    embedding: np.ndarray | None = None  # 1-D float; stored as float32 bytes
+
+
+@dataclass(frozen=True)
+class ClusterInfo:
+    id: int
+    run_id: int
+    slot: int
+    name: str | None
+    display_name: str  # name, or "cluster <slot>" when unnamed
+    color: str
+    is_normal: bool
+    merged_into_id: int | None
+    version: int  # pass back as expected_version to detect concurrent edits
+    region_count: int
+    image_count: int
+    mean_confidence: float | None
+
+
+@dataclass(frozen=True)
+class AssignedRegion:
+    """A region with its assignment in one run."""
+
+    region: RegionInfo
+    run_id: int
+    cluster_id: int
+    cluster_name: str | None
+    original_cluster_id: int | None
+    confidence: float
+    umap_x: float | None
+    umap_y: float | None
+    is_normal: bool  # the region itself is marked normal / false detection
+
+
+@dataclass(frozen=True)
+class Page:
+    items: list[AssignedRegion]
+    total: int
+    offset: int
+    limit: int
+
+
+@dataclass(frozen=True)
+class ImageClass:
+    image_id: int
+    image: str  # relpath
+    cluster_id: int | None  # None when the image is normal or has no region
+    class_name: str  # cluster display name, or NORMAL_CLASS
+    confidence: float
+    region_count: int
+    gt_class: str | None
+
+
+@dataclass(frozen=True)
+class LabelInfo:
+    id: int
+    region_id: int
+    class_name: str
+    source: str
+    author: str | None
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class EditInfo:
+    id: int
+    run_id: int | None
+    kind: str
+    payload: dict[str, Any]
+    state: str  # "done", "undone" or "discarded" (a new edit after an undo drops the redo branch)
+    author: str | None
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class ClusterMatch:
+    """A cluster of run B matched to a cluster of run A by shared regions (Hungarian)."""
+
+    cluster_a_id: int
+    cluster_b_id: int
+    overlap: int  # regions in both
+
+
+@dataclass(frozen=True)
+class RegionChange:
+    region_id: int
+    image: str
+    cluster_a_id: int
+    cluster_a_name: str
+    cluster_b_id: int
+    cluster_b_name: str
