@@ -1,0 +1,165 @@
+"""Prediction (METHOD.md stage 6): region probabilities, classes, confidences and a 2-D map.
+
+Region probabilities are softmax(logits / 0.1) over the novel classes only (the paper's
+protocol); the first novel slot is the reserved "normal / false detection" class. When the user
+has named classes by labelling regions (they become base classes), prediction may cover base
+classes as well (`include_base`), so named classes keep receiving regions after retraining.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = [
+    "NORMAL_CLASS_NAME",
+    "PredictConfig",
+    "Predictions",
+    "class_names",
+    "embed_2d",
+    "predict_regions",
+    "region_probabilities",
+]
+
+#: Name of the reserved first novel slot.
+NORMAL_CLASS_NAME = "normal / false detection"
+
+
+@dataclass(frozen=True)
+class PredictConfig:
+    """Settings of region prediction and of the 2-D map."""
+
+    temperature: float = 0.1  # logits are divided by this before the softmax (as in training)
+    include_base: bool = False  # also predict base (labelled) classes; False = novel only (paper)
+    umap_neighbors: int = 15  # UMAP n_neighbors, clamped to the number of regions - 1
+    umap_min_dist: float = 0.1  # UMAP min_dist
+    umap_min_points: int = 5  # fewer regions than this: PCA instead of UMAP
+
+
+@dataclass
+class Predictions:
+    """Per-region outcome of prediction; columns of `probabilities` follow `names`."""
+
+    probabilities: np.ndarray  # [N, C] float64, rows sum to 1
+    classes: np.ndarray  # [N] int64 column index of the most probable class
+    confidence: np.ndarray  # [N] float64 probability of that class
+    names: list[str]  # C class names; index `normal_class` is the reserved normal slot
+    normal_class: int  # column of "normal / false detection"
+    coordinates: np.ndarray  # [N, 2] float32 UMAP (or PCA) coordinates of the embeddings
+
+
+def _softmax(values: np.ndarray) -> np.ndarray:
+    values = values - values.max(axis=1, keepdims=True)
+    exp = np.exp(values)
+    return exp / exp.sum(axis=1, keepdims=True)
+
+
+def region_probabilities(
+    logits: np.ndarray, n_base: int, temperature: float = 0.1, include_base: bool = False
+) -> np.ndarray:
+    """softmax(logits[:, n_base:] / temperature) (or over all columns with include_base); float64."""
+    logits = np.asarray(logits, dtype=np.float64)
+    if logits.ndim != 2:
+        raise ValueError(f"logits must be [regions, classes], got shape {logits.shape}")
+    if not 0 <= n_base < logits.shape[1]:
+        raise ValueError(f"n_base={n_base} leaves no novel class among {logits.shape[1]} logits")
+    if temperature <= 0:
+        raise ValueError(f"temperature must be positive, got {temperature}")
+    columns = logits if include_base else logits[:, n_base:]
+    return _softmax(columns / temperature)
+
+
+def class_names(n_novel: int, base_classes: Sequence[str] = (), include_base: bool = False) -> list[str]:
+    """Names of the probability columns: [base names...] + normal slot + "class 1".."class K"."""
+    if n_novel < 1:
+        raise ValueError("there must be at least the reserved normal novel class")
+    novel = [NORMAL_CLASS_NAME] + [f"class {i}" for i in range(1, n_novel)]
+    return (list(base_classes) if include_base else []) + novel
+
+
+def _pca_2d(features: np.ndarray) -> np.ndarray:
+    n = features.shape[0]
+    out = np.zeros((n, 2), dtype=np.float32)
+    if n < 2:
+        return out
+    centred = features - features.mean(axis=0, keepdims=True)
+    _, singular, vt = np.linalg.svd(centred, full_matrices=False)
+    take = min(2, vt.shape[0])
+    out[:, :take] = (centred @ vt[:take].T).astype(np.float32)
+    return out
+
+
+def embed_2d(
+    features: np.ndarray, *, n_neighbors: int = 15, min_dist: float = 0.1, seed: int = 0, min_points: int = 5
+) -> np.ndarray:
+    """2-D coordinates of embeddings [N, D] with umap-learn, seeded; PCA below `min_points`.
+
+    n_neighbors is clamped to N - 1 and spectral initialisation is avoided on tiny sets, so any
+    N >= 1 gives an [N, 2] float32 answer. Deterministic for a given seed.
+    """
+    features = np.asarray(features, dtype=np.float32)
+    if features.ndim != 2:
+        raise ValueError(f"features must be [N, D], got shape {features.shape}")
+    n = features.shape[0]
+    if n < max(min_points, 4):
+        return _pca_2d(features)
+    import umap  # imported lazily: it pulls numba-compiled code that is slow to load
+
+    neighbors = int(max(2, min(n_neighbors, n - 1)))
+    reducer = umap.UMAP(
+        n_components=2,
+        n_neighbors=neighbors,
+        min_dist=min_dist,
+        random_state=seed,
+        init="spectral" if n > 3 * neighbors else "random",
+        n_jobs=1,
+    )
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            coordinates = reducer.fit_transform(features)
+    except (ValueError, TypeError):  # degenerate inputs (e.g. all points identical)
+        return _pca_2d(features)
+    coordinates = np.asarray(coordinates, dtype=np.float32)
+    if not np.isfinite(coordinates).all():
+        return _pca_2d(features)
+    return coordinates
+
+
+def predict_regions(
+    features: np.ndarray,
+    logits: np.ndarray,
+    n_base: int,
+    base_classes: Sequence[str] = (),
+    config: PredictConfig = PredictConfig(),
+    seed: int = 0,
+) -> Predictions:
+    """Probabilities, class, confidence and 2-D coordinates of every region."""
+    logits = np.asarray(logits)
+    if len(features) != len(logits):
+        raise ValueError(f"{len(features)} feature rows but {len(logits)} logit rows")
+    if len(base_classes) != n_base:
+        raise ValueError(f"{n_base} base classes expected, {len(base_classes)} names given")
+    probabilities = region_probabilities(logits, n_base, config.temperature, config.include_base)
+    n_novel = logits.shape[1] - n_base
+    names = class_names(n_novel, base_classes, config.include_base)
+    classes = probabilities.argmax(axis=1).astype(np.int64)
+    confidence = probabilities[np.arange(len(classes)), classes]
+    coordinates = embed_2d(
+        features,
+        n_neighbors=config.umap_neighbors,
+        min_dist=config.umap_min_dist,
+        seed=seed,
+        min_points=config.umap_min_points,
+    )
+    return Predictions(
+        probabilities=probabilities,
+        classes=classes,
+        confidence=confidence,
+        names=names,
+        normal_class=n_base if config.include_base else 0,
+        coordinates=coordinates,
+    )

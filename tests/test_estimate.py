@@ -1,0 +1,42 @@
+"""Class-count estimate: the silhouette sweep finds well-separated clusters and shows its table."""
+
+import numpy as np
+import pytest
+
+from core.estimate import EstimateConfig, estimate_num_classes
+
+
+def _blobs(k, per=20, dim=12, noise=0.05, seed=0):
+    rng = np.random.default_rng(seed)
+    centres = np.eye(dim)[:k] * 2.0
+    return np.concatenate([c + rng.normal(0, noise, size=(per, dim)) for c in centres])
+
+
+@pytest.mark.parametrize("k", [2, 3, 5])
+def test_sweep_finds_the_number_of_blobs(k):
+    estimate = estimate_num_classes(_blobs(k), EstimateConfig(k_max=8, n_init=3))
+    assert estimate.k == k
+    ks = [int(row["k"]) for row in estimate.table]
+    assert ks == list(range(2, 9))
+    best = max(estimate.table, key=lambda r: r["silhouette"])
+    assert int(best["k"]) == k
+    assert f"k={k:3d}" in estimate.describe()
+
+
+def test_low_score_regions_are_left_out():
+    features = np.concatenate([_blobs(3, per=15), _blobs(1, per=40, seed=5)[:, ::-1]])
+    scores = np.concatenate([np.full(45, 0.9), np.full(40, 0.1)])
+    estimate = estimate_num_classes(features, EstimateConfig(k_max=6, n_init=3), scores=scores)
+    assert estimate.n_samples == 45
+    assert estimate.k == 3
+
+
+def test_too_few_regions_give_one_class_with_a_note():
+    estimate = estimate_num_classes(np.ones((5, 4)))
+    assert estimate.k == 1 and "distinct" in estimate.note
+    assert estimate_num_classes(np.eye(2, 4)).k == 1
+
+
+def test_k_max_is_clamped_to_the_samples():
+    estimate = estimate_num_classes(_blobs(3, per=1), EstimateConfig(k_max=10, n_init=2))
+    assert [int(r["k"]) for r in estimate.table] == [2]
