@@ -896,6 +896,15 @@ class Store:
             ).tuples().all()
             return [self._assigned(*row) for row in rows]
 
+    def run_assignments(self, run_id: int) -> list[AssignedRegion]:
+        """Every assigned region of a run, ordered by image relpath and region index."""
+        with self._session() as session:
+            self._get(session, m.Run, run_id, "run")
+            rows = session.execute(
+                self._assigned_query().where(m.Assignment.run_id == run_id).order_by(m.Image.relpath, m.Region.index)
+            ).tuples().all()
+            return [self._assigned(*row) for row in rows]
+
     def umap_points(self, run_id: int) -> pd.DataFrame:
         """One row per assigned region: region_id, image, x, y, cluster_id, cluster_name, color,
         slot, confidence, score, is_normal (region or its cluster normal), crop_path."""
