@@ -351,7 +351,7 @@ class Store:
     def _image_ids(self, session: Session, project_id: int, relpaths: Iterable[str]) -> dict[str, int]:
         wanted = set(relpaths)
         ids = dict(
-            session.execute(select(m.Image.relpath, m.Image.id).where(m.Image.project_id == project_id)).tuples().all()
+            session.execute(select(m.Image.relpath, m.Image.id).where(m.Image.project_id == project_id)).all()
         )
         missing = sorted(wanted - ids.keys())
         if missing:
@@ -383,7 +383,7 @@ class Store:
                 .join(m.AnomalyMap, m.AnomalyMap.image_id == m.Image.id)
                 .where(m.Image.project_id == project_id)
                 .order_by(m.Image.relpath, m.AnomalyMap.source)
-            ).tuples().all()
+            ).all()
             return [
                 {"id": r.id, "image": relpath, "source": r.source, "path": self._absolute(r.path), "stats": dict(r.stats)}
                 for relpath, r in rows
@@ -426,7 +426,7 @@ class Store:
                 .join(m.Binarization, m.Binarization.image_id == m.Image.id)
                 .where(m.Image.project_id == project_id)
                 .order_by(m.Image.relpath)
-            ).tuples().all()
+            ).all()
             return [
                 {
                     "id": b.id,
@@ -499,7 +499,7 @@ class Store:
                 .join(m.Image, m.Image.id == m.Region.image_id)
                 .where(m.Region.project_id == project_id)
                 .order_by(m.Image.relpath, m.Region.index)
-            ).tuples().all()
+            ).all()
             return [self._region_info(r, relpath) for r, relpath in rows]
 
     def get_region(self, region_id: int) -> RegionInfo:
@@ -516,7 +516,7 @@ class Store:
                 select(m.Image.relpath, m.Region.index, m.Region.id)
                 .join(m.Image, m.Image.id == m.Region.image_id)
                 .where(m.Region.project_id == project_id)
-            ).tuples().all()
+            ).all()
             return {f"{relpath}#{index}": region_id for relpath, index, region_id in rows}
 
     # ------------------------------------------------------------ runs
@@ -795,7 +795,7 @@ class Store:
             .outerjoin(counts, counts.c.cluster_id == m.Cluster.id)
             .where(where)
             .order_by(m.Cluster.slot)
-        ).tuples().all()
+        ).all()
         return [
             ClusterInfo(
                 id=c.id,
@@ -874,7 +874,7 @@ class Store:
                 .order_by(*orders[order])
                 .offset(offset)
                 .limit(limit)
-            ).tuples().all()
+            ).all()
             return Page([self._assigned(*row) for row in rows], int(total or 0), offset, limit)
 
     def image_regions(self, project_id: int, relpath: str) -> list[RegionInfo]:
@@ -893,7 +893,7 @@ class Store:
                 self._assigned_query()
                 .where(m.Assignment.run_id == run_id, m.Region.image_id == image.id)
                 .order_by(m.Region.index)
-            ).tuples().all()
+            ).all()
             return [self._assigned(*row) for row in rows]
 
     def run_assignments(self, run_id: int) -> list[AssignedRegion]:
@@ -902,7 +902,7 @@ class Store:
             self._get(session, m.Run, run_id, "run")
             rows = session.execute(
                 self._assigned_query().where(m.Assignment.run_id == run_id).order_by(m.Image.relpath, m.Region.index)
-            ).tuples().all()
+            ).all()
             return [self._assigned(*row) for row in rows]
 
     def umap_points(self, run_id: int) -> pd.DataFrame:
@@ -934,9 +934,9 @@ class Store:
         columns = ["region_id", "image", "x", "y", "cluster_id", "name", "color", "slot", "confidence", "score",
                    "region_normal", "cluster_normal", "crop_path"]  # fmt: skip
         frame = pd.DataFrame(rows, columns=columns)
-        frame["cluster_name"] = [display_name(n, s) for n, s in zip(frame["name"], frame["slot"])]
+        frame["cluster_name"] = [display_name(row[5], row[7]) for row in rows]  # before pandas turns None into NaN
         frame["is_normal"] = frame["region_normal"].astype(bool) | frame["cluster_normal"].astype(bool)
-        frame["crop_path"] = [self._absolute(p) for p in frame["crop_path"]]
+        frame["crop_path"] = [self._absolute(row[12]) for row in rows]
         frame["x"] = frame["x"].astype(float)
         frame["y"] = frame["y"].astype(float)
         return frame[["region_id", "image", "x", "y", "cluster_id", "cluster_name", "color", "slot", "confidence",
@@ -950,7 +950,7 @@ class Store:
             )
             if region_ids is not None:
                 query = query.where(m.Assignment.region_id.in_(list(region_ids)))
-            rows = session.execute(query.order_by(m.Assignment.region_id)).tuples().all()
+            rows = session.execute(query.order_by(m.Assignment.region_id)).all()
         if not rows:
             return [], np.zeros((0, 0), dtype=np.float32)
         return [r for r, _ in rows], np.stack([np.frombuffer(e, dtype=np.float32) for _, e in rows])
@@ -1133,7 +1133,8 @@ class Store:
     ) -> list[ClusterInfo]:
         """Split a cluster into k by KMeans on the stored embeddings (UMAP x/y when none).
 
-        The original cluster keeps the largest part; k - 1 new clusters get new slots. Returns all k.
+        The original cluster keeps the largest part; k - 1 new clusters get new slots. Returns all
+        k. Undo removes the new clusters again.
         """
         from sklearn.cluster import KMeans
 
@@ -1167,7 +1168,7 @@ class Store:
                 session.flush()
                 members = [int(x) for x in region_ids[labels == part]]
                 self._move(session, cluster.run_id, members, new.id)
-                logged.append({"cluster_id": new.id, "region_ids": members})
+                logged.append({"cluster_id": new.id, "slot": slot, "color": new.color, "region_ids": members})
             self._touch(cluster)
             run = session.get(m.Run, cluster.run_id)
             self._log(session, run, "split", {"cluster_id": cluster_id, "k": k, "parts": logged}, author)  # type: ignore[arg-type]
@@ -1194,7 +1195,7 @@ class Store:
                     select(m.Assignment.region_id, m.Assignment.cluster_id).where(
                         m.Assignment.run_id == run_id, m.Assignment.region_id.in_(list(region_ids))
                     )
-                ).tuples().all()
+                ).all()
             )
             missing = [r for r in region_ids if r not in current]
             if missing:
@@ -1283,7 +1284,7 @@ class Store:
             )
             if cluster_ids is not None:
                 query = query.where(m.Cluster.id.in_(list(cluster_ids)))
-            wanted = dict(session.execute(query).tuples().all())
+            wanted = dict(session.execute(query).all())
             if not wanted:
                 return 0
             before: dict[int, str] = {}
@@ -1294,7 +1295,7 @@ class Store:
                         select(m.Label.region_id, m.Label.class_name).where(
                             m.Label.source == SOURCE_ENGINEER, m.Label.region_id.in_(ids[start : start + 500])
                         )
-                    ).tuples().all()
+                    ).all()
                 )
             changes = [
                 {"region_id": r, "before": before.get(r), "after": name} for r, name in wanted.items() if before.get(r) != name
@@ -1349,12 +1350,18 @@ class Store:
                 touched.add(source["cluster_id"])
             touched.add(p["target_id"])
         elif edit.kind == "split":
+            # Undo removes the new clusters; redo recreates them with the same ids, so later
+            # edits in the log that name them still apply.
             for part in p["parts"]:
-                cluster = session.get(m.Cluster, part["cluster_id"])
-                assert cluster is not None
-                cluster.merged_into_id = None if forward else p["cluster_id"]
-                self._move(session, run_id, part["region_ids"], part["cluster_id"] if forward else p["cluster_id"])  # type: ignore[arg-type]
-                touched.add(part["cluster_id"])
+                if forward:
+                    session.add(
+                        m.Cluster(id=part["cluster_id"], run_id=run_id, slot=part["slot"], name=None, color=part["color"], is_normal=False, version=1)
+                    )
+                    session.flush()
+                    self._move(session, run_id, part["region_ids"], part["cluster_id"])  # type: ignore[arg-type]
+                else:
+                    self._move(session, run_id, part["region_ids"], p["cluster_id"])  # type: ignore[arg-type]
+                    session.execute(delete(m.Cluster).where(m.Cluster.id == part["cluster_id"]))
             touched.add(p["cluster_id"])
         elif edit.kind == "move":
             if forward:
@@ -1477,7 +1484,7 @@ class Store:
     # ------------------------------------------------------------ run comparison
     def _run_clusters(self, session: Session, run_id: int) -> dict[int, int]:
         return dict(
-            session.execute(select(m.Assignment.region_id, m.Assignment.cluster_id).where(m.Assignment.run_id == run_id)).tuples().all()
+            session.execute(select(m.Assignment.region_id, m.Assignment.cluster_id).where(m.Assignment.run_id == run_id)).all()
         )
 
     def match_clusters(self, run_a: int, run_b: int) -> list[ClusterMatch]:
@@ -1522,7 +1529,7 @@ class Store:
                         select(m.Region.id, m.Image.relpath)
                         .join(m.Image, m.Image.id == m.Region.image_id)
                         .where(m.Region.id.in_(changed[start : start + 500]))
-                    ).tuples().all()
+                    ).all()
                 )
         return [RegionChange(r, images[r], a[r], names[a[r]], b[r], names[b[r]]) for r in changed]
 
