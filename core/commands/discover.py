@@ -1,0 +1,295 @@
+"""`python -m core discover`: the whole pipeline on a data set, results written as CSV/JSON files.
+
+Writes into --out: regions.csv (one row per region), images.csv (one row per image),
+metrics.json (when the data set has ground truth), run.json (settings, timings, class-count
+evidence), embeddings.npy (rows of regions.csv) and model.pt (the trained model).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from core.cli import UserError
+
+HELP = "run the whole pipeline: maps -> MEBin -> regions -> MGViT -> classes"
+
+
+def _classes(value: str) -> int | None:
+    if value.lower() == "auto":
+        return None
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--classes takes a whole number or 'auto', not {value!r}") from None
+    return number
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dataset", type=Path, required=True, help="data set folder (MVTec layout or plain folder)")
+    parser.add_argument("--out", type=Path, required=True, help="output folder")
+    parser.add_argument("--maps", type=Path, help="folder of anomaly maps from any detector (default: built-in detector)")
+    parser.add_argument("--classes", type=_classes, default=None, metavar="K|auto",
+                        help="number of defect classes to discover (normal slot on top) [auto]")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps [auto]")
+    parser.add_argument("--backbone", default=None,
+                        help="ViT backbone: vit_tiny_scratch (offline default), vit_micro_scratch, or a timm name "
+                             "such as vit_base_patch16_224.dino (real use)")
+    parser.add_argument("--weights", type=Path, help="local weight file for the backbone (timm or DINO layout)")
+    parser.add_argument("--pretrained", action="store_true", help="load timm's pretrained weights for a timm backbone")
+    parser.add_argument("--epochs", type=int, help="training epochs [30 scratch backbone, 50 pretrained]")
+    parser.add_argument("--batch-size", type=int, default=None, help="training batch size [32]")
+    parser.add_argument("--seed", type=int, default=0, help="random seed [0]")
+    parser.add_argument("--detector", choices=("patchcore", "zero-shot"), default="patchcore",
+                        help="built-in detector when --maps is not given (zero-shot when no normal images) [patchcore]")
+    parser.add_argument("--binarizer", choices=("mebin", "otsu"), default="mebin", help="how maps become masks [mebin]")
+    parser.add_argument("--tau", type=float, default=100.0, help="area-weighted fusion temperature [100]")
+    parser.add_argument("--unguided", action="store_true", help="plain attention instead of mask-guided (ablation)")
+    parser.add_argument("--labels", type=Path,
+                        help="imported labeled set: a folder per class of crops (optional <crop>_mask.png)")
+    parser.add_argument("--region-labels", type=Path,
+                        help="CSV with columns region,class naming regions of this data set (become base classes)")
+    parser.add_argument("--save-crops", action="store_true", help="also write every crop under out/crops/<cluster>/")
+    parser.add_argument("--workdir", type=Path, help="keep a resumable training checkpoint and the map cache here")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+# ------------------------------------------------------------------------------ inputs
+
+
+def _load_manifest(path: Path) -> Any:
+    from core.dataset import DatasetError, load_dataset
+
+    try:
+        manifest = load_dataset(path)
+    except DatasetError as error:
+        raise UserError(str(error)) from error
+    for problem in manifest.problems:
+        print(f"warning: left out {problem}", file=sys.stderr)
+    return manifest
+
+
+def _load_maps(manifest: Any, folder: Path) -> dict[str, np.ndarray]:
+    from core.detection import MapImportError, import_maps
+
+    try:
+        return import_maps(manifest.unlabeled, folder, strict=True).maps
+    except MapImportError as error:
+        raise UserError(str(error)) from error
+
+
+def _region_labels(path: Path) -> dict[str, str]:
+    if not path.is_file():
+        raise UserError(f"{path}: region labels file does not exist")
+    with open(path, newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        if not reader.fieldnames or not {"region", "class"} <= set(reader.fieldnames):
+            raise UserError(f"{path}: needs a header with columns 'region' and 'class'")
+        return {row["region"]: row["class"] for row in reader if row["region"] and row["class"]}
+
+
+def _config(args: argparse.Namespace) -> Any:
+    from core.detection.config import DetectorConfig
+    from core.mgvit import MGViTConfig, is_scratch
+    from core.pipeline import DiscoveryConfig
+    from core.train import SCRATCH_EPOCHS, TrainConfig
+
+    model = MGViTConfig()
+    if args.backbone:
+        model = replace(model, backbone=args.backbone)
+    if args.weights is not None:
+        if not args.weights.is_file():
+            raise UserError(f"{args.weights}: weight file does not exist")
+        model = replace(model, weights=args.weights)
+    if args.pretrained:
+        model = replace(model, pretrained=True)
+    epochs = args.epochs if args.epochs is not None else (SCRATCH_EPOCHS if is_scratch(model) else TrainConfig.epochs)
+    if epochs < 1:
+        raise UserError(f"--epochs must be at least 1, got {epochs}")
+    train = replace(TrainConfig(), epochs=epochs, seed=args.seed, guided=not args.unguided)
+    if args.batch_size is not None:
+        if args.batch_size < 2:
+            raise UserError(f"--batch-size must be at least 2, got {args.batch_size}")
+        train = replace(train, batch_size=args.batch_size)
+    if args.tau <= 0:
+        raise UserError(f"--tau must be positive, got {args.tau}")
+    return DiscoveryConfig(
+        model=model, train=train, classes=args.classes, tau=args.tau,
+        detector=DetectorConfig(method=args.detector, seed=args.seed),
+        binarizer=args.binarizer, seed=args.seed, device=args.device,
+    )
+
+
+# ------------------------------------------------------------------------------ progress
+
+
+class _Progress:
+    """tqdm bar on stderr for the whole run; a line with the time of every finished stage."""
+
+    def __init__(self, quiet: bool) -> None:
+        from tqdm import tqdm
+
+        self.bar = None if quiet else tqdm(total=1000, file=sys.stderr, unit="‰", dynamic_ncols=True,
+                                           bar_format="{desc:<12} {percentage:3.0f}%|{bar}| {elapsed}<{remaining} {postfix}")
+        self.started = time.perf_counter()  # end of the previous stage
+
+    def __call__(self, progress: Any) -> None:
+        if self.bar is not None:
+            self.bar.set_description_str(progress.stage)
+            self.bar.set_postfix_str(progress.message[:60], refresh=False)
+            self.bar.n = int(progress.overall * 1000)
+            self.bar.refresh()
+        if progress.fraction >= 1.0 and progress.train is None and progress.message:
+            line = f"{progress.stage}: {progress.message} ({time.perf_counter() - self.started:.1f} s)"
+            if self.bar is not None:
+                self.bar.write(line, file=sys.stderr)
+            else:
+                print(line, file=sys.stderr)
+            self.started = time.perf_counter()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+# ------------------------------------------------------------------------------ outputs
+
+
+def _number(value: Any) -> Any:
+    return f"{value:.6f}" if isinstance(value, (float, np.floating)) else value
+
+
+def write_results(result: Any, out: Path, *, save_crops: bool = False) -> None:
+    """Write regions.csv, images.csv, embeddings.npy, metrics.json (with ground truth) and run.json."""
+    from core.imageio import write_image
+
+    out.mkdir(parents=True, exist_ok=True)
+    names = result.cluster_names
+    prob_columns = [f"p_{i}" for i in range(len(names))]
+    with open(out / "regions.csv", "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["region", "image", "index", "x0", "y0", "x1", "y1", "area", "score", "cluster",
+                         "cluster_name", "confidence", "umap_x", "umap_y", "gt", "label", *prob_columns])
+        for r in result.regions:
+            writer.writerow([r.key, r.image, r.region.index, *r.region.box, r.region.area, _number(r.region.score),
+                             r.cluster, names[r.cluster], _number(r.confidence), _number(r.umap_x),
+                             _number(r.umap_y), r.gt or "", r.label or "", *map(_number, r.probabilities)])
+    with open(out / "images.csv", "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["image", "cluster", "cluster_name", "confidence", "n_regions", "score", "threshold",
+                         "num_anomalies", "gt", *prob_columns])
+        for i in result.images:
+            writer.writerow([i.image, i.cluster, names[i.cluster], _number(i.confidence), i.n_regions,
+                             _number(i.score), i.threshold, i.num_anomalies, i.gt or "",
+                             *map(_number, i.probabilities)])
+    if result.regions:
+        np.save(out / "embeddings.npy", np.stack([r.embedding for r in result.regions]).astype(np.float32))
+    if result.metrics is not None:
+        (out / "metrics.json").write_text(json.dumps(result.metrics, indent=2) + "\n", encoding="utf-8")
+    if save_crops:
+        for r in result.regions:
+            folder = out / "crops" / names[r.cluster].replace("/", "-").replace(" ", "_")
+            stem = r.key.replace("/", "__").replace("#", "_")
+            write_image(folder / f"{stem}.png", r.region.image_crop)
+            write_image(folder / f"{stem}_mask.png", r.region.mask_crop)
+
+
+def _run_json(result: Any, config: Any, args: argparse.Namespace) -> dict[str, Any]:
+    def plain(value: Any) -> Any:
+        if isinstance(value, Path):
+            return str(value)
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [plain(v) for v in value]
+        return value
+
+    return {
+        "dataset": str(args.dataset),
+        "maps": str(args.maps) if args.maps else None,
+        "config": plain(asdict(config)),
+        "cluster_names": result.cluster_names,
+        "normal_cluster": result.normal_cluster,
+        "n_classes": result.n_classes,
+        "base_classes": result.base_classes,
+        "estimate": None if result.estimate is None else {
+            "k": result.estimate.k, "method": result.estimate.method, "n_samples": result.estimate.n_samples,
+            "table": result.estimate.table, "note": result.estimate.note},
+        "timings_s": result.timings,
+        "epochs_done": result.train_result.epochs_done,
+        "cancelled": result.cancelled,
+        "train_history": result.train_result.history,
+        "problems": result.problems,
+    }
+
+
+def _print_summary(result: Any) -> None:
+    print("time per stage: " + ", ".join(f"{k} {v:.1f} s" for k, v in result.timings.items())
+          + f"; total {sum(result.timings.values()):.1f} s")
+    if result.estimate is not None:
+        print(result.estimate.describe())
+    counts: dict[str, int] = {}
+    for image in result.images:
+        counts[result.cluster_names[image.cluster]] = counts.get(result.cluster_names[image.cluster], 0) + 1
+    print("images per class: " + ", ".join(f"{name}: {counts.get(name, 0)}" for name in result.cluster_names))
+    metrics = result.metrics
+    if metrics is None:
+        print("no ground truth in the data set: no metrics")
+        return
+
+    def row(label: str, block: dict) -> str:
+        cells = [("-" if block.get(k) is None else f"{block[k]:.3f}") for k in ("nmi", "ari", "f1")]
+        return f"  {label:<16} {cells[0]:>6} {cells[1]:>6} {cells[2]:>6} {block['n']:>6}"
+
+    print(f"  {'metrics':<16} {'NMI':>6} {'ARI':>6} {'F1':>6} {'n':>6}")
+    print(row("image", metrics["image"]))
+    print(row("region", metrics["region"]))
+    print(row("image with good", metrics["image_with_good"]))
+    normal = metrics["normal_images"]
+    if normal["n"]:
+        print(f"  normal test images predicted normal: {normal['share_predicted_normal']:.1%} of {normal['n']}")
+
+
+def run(args: argparse.Namespace) -> int:
+    from core.mgvit import WeightsError
+    from core.pipeline import DiscoveryConfig, LabeledCrops, load_labeled_crops, run_discovery  # noqa: F401
+    from core.train import save_checkpoint
+
+    manifest = _load_manifest(args.dataset)
+    config = _config(args)
+    maps = _load_maps(manifest, args.maps) if args.maps is not None else None
+    labeled = load_labeled_crops(args.labels) if args.labels is not None else None
+    region_labels = _region_labels(args.region_labels) if args.region_labels is not None else None
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+
+    bar = _Progress(args.quiet)
+    try:
+        result = run_discovery(manifest, config, maps=maps, labeled=labeled, region_labels=region_labels,
+                               progress=bar, workdir=args.workdir)
+    except WeightsError as error:
+        raise UserError(str(error)) from error
+    finally:
+        bar.close()
+
+    started = time.perf_counter()
+    write_results(result, out, save_crops=args.save_crops)
+    save_checkpoint(out / "model.pt", result.train_result, extra={
+        "cluster_names": result.cluster_names, "normal_cluster": result.normal_cluster,
+        "n_classes": result.n_classes, "tau": config.tau, "guided": config.train.guided})
+    (out / "run.json").write_text(json.dumps(_run_json(result, config, args), indent=2, default=str) + "\n",
+                                  encoding="utf-8")
+    for problem in result.problems:
+        print(f"warning: {problem}", file=sys.stderr)
+    print(f"wrote {len(result.regions)} regions and {len(result.images)} images to {out} "
+          f"({time.perf_counter() - started:.1f} s)")
+    _print_summary(result)
+    return 0

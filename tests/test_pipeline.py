@@ -1,0 +1,170 @@
+"""A tiny discovery end to end through run_discovery, and every bad-input case's clear message."""
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from core.dataset import load_dataset
+from core.demo import generate_demo, gt_masks_to_maps
+from core.imageio import read_gray
+from core.mgvit import MGViTConfig
+from core.pipeline import (
+    STAGES,
+    DiscoveryCancelled,
+    DiscoveryConfig,
+    PipelineError,
+    load_labeled_crops,
+    run_discovery,
+)
+from core.predict import NORMAL_CLASS_NAME
+from core.train import TrainConfig
+
+TINY = DiscoveryConfig(
+    model=MGViTConfig(backbone="vit_micro_scratch"),
+    train=TrainConfig(epochs=1, batch_size=8, proj_hidden=64, proj_out=32, n_heads=2),
+    classes=3,
+    device="cpu",
+)
+
+
+@pytest.fixture(scope="module")
+def tiny_set(tmp_path_factory):
+    root = generate_demo(tmp_path_factory.mktemp("demo") / "set", image_size=64, n_train_good=3, n_test_good=3,
+                         n_per_class=3, defect_types=("scratch", "hole", "stain"))
+    manifest = load_dataset(root)
+    masks = [read_gray(r.gt_mask_path) if r.gt_mask_path else np.zeros(r.size, np.uint8) for r in manifest.unlabeled]
+    maps = dict(zip([r.relpath for r in manifest.unlabeled], gt_masks_to_maps(masks, sigma=2.0)))
+    return manifest, maps
+
+
+@pytest.fixture(scope="module")
+def tiny_result(tiny_set):
+    manifest, maps = tiny_set
+    reports = []
+    result = run_discovery(manifest, TINY, maps=maps, progress=reports.append)
+    return result, reports
+
+
+@pytest.mark.slow
+def test_tiny_discovery_outputs_are_consistent(tiny_set, tiny_result):
+    manifest, _ = tiny_set
+    result, reports = tiny_result
+    keys = {r.relpath for r in manifest.unlabeled}
+    assert [i.image for i in result.images] == [r.relpath for r in manifest.unlabeled]
+    assert result.cluster_names == [NORMAL_CLASS_NAME, "class 1", "class 2", "class 3"]
+    assert result.normal_cluster == 0 and result.n_classes == 3
+    assert {r.image for r in result.regions} <= keys
+    n_regions = {key: sum(r.image == key for r in result.regions) for key in keys}
+    for image in result.images:
+        assert image.n_regions == n_regions[image.image] >= 1
+        assert image.probabilities.shape == (4,)
+        assert image.probabilities.sum() == pytest.approx(1.0)
+        assert image.cluster == int(image.probabilities.argmax())
+        assert image.confidence == pytest.approx(image.probabilities.max())
+        assert image.gt == next(r.gt_class for r in manifest.unlabeled if r.relpath == image.image)
+    for region in result.regions:
+        assert region.probabilities.sum() == pytest.approx(1.0)
+        assert region.embedding.shape == result.regions[0].embedding.shape
+        assert np.linalg.norm(region.embedding) == pytest.approx(1.0, abs=1e-4)
+        assert np.isfinite([region.umap_x, region.umap_y]).all()
+        assert region.gt == result.images[[i.image for i in result.images].index(region.image)].gt
+    # the defect images of the set all have one blurred gt blob -> MEBin finds anomalies there
+    assert all(result.binarization[i.image].num_anomalies >= 1 for i in result.images if i.gt != "good")
+    # metrics per DESIGN.md: 9 defective images of 3 classes, 3 normal ones
+    metrics = result.metrics
+    assert set(metrics) >= {"image", "region", "normal_images", "image_with_good"}
+    assert metrics["image"]["n"] == 9 and metrics["image_with_good"]["n"] == 12
+    assert metrics["normal_images"]["n"] == 3
+    assert metrics["region"]["n"] == sum(n_regions[k] for k in keys if "good" not in k)
+    for block in ("image", "region", "image_with_good"):
+        assert set(metrics[block]) == {"nmi", "ari", "f1", "n"}
+        assert 0.0 <= metrics[block]["f1"] <= 1.0
+    assert set(result.timings) == set(STAGES)
+    assert result.train_result.epochs_done == 1 and not result.cancelled
+    # progress: every stage reported, overall fraction never goes back and ends at 1
+    assert [s for s in STAGES if any(p.stage == s for p in reports)] == list(STAGES)
+    overall = [p.overall for p in reports]
+    assert overall == sorted(overall) and overall[-1] == pytest.approx(1.0)
+    assert any(p.train is not None for p in reports if p.stage == "training")
+
+
+@pytest.mark.slow
+def test_region_labels_become_base_classes_and_are_predicted(tiny_set, tiny_result):
+    manifest, maps = tiny_set
+    first, _ = tiny_result
+    scratch = [r.key for r in first.regions if r.gt == "scratch"][:2]
+    result = run_discovery(manifest, replace(TINY, classes=2), maps=maps,
+                           region_labels={scratch[0]: "scratch", scratch[1]: "scratch", "gone.png#0": "x"})
+    assert result.base_classes == ["scratch"]
+    assert result.cluster_names == ["scratch", NORMAL_CLASS_NAME, "class 1", "class 2"]
+    assert result.normal_cluster == 1
+    assert {r.key: r.label for r in result.regions if r.label} == {scratch[0]: "scratch", scratch[1]: "scratch"}
+    assert any("gone.png#0" in p for p in result.problems)
+
+
+def test_single_image_is_refused(tiny_set):
+    manifest, maps = tiny_set
+    one = replace(manifest, images=[manifest.unlabeled[-1]])
+    with pytest.raises(PipelineError, match="only one image"):
+        run_discovery(one, TINY, maps=maps)
+
+
+def test_no_anomalies_found_is_refused(tiny_set):
+    manifest, maps = tiny_set
+    flat = {key: np.zeros_like(value) for key, value in maps.items()}
+    with pytest.raises(PipelineError, match="no anomalies found"):
+        run_discovery(manifest, TINY, maps=flat)
+
+
+def test_one_class_is_refused(tiny_set):
+    manifest, maps = tiny_set
+    with pytest.raises(PipelineError, match="at least 2 defect classes"):
+        run_discovery(manifest, replace(TINY, classes=1), maps=maps)
+
+
+def test_more_classes_than_regions_is_refused(tiny_set):
+    manifest, maps = tiny_set
+    with pytest.raises(PipelineError, match="larger than the number of regions"):
+        run_discovery(manifest, replace(TINY, classes=500), maps=maps)
+
+
+def test_missing_map_is_named(tiny_set):
+    manifest, maps = tiny_set
+    partial = dict(maps)
+    gone = manifest.unlabeled[0].relpath
+    del partial[gone]
+    with pytest.raises(PipelineError, match=gone):
+        run_discovery(manifest, TINY, maps=partial)
+
+
+def test_cancel_before_training_stops_the_run(tiny_set):
+    manifest, maps = tiny_set
+    with pytest.raises(DiscoveryCancelled):
+        run_discovery(manifest, TINY, maps=maps, should_cancel=lambda: True)
+
+
+def test_otsu_binarizer_runs_the_same_stages(tiny_set):
+    from core.pipeline import _otsu
+
+    mask_map = np.zeros((32, 32), np.uint8)
+    mask_map[4:14, 4:14] = 200
+    mask_map[20:30, 20:30] = 180
+    (result,) = _otsu([mask_map])
+    assert result.num_anomalies == 2 and 0 <= result.threshold < 180
+    assert result.mask[8, 8] == 255 and result.mask[0, 0] == 0
+
+
+def test_labeled_set_loads_classes_and_masks(tmp_path):
+    from core.imageio import write_image
+
+    crop = np.full((10, 10, 3), 100, np.uint8)
+    write_image(tmp_path / "dent" / "a.png", crop)
+    write_image(tmp_path / "dent" / "a_mask.png", np.pad(np.full((4, 4), 255, np.uint8), 3))
+    write_image(tmp_path / "scuff" / "b.png", crop)
+    labeled = load_labeled_crops(tmp_path)
+    assert labeled.base_classes == ["dent", "scuff"]
+    assert labeled.labels.tolist() == [0, 1]
+    assert labeled.masks[0].sum() == 16 * 255 and labeled.masks[1].min() == 255
+    with pytest.raises(PipelineError, match="does not exist"):
+        load_labeled_crops(tmp_path / "nope")
