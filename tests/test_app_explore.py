@@ -1,0 +1,301 @@
+"""AppTest tests of the Explore, Labels & runs, Evaluate and Export pages on a synthetic store.
+
+The store is filled directly through the storage API: tiny images written by the test, regions
+with crop and mask PNGs, a finished discovery run with clusters, UMAP points and embeddings.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import streamlit as st
+from streamlit.testing.v1 import AppTest
+
+from core.records import ROLE_NORMAL, ROLE_UNLABELED, ImageRecord, Region
+from core.imageio import write_image
+from storage import AssignmentInput, ClusterInput, Store, open_workspace
+from webapp import explore_state as ex
+
+ROOT = Path(__file__).resolve().parents[1]
+VIEWS = ROOT / "webapp" / "views"
+CLASSES = ("scratch", "hole", "stain", "crack", "dent", "burr", "pit", "smear")
+
+
+@dataclass
+class Filled:
+    store: Store
+    project_id: int
+    run_id: int
+    region_ids: list[int]
+    cluster_ids: list[int]  # by slot; the last one is the normal slot
+
+
+def fill_store(root: Path, *, n_images: int = 9, regions_per_image: int = 2, n_classes: int = 3,
+               seed: int = 0, image_size: int = 64, with_embeddings: bool = True) -> Filled:
+    """A workspace with one project, its images and regions, and one finished discovery run.
+
+    Region j of an image of class c is assigned to cluster slot c (the last slot is the normal
+    slot, empty); UMAP points and embeddings are drawn around one center per class.
+    """
+    rng = np.random.default_rng(seed)
+    store = open_workspace(root / "workspace")
+    data = root / "data"
+    records = []
+    for i in range(n_images):
+        cls = CLASSES[i % n_classes]
+        relpath = f"test/{cls}/{i:05d}.png"
+        image = rng.integers(90, 140, size=(image_size, image_size, 3), dtype=np.uint8)
+        write_image(data / relpath, image)
+        records.append(ImageRecord(data / relpath, relpath, ROLE_UNLABELED, gt_class=cls))
+    good = data / "train/good/000.png"
+    write_image(good, np.full((image_size, image_size, 3), 120, dtype=np.uint8))
+    records.append(ImageRecord(good, "train/good/000.png", ROLE_NORMAL, gt_class="good"))
+    project = store.create_project("Synthetic flanges", data)
+    store.record_images(project.id, records, compute_hash=False)
+    regions = []
+    crop = max(8, image_size // 2)
+    for i, record in enumerate(records[:n_images]):
+        for j in range(regions_per_image):
+            x0 = int(rng.integers(0, image_size - crop))
+            y0 = int(rng.integers(0, image_size - crop))
+            mask = np.zeros((crop, crop), dtype=np.uint8)
+            mask[crop // 4 : 3 * crop // 4, crop // 4 : 3 * crop // 4] = 255
+            patch = rng.integers(0, 255, size=(crop, crop, 3), dtype=np.uint8)
+            regions.append(Region(record.relpath, j, (x0, y0, x0 + crop, y0 + crop), patch, mask,
+                                  int((mask > 0).sum()) - 10 * j, float(rng.uniform(0.3, 1.0))))
+    infos = store.record_regions(project.id, regions)
+    run = store.start_run(project.id, "discover", {"classes": n_classes, "epochs": 1}, status="running")
+    clusters = [ClusterInput(slot=s) for s in range(n_classes)] + [ClusterInput(slot=n_classes, is_normal=True)]
+    centers = rng.normal(scale=6.0, size=(n_classes, 2))
+    embed_centers = rng.normal(size=(n_classes, 8))
+    assignments = []
+    for info in infos:
+        slot = CLASSES.index(info.image.split("/")[1])
+        xy = centers[slot] + rng.normal(scale=0.6, size=2)
+        assignments.append(AssignmentInput(
+            info.id, slot, float(rng.uniform(0.4, 1.0)), float(xy[0]), float(xy[1]),
+            (embed_centers[slot] + rng.normal(scale=0.3, size=8)).astype(np.float32) if with_embeddings else None,
+        ))
+    written = store.write_results(run.id, clusters, assignments)
+    store.finish_run(run.id, metrics={"image": {"nmi": 1.0, "ari": 1.0, "f1": 1.0, "n": n_images}})
+    return Filled(store, project.id, run.id, [r.id for r in infos], [c.id for c in sorted(written, key=lambda c: c.slot)])
+
+
+@pytest.fixture()
+def filled(tmp_path, monkeypatch) -> Filled:
+    """A synthetic workspace the app opens through $STUDIO_WORKSPACE (fresh caches per test)."""
+    result = fill_store(tmp_path)
+    monkeypatch.setenv("STUDIO_WORKSPACE", str(result.store.workspace))
+    monkeypatch.delenv("STUDIO_DATABASE_URL", raising=False)
+    st.cache_resource.clear()
+    st.cache_data.clear()
+    yield result
+    st.cache_resource.clear()
+    result.store.close()
+
+
+def page(name: str, filled: Filled, **session) -> AppTest:
+    """An AppTest of one page with the synthetic project and run selected."""
+    at = AppTest.from_file(str(VIEWS / f"{name}.py"), default_timeout=60)
+    at.session_state["project_id"] = filled.project_id
+    at.session_state["run_id"] = filled.run_id
+    for key, value in session.items():
+        at.session_state[key] = value
+    return at
+
+
+def no_exception(at: AppTest) -> None:
+    assert not at.exception, [e.value for e in at.exception]
+
+
+def texts(at: AppTest) -> str:
+    """All markdown, captions and alert texts of the page, for assertions on messages."""
+    parts = [m.value for m in at.markdown] + [c.value for c in at.caption]
+    for kind in ("success", "info", "warning", "error"):
+        parts += [e.value for e in getattr(at, kind)]
+    return "\n".join(str(p) for p in parts)
+
+
+def select_points(at: AppTest, region_ids: list[int]) -> None:
+    """A box/lasso selection as the chart reports it: points carry [region id, confidence]."""
+    at.session_state[ex.CHART_KEY] = {"selection": {
+        "points": [{"curve_number": 0, "point_index": i, "customdata": [rid, 0.5]} for i, rid in enumerate(region_ids)],
+        "point_indices": list(range(len(region_ids))), "box": [], "lasso": []}}
+
+
+# ------------------------------------------------------------------------------ explore
+
+
+def test_selection_parsing_reads_region_ids_from_custom_data():
+    state = {"selection": {"points": [{"customdata": [7, 0.9]}, {"customdata": [3, 0.1]}, {"customdata": [7, 0.9]},
+                                      {"x": 1.0}], "point_indices": [], "box": [], "lasso": []}}
+    assert ex.region_ids_from_selection(state) == [7, 3]
+    assert ex.region_ids_from_selection(None) == []
+    assert ex.region_ids_from_selection({"selection": {"points": [{"customdata": 5}]}}) == [5]
+
+
+def test_umap_figure_has_one_trace_per_cluster_with_region_ids(filled):
+    points = filled.store.umap_points(filled.run_id)
+    clusters = filled.store.list_clusters(filled.run_id)
+    figure = ex.umap_figure(points, clusters)
+    carried = sorted(int(row[0]) for trace in figure.data for row in trace.customdata)
+    assert carried == sorted(filled.region_ids)
+    assert len(figure.data) == 3  # three populated clusters; the empty normal slot has no trace
+    filled.store.mark_regions_normal(filled.run_id, filled.region_ids[:2])
+    figure = ex.umap_figure(filled.store.umap_points(filled.run_id), clusters)
+    assert figure.data[-1].name.startswith(ex.NORMAL_TRACE)
+    assert sorted(int(r[0]) for r in figure.data[-1].customdata) == sorted(filled.region_ids[:2])
+
+
+def test_explore_renders_and_selection_shows_the_selected_crops(filled):
+    at = page("explore", filled).run()
+    no_exception(at)
+    assert at.title[0].value == "Explore"
+    assert len(at.get("plotly_chart")) == 1
+    # Nothing selected: the gallery shows the most doubtful regions.
+    assert any("Most doubtful" in s.value for s in at.subheader)
+    chosen = filled.region_ids[3:6]
+    select_points(at, chosen)
+    at.run()
+    no_exception(at)
+    assert at.session_state[ex.SELECTION_KEY] == chosen
+    assert any("Selection · 3 regions" in s.value for s in at.subheader), [s.value for s in at.subheader]
+    assert gallery_ids(at) == chosen
+    # The selection survives an edit (the figure changes, the chart starts empty).
+    click(at, "Mark normal")
+    assert at.session_state[ex.SELECTION_KEY] == chosen
+    assert gallery_ids(at) == chosen
+
+
+def test_gallery_pages_through_a_large_selection(tmp_path, monkeypatch):
+    big = fill_store(tmp_path, n_images=15)  # 30 regions: two gallery pages of 20
+    monkeypatch.setenv("STUDIO_WORKSPACE", str(big.store.workspace))
+    st.cache_resource.clear()
+    at = page("explore", big, **{ex.SELECTION_KEY: big.region_ids}).run()
+    assert gallery_ids(at) == big.region_ids[:20]
+    assert any("Page 1 of 2" in c.value for c in at.caption)
+    click(at, "Next")
+    assert gallery_ids(at) == big.region_ids[20:]
+    click(at, "Previous")
+    assert gallery_ids(at) == big.region_ids[:20]
+
+
+def test_select_a_cluster_shows_its_regions(filled):
+    at = page("explore", filled).run()
+    target = filled.cluster_ids[1]
+    at.selectbox(key="explore_show_cluster").set_value(target)
+    click(at, "Select its regions")
+    expected_ids = [a.region.id for a in filled.store.cluster_regions(target, limit=1000).items]
+    assert sorted(at.session_state[ex.SELECTION_KEY]) == sorted(expected_ids)
+    assert sorted(gallery_ids(at)) == sorted(expected_ids)
+
+
+def test_rename_stores_the_name_exactly_and_undo_redo(filled):
+    store, target = filled.store, filled.cluster_ids[0]
+    at = page("explore", filled).run()
+    name = 'Kratzer <b>"tief"</b> =1+1'
+    at.selectbox(key="rename_cluster").set_value(target)
+    at.text_input(key="rename_name").input(name)
+    click(at, "Rename")
+    assert store.get_cluster(target).name == name
+    assert "Renamed" in texts(at)
+    click(at, "Undo")
+    assert store.get_cluster(target).name is None
+    click(at, "Redo")
+    assert store.get_cluster(target).name == name
+
+
+def test_merge_then_undo_restores_both_clusters(filled):
+    store = filled.store
+    a, b, c = filled.cluster_ids[:3]
+    sizes = {x: store.get_cluster(x).region_count for x in (a, b, c)}
+    at = page("explore", filled).run()
+    at.selectbox(key="merge_target").set_value(a)
+    at.multiselect(key="merge_sources").set_value([b, c])
+    click(at, "Merge")
+    no_exception(at)
+    assert store.get_cluster(a).region_count == sum(sizes.values())
+    assert store.get_cluster(b).merged_into_id == a
+    assert len(store.list_clusters(filled.run_id)) == 2  # a and the empty normal slot
+    click(at, "Undo")
+    assert {x: store.get_cluster(x).region_count for x in (a, b, c)} == sizes
+    assert store.get_cluster(b).merged_into_id is None
+
+
+def test_split_move_and_mark_normal_change_the_database(filled):
+    store, run_id = filled.store, filled.run_id
+    a, b = filled.cluster_ids[:2]
+    at = page("explore", filled).run()
+    at.selectbox(key="split_cluster").set_value(a)
+    at.number_input(key="split_k").set_value(2)
+    click(at, "Split")
+    no_exception(at)
+    live = store.list_clusters(run_id)
+    assert len(live) == 5 and store.get_cluster(a).region_count < 6
+
+    moving = [r.region.id for r in store.cluster_regions(b, limit=2).items]
+    at.session_state[ex.SELECTION_KEY] = moving
+    at.run()
+    at.selectbox(key="move_target").set_value(a)
+    click(at, "Move")
+    assigned = {r.region.id: r.cluster_id for r in store.run_assignments(run_id)}
+    assert all(assigned[r] == a for r in moving)
+
+    click(at, "Mark normal")
+    marked = {r.region.id for r in store.run_assignments(run_id) if r.is_normal}
+    assert marked == set(moving)
+    click(at, "Undo")
+    assert not any(r.is_normal for r in store.run_assignments(run_id))
+
+    at.selectbox(key="normal_cluster").set_value(b)
+    click(at, "Apply")
+    assert store.get_cluster(b).is_normal
+
+
+def test_concurrent_edit_shows_a_conflict_message(filled):
+    store, target = filled.store, filled.cluster_ids[2]
+    at = page("explore", filled).run()
+    store.rename_cluster(target, "named in another tab")  # bumps the version the page saw
+    at.selectbox(key="rename_cluster").set_value(target)
+    at.text_input(key="rename_name").input("mine")
+    click(at, "Rename")
+    no_exception(at)
+    assert "Edit conflict" in texts(at)
+    assert store.get_cluster(target).name == "named in another tab"
+
+
+def test_image_view_shows_the_fused_class(filled):
+    store = filled.store
+    store.rename_cluster(filled.cluster_ids[0], "scratch")
+    image = store.get_region(filled.region_ids[0]).image
+    at = page("explore", filled).run()
+    at.selectbox(key="explore_image_pick").set_value(image)
+    at.run()
+    no_exception(at)
+    metric = [m for m in at.metric if m.label.startswith("Image class")]
+    assert metric and metric[0].value == "scratch"
+
+
+def click(at: AppTest, label: str) -> None:
+    """Click the (first) button with this label and run the page."""
+    buttons = [b for b in at.button if b.label == label]
+    assert buttons, f"no button {label!r}: {[b.label for b in at.button]}"
+    buttons[0].click().run()
+    no_exception(at)
+
+
+def gallery_ids(at: AppTest) -> list[int]:
+    """Region ids in the gallery's image captions ("#<id> · <confidence>")."""
+    ids = []
+    for element in at.get("image"):
+        for img in element.proto.imgs:
+            if img.caption.startswith("#"):
+                ids.append(int(img.caption[1:].split(" ")[0]))
+    return ids
