@@ -78,12 +78,15 @@ def _load_manifest(path: Path) -> Any:
 
 
 def _load_maps(manifest: Any, folder: Path) -> dict[str, np.ndarray]:
-    from core.detection import MapImportError, import_maps
+    from core.detection import import_maps
 
-    try:
-        return import_maps(manifest.unlabeled, folder, strict=True).maps
-    except MapImportError as error:
-        raise UserError(str(error)) from error
+    imported = import_maps(manifest.unlabeled, folder, strict=False)
+    if len(imported.maps) < len(manifest.unlabeled):
+        lines = "\n  ".join(str(p) for p in imported.problems)
+        raise UserError(f"{len(imported.problems)} problem(s) with the anomaly maps in {folder}:\n  {lines}")
+    for problem in imported.problems:  # usable but worth knowing: extra files, constant maps
+        print(f"warning: {problem}", file=sys.stderr)
+    return imported.maps
 
 
 def _region_labels(path: Path) -> dict[str, str]:

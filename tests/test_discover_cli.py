@@ -1,0 +1,143 @@
+"""`python -m core discover` end to end on a tiny demo set, and its clear errors (exit code 2)."""
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from core.cli import main
+from core.dataset import load_dataset
+from core.demo import generate_demo, gt_masks_to_maps
+from core.imageio import read_gray, read_image, write_image
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["--backbone", "vit_micro_scratch", "--epochs", "1", "--batch-size", "8", "--device", "cpu", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    base = tmp_path_factory.mktemp("cli")
+    root = generate_demo(base / "set", image_size=64, n_train_good=4, n_test_good=2, n_per_class=3,
+                         defect_types=("scratch", "hole", "stain"))
+    manifest = load_dataset(root)
+    masks = [read_gray(r.gt_mask_path) if r.gt_mask_path else np.zeros(r.size, np.uint8) for r in manifest.unlabeled]
+    for record, array in zip(manifest.unlabeled, gt_masks_to_maps(masks, sigma=2.0)):
+        path = base / "maps" / Path(record.relpath).with_suffix(".npy")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.save(path, array)
+    return root, base / "maps", manifest
+
+
+def _discover(*args):
+    return subprocess.run([sys.executable, "-m", "core", "discover", *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)
+
+
+def _rows(path):
+    with open(path, newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+def _check_outputs(out: Path, manifest, n_columns: int) -> None:
+    images = _rows(out / "images.csv")
+    regions = _rows(out / "regions.csv")
+    assert sorted(r["image"] for r in images) == sorted(r.relpath for r in manifest.unlabeled)
+    image_keys = {r["image"] for r in images}
+    assert regions and all(r["image"] in image_keys for r in regions)
+    for row in images:
+        assert int(row["n_regions"]) == sum(r["image"] == row["image"] for r in regions)
+    for row in regions + images:
+        p = [float(row[f"p_{i}"]) for i in range(n_columns)]
+        assert sum(p) == pytest.approx(1.0, abs=1e-4)
+        assert int(row["cluster"]) == int(np.argmax(p))
+    assert np.load(out / "embeddings.npy").shape[0] == len(regions)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics) >= {"image", "region", "normal_images", "image_with_good"}
+    assert metrics["image"]["n"] == 9 and metrics["normal_images"]["n"] == 2
+    run = json.loads((out / "run.json").read_text())
+    assert len(run["cluster_names"]) == n_columns and run["normal_cluster"] == 0
+
+    from core.train import load_checkpoint
+
+    model, extra = load_checkpoint(out / "model.pt")
+    assert model.n_novel == n_columns and extra["cluster_names"] == run["cluster_names"]
+
+
+@pytest.mark.slow
+def test_discover_with_imported_maps(tiny, tmp_path):
+    root, maps, manifest = tiny
+    out = tmp_path / "out"
+    done = _discover("--dataset", str(root), "--maps", str(maps), "--out", str(out), "--classes", "3",
+                     "--save-crops", *TINY)
+    assert done.returncode == 0, done.stderr
+    _check_outputs(out, manifest, n_columns=4)
+    assert "NMI" in done.stdout and "time per stage" in done.stdout
+    assert any((out / "crops").rglob("*_mask.png"))
+
+
+@pytest.mark.slow
+def test_discover_with_the_built_in_detector(tiny, tmp_path):
+    root, _, manifest = tiny
+    out = tmp_path / "out"
+    done = _discover("--dataset", str(root), "--out", str(out), "--classes", "2", *TINY)
+    assert done.returncode == 0, done.stderr
+    _check_outputs(out, manifest, n_columns=3)
+
+
+def test_bad_input_exits_2_without_traceback(tiny, tmp_path):
+    root, maps, _ = tiny
+    done = _discover("--dataset", str(root), "--maps", str(maps), "--out", str(tmp_path / "o"), "--classes", "1",
+                     *TINY)
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr
+    assert "at least 2 defect classes" in done.stderr
+
+
+def _main(capsys, *args):
+    code = main(["discover", *args])
+    return code, capsys.readouterr().err
+
+
+def test_more_classes_than_regions(tiny, tmp_path, capsys):
+    root, maps, _ = tiny
+    code, err = _main(capsys, "--dataset", str(root), "--maps", str(maps), "--out", str(tmp_path), "--classes",
+                      "400", *TINY)
+    assert code == 2 and "larger than the number of regions" in err
+
+
+def test_no_anomalies_found(tiny, tmp_path, capsys):
+    root, _, manifest = tiny
+    for record in manifest.unlabeled:
+        path = tmp_path / "flat" / Path(record.relpath).with_suffix(".npy")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.save(path, np.zeros(record.size, np.float32))
+    code, err = _main(capsys, "--dataset", str(root), "--maps", str(tmp_path / "flat"), "--out", str(tmp_path / "o"),
+                      *TINY)
+    assert code == 2 and "no anomalies found" in err
+
+
+def test_single_image(tiny, tmp_path, capsys):
+    root, _, manifest = tiny
+    write_image(tmp_path / "one" / "a.png", read_image(manifest.unlabeled[-1].path))
+    code, err = _main(capsys, "--dataset", str(tmp_path / "one"), "--out", str(tmp_path / "o"), *TINY)
+    assert code == 2 and "only one image" in err
+
+
+def test_missing_dataset_and_bad_classes(tmp_path, capsys):
+    code, err = _main(capsys, "--dataset", str(tmp_path / "nothing"), "--out", str(tmp_path / "o"), *TINY)
+    assert code == 2 and "does not exist" in err
+    with pytest.raises(SystemExit) as exit_info:
+        main(["discover", "--dataset", str(tmp_path), "--out", str(tmp_path), "--classes", "many"])
+    assert exit_info.value.code == 2
+    assert "'auto'" in capsys.readouterr().err
+
+
+def test_missing_maps_are_named(tiny, tmp_path, capsys):
+    root, maps, manifest = tiny
+    code, err = _main(capsys, "--dataset", str(root), "--maps", str(tmp_path / "empty"), "--out", str(tmp_path / "o"),
+                      *TINY)
+    assert code == 2 and "maps folder does not exist" in err
