@@ -37,7 +37,7 @@ case "${1:-}" in
     # Starts a throw-away PostgreSQL on 127.0.0.1 and exports STUDIO_TEST_POSTGRES_URL.
     # shellcheck source=.ci/postgres.sh
     source .ci/postgres.sh
-    trap 'stop_test_postgres || true' EXIT
+    trap 'studio_postgres_stop || true' EXIT
     "$PYTHON" -m pytest -q -ra "$@"
     ;;
   *)
