@@ -1,0 +1,52 @@
+"""Defect Discovery Studio: `streamlit run webapp/app.py`.
+
+Registers the pages of webapp/views/ with st.navigation (one file per page; no legacy pages/
+folder), opens the workspace once per server process and runs the chosen page.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+# `streamlit run webapp/app.py` puts webapp/ (not the repository root) on sys.path.
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import streamlit as st  # noqa: E402
+
+from webapp.state import get_store  # noqa: E402
+
+VIEWS = Path(__file__).resolve().parent / "views"
+
+#: Pages in navigation order: (file, title, icon, section). W2's pages are added when present.
+PAGES = [
+    ("home.py", "Projects", ":material/folder_open:", "Data"),
+    ("review.py", "Detection & MEBin", ":material/insights:", "Data"),
+    ("discover.py", "Discover", ":material/rocket_launch:", "Discovery"),
+    ("explore.py", "Explore", ":material/scatter_plot:", "Discovery"),
+    ("labels.py", "Labels & runs", ":material/sell:", "Discovery"),
+    ("evaluate.py", "Evaluate", ":material/analytics:", "Results"),
+    ("export.py", "Export", ":material/download:", "Results"),
+]
+
+
+def build_navigation() -> dict[str, list[st.Page]]:
+    """st.Page objects grouped by section, for the pages whose file exists."""
+    sections: dict[str, list[st.Page]] = {}
+    for filename, title, icon, section in PAGES:
+        if (VIEWS / filename).is_file():
+            page = st.Page(f"views/{filename}", title=title, icon=icon, default=filename == "home.py")
+            sections.setdefault(section, []).append(page)
+    return sections
+
+
+def main() -> None:
+    st.set_page_config(page_title="Defect Discovery Studio", page_icon=":material/biotech:", layout="wide")
+    navigation = st.navigation(build_navigation())
+    get_store()  # opens the workspace (and marks runs whose worker died as failed) once
+    navigation.run()
+
+
+main()

@@ -1,0 +1,122 @@
+"""The job runner: long work (detection, discovery) runs in its own process, never in Streamlit.
+
+`start_job` records a queued run and launches `python -m webapp.worker RUN_ID` in a new session,
+so the job survives page reloads and a restart of the app server and blocks no other user. The
+worker writes progress, loss history and results to the database; pages poll it. Cancelling sets
+a flag the worker polls. No `st.*` here: the module is usable from tests and scripts.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from storage import CANCELLED, DONE, FAILED, QUEUED, RUNNING, RunInfo, Store
+
+#: Kinds of job the worker runs.
+DISCOVER, DETECT = "discover", "detect"
+JOB_KINDS = (DISCOVER, DETECT)
+ACTIVE = (QUEUED, RUNNING)
+FINISHED = (DONE, FAILED, CANCELLED)
+
+#: Repository root: the worker runs with it as working directory so `webapp` and `core` import.
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def log_path(store: Store, run: RunInfo) -> Path:
+    """Where a run's worker writes its console output (for the engineer's 'details')."""
+    return store.project_dir(run.project_id) / "jobs" / f"run-{run.id}.log"
+
+
+def _database_url(store: Store) -> str:
+    """The store's URL with its password (kept out of the command line: passed by environment)."""
+    engine = getattr(store, "engine", None)
+    if engine is not None:
+        return engine.url.render_as_string(hide_password=False)
+    return str(store.url)
+
+
+def worker_environment(store: Store) -> dict[str, str]:
+    """Environment of a worker process: the same workspace and database as the app."""
+    env = dict(os.environ)
+    env["STUDIO_WORKSPACE"] = str(Path(store.workspace).resolve())
+    env["STUDIO_DATABASE_URL"] = _database_url(store)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    return env
+
+
+def launch_worker(store: Store, run: RunInfo) -> subprocess.Popen:
+    """Start the worker process of a queued run (new session: it outlives the page and the app)."""
+    path = log_path(store, run)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "ab") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "webapp.worker", str(run.id)],
+            cwd=str(REPO_ROOT), env=worker_environment(store),
+            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True, close_fds=True,
+        )
+    # Reap the child when it exits so no zombie lingers in the app server (a zombie's pid would
+    # still look alive to recover_stale_runs).
+    threading.Thread(target=process.wait, name=f"reap-run-{run.id}", daemon=True).start()
+    return process
+
+
+def start_job(store: Store, project_id: int, kind: str, settings: dict[str, Any] | None = None, *,
+              parent_run_id: int | None = None) -> int:
+    """Record a queued run of `kind` and launch its worker process; returns the run id."""
+    if kind not in JOB_KINDS:
+        raise ValueError(f"unknown job kind {kind!r}; known: {', '.join(JOB_KINDS)}")
+    run = store.start_run(project_id, kind, dict(settings or {}), status=QUEUED, parent_run_id=parent_run_id)
+    try:
+        launch_worker(store, run)
+    except OSError as error:
+        store.fail_run(run.id, f"could not start the worker process: {error}")
+    return run.id
+
+
+def cancel_job(store: Store, run_id: int) -> RunInfo:
+    """Ask a run to stop; a queued run is cancelled at once, a running one at its next step."""
+    return store.cancel_run(run_id)
+
+
+def active_runs(store: Store, project_id: int, kind: str | None = None) -> list[RunInfo]:
+    """Queued or running runs of a project, newest first."""
+    return [r for r in store.list_runs(project_id, kind=kind) if r.status in ACTIVE]
+
+
+def latest_run(store: Store, project_id: int, kind: str) -> RunInfo | None:
+    """The newest run of a kind (any status), or None."""
+    runs = store.list_runs(project_id, kind=kind)
+    return runs[0] if runs else None
+
+
+def wait_for(store: Store, run_id: int, timeout: float = 300.0, poll: float = 0.25,
+             until: tuple[str, ...] = FINISHED) -> RunInfo:
+    """Block until the run reaches one of `until` (for tests and scripts); TimeoutError otherwise."""
+    deadline = time.monotonic() + timeout
+    while True:
+        run = store.get_run(run_id)
+        if run.status in until:
+            return run
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"run {run_id} still {run.status} ({run.stage}) after {timeout:.0f} s")
+        time.sleep(poll)
+
+
+def read_log_tail(store: Store, run: RunInfo, max_chars: int = 6000) -> str:
+    """The end of a run's worker log, or '' when there is none."""
+    path = log_path(store, run)
+    if not path.is_file():
+        return ""
+    with open(path, "rb") as handle:
+        handle.seek(0, os.SEEK_END)
+        size = handle.tell()
+        handle.seek(max(0, size - max_chars))
+        return handle.read().decode("utf-8", errors="replace")

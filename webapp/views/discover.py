@@ -1,0 +1,234 @@
+"""Discover: settings, Start (a separate job process), live progress with the loss chart, Cancel."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import streamlit as st
+
+from storage import ProjectInfo, RunInfo
+from webapp import jobs, state, widgets
+
+store = state.get_store()
+VIEWS = Path(__file__).resolve().parent
+
+# Defaults shown in the form. They mirror core's published defaults (core.mgvit.SCRATCH_BACKBONES,
+# core.train.TrainConfig / SCRATCH_EPOCHS, core.pipeline.DiscoveryConfig); tests/test_app_core.py
+# checks they agree, so the page need not import torch just to render.
+BACKBONES = {
+    "vit_tiny_scratch": "Small ViT from scratch (offline default)",
+    "vit_micro_scratch": "Tiny ViT from scratch (quick checks)",
+    "vit_small_patch16_224.dino": "DINO ViT-S/16 (pretrained weights needed)",
+    "vit_base_patch16_224.dino": "DINO ViT-B/16 (paper; pretrained weights needed)",
+}
+SCRATCH = ("vit_tiny_scratch", "vit_micro_scratch")
+SCRATCH_EPOCHS = 30
+DEFAULT_EPOCHS = 50
+DEFAULT_BATCH_SIZE = 32
+DEFAULT_LR = 0.1
+DEFAULT_TAU = 100.0
+DEFAULT_SAMPLE_RATE = 4
+DEFAULT_MIN_INTERVAL = 4
+DEVICES = ["auto", "cpu", "cuda"]
+
+
+# ------------------------------------------------------------------------------ settings form
+
+
+def settings_form(project: ProjectInfo, has_maps: bool, n_labels: int) -> dict[str, Any] | None:
+    """The run's settings; returns them when Start is pressed."""
+    st.markdown("**Essential settings**")
+    first, second = st.columns(2)
+    with first:
+        auto = st.toggle("Estimate the number of classes", value=True, key="d_auto",
+                         help="Estimated from the crops' features; turn off to give K yourself.")
+        classes = st.number_input("Defect classes (K)", min_value=2, max_value=100, value=5, step=1,
+                                  key="d_classes", disabled=auto,
+                                  help="Novel defect classes to discover; the 'normal / false detection' "
+                                       "class comes on top.")
+        epochs = st.number_input("Epochs", min_value=1, max_value=500, value=SCRATCH_EPOCHS, step=1, key="d_epochs")
+    with second:
+        backbone = st.selectbox("Backbone", list(BACKBONES), format_func=lambda b: f"{b} — {BACKBONES[b]}",
+                                key="d_backbone")
+        weights = st.text_input("Weights file (optional)", key="d_weights",
+                                help="A local .pth or .safetensors file (timm or official DINO layout).")
+        device = st.selectbox("Device", DEVICES, key="d_device", help="auto: a GPU when there is one, else CPU.")
+
+    with st.expander(":material/tune: Advanced settings"):
+        a, b, c = st.columns(3)
+        image_size = a.number_input("Crop size fed to the ViT (px, 0 = backbone's own)", 0, 1024, 0, 8,
+                                    key="d_image_size")
+        batch_size = b.number_input("Batch size", 2, 1024, DEFAULT_BATCH_SIZE, 1, key="d_batch")
+        lr = c.number_input("Learning rate", 1e-5, 10.0, DEFAULT_LR, format="%.4f", key="d_lr")
+        a, b, c = st.columns(3)
+        tau = a.number_input("Fusion temperature tau", 1.0, 1000.0, DEFAULT_TAU, 10.0, key="d_tau",
+                             help="Area-weighted image fusion: 100 for MVTec AD, 50 for MTD.")
+        seed = b.number_input("Seed", 0, 2**31 - 1, 0, 1, key="d_seed")
+        guided = c.toggle("Mask-guided attention", value=True, key="d_guided",
+                          help="Off: the unguided ablation.")
+        a, b, c = st.columns(3)
+        detector = a.selectbox("Detector (when maps are made)", ["auto", "patchcore", "zero-shot"], key="d_detector",
+                               help="auto: PatchCore with normal references, else zero-shot.")
+        binarizer = b.selectbox("Binarization", ["mebin", "otsu"], key="d_binarizer",
+                                help="MEBin (the method) or Otsu per map (ablation).")
+        recompute = c.toggle("Make the maps again", value=not has_maps, disabled=not has_maps, key="d_recompute",
+                             help="Otherwise the project's stored maps are used.")
+        a, b, c = st.columns(3)
+        sample_rate = a.number_input("MEBin sample rate", 1, 32, DEFAULT_SAMPLE_RATE, 1, key="d_sample_rate")
+        min_interval = b.number_input("MEBin min. stable length", 1, 64, DEFAULT_MIN_INTERVAL, 1, key="d_min_interval")
+        use_labeled = c.toggle("Use the imported labeled set", value=bool(project.settings.get("labeled_dir")),
+                               disabled=not project.settings.get("labeled_dir"), key="d_use_labeled")
+        from_labels = st.toggle(f"Learn from the named clusters ({n_labels} labeled regions)", value=False,
+                                disabled=n_labels == 0, key="d_from_labels",
+                                help="Names given on the Labels page become known classes for this run.")
+    start = st.button("Start discovery", type="primary", icon=":material/rocket_launch:", key="d_start")
+    if not start:
+        return None
+    settings: dict[str, Any] = {
+        "classes": "auto" if auto else int(classes),
+        "backbone": backbone,
+        "weights": weights.strip() or None,
+        "pretrained": backbone not in SCRATCH and not weights.strip(),
+        "epochs": int(epochs),
+        "device": device,
+        "batch_size": int(batch_size),
+        "lr": float(lr),
+        "tau": float(tau),
+        "seed": int(seed),
+        "guided": bool(guided),
+        "binarizer": binarizer,
+        "recompute_maps": bool(recompute and has_maps),
+        "mebin_sample_rate": int(sample_rate),
+        "mebin_min_interval_len": int(min_interval),
+        "use_labeled_set": bool(use_labeled),
+        "labels_from_project": bool(from_labels),
+    }
+    if image_size:
+        settings["image_size"] = int(image_size)
+    if detector != "auto":
+        settings["detector_method"] = detector
+    return settings
+
+
+# ------------------------------------------------------------------------------ runs
+
+
+@st.fragment(run_every=1.0)
+def live_run(run_id: int) -> None:
+    """Progress, loss chart and Cancel of a queued or running run, polled every second."""
+    run = store.get_run(run_id)
+    if run.status not in jobs.ACTIVE:
+        st.rerun()  # the whole page shows the finished run
+    heartbeat = widgets.as_utc(run.heartbeat_at or run.created_at)
+    if heartbeat is not None and (pd.Timestamp.now(tz="UTC") - pd.Timestamp(heartbeat)).total_seconds() > 20:
+        store.recover_stale_runs()  # a worker that died leaves a failed run, not an eternal spinner
+    widgets.progress_panel(run)
+    figure = widgets.loss_chart(run.loss_history)
+    if figure is not None:
+        st.plotly_chart(figure, config={"displayModeBar": False}, key=f"live_loss_{run.id}")
+    else:
+        st.caption("The loss chart appears when training starts.")
+    if run.cancel_requested:
+        st.caption("Stopping at the next step ...")
+    elif st.button("Cancel run", icon=":material/stop_circle:", key=f"cancel_{run.id}"):
+        jobs.cancel_job(store, run.id)
+        st.rerun(scope="fragment")
+
+
+def metrics_line(metrics: dict[str, Any]) -> None:
+    image = metrics.get("image") or {}
+    region = metrics.get("region") or {}
+    if image.get("nmi") is None:
+        return
+
+    def fmt(value: Any) -> str:
+        return "–" if value is None else f"{value:.3f}"
+
+    widgets.metric_cards([
+        ("Image NMI", fmt(image.get("nmi")), f"over {image.get('n')} defective images"),
+        ("Image ARI", fmt(image.get("ari"))),
+        ("Image F1", fmt(image.get("f1"))),
+        ("Region NMI", fmt(region.get("nmi")), f"over {region.get('n')} regions"),
+    ])
+
+
+def finished_run(run: RunInfo) -> None:
+    """The newest run's outcome: status, message, metrics, loss chart, next step."""
+    widgets.progress_panel(run)
+    if run.status == "done":
+        if run.message:
+            st.caption(run.message)
+        metrics_line(run.metrics or {})
+        figure = widgets.loss_chart(run.loss_history)
+        if figure is not None:
+            st.plotly_chart(figure, config={"displayModeBar": False}, key=f"loss_{run.id}")
+        if (VIEWS / "explore.py").is_file() and st.button("Explore the clusters", type="primary",
+                                                            icon=":material/scatter_plot:", key="go_explore"):
+            state.set_run(run.id)
+            st.switch_page("views/explore.py")
+    elif run.status == "failed":
+        log = jobs.read_log_tail(store, run)
+        if log.strip():
+            with st.expander("Worker log"):
+                st.code(log, language=None)
+
+
+def runs_table(runs: list[RunInfo]) -> None:
+    rows = []
+    for run in runs:
+        image = (run.metrics or {}).get("image") or {}
+        rows.append({
+            "run": run.id, "status": run.status, "started": widgets.format_time(run.started_at or run.created_at),
+            "duration": widgets.format_duration(widgets.run_elapsed(run)),
+            "classes": str(run.settings.get("classes", "auto")), "backbone": run.settings.get("backbone", ""),
+            "epochs": run.settings.get("epochs"), "image NMI": image.get("nmi"),
+            "retrained": "yes" if run.parent_run_id or run.settings.get("labels_from_project") else "",
+            "message": (run.message or "")[:160],
+        })
+    st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch",
+                 column_config={"image NMI": st.column_config.NumberColumn(format="%.3f")})
+
+
+# ------------------------------------------------------------------------------ page
+
+st.title("Discover", anchor=False)
+project_id = state.select_project()
+project = store.get_project(project_id)
+flash = st.session_state.pop("flash", None)
+if flash:
+    st.success(flash, icon=":material/check_circle:")
+
+runs = store.list_runs(project.id, kind=jobs.DISCOVER)
+active = [r for r in runs if r.status in jobs.ACTIVE]
+maps = store.list_maps(project.id)
+images = store.list_images(project.id, role="unlabeled")
+n_labels = len(store.labeled_set(project.id))
+
+if active:
+    with st.container(border=True):
+        st.markdown(f"**Run #{active[0].id} in progress** — it keeps running when you leave or reload the page.")
+        live_run(active[0].id)
+else:
+    if runs:
+        with st.container(border=True):
+            st.markdown(f"**Latest run #{runs[0].id}**")
+            finished_run(runs[0])
+    with st.container(border=True):
+        st.markdown("#### New discovery run")
+        maps_note = (f"{len(maps)} stored anomaly maps will be used." if maps else
+                     "No anomaly maps yet: the run makes them first with the built-in detector"
+                     + (" from the maps folder." if project.settings.get("maps_dir") else "."))
+        st.caption(f"{len(images)} images to inspect. {maps_note}")
+        settings = settings_form(project, bool(maps), n_labels)
+        if settings is not None:
+            done = [r for r in runs if r.status == "done"]
+            parent = done[0].id if settings["labels_from_project"] and done else None
+            run_id = jobs.start_job(store, project.id, jobs.DISCOVER, settings, parent_run_id=parent)
+            st.session_state["flash"] = f"Run #{run_id} started."
+            st.rerun()
+
+if runs:
+    st.markdown("#### All runs")
+    runs_table(runs)

@@ -1,0 +1,391 @@
+"""Detection & MEBin: make or import anomaly maps, then review MEBin's masks and crops per image.
+
+Per image: the image with its crop boxes, the map as a heat overlay, the MEBin mask, and MEBin's
+evidence (components per threshold, the stable interval, the chosen threshold). An engineer can
+override one image's threshold; the image is re-cropped and stored.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+import streamlit as st
+
+from core.imageio import ImageReadError, read_gray, read_image
+from core.regions import RegionConfig, extract_regions
+from storage import BinarizationInput, ProjectInfo
+from webapp import jobs, state, widgets
+from webapp.worker import latest_maps
+
+store = state.get_store()
+DISPLAY_SIDE = 360  # pixels: small images are enlarged (nearest) so boxes and masks stay visible
+BOX_COLOR = (0, 200, 255)
+
+
+# ------------------------------------------------------------------------------ image helpers
+
+
+def uint8_map(record: dict[str, Any]) -> np.ndarray:
+    """A stored raw map brought to 0..255 with the set's global range (as core.maps.normalize_global)."""
+    return _uint8_map(record["path"], float(record["stats"].get("global_min", 0.0)),
+                      float(record["stats"].get("global_max", 1.0)))
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def _uint8_map(path: str, low: float, high: float) -> np.ndarray:
+    array = np.load(path, allow_pickle=False).astype(np.float64)
+    span = high - low
+    if span <= 0:
+        return np.zeros(array.shape, dtype=np.uint8)
+    return np.clip(np.rint((array - low) / span * 255.0), 0, 255).astype(np.uint8)
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def load_image(path: str) -> np.ndarray:
+    return read_image(path)
+
+
+def enlarge(array: np.ndarray, side: int = DISPLAY_SIDE) -> tuple[np.ndarray, float]:
+    """Scale an image so its longer side is at least `side` (nearest neighbour); returns the factor."""
+    height, width = array.shape[:2]
+    factor = max(1.0, side / max(height, width))
+    if factor == 1.0:
+        return array, 1.0
+    size = (int(round(width * factor)), int(round(height * factor)))
+    return cv2.resize(array, size, interpolation=cv2.INTER_NEAREST), factor
+
+
+def draw_boxes(image: np.ndarray, boxes: list[tuple[int, int, int, int]], labels: list[str] | None = None) -> np.ndarray:
+    shown, factor = enlarge(image)
+    shown = shown.copy()
+    for index, (x0, y0, x1, y1) in enumerate(boxes):
+        start = (int(x0 * factor), int(y0 * factor))
+        end = (int(x1 * factor) - 1, int(y1 * factor) - 1)
+        cv2.rectangle(shown, start, end, BOX_COLOR, 2)
+        text = labels[index] if labels else str(index)
+        cv2.putText(shown, text, (start[0] + 4, start[1] + 16), cv2.FONT_HERSHEY_SIMPLEX, 0.5, BOX_COLOR, 1, cv2.LINE_AA)
+    return shown
+
+
+def heat_overlay(image: np.ndarray, map_u8: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+    """The map in the 'turbo' colormap blended over the image."""
+    if map_u8.shape != image.shape[:2]:
+        map_u8 = cv2.resize(map_u8, (image.shape[1], image.shape[0]), interpolation=cv2.INTER_LINEAR)
+    colored = cv2.cvtColor(cv2.applyColorMap(map_u8, cv2.COLORMAP_TURBO), cv2.COLOR_BGR2RGB)
+    blended = cv2.addWeighted(image, 1.0 - alpha, colored, alpha, 0.0)
+    return enlarge(blended)[0]
+
+
+def mask_view(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """The mask in white over a darkened image, with its outline."""
+    if mask.shape != image.shape[:2]:
+        mask = cv2.resize(mask, (image.shape[1], image.shape[0]), interpolation=cv2.INTER_NEAREST)
+    shown = (image.astype(np.float32) * 0.35).astype(np.uint8)
+    shown[mask > 0] = (255, 255, 255)
+    shown, factor = enlarge(shown)
+    big_mask = enlarge(mask)[0]
+    contours, _ = cv2.findContours((big_mask > 0).astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    cv2.drawContours(shown, contours, -1, (255, 64, 64), 2)
+    return shown
+
+
+def sweep_on_map_scale(record: dict[str, Any]) -> list[int]:
+    """MEBin's swept thresholds expressed on the map's own 0..255 scale (METHOD.md step 5)."""
+    settings = record.get("settings") or {}
+    sweep = settings.get("sweep") or list(range(255, 0, -int(settings.get("sample_rate", 4))))
+    s_min, s_max = int(settings.get("s_min", 0)), int(settings.get("s_max", 255))
+    return [int(t * (s_max - s_min) / 255 + s_min) for t in sweep]
+
+
+def evidence_chart(record: dict[str, Any]) -> go.Figure:
+    """Component count per swept threshold, the stable interval shaded, the chosen threshold marked."""
+    counts = list(record.get("counts") or [])
+    thresholds = sweep_on_map_scale(record)[: len(counts)]
+    figure = go.Figure(go.Scatter(x=thresholds, y=counts, mode="lines+markers", line_shape="hv",
+                                  name="components", marker=dict(size=4), line=dict(color="#2563eb")))
+    interval = (record.get("settings") or {}).get("interval")
+    if interval and len(thresholds) > interval[1]:
+        low, high = thresholds[interval[1]], thresholds[interval[0]]
+        figure.add_vrect(x0=low, x1=high, fillcolor="#22c55e", opacity=0.18, line_width=0,
+                         annotation_text="stable", annotation_position="top left")
+    chosen = int(record["threshold"])
+    if chosen < 255:
+        figure.add_vline(x=chosen, line_dash="dash", line_color="#dc2626",
+                         annotation_text=f"threshold {chosen}", annotation_position="top right")
+    layout = dict(widgets.CHART_LAYOUT, height=260)
+    figure.update_layout(**layout, title="MEBin evidence: components per threshold", showlegend=False,
+                         xaxis_title="threshold (map scale)", yaxis_title="connected components")
+    figure.update_yaxes(rangemode="tozero")
+    return figure
+
+
+def distribution_charts(binarizations: list[dict[str, Any]]) -> tuple[go.Figure, go.Figure]:
+    thresholds = [b["threshold"] for b in binarizations if b["num_anomalies"] > 0]
+    threshold_figure = go.Figure(go.Histogram(x=thresholds, nbinsx=32, marker_color="#2563eb"))
+    threshold_figure.update_layout(**widgets.CHART_LAYOUT, title="Chosen thresholds (images with anomalies)",
+                                   xaxis_title="threshold (map scale)", yaxis_title="images", bargap=0.05)
+    counts = pd.Series([b["num_anomalies"] for b in binarizations]).value_counts().sort_index()
+    count_figure = go.Figure(go.Bar(x=[str(c) for c in counts.index], y=counts.values, marker_color="#0f766e"))
+    count_figure.update_layout(**widgets.CHART_LAYOUT, title="Estimated anomalies per image",
+                               xaxis_title="anomalies (0 = nothing found)", yaxis_title="images")
+    return threshold_figure, count_figure
+
+
+# ------------------------------------------------------------------------------ override
+
+
+def mask_at_threshold(map_u8: np.ndarray, threshold: int, settings: dict[str, Any]) -> tuple[np.ndarray, int]:
+    """MEBin's final mask at a given threshold (erode(map > t)) and its component count."""
+    if threshold >= 255:
+        return np.zeros(map_u8.shape, np.uint8), 0
+    kernel_size = int(settings.get("kernel_size", 6))
+    source = cv2.erode(map_u8, np.ones((kernel_size, kernel_size), np.uint8)) if settings.get("erode", True) else map_u8
+    mask = np.where(source > threshold, 255, 0).astype(np.uint8)
+    count = cv2.connectedComponents((mask > 0).astype(np.uint8), connectivity=8)[0] - 1
+    return mask, int(count)
+
+
+def mebin_normalized(map_u8: np.ndarray, settings: dict[str, Any]) -> np.ndarray:
+    """MEBin's normalized map (step 2) from the stored search range; region scores use it."""
+    s_min, s_max = int(settings.get("s_min", 0)), int(settings.get("s_max", 255))
+    if s_max <= s_min:
+        return np.zeros(map_u8.shape, np.float32)
+    values = (map_u8.astype(np.float32) - s_min) / (s_max - s_min) * 255.0
+    return np.where(map_u8 < s_min, 0.0, values).astype(np.float32)
+
+
+def apply_threshold(project: ProjectInfo, record: dict[str, Any], image_path: str, map_u8: np.ndarray,
+                    threshold: int, *, reset: bool = False) -> int:
+    """Store a new threshold for one image, re-crop it and replace its regions; returns the region count."""
+    settings = dict(record.get("settings") or {})
+    original = int(settings.get("mebin_threshold", record["threshold"]))
+    mask, count = mask_at_threshold(map_u8, threshold, settings)
+    image = read_image(image_path)
+    regions = extract_regions(record["image"], image, mebin_normalized(map_u8, settings), mask, count, RegionConfig())
+    settings["mebin_threshold"] = original
+    settings["source"] = "mebin" if reset else "override"
+    store.record_binarizations(project.id, [BinarizationInput(
+        relpath=record["image"], threshold=int(threshold), num_anomalies=count,
+        counts=list(record.get("counts") or []), mask=mask, settings=settings)])
+    store.record_regions(project.id, regions, replace=True)
+    return len(regions)
+
+
+# ------------------------------------------------------------------------------ maps section
+
+
+def maps_form(project: ProjectInfo, has_normal: bool) -> None:
+    """Choose where the maps come from and start the detection job."""
+    maps_dir = project.settings.get("maps_dir") or ""
+    options = ["Built-in detector", "Import from a folder"]
+    source = st.radio("Source of the anomaly maps", options, index=1 if maps_dir else 0, horizontal=True,
+                      key="maps_source")
+    settings: dict[str, Any] = {}
+    if source == options[1]:
+        folder = st.text_input("Maps folder", value=maps_dir, key="maps_folder",
+                               help="Maps (.npy, .tif, .png) named like the images, any size.")
+        settings.update(map_source="import", maps_dir=folder.strip())
+        ready = bool(folder.strip())
+    else:
+        from core.detection.config import OFFLINE_BACKBONE, PAPER_BACKBONE
+
+        left, middle, right = st.columns(3)
+        methods = ["patchcore", "zero-shot"]
+        method = left.selectbox("Method", methods, index=0 if has_normal else 1, key="maps_method",
+                                help="PatchCore learns from the normal references; zero-shot compares the "
+                                     "images with each other (no references needed).")
+        backbone = middle.selectbox("Backbone", [OFFLINE_BACKBONE, PAPER_BACKBONE, "resnet18"], key="maps_backbone",
+                                    help=f"'{OFFLINE_BACKBONE}' needs no download; timm names need their "
+                                         "weights in the cache or a weights file.")
+        device = right.selectbox("Device", ["auto", "cpu", "cuda"], key="maps_device")
+        weights = st.text_input("Backbone weights file (optional)", key="maps_weights")
+        settings.update(map_source="builtin", detector_method=method, detector_backbone=backbone,
+                        device=device, detector_weights=weights.strip() or None)
+        ready = True
+        if method == "patchcore" and not has_normal:
+            st.caption("No normal references in this project: PatchCore falls back to zero-shot.")
+    if st.button("Make maps and run MEBin", type="primary", disabled=not ready, key="maps_start",
+                 icon=":material/play_arrow:"):
+        run_id = jobs.start_job(store, project.id, jobs.DETECT, settings)
+        st.session_state["flash"] = f"Detection started (run #{run_id})."
+        st.rerun()
+
+
+@st.fragment(run_every=1.0)
+def job_monitor(run_id: int) -> None:
+    """Live progress of a detection job; reruns the page when it ends."""
+    run = store.get_run(run_id)
+    if run.status in jobs.ACTIVE:
+        heartbeat = widgets.as_utc(run.heartbeat_at or run.created_at)
+        if heartbeat is not None and (pd.Timestamp.now(tz="UTC") - pd.Timestamp(heartbeat)).total_seconds() > 20:
+            store.recover_stale_runs()
+        widgets.progress_panel(run)
+        if st.button("Cancel", icon=":material/stop_circle:", key=f"cancel_{run.id}"):
+            jobs.cancel_job(store, run.id)
+            st.rerun(scope="fragment")
+    else:
+        st.rerun()
+
+
+# ------------------------------------------------------------------------------ per image
+
+
+def image_panel(project: ProjectInfo, record: dict[str, Any], map_record: dict[str, Any], image_path: str) -> None:
+    try:
+        image = load_image(image_path)
+        map_u8 = uint8_map(map_record)
+    except (ImageReadError, OSError, ValueError) as error:
+        st.error(f"{record['image']}: {error}")
+        return
+    if record.get("mask_path") and Path(record["mask_path"]).is_file():
+        mask = read_gray(record["mask_path"])
+    else:
+        mask = mask_at_threshold(map_u8, int(record["threshold"]), record.get("settings") or {})[0]
+    regions = store.image_regions(project.id, record["image"])
+    boxes = [r.box for r in regions]
+    columns = st.columns(3)
+    columns[0].image(draw_boxes(image, boxes), caption=f"image with {len(boxes)} crop box(es)", width="stretch")
+    columns[1].image(heat_overlay(image, map_u8), caption="anomaly map (heat overlay)", width="stretch")
+    columns[2].image(mask_view(image, mask), caption="MEBin mask", width="stretch")
+
+    settings = record.get("settings") or {}
+    left, right = st.columns([3, 2])
+    with left:
+        st.plotly_chart(evidence_chart(record), width="stretch", config={"displayModeBar": False},
+                        key=f"evidence_{record['image']}")
+    with right:
+        source = settings.get("source", "mebin")
+        widgets.metric_cards([
+            ("Threshold", record["threshold"], "on the map's own 0..255 scale"),
+            ("Anomalies", record["num_anomalies"]),
+        ])
+        if source == "override":
+            st.caption(f"Threshold set by hand (MEBin chose {settings.get('mebin_threshold')}).")
+        elif settings.get("interval"):
+            start, end = settings["interval"]
+            st.caption(f"MEBin found {record['num_anomalies']} component(s) stable over {end - start + 1} "
+                       "thresholds and chose the lowest threshold of that run.")
+        else:
+            st.caption("No stable interval: MEBin found no anomaly in this map.")
+        override_form(project, record, image_path, map_u8)
+    if regions:
+        st.markdown("**Crops of this image**")
+        thumbs = st.columns(min(6, max(len(regions), 1)))
+        for index, region in enumerate(regions[:12]):
+            if region.crop_path and Path(region.crop_path).is_file():
+                thumbs[index % len(thumbs)].image(enlarge(read_image(region.crop_path), 160)[0],
+                                                  caption=f"#{region.index} · score {region.score:.2f}",
+                                                  width="stretch")
+
+
+def override_form(project: ProjectInfo, record: dict[str, Any], image_path: str, map_u8: np.ndarray) -> None:
+    settings = record.get("settings") or {}
+    key = f"override_{record['image']}"
+    threshold = st.slider("Threshold for this image", 0, 255, int(min(record["threshold"], 255)), key=key,
+                          help="Pixels of the map above this value (after erosion) form the mask.")
+    _, count = mask_at_threshold(map_u8, int(threshold), settings)
+    st.caption(f"At {threshold}: {count} component(s).")
+    left, right = st.columns(2)
+    if left.button("Apply and re-crop", key=f"{key}_apply", disabled=threshold == record["threshold"],
+                   icon=":material/crop:"):
+        n = apply_threshold(project, record, image_path, map_u8, int(threshold))
+        st.session_state["flash"] = f"{record['image']}: threshold {threshold}, {n} crop(s)."
+        st.rerun()
+    if settings.get("source") == "override" and right.button("Back to MEBin", key=f"{key}_reset",
+                                                            icon=":material/undo:"):
+        original = int(settings.get("mebin_threshold", record["threshold"]))
+        apply_threshold(project, record, image_path, map_u8, original, reset=True)
+        st.session_state.pop(key, None)
+        st.session_state["flash"] = f"{record['image']}: back to MEBin's threshold {original}."
+        st.rerun()
+
+
+# ------------------------------------------------------------------------------ page
+
+st.title("Detection & MEBin", anchor=False)
+project_id = state.select_project()
+project = store.get_project(project_id)
+flash = st.session_state.pop("flash", None)
+if flash:
+    st.success(flash, icon=":material/check_circle:")
+
+images = {i.relpath: i for i in store.list_images(project.id)}
+has_normal = any(i.role == "normal" for i in images.values())
+active = jobs.active_runs(store, project.id, kind=jobs.DETECT)
+binarizations = store.list_binarizations(project.id)
+maps = latest_maps(store, project.id)
+
+if active:
+    with st.container(border=True):
+        st.markdown("**Making anomaly maps**")
+        job_monitor(active[0].id)
+else:
+    last = jobs.latest_run(store, project.id, jobs.DETECT)
+    if last is not None and last.status == "failed":
+        st.error(f"The last detection (run #{last.id}) failed: {last.message}", icon=":material/error:")
+    with st.expander(":material/tune: Make anomaly maps" + (" again" if maps else ""), expanded=not maps):
+        maps_form(project, has_normal)
+
+if not binarizations or not maps:
+    widgets.empty_state(
+        "No anomaly maps yet",
+        "Anomaly maps say where each image looks defective. Import the maps of your own detector or run the "
+        "built-in one above; MEBin then turns every map into a mask and anomaly-centred crops, shown here.",
+        ":material/insights:")
+    st.stop()
+
+with_anomaly = [b for b in binarizations if b["num_anomalies"] > 0]
+overrides = sum(1 for b in binarizations if (b.get("settings") or {}).get("source") == "override")
+sources = sorted({m["source"] for m in maps.values()})
+widgets.metric_cards([
+    ("Maps", len(maps), "source: " + ", ".join(sources)),
+    ("Images with anomalies", f"{len(with_anomaly)} / {len(binarizations)}"),
+    ("Regions", len(store.list_regions(project.id))),
+    ("Median threshold", int(np.median([b["threshold"] for b in with_anomaly])) if with_anomaly else "–"),
+    ("Overrides", overrides, "thresholds set by hand on this page"),
+])
+threshold_figure, count_figure = distribution_charts(binarizations)
+left, right = st.columns(2)
+left.plotly_chart(threshold_figure, width="stretch", config={"displayModeBar": False}, key="thresholds_hist")
+right.plotly_chart(count_figure, width="stretch", config={"displayModeBar": False}, key="counts_bar")
+
+st.subheader("Per image", anchor=False)
+filter_col, order_col, pick_col = st.columns([1, 1, 2])
+only = filter_col.selectbox("Show", ["all images", "with anomalies", "without anomalies", "overridden"],
+                            key="review_filter")
+order = order_col.selectbox("Order", ["by name", "most anomalies first", "lowest threshold first"],
+                            key="review_order")
+records = list(binarizations)
+if only == "with anomalies":
+    records = [b for b in records if b["num_anomalies"] > 0]
+elif only == "without anomalies":
+    records = [b for b in records if b["num_anomalies"] == 0]
+elif only == "overridden":
+    records = [b for b in records if (b.get("settings") or {}).get("source") == "override"]
+if order == "most anomalies first":
+    records.sort(key=lambda b: (-b["num_anomalies"], b["image"]))
+elif order == "lowest threshold first":
+    records.sort(key=lambda b: (b["threshold"], b["image"]))
+else:
+    records.sort(key=lambda b: b["image"])
+if not records:
+    widgets.empty_state("No image matches this filter", "Choose another filter above.", ":material/filter_alt_off:")
+    st.stop()
+by_image = {b["image"]: b for b in records}
+chosen = pick_col.selectbox(
+    "Image", list(by_image), key="review_image",
+    format_func=lambda k: f"{k}  ·  {by_image[k]['num_anomalies']} anomal{'y' if by_image[k]['num_anomalies'] == 1 else 'ies'}",
+)
+record = by_image[chosen]
+info = images.get(chosen)
+map_record = maps.get(chosen)
+if info is None or map_record is None:
+    st.warning(f"{chosen}: the image or its map is no longer recorded; make the maps again.")
+    st.stop()
+image_path = str(Path(project.data_root) / info.relpath)
+image_panel(project, record, map_record, image_path)

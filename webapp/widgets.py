@@ -1,0 +1,197 @@
+"""Generic display helpers shared by the pages: empty states, metric cards, run status and
+progress, the loss chart, formatting. No page logic here; user text is never rendered as HTML.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from datetime import datetime, timezone
+from typing import Any
+
+import pandas as pd
+import plotly.graph_objects as go
+import streamlit as st
+
+from storage import CANCELLED, DONE, FAILED, QUEUED, RUNNING, RunInfo
+
+#: Badge color per run status.
+STATUS_COLORS = {QUEUED: "gray", RUNNING: "blue", DONE: "green", FAILED: "red", CANCELLED: "orange"}
+STATUS_ICONS = {
+    QUEUED: ":material/schedule:", RUNNING: ":material/progress_activity:", DONE: ":material/check_circle:",
+    FAILED: ":material/error:", CANCELLED: ":material/cancel:",
+}
+#: Plotly layout shared by the app's small charts.
+CHART_LAYOUT: dict[str, Any] = dict(
+    template="plotly_white", margin=dict(l=10, r=10, t=36, b=10), height=280,
+    font=dict(size=12), legend=dict(orientation="h", yanchor="bottom", y=1.02, x=0),
+)
+
+
+# ------------------------------------------------------------------------------ formatting
+
+
+def format_duration(seconds: float | None) -> str:
+    """'2 h 05 min', '3 min 07 s', '12 s', or an en dash when unknown."""
+    if seconds is None or seconds != seconds or seconds < 0:
+        return "–"
+    seconds = int(round(seconds))
+    if seconds >= 3600:
+        return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+    if seconds >= 60:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds} s"
+
+
+def format_bytes(size: float | None) -> str:
+    if size is None:
+        return "–"
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1024 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} GB"
+
+
+def as_utc(moment: datetime | None) -> datetime | None:
+    """Storage returns naive UTC or aware datetimes; make them aware UTC."""
+    if moment is None:
+        return None
+    return moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment.astimezone(timezone.utc)
+
+
+def format_time(moment: datetime | None) -> str:
+    moment = as_utc(moment)
+    return moment.astimezone().strftime("%Y-%m-%d %H:%M") if moment else "–"
+
+
+def run_elapsed(run: RunInfo, now: datetime | None = None) -> float | None:
+    """Seconds the run has been working (until it finished, for a finished run)."""
+    start = as_utc(run.started_at)
+    if start is None:
+        return None
+    end = as_utc(run.finished_at) or as_utc(now) or datetime.now(timezone.utc)
+    return max(0.0, (end - start).total_seconds())
+
+
+def run_remaining(run: RunInfo, now: datetime | None = None) -> float | None:
+    """Linear estimate of the seconds left from progress and elapsed time (None when too early)."""
+    if run.status != RUNNING:
+        return 0.0 if run.status == DONE else None
+    elapsed = run_elapsed(run, now)
+    if elapsed is None or run.progress < 0.03 or elapsed < 2:
+        return None
+    return elapsed * (1.0 - run.progress) / run.progress
+
+
+# ------------------------------------------------------------------------------ building blocks
+
+
+def empty_state(title: str, body: str, icon: str = ":material/inbox:") -> None:
+    """A friendly bordered message where a page has nothing to show yet."""
+    with st.container(border=True):
+        st.markdown(f"{icon} **{title}**")
+        st.caption(body)
+
+
+def metric_cards(items: Sequence[tuple[str, Any] | tuple[str, Any, str | None]]) -> None:
+    """A row of st.metric cards: (label, value) or (label, value, help)."""
+    columns = st.columns(len(items))
+    for column, item in zip(columns, items):
+        label, value, *rest = item
+        column.metric(label, value, help=rest[0] if rest else None, border=True)
+
+
+def status_badge(status: str) -> None:
+    st.badge(status, color=STATUS_COLORS.get(status, "gray"), icon=STATUS_ICONS.get(status))
+
+
+def problems_list(problems: Iterable[str], title: str = "Problems", limit: int = 500) -> None:
+    """Problems by file name in a folded table (plain text, never HTML)."""
+    problems = list(problems)
+    if not problems:
+        return
+    with st.expander(f":material/warning: {title} ({len(problems)})", expanded=len(problems) <= 5):
+        frame = pd.DataFrame({"problem": problems[:limit]})
+        st.dataframe(frame, hide_index=True, width="stretch")
+        if len(problems) > limit:
+            st.caption(f"... and {len(problems) - limit} more")
+
+
+def bullet_notes(notes: Iterable[str]) -> None:
+    """Plain-text bullets (each note is escaped by st.text-like rendering through st.caption)."""
+    for note in notes:
+        st.markdown(f"- {_escape_markdown(note)}")
+
+
+def _escape_markdown(text: str) -> str:
+    """Escape characters markdown would interpret, so names from files display literally."""
+    for char in "\\`*_{}[]<>()#+!|~$":
+        text = text.replace(char, "\\" + char)
+    return text
+
+
+escape_markdown = _escape_markdown
+
+
+# ------------------------------------------------------------------------------ runs
+
+
+def progress_panel(run: RunInfo) -> None:
+    """Status badge, progress bar with stage and step, elapsed and remaining time."""
+    stage = run.stage or ("waiting for a worker" if run.status == QUEUED else run.status)
+    remaining = run_remaining(run)
+    top = st.columns([1, 3])
+    with top[0]:
+        status_badge(run.status)
+    top[1].caption(f"Run #{run.id} · {run.kind} · started {format_time(run.started_at or run.created_at)}")
+    text = f"{stage}" + (f" — {run.message}" if run.message and run.status in (QUEUED, RUNNING) else "")
+    st.progress(min(max(float(run.progress or 0.0), 0.0), 1.0), text=text[:200])
+    metric_cards([
+        ("Progress", f"{100 * (run.progress or 0.0):.0f} %"),
+        ("Elapsed", format_duration(run_elapsed(run))),
+        ("Remaining", format_duration(remaining) if remaining is not None else "estimating ..."
+         if run.status == RUNNING else "–"),
+    ])
+    if run.status == FAILED and run.message:
+        st.error(f"The run failed: {run.message}", icon=":material/error:")
+    elif run.status == CANCELLED:
+        st.warning("The run was cancelled.", icon=":material/cancel:")
+
+
+#: Keys of a loss-history entry that are not loss values.
+NOT_LOSSES = frozenset({"x", "epoch", "step", "steps", "epochs", "lr", "elapsed_s", "seconds", "teacher_temp",
+                        "epoch_done", "steps_per_epoch"})
+
+
+def loss_frame(loss_history: Sequence[Any]) -> pd.DataFrame:
+    """Loss history (dicts with 'loss' and optional 'epoch', 'step', term losses) -> long frame."""
+    rows = []
+    for index, entry in enumerate(loss_history or []):
+        if isinstance(entry, (int, float)):
+            entry = {"loss": float(entry)}
+        if not isinstance(entry, dict):
+            continue
+        x = entry.get("x", entry.get("epoch", index))
+        for key, value in entry.items():
+            if key in NOT_LOSSES or isinstance(value, bool) or not isinstance(value, (int, float)):
+                continue
+            if key == "total" and "loss" in entry:
+                continue
+            rows.append({"x": float(x), "term": "total" if key == "loss" else key, "value": float(value)})
+    return pd.DataFrame(rows, columns=["x", "term", "value"])
+
+
+def loss_chart(loss_history: Sequence[Any], title: str = "Training loss") -> go.Figure | None:
+    """Line chart of the total loss (bold) and its terms over epochs; None without data."""
+    frame = loss_frame(loss_history)
+    if frame.empty:
+        return None
+    figure = go.Figure()
+    for term, part in frame.groupby("term", sort=False):
+        figure.add_trace(go.Scatter(
+            x=part["x"], y=part["value"], mode="lines", name=str(term),
+            line=dict(width=3 if term == "total" else 1.5),
+            visible=True if term == "total" else "legendonly",
+        ))
+    figure.update_layout(**CHART_LAYOUT, title=title, xaxis_title="epoch", yaxis_title="loss")
+    return figure
