@@ -686,29 +686,33 @@ class Store:
         """
         host = socket.gethostname()
         now = m.utcnow()
-        recovered = []
-        with self._session(write=True) as session:
-            rows = session.scalars(select(m.Run).where(m.Run.status.in_((QUEUED, RUNNING)))).all()
-            for row in rows:
+        stale: dict[int, str] = {}
+        # Look first without the write lock: on SQLite a live run may hold it for a while.
+        with self._session() as session:
+            for row in session.scalars(select(m.Run).where(m.Run.status.in_((QUEUED, RUNNING)))):
                 if row.pid is not None and row.host == host:
-                    stale = not _pid_alive(row.pid)
-                    reason = f"the run's process (pid {row.pid}) ended without finishing"
+                    if not _pid_alive(row.pid):
+                        stale[row.id] = f"the run's process (pid {row.pid}) ended without finishing"
                 elif row.status == RUNNING or row.pid is not None:
                     beat = _aware(row.heartbeat_at) or _aware(row.created_at) or now
-                    stale = (now - beat) > timedelta(seconds=stale_after_s)
-                    reason = f"no progress report for over {int(stale_after_s)} s"
-                else:
-                    continue  # queued and never launched: still waiting for the job runner
-                if not stale:
-                    continue
+                    if (now - beat) > timedelta(seconds=stale_after_s):
+                        stale[row.id] = f"no progress report for over {int(stale_after_s)} s"
+                # else: queued and never launched, still waiting for the job runner
+        if not stale:
+            return []
+        recovered = []
+        with self._session(write=True) as session:
+            rows = session.scalars(select(m.Run).where(m.Run.id.in_(list(stale)), m.Run.status.in_((QUEUED, RUNNING))))
+            for row in rows:
+                reason = stale[row.id]
                 if row.cancel_requested:
                     row.status, row.message = CANCELLED, f"cancelled ({reason})"
                 else:
-                    stage = f" during stage {row.stage!r}" if row.stage else ""
-                    row.status, row.message = FAILED, f"{reason}{stage}; its partial results were discarded"
+                    during = f" during stage {row.stage!r}" if row.stage else ""
+                    row.status, row.message = FAILED, f"{reason}{during}; its partial results were discarded"
                 row.finished_at = now
                 recovered.append(row.id)
-        return recovered
+        return sorted(recovered)
 
     def write_results(
         self, run_id: int, clusters: Sequence[ClusterInput], assignments: Iterable[AssignmentInput]

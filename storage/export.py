@@ -111,6 +111,8 @@ _UNSAFE = re.compile(r'[\x00-\x1f\x7f/\\:*?"<>|]')
 def folder_name(class_name: str) -> str:
     """A file-system-safe folder name for a class (the exact name goes into classes.csv)."""
     name = _UNSAFE.sub("_", class_name).strip().strip(".") or "_"
+    if name.startswith(FORMULA_PREFIXES):  # keeps the paths in crops.csv free of formula cells
+        name = "_" + name
     return name[:120]
 
 
