@@ -299,3 +299,153 @@ def gallery_ids(at: AppTest) -> list[int]:
             if img.caption.startswith("#"):
                 ids.append(int(img.caption[1:].split(" ")[0]))
     return ids
+
+
+# ------------------------------------------------------------------------------ labels & runs
+
+
+def second_run(filled: Filled, *, swap: int = 2) -> int:
+    """A finished second run of the same regions, as a retraining would leave it: the same three
+    groups under shifted slots, plus `swap` regions of group 0 moved into a new fourth cluster."""
+    store = filled.store
+    run = store.start_run(filled.project_id, "discover", {"classes": 4, "labels_from_project": True},
+                          status="running", parent_run_id=filled.run_id)
+    old = {a.region.id: a for a in store.run_assignments(filled.run_id)}
+    slot_of = {cid: (i + 1) % 3 for i, cid in enumerate(filled.cluster_ids[:3])}
+    moved = [rid for rid, a in old.items() if a.cluster_id == filled.cluster_ids[0]][:swap]
+    clusters = [ClusterInput(slot=s) for s in range(4)] + [ClusterInput(slot=4, is_normal=True)]
+    assignments = [AssignmentInput(rid, 3 if rid in moved else slot_of[a.cluster_id], a.confidence, a.umap_x, a.umap_y)
+                   for rid, a in old.items()]
+    store.write_results(run.id, clusters, assignments)
+    store.finish_run(run.id)
+    return run.id
+
+
+def test_labels_page_promotes_named_clusters(filled):
+    store = filled.store
+    store.rename_cluster(filled.cluster_ids[0], "scratch")
+    store.rename_cluster(filled.cluster_ids[1], "hole")
+    at = page("labels", filled).run()
+    no_exception(at)
+    assert at.title[0].value == "Labels & runs"
+    click(at, "Add the 2 named clusters to the labeled set")
+    labeled = store.labeled_set(filled.project_id)
+    in_named = {a.region.id: a.cluster_name for a in store.run_assignments(filled.run_id) if a.cluster_name}
+    assert labeled == in_named and set(labeled.values()) == {"scratch", "hole"}
+    assert "regions are now labeled" in texts(at)
+    # One run only: the comparison explains itself instead of showing an empty table.
+    assert "Only one finished run" in texts(at)
+
+
+def test_labels_page_compares_runs_and_carries_names(filled):
+    store = filled.store
+    store.rename_cluster(filled.cluster_ids[0], "scratch")
+    new_run = second_run(filled, swap=2)
+    at = page("labels", filled).run()
+    no_exception(at)
+    at.selectbox(key="compare_a").set_value(filled.run_id)
+    at.selectbox(key="compare_b").set_value(new_run)
+    at.run()
+    no_exception(at)
+    values = {m.label: m.value for m in at.metric}
+    assert values["Regions in both runs"] == str(len(filled.region_ids))
+    assert values["Changed cluster"] == "2"
+    assert values["New clusters in B"] == "1"
+    changed = at.dataframe[-1].value
+    assert len(changed) == 2 and set(changed["cluster in A"]) == {"scratch"}
+    click(at, "Give B's unnamed clusters the names of their matches in A")
+    names = {c.name for c in store.list_clusters(new_run) if c.name}
+    assert names == {"scratch"}
+
+
+def test_retrain_starts_a_job_with_the_labeled_set(filled, monkeypatch):
+    from webapp import jobs
+
+    launched = []
+    monkeypatch.setattr(jobs, "launch_worker", lambda store, run: launched.append(run))
+    store = filled.store
+    store.rename_cluster(filled.cluster_ids[0], "scratch")
+    store.promote_to_labels(filled.run_id)
+    at = page("labels", filled).run()
+    click(at, "Start the new run")
+    assert len(launched) == 1
+    run = store.get_run(launched[0].id)
+    assert run.settings["labels_from_project"] is True and run.parent_run_id == filled.run_id
+    assert f"Run #{run.id} started" in texts(at)
+
+
+# ------------------------------------------------------------------------------ evaluate
+
+
+def test_evaluate_page_shows_metrics_and_confusion(filled):
+    at = page("evaluate", filled).run()
+    no_exception(at)
+    values = {m.label: m.value for m in at.metric}
+    # Clusters equal the ground-truth classes exactly in the synthetic run.
+    assert values["NMI"] == "1.000" and values["F1"] == "1.000"
+    assert len(at.get("plotly_chart")) >= 2
+    result = ex.evaluate_run(filled.store, filled.run_id)
+    assert result["image"].n == 9 and result["region"].n == 18
+    assert result["region"].confusion.to_numpy().sum() == 18
+    # Moving regions across clusters lowers the region-level score.
+    a, b = filled.cluster_ids[:2]
+    filled.store.move_regions(filled.run_id, [r.region.id for r in filled.store.cluster_regions(a, limit=3).items], b)
+    assert ex.evaluate_run(filled.store, filled.run_id)["region"].metrics["f1"] < 1.0
+
+
+def test_evaluate_page_without_ground_truth_says_so(tmp_path, monkeypatch):
+    bare = fill_store(tmp_path)
+    images = bare.store.list_images(bare.project_id)
+    from core.records import ImageRecord as Record
+
+    bare.store.record_images(bare.project_id, [Record(tmp_path / "data" / i.relpath, i.relpath, i.role, None)
+                                               for i in images], compute_hash=False)
+    monkeypatch.setenv("STUDIO_WORKSPACE", str(bare.store.workspace))
+    st.cache_resource.clear()
+    at = page("evaluate", bare).run()
+    no_exception(at)
+    assert "No ground truth" in texts(at)
+
+
+# ------------------------------------------------------------------------------ export
+
+
+def test_export_bytes_match_the_database(filled):
+    store = filled.store
+    store.rename_cluster(filled.cluster_ids[0], "=HYPERLINK(1)")
+    store.mark_regions_normal(filled.run_id, filled.region_ids[-1:])
+    regions = pd.read_csv(io.BytesIO(ex.regions_csv_bytes(store, filled.run_id)))
+    assigned = {a.region.id: a for a in store.run_assignments(filled.run_id)}
+    assert sorted(regions["region_id"]) == sorted(assigned)
+    for row in regions.itertuples(index=False):
+        a = assigned[row.region_id]
+        assert (row.x0, row.y0, row.x1, row.y1) == a.region.box
+        assert row.cluster_id == a.cluster_id
+        assert row.confidence == pytest.approx(a.confidence)
+    assert set(regions.loc[regions["cluster_id"] == filled.cluster_ids[0], "class_name"]) <= {"'=HYPERLINK(1)", "normal"}
+    assert regions.loc[regions["region_id"] == filled.region_ids[-1], "class_name"].item() == "normal"
+    chosen = filled.region_ids[:3]
+    part = pd.read_csv(io.BytesIO(ex.regions_csv_bytes(store, filled.run_id, chosen)))
+    assert sorted(part["region_id"]) == sorted(chosen)
+    images = pd.read_csv(io.BytesIO(ex.images_csv_bytes(store, filled.run_id, chosen)))
+    assert set(images["image"]) == {assigned[r].region.image for r in chosen}
+    with zipfile.ZipFile(io.BytesIO(ex.crops_zip_bytes(store, filled.run_id))) as archive:
+        crops = [n for n in archive.namelist() if n.endswith(".png")]
+        assert len(crops) == len(assigned) - 1  # the region marked normal is left out
+    coco = json.loads(ex.coco_json_bytes(store, filled.run_id))
+    assert len(coco["annotations"]) == len(assigned) - 1
+
+
+def test_export_page_offers_everything_or_the_selection(filled):
+    at = page("export", filled).run()
+    no_exception(at)
+    assert at.title[0].value == "Export"
+    values = {m.label: m.value for m in at.metric}
+    assert values["Regions"] == str(len(filled.region_ids))
+    at = page("export", filled, **{ex.SELECTION_KEY: filled.region_ids[:4]}).run()
+    at.radio(key="export_scope").set_value(1).run()
+    no_exception(at)
+    values = {m.label: m.value for m in at.metric}
+    assert values["Regions"] == "4"
+    preview = at.dataframe[-1].value
+    assert sorted(preview["region_id"]) == sorted(filled.region_ids[:4])

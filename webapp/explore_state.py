@@ -163,6 +163,16 @@ def perform(action: Callable[[], T], success: str | Callable[[T], str]) -> T | N
     return result
 
 
+def link_to(page: str, label: str, icon: str | None = None) -> None:
+    """st.page_link to another page; plain text when the page is run alone (AppTest of one page)."""
+    from streamlit.errors import StreamlitPageNotFoundError
+
+    try:
+        st.page_link(page, label=label, icon=icon)
+    except StreamlitPageNotFoundError:
+        st.caption(label)
+
+
 # ------------------------------------------------------------------------------ cached run data
 
 
@@ -276,6 +286,14 @@ def images_csv_bytes(store: Store, run_id: int, region_ids: Iterable[int] | None
         images = set(regions.loc[regions["region_id"].isin(wanted), "image"])
         frame = frame[frame["image"].isin(images)]
     return _neutralized(frame).to_csv(index=False).encode("utf-8")
+
+
+@st.cache_data(max_entries=16, show_spinner="Preparing the CSV ...")
+def cached_csv(_store: Store, store_url: str, kind: str, run_id: int, revision: tuple,
+               region_ids: tuple[int, ...] | None) -> bytes:
+    """regions_csv_bytes / images_csv_bytes cached per run revision and selection."""
+    make = regions_csv_bytes if kind == "regions" else images_csv_bytes
+    return make(_store, run_id, None if region_ids is None else list(region_ids))
 
 
 def crops_zip_bytes(store: Store, run_id: int, include_normal: bool = False) -> bytes:

@@ -1,0 +1,90 @@
+"""Evaluate: when the data set has ground-truth classes, how well the clusters match them.
+
+NMI, ARI and Hungarian-matched F1 at image and region level, over the defective images as in
+metrics.json, for the run's current (edited) classes, with confusion matrices; and the metrics
+each finished run recorded when it ended, side by side.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import streamlit as st
+
+from webapp import explore_state as ex
+from webapp import state
+from webapp.widgets import empty_state, metric_cards
+
+store = state.get_store()
+project_id = state.select_project()
+run_id = state.select_run(project_id)
+assert project_id is not None and run_id is not None
+
+st.title("Evaluate", anchor=False)
+
+has_truth = any(image.gt_class for image in store.list_images(project_id, role="unlabeled"))
+if not has_truth:
+    empty_state("No ground truth in this project",
+                "Metrics need ground-truth classes: the MVTec layout's test/<class>/ folders. "
+                "A plain folder of images has none, which is the normal case in production.",
+                icon=":material/rule:")
+    st.stop()
+
+revision = ex.run_revision(store, run_id)
+
+
+@st.cache_resource(max_entries=8, show_spinner="Computing metrics ...")
+def evaluation(_store, url: str, run: int, rev: tuple) -> tuple[dict[str, ex.LevelEvaluation], ex.LevelEvaluation | None]:
+    return ex.evaluate_run(_store, run), ex.with_good(_store, run)
+
+
+levels, with_good = evaluation(store, store.url, run_id, revision)
+
+
+def number(value: float | None) -> str:
+    return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.3f}"
+
+
+st.caption(f"Run #{run_id} as it is now, with your names, merges and corrections. Computed over the "
+           "defective images (ground truth not 'good') and their regions.")
+if not levels:
+    empty_state("Nothing to evaluate", "No defective image with ground truth has a region in this run.")
+for name in ("image", "region"):
+    level = levels.get(name)
+    if level is None:
+        continue
+    st.subheader(f"{name.capitalize()} level · {level.n:,} {name}s", anchor=False)
+    metric_cards([
+        ("NMI", number(level.metrics["nmi"]), "Normalized mutual information (0..1)."),
+        ("ARI", number(level.metrics["ari"]), "Adjusted Rand index (-1..1, 0 = chance)."),
+        ("F1", number(level.metrics["f1"]), "Hungarian-matched accuracy (micro F1)."),
+    ])
+    st.plotly_chart(ex.confusion_figure(level.confusion, f"{name.capitalize()} confusion matrix"),
+                    width="stretch", key=f"evaluate_confusion_{name}")
+
+if with_good is not None:
+    with st.expander("All test images with 'good' as one more class (the paper's protocol)"):
+        metric_cards([(k.upper(), number(v)) for k, v in with_good.metrics.items()])
+        st.plotly_chart(ex.confusion_figure(with_good.confusion, "Image confusion matrix, with good"),
+                        width="stretch", key="evaluate_confusion_good")
+
+st.subheader("Per run, as recorded when each run finished", anchor=False)
+rows = []
+for run in state.finished_runs(store, project_id):
+    metrics = run.metrics or {}
+    row = {"run": state.run_label(run)}
+    for level_name in ("image", "region"):
+        values = metrics.get(level_name) or {}
+        for key in ("nmi", "ari", "f1"):
+            value = values.get(key)
+            row[f"{level_name} {key.upper()}"] = None if value is None else float(value)
+    normal = metrics.get("normal_images")
+    row["normal images kept normal"] = normal.get("share_predicted_normal") if isinstance(normal, dict) else normal
+    rows.append(row)
+table = pd.DataFrame(rows)
+if table.drop(columns=["run"]).isna().all().all():
+    st.caption("The finished runs recorded no metrics.")
+else:
+    st.dataframe(table, hide_index=True, width="stretch",
+                 column_config={c: st.column_config.NumberColumn(format="%.3f") for c in table.columns if c != "run"})

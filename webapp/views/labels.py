@@ -1,0 +1,159 @@
+"""Labels & runs: named clusters become the labeled set, a new run learns from it, names carry
+over to the new run's clusters, and two runs can be compared cluster by cluster."""
+
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+from storage import DONE, SOURCE_ENGINEER, SOURCE_IMPORTED
+from webapp import explore_state as ex
+from webapp import jobs, state
+from webapp.widgets import empty_state, escape_markdown, metric_cards, progress_panel
+
+store = state.get_store()
+project_id = state.select_project()
+run_id = state.select_run(project_id)
+assert project_id is not None and run_id is not None
+run = store.get_run(run_id)
+
+st.title("Labels & runs", anchor=False)
+st.caption("Name clusters on the Explore page, turn the names into labels here, and start a run that "
+           "learns them while it keeps discovering what is still unnamed.")
+ex.show_flashes()
+
+clusters = store.list_clusters(run_id)
+named = [c for c in clusters if c.name and not c.is_normal]
+labels = store.list_labels(project_id)
+engineer = [lab for lab in labels if lab.source == SOURCE_ENGINEER]
+imported = [lab for lab in labels if lab.source == SOURCE_IMPORTED]
+labeled_set = store.labeled_set(project_id)
+metric_cards([
+    ("Named clusters", f"{len(named)} / {len(clusters)}", "In the run chosen in the sidebar."),
+    ("Labeled regions", f"{len(labeled_set):,}", "Engineer labels win over imported ones."),
+    ("Classes in the labeled set", f"{len(set(labeled_set.values()))}"),
+    ("Finished runs", f"{len(state.finished_runs(store, project_id))}"),
+])
+
+# ------------------------------------------------------------------------------ labeled set
+st.subheader("1 · Named clusters become the labeled set", anchor=False)
+left, right = st.columns([3, 2], gap="medium")
+with left:
+    if not named:
+        empty_state("No named cluster in this run yet",
+                    "Give clusters names on the Explore page (Clusters tab); named clusters become classes.",
+                    icon=":material/sell:")
+    else:
+        st.dataframe(
+            pd.DataFrame([{"class name": c.display_name, "regions": c.region_count, "images": c.image_count,
+                           "mean confidence": c.mean_confidence} for c in named]),
+            hide_index=True, width="stretch",
+            column_config={"mean confidence": st.column_config.ProgressColumn(min_value=0.0, max_value=1.0, format="%.2f")},
+        )
+        if st.button(f"Add the {len(named)} named clusters to the labeled set", icon=":material/new_label:",
+                     type="primary", key="labels_promote",
+                     help="Each region of a named cluster gets its cluster's name as its label. "
+                          "Regions marked normal are skipped. Undo on the Explore page reverts it."):
+            ex.perform(lambda: store.promote_to_labels(run_id),
+                       lambda n: f"{n} regions are now labeled with their cluster's name.")
+            st.rerun()
+with right:
+    if labeled_set:
+        counts = pd.Series(list(labeled_set.values()), name="class").value_counts().rename_axis("class").reset_index(name="regions")
+        st.markdown("**Labeled set of the project**")
+        st.dataframe(counts, hide_index=True, width="stretch")
+        st.caption(f"{len(engineer):,} engineer labels, {len(imported):,} imported.")
+    else:
+        empty_state("The labeled set is empty",
+                    "Promote named clusters (left) or create the project with a labeled set of crops.",
+                    icon=":material/label_off:")
+
+# ------------------------------------------------------------------------------ retrain
+st.subheader("2 · Start a run that learns from the labeled set", anchor=False)
+active = jobs.active_runs(store, project_id, jobs.DISCOVER)
+if active:
+    st.markdown("**A discovery run is in progress**")
+    progress_panel(active[0])
+    ex.link_to("views/discover.py", "Follow it on the Discover page", ":material/rocket_launch:")
+with st.form("labels_retrain", border=True):
+    settings = dict(run.settings)
+    cols = st.columns(3)
+    classes_text = cols[0].text_input(
+        "New classes to discover", value=str(settings.get("classes", "auto")),
+        help="How many clusters beyond the labeled classes, or 'auto' to estimate.")
+    epochs = cols[1].number_input("Epochs", min_value=1, max_value=500, value=int(settings.get("epochs") or 10))
+    seed = cols[2].number_input("Seed", min_value=0, max_value=2**31 - 1, value=int(settings.get("seed") or 0))
+    st.caption(f"Starts from the settings of run #{run.id}; the new run's clusters get the names of the "
+               "clusters they share most regions with, so no naming work is lost.")
+    submitted = st.form_submit_button("Start the new run", icon=":material/model_training:", type="primary",
+                                      disabled=not labeled_set or bool(active))
+    if not labeled_set:
+        st.caption("Add named clusters to the labeled set first.")
+if submitted:
+    classes = classes_text.strip().lower()
+    if classes != "auto" and not classes.isdigit():
+        ex.flash("error", f"'New classes to discover' must be a number or 'auto', not {escape_markdown(classes_text)!r}.")
+    else:
+        settings.update(classes="auto" if classes == "auto" else int(classes), epochs=int(epochs), seed=int(seed),
+                        labels_from_project=True, parent_run_id=run_id)
+        new_id = jobs.start_job(store, project_id, jobs.DISCOVER, settings, parent_run_id=run_id)
+        ex.flash("success", f"Run #{new_id} started; it learns {len(labeled_set):,} labeled regions. "
+                            "Follow it on the Discover page.")
+    st.rerun()
+
+# ------------------------------------------------------------------------------ carry names
+finished = [r for r in store.list_runs(project_id, kind="discover") if r.status == DONE]
+by_id = {r.id: r for r in finished}
+
+
+def run_text(rid: int) -> str:
+    return state.run_label(by_id[rid])
+
+
+st.subheader("3 · Compare two runs", anchor=False)
+if len(finished) < 2:
+    empty_state("Only one finished run",
+                "Start a run that learns from the labeled set (above); then compare it with this one here.",
+                icon=":material/compare_arrows:")
+    st.stop()
+
+ids = [r.id for r in finished]  # newest first
+default_b = run_id
+default_a = run.parent_run_id if run.parent_run_id in by_id else next((i for i in ids if i != run_id), ids[-1])
+pick = st.columns(2)
+run_a = pick[0].selectbox("Run A (before)", ids, index=ids.index(default_a), format_func=run_text, key="compare_a")
+run_b = pick[1].selectbox("Run B (after)", ids, index=ids.index(default_b), format_func=run_text, key="compare_b")
+if run_a == run_b:
+    st.info("Choose two different runs to compare.")
+    st.stop()
+
+comparison = ex.compare_runs(store, run_a, run_b)
+metric_cards([
+    ("Regions in both runs", f"{comparison.shared_regions:,}"),
+    ("Changed cluster", f"{len(comparison.changed):,}",
+     "Regions whose cluster in B is not the match of their cluster in A."),
+    ("Matched clusters", f"{len(comparison.matches)}"),
+    ("New clusters in B", f"{len(comparison.new_clusters)}", "Clusters of B that match no cluster of A."),
+])
+tab_match, tab_new, tab_changed = st.tabs(["Matched clusters", "New clusters", "Changed regions"])
+with tab_match:
+    st.dataframe(comparison.matches, hide_index=True, width="stretch")
+    if st.button("Give B's unnamed clusters the names of their matches in A", icon=":material/drive_file_rename_outline:",
+                 key="labels_carry"):
+        ex.perform(lambda: store.carry_over_names(run_a, run_b),
+                   lambda matches: f"Names carried over along {len(matches)} matched clusters "
+                                   f"(undo on the Explore page of run #{run_b}).")
+        st.rerun()
+with tab_new:
+    if comparison.new_clusters.empty:
+        st.caption("Every cluster of B matches a cluster of A.")
+    else:
+        st.dataframe(comparison.new_clusters, hide_index=True, width="stretch")
+with tab_changed:
+    if comparison.changed.empty:
+        st.caption("No region changed cluster.")
+    else:
+        st.dataframe(comparison.changed, hide_index=True, width="stretch", height=320)
+        st.download_button("Download changed regions (CSV)", ex.to_bytes(comparison.changed),
+                           file_name=f"changed_regions_run{run_a}_vs_run{run_b}.csv", mime="text/csv",
+                           icon=":material/download:")
