@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -479,5 +480,8 @@ def test_open_workspace_default_sqlite_and_env_url(tmp_path: Path, monkeypatch: 
 
 
 def test_storage_does_not_import_streamlit() -> None:
-    source = "\n".join(p.read_text(encoding="utf-8") for p in Path("storage").rglob("*.py"))
-    assert "streamlit" not in source and ".cuda(" not in source
+    package = Path(__file__).resolve().parents[1] / "storage"
+    for path in package.rglob("*.py"):
+        source = path.read_text(encoding="utf-8")
+        assert not re.search(r"^\s*(import|from)\s+streamlit\b", source, re.MULTILINE), path
+        assert ".cuda(" not in source, path
