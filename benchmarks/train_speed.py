@@ -1,0 +1,118 @@
+"""Training steps per second: mask-guided attention through SDPA vs timm's explicit softmax path.
+
+Both variants are the same model (same weights, same blocks, same [CLS]-row mask); only
+`fused_attn` differs. Steps are full training steps (two augmented views, forward, every loss,
+backward, optimizer step), measured interleaved in the same run so machine load hits both alike.
+
+    python benchmarks/train_speed.py                      # scratch default, CPU (+ CUDA if present)
+    python benchmarks/train_speed.py --backbone vit_base_patch16_224 --batch-size 32 --device cuda
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from core.augment import augment_views, stored_size  # noqa: E402
+from core.losses import LossWeights, discovery_loss  # noqa: E402
+from core.mgvit import MGViTConfig, build_mgvit  # noqa: E402
+from core.train import DiscoveryModel  # noqa: E402
+
+
+def make_step(model: DiscoveryModel, device: torch.device, batch: int, amp: bool):
+    """A closure running one full training step on a fixed synthetic batch."""
+    size = model.backbone.input_size
+    side = stored_size(size)
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (batch, 3, side, side), generator=generator, dtype=torch.uint8).to(device)
+    masks = torch.zeros(batch, 1, side, side, dtype=torch.uint8)
+    masks[:, :, side // 4 : side // 2, side // 4 : 3 * side // 4] = 255
+    masks = masks.to(device)
+    labels = torch.full((batch,), -1, device=device)
+    scores = torch.full((batch,), 0.8, device=device)
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.01, momentum=0.9)
+
+    def step() -> float:
+        views = [augment_views(images, masks, size, generator) for _ in range(2)]
+        x = torch.cat([views[0][0], views[1][0]])
+        m = torch.cat([views[0][1], views[1][1]])
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
+            _, projections, logits = model(x, m, guided=True)
+        loss, _, _ = discovery_loss(projections.float(), logits.float(), labels, scores, 0, 0.07, LossWeights())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return float(loss.detach())
+
+    return step
+
+
+def measure(args: argparse.Namespace, device: torch.device) -> list[tuple[str, float]]:
+    config = MGViTConfig(backbone=args.backbone, input_size=args.input_size, masked_blocks=args.masked_blocks)
+    torch.manual_seed(0)
+    backbone = build_mgvit(config, device)
+    for parameter in backbone.parameters():  # train every block: attention cost shows fully
+        parameter.requires_grad = True
+    model = DiscoveryModel(backbone, 0, 6, [], n_heads=4, proj_hidden=args.proj_hidden, proj_out=256).to(device)
+    amp = device.type == "cuda"
+    step = make_step(model, device, args.batch_size, amp)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    timings = {"sdpa": 0.0, "explicit": 0.0}
+    for fused in (True, False):  # warm-up both paths
+        backbone.set_fused_attention(fused)
+        for _ in range(args.warmup):
+            step()
+    for _ in range(args.rounds):
+        for name, fused in (("sdpa", True), ("explicit", False)):
+            backbone.set_fused_attention(fused)
+            sync()
+            start = time.perf_counter()
+            for _ in range(args.steps):
+                step()
+            sync()
+            timings[name] += time.perf_counter() - start
+    total_steps = args.rounds * args.steps
+    return [(name, total_steps / seconds) for name, seconds in timings.items()]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--backbone", default="vit_tiny_scratch", help="scratch name or any timm ViT name (random init)")
+    parser.add_argument("--input-size", type=int, default=None, help="crop side; default: the backbone's own")
+    parser.add_argument("--masked-blocks", type=int, default=9)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--proj-hidden", type=int, default=2048)
+    parser.add_argument("--steps", type=int, default=4, help="steps per variant per round")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (sdpa, explicit, sdpa, ...)")
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--device", choices=["all", "cpu", "cuda"], default="all")
+    parser.add_argument("--small", action="store_true", help="micro model (32 px, dim 32): a quick smoke run")
+    args = parser.parse_args()
+    if args.small:
+        args.backbone = "vit_micro_scratch"
+    devices = []
+    if args.device in ("all", "cpu"):
+        devices.append(torch.device("cpu"))
+    if args.device in ("all", "cuda") and torch.cuda.is_available():
+        devices.append(torch.device("cuda"))
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("no CUDA GPU visible", file=sys.stderr)
+        return 2
+    print(f"backbone {args.backbone}, batch {args.batch_size} crops x 2 views, torch threads {torch.get_num_threads()}")
+    print(f"{'device':8} {'attention':10} {'steps/s':>9} {'crops/s':>9} {'vs explicit':>12}")
+    for device in devices:
+        results = dict(measure(args, device))
+        for name, rate in results.items():
+            ratio = rate / results["explicit"]
+            print(f"{device.type:8} {name:10} {rate:9.2f} {rate * args.batch_size:9.1f} {ratio:11.2f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
