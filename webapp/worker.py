@@ -392,6 +392,8 @@ def run_discover(store: Store, run: RunInfo, report: Reporter) -> str:
         region_labels = {by_id[i]: name for i, name in store.labeled_set(project.id).items() if i in by_id}
 
     def on_progress(event: Any) -> None:
+        if report.should_cancel():
+            raise JobCancelled()  # stop now rather than predict with a half-trained model
         step = getattr(event, "train", None)
         if step is not None:
             x = step.epoch + step.step / max(step.steps_per_epoch, 1)

@@ -82,7 +82,10 @@ def folder_form() -> None:
                                     "or with the same file names.")
     labeled_dir = right.text_input("Labeled set folder (optional)", key="folder_labeled",
                                    help="Known defect classes: one subfolder of crop images per class.")
-    if st.button("Check folder", key="folder_check", icon=":material/fact_check:", disabled=not root.strip()):
+    if st.button("Check folder", key="folder_check", icon=":material/fact_check:"):
+        if not root.strip():
+            st.error("Enter the data set folder first.")
+            return
         try:
             with st.spinner("Reading the data set ..."):
                 st.session_state["folder_summary"] = state.summarize_dataset(
@@ -98,10 +101,12 @@ def zip_form() -> None:
     st.caption(f"A ZIP of a data set folder (same layouts as above), at most {limit_mb} MB. Entries with "
                "absolute paths, '..' or links are refused and listed.")
     uploaded = st.file_uploader("Data set ZIP", type=["zip"], key="zip_file")
-    if st.button("Unpack and check", key="zip_check", icon=":material/unarchive:", disabled=uploaded is None):
+    if st.button("Unpack and check", key="zip_check", icon=":material/unarchive:"):
         st.session_state.pop("zip_summary", None)
         st.session_state.pop("zip_rejected", None)
-        if uploaded.size > state.MAX_ZIP_BYTES:
+        if uploaded is None:
+            st.error("Choose a ZIP file first.")
+        elif uploaded.size > state.MAX_ZIP_BYTES:
             st.error(f"{uploaded.name}: {widgets.format_bytes(uploaded.size)} is more than the "
                      f"{limit_mb} MB allowed.")
         else:

@@ -1,0 +1,142 @@
+"""The job runner: real worker processes run, cancel, crash and die, and the database says so."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from core.demo import DemoConfig, generate_demo, gt_masks_to_maps
+from core.imageio import read_gray
+from storage import CANCELLED, DONE, FAILED, RUNNING, open_workspace
+from webapp import jobs, state, worker
+
+TINY_DEMO = dict(image_size=64, n_train_good=4, n_test_good=2, n_per_class=3,
+                 defect_types=("scratch", "hole", "stain"))
+TINY_RUN = {"classes": 3, "backbone": "vit_micro_scratch", "epochs": 1, "batch_size": 8, "device": "cpu",
+            "seed": 0}
+
+
+def make_maps(root: Path, maps_dir: Path) -> None:
+    """Anomaly maps simulated from the demo's ground-truth masks (blurred, low noise)."""
+    for image in sorted((root / "test").rglob("*.png")):
+        kind = image.parent.name
+        mask_path = root / "ground_truth" / kind / f"{image.stem}_mask.png"
+        mask = read_gray(mask_path) if mask_path.is_file() else np.zeros((64, 64), np.uint8)
+        target = maps_dir / image.relative_to(root).with_suffix(".npy")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        np.save(target, gt_masks_to_maps([mask], seed=len(str(image)))[0])
+
+
+@pytest.fixture()
+def project(tmp_path):
+    """A workspace with one tiny demo project whose maps are imported (no detector needed)."""
+    root = generate_demo(tmp_path / "demo", DemoConfig(**TINY_DEMO))
+    make_maps(root, tmp_path / "maps")
+    store = open_workspace(tmp_path / "workspace")
+    info = state.create_project(store, "tiny", state.summarize_dataset(root, tmp_path / "maps"))
+    yield store, info
+    store.close()
+
+
+def _wait_running(store, run_id: int, stage_prefix: str | None = None, timeout: float = 60.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        run = store.get_run(run_id)
+        if run.status == RUNNING and run.pid and (stage_prefix is None or (run.stage or "").startswith(stage_prefix)):
+            return run
+        assert run.status not in jobs.FINISHED, f"run ended early: {run.status} {run.message}"
+        time.sleep(0.1)
+    raise TimeoutError(f"run {run_id} never reached {stage_prefix or 'running'}")
+
+
+@pytest.mark.slow
+def test_discovery_job_runs_in_a_subprocess_to_done_and_writes_clusters(project):
+    store, info = project
+    run_id = jobs.start_job(store, info.id, jobs.DISCOVER, TINY_RUN)
+    run = jobs.wait_for(store, run_id, timeout=240)
+    assert run.status == DONE, (run.message, jobs.read_log_tail(store, run))
+    assert run.pid and run.pid != os.getpid()  # a separate process did the work
+    assert run.progress == pytest.approx(1.0)
+    clusters = store.list_clusters(run_id)
+    assert len(clusters) == TINY_RUN["classes"] + 1  # K defect classes + the normal slot
+    assert sum(c.is_normal for c in clusters) == 1
+    regions = store.list_regions(info.id)
+    assert regions and sum(c.region_count for c in clusters) == len(regions)
+    points = store.umap_points(run_id)
+    assert len(points) == len(regions) and np.isfinite(points[["x", "y"]].to_numpy()).all()
+    assert run.loss_history and all("loss" in p or "total" in p for p in run.loss_history)
+    assert run.metrics["image"]["n"] == 9  # ground truth known: metrics over the defective images
+    assert len(store.list_maps(info.id)) == 11 and len(store.list_binarizations(info.id)) == 11
+    assert run.checkpoint_path and Path(run.checkpoint_path).is_file()
+
+
+
+def test_cancel_makes_a_running_job_cancelled(project):
+    store, info = project
+    run_id = jobs.start_job(store, info.id, jobs.DISCOVER, {**TINY_RUN, "epochs": 400})
+    _wait_running(store, run_id, "Training")
+    jobs.cancel_job(store, run_id)
+    run = jobs.wait_for(store, run_id, timeout=60)
+    assert run.status == CANCELLED
+    assert store.list_clusters(run_id) == []  # a cancelled run leaves no half results
+
+
+def test_a_killed_worker_leaves_the_run_failed_after_recovery(project):
+    store, info = project
+    run_id = jobs.start_job(store, info.id, jobs.DISCOVER, {**TINY_RUN, "epochs": 400})
+    run = _wait_running(store, run_id)
+    os.kill(run.pid, signal.SIGKILL)
+    deadline = time.monotonic() + 20
+    recovered: list[int] = []
+    while run_id not in recovered and time.monotonic() < deadline:
+        time.sleep(0.2)  # the runner's reaper thread collects the dead child
+        recovered = store.recover_stale_runs()
+    assert run_id in recovered
+    run = store.get_run(run_id)
+    assert run.status == FAILED and run.message
+
+
+def test_the_worker_records_a_crash_as_failed_with_its_message(project, tmp_path):
+    store, info = project
+    gone = tmp_path / "moved-away"
+    bad = store.create_project("broken", str(gone))
+    run = store.start_run(bad.id, jobs.DETECT, {})
+    assert worker.execute(store, run.id) == FAILED
+    failed = store.get_run(run.id)
+    assert failed.status == FAILED and str(gone) in failed.message
+
+
+def test_the_worker_refuses_unknown_kinds_and_skips_runs_not_queued(project):
+    store, info = project
+    odd = store.start_run(info.id, "teleport", {})
+    assert worker.execute(store, odd.id) == FAILED
+    assert "teleport" in store.get_run(odd.id).message
+    with pytest.raises(ValueError, match="unknown job kind"):
+        jobs.start_job(store, info.id, "teleport", {})
+    cancelled = store.start_run(info.id, jobs.DETECT, {})
+    store.cancel_run(cancelled.id)
+    assert worker.execute(store, cancelled.id) == CANCELLED
+
+
+def test_detect_job_imports_maps_and_stores_masks_and_crops_in_process(project):
+    store, info = project
+    run = store.start_run(info.id, jobs.DETECT, {"map_source": "import"})
+    assert worker.execute(store, run.id) == DONE
+    binarizations = store.list_binarizations(info.id)
+    assert len(binarizations) == 11
+    defective = [b for b in binarizations if not b["image"].startswith("test/good/")]
+    assert sum(b["num_anomalies"] > 0 for b in defective) >= 8  # GT-made maps: MEBin finds the defects
+    for record in binarizations:
+        assert len(record["counts"]) == 64 and 0 <= record["threshold"] <= 255
+        assert Path(record["mask_path"]).is_file()
+    regions = store.list_regions(info.id)
+    assert regions and all(Path(r.crop_path).is_file() for r in regions)
+    # Re-running keeps unchanged regions (and any labels on them).
+    again = store.start_run(info.id, jobs.DETECT, {"map_source": "import"})
+    assert worker.execute(store, again.id) == DONE
+    assert [r.id for r in store.list_regions(info.id)] == [r.id for r in regions]
