@@ -7,6 +7,7 @@ one the PostgreSQL cases are skipped with the reason, except under CI=true where
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import socket
@@ -99,15 +100,26 @@ def start_local_postgres() -> LocalServer:
     return LocalServer(f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres", bindir, datadir)
 
 
-@pytest.fixture(scope="session")
-def postgres_admin_url() -> Iterator[str]:
-    """URL of a database on a live server through which test databases are created."""
+_SERVER: dict[str, object] = {}
+
+
+def _admin_url() -> str:
+    """Once per test process: the server's URL, or a skip/fail with the reason.
+
+    Kept in a module global rather than a session fixture: the fixtures are imported into
+    several test modules, and pytest would otherwise start one server per module.
+    """
+    if "url" in _SERVER:
+        return str(_SERVER["url"])
+    if "error" in _SERVER:
+        _unavailable(str(_SERVER["error"]))
     url = os.environ.get(POSTGRES_ENV, "").strip()
-    server = None
     if not url:
         server = start_local_postgres()
         if server.error:
+            _SERVER["error"] = server.error
             _unavailable(server.error)
+        atexit.register(server.stop)
         url = server.url
     try:
         engine = sa.create_engine(url)
@@ -115,12 +127,16 @@ def postgres_admin_url() -> Iterator[str]:
             connection.execute(sa.text("select 1"))
         engine.dispose()
     except Exception as error:  # noqa: BLE001 - any connection failure means no server
-        if server:
-            server.stop()
-        _unavailable(f"cannot connect to {make_url(url).render_as_string(hide_password=True)}: {error}")
-    yield url
-    if server:
-        server.stop()
+        _SERVER["error"] = f"cannot connect to {make_url(url).render_as_string(hide_password=True)}: {error}"
+        _unavailable(str(_SERVER["error"]))
+    _SERVER["url"] = url
+    return url
+
+
+@pytest.fixture()
+def postgres_admin_url() -> str:
+    """URL of a database on a live server through which test databases are created."""
+    return _admin_url()
 
 
 @pytest.fixture(params=BACKENDS)
