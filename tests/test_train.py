@@ -134,3 +134,51 @@ def test_bad_training_data_is_rejected() -> None:
         train(TrainingData(data.crops, data.masks, data.scores, np.zeros(24, np.int64), []), 3, MODEL, TINY, "cpu")
     with pytest.raises(ValueError, match="no crops"):
         train(TrainingData([], [], np.zeros(0, np.float32), np.zeros(0, np.int64), []), 3, MODEL, TINY, "cpu")
+
+
+# ---------------------------------------------------------------- augmentation
+
+from core.augment import AugmentConfig, augment_views, center_views, prepare_crops  # noqa: E402
+
+GEOMETRY_ONLY = AugmentConfig(jitter_prob=0.0, sharpness_prob=0.0, blur_prob=0.0, posterize_prob=0.0)
+
+
+def _stored(n: int = 6, side: int = 36) -> tuple[torch.Tensor, torch.Tensor]:
+    data = toy_data(n)
+    return prepare_crops(data.crops, data.masks, side)
+
+
+def test_views_are_reproducible_with_a_seeded_generator() -> None:
+    images, masks = _stored()
+    first = augment_views(images, masks, 32, torch.Generator().manual_seed(5))
+    second = augment_views(images, masks, 32, torch.Generator().manual_seed(5))
+    other = augment_views(images, masks, 32, torch.Generator().manual_seed(6))
+    assert all(torch.equal(a, b) for a, b in zip(first, second))
+    assert not torch.equal(first[0], other[0])
+    assert first[0].shape == (6, 3, 32, 32) and first[1].shape == (6, 1, 32, 32)
+    assert 0 <= float(first[1].min()) and float(first[1].max()) <= 1
+
+
+def test_geometry_moves_image_and_mask_alike_photometry_only_the_image() -> None:
+    _, masks = _stored()
+    images = masks.expand(-1, 3, -1, -1).contiguous()  # an image that IS its mask
+    view, view_mask = augment_views(images, masks, 32, torch.Generator().manual_seed(0), GEOMETRY_ONLY)
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    assert torch.allclose(view * std + mean, view_mask.expand(-1, 3, -1, -1), atol=1e-5)
+    _, photometric_mask = augment_views(images, masks, 32, torch.Generator().manual_seed(0), AugmentConfig(
+        jitter_prob=1.0, sharpness_prob=1.0, blur_prob=1.0, posterize_prob=1.0))
+    assert torch.equal(photometric_mask, view_mask)  # same geometry, mask untouched by photometry
+
+
+def test_rotations_and_flips_are_exact_without_rescaling() -> None:
+    images, masks = _stored(4, side=32)
+    config = AugmentConfig(crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), hflip_prob=0.5, vflip_prob=0.5,
+                           jitter_prob=0.0, sharpness_prob=0.0, blur_prob=0.0, posterize_prob=0.0)
+    _, view_mask = augment_views(images, masks, 32, torch.Generator().manual_seed(3), config)
+    source = masks.float() / 255
+    for index in range(4):
+        candidates = [torch.rot90(m, k, dims=(1, 2)) for k in range(4) for m in (source[index], source[index].flip(2))]
+        assert any(torch.allclose(view_mask[index], c, atol=1e-5) for c in candidates)
+    centre, centre_mask = center_views(images, masks, 32)
+    assert torch.equal(centre_mask, source)
