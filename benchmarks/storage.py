@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
 
         t_naive_insert, _ = timed(naive_insert)
         rows.append((f"record {len(images)} images", t_images, "-", None))
-        rows.append((f"record {len(regions)} regions (+ crop/mask PNGs)", t_regions, "PNG files alone", t_files))
+        rows.append((f"record {len(regions)} regions (+ crop/mask PNGs)", t_regions, "same PNGs, no DB", t_files))
         rows.append((f"write {len(assignments)} assignments (dim {args.dim})", t_results, "ORM add_all", t_naive_insert))
 
         largest = max(written, key=lambda c: c.region_count)  # type: ignore[union-attr]
