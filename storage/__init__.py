@@ -6,7 +6,16 @@ Entry point: `storage.open_workspace(path_or_url) -> Store` (see storage/api.py)
 
 from storage.api import Store, open_workspace
 from storage.records import (
+    CANCELLED,
+    DONE,
+    FAILED,
     NORMAL_CLASS,
+    QUEUED,
+    RUN_STATUSES,
+    RUNNING,
+    SOURCE_ENGINEER,
+    SOURCE_GROUND_TRUTH,
+    SOURCE_IMPORTED,
     AssignedRegion,
     AssignmentInput,
     BinarizationInput,
@@ -30,7 +39,16 @@ from storage.records import (
 )
 
 __all__ = [
+    "CANCELLED",
+    "DONE",
+    "FAILED",
     "NORMAL_CLASS",
+    "QUEUED",
+    "RUN_STATUSES",
+    "RUNNING",
+    "SOURCE_ENGINEER",
+    "SOURCE_GROUND_TRUTH",
+    "SOURCE_IMPORTED",
     "AssignedRegion",
     "AssignmentInput",
     "BinarizationInput",
