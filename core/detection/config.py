@@ -1,0 +1,53 @@
+"""Settings of the built-in anomaly detector (one frozen dataclass, published defaults)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+#: Backbone that needs no download: a fixed multi-scale filter bank (see features.FilterBank).
+OFFLINE_BACKBONE = "filterbank"
+#: Backbone of the PatchCore paper, the real-use choice when its weights are available.
+PAPER_BACKBONE = "wide_resnet50_2"
+METHODS = ("patchcore", "zero-shot")
+
+
+@dataclass(frozen=True)
+class DetectorConfig:
+    """How anomaly maps are computed. Defaults follow PatchCore (Roth et al., CVPR 2022) and MuSc."""
+
+    method: str = "patchcore"  # "patchcore" (needs normal images) or "zero-shot" (MuSc-style, none needed)
+    backbone: str = OFFLINE_BACKBONE  # "filterbank" (offline) or any timm CNN name, e.g. "wide_resnet50_2"
+    weights: Path | None = None  # local .pth/.safetensors weights for a timm backbone
+    pretrained: bool = True  # timm backbone: load pretrained weights (timm/HF cache); False = random init
+    layers: tuple[int, int] = (2, 3)  # two intermediate feature stages (timm out_indices; layer2+layer3)
+    embed_dim: int = 1024  # patch feature size after adaptive channel pooling (PatchCore: 1024)
+    coreset_ratio: float = 0.1  # share of normal patches kept in the memory bank (PatchCore: 0.1)
+    projection_dim: int = 128  # random projection size for coreset distances (PatchCore: 128)
+    neighbourhood: int = 3  # local aggregation window, patches (PatchCore: 3x3)
+    sigma: float = 4.0  # Gaussian smoothing of the map, in feature-input pixels (PatchCore: 4)
+    image_size: int = 224  # shorter side of the feature input, pixels (aspect ratio kept)
+    batch_size: int = 8  # images per forward pass
+    zero_shot_fraction: float = 0.3  # zero-shot: share of most similar other images averaged (MuSc: 30%)
+    zero_shot_references: int = 64  # zero-shot: most other images each image is compared with
+    seed: int = 0  # coreset start and projection, reference sampling
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {', '.join(METHODS)}, not {self.method!r}")
+        if len(self.layers) != 2:
+            raise ValueError(f"layers must name two feature stages, not {self.layers!r}")
+        if not 0 < self.coreset_ratio <= 1:
+            raise ValueError(f"coreset_ratio must be in (0, 1], not {self.coreset_ratio}")
+        if not 0 < self.zero_shot_fraction <= 1:
+            raise ValueError(f"zero_shot_fraction must be in (0, 1], not {self.zero_shot_fraction}")
+        if self.neighbourhood < 1 or self.neighbourhood % 2 == 0:
+            raise ValueError(f"neighbourhood must be an odd number >= 1, not {self.neighbourhood}")
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain JSON-able settings (paths as strings), e.g. for the cache key and run records."""
+        values = asdict(self)
+        values["weights"] = None if self.weights is None else str(self.weights)
+        values["layers"] = list(self.layers)
+        return values

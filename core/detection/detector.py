@@ -1,0 +1,255 @@
+"""The built-in detector: anomaly maps for the images to inspect, PatchCore or zero-shot, cached."""
+
+from __future__ import annotations
+
+import csv
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from core.detection.cache import MapCache, file_hash, settings_key
+from core.detection.config import DetectorConfig
+from core.detection.features import (
+    DetectionError,
+    build_feature_extractor,
+    input_size,
+    patch_embeddings,
+    to_input,
+)
+from core.detection.patchcore import PatchCore, patch_scores_to_maps
+from core.detection.zero_shot import mutual_scores, reference_indices
+from core.imageio import ImageReadError, read_image
+from core.records import ImageRecord, Manifest
+
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass
+class Detection:
+    """Raw float32 maps at image size and image scores (map maximum), keyed by image relpath."""
+
+    maps: dict[str, np.ndarray]
+    scores: dict[str, float]
+    config: DetectorConfig
+    computed: list[str] = field(default_factory=list)  # relpaths whose maps were computed in this call
+    cached: list[str] = field(default_factory=list)  # relpaths whose maps came from the cache
+    images_featurized: int = 0  # images passed through the backbone in this call
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per phase (fit, predict, ...)
+
+
+def _notify(progress: Progress | None, stage: str, done: int, total: int) -> None:
+    if progress is not None:
+        progress(stage, done, total)
+
+
+def _load(record: ImageRecord) -> np.ndarray:
+    try:
+        return read_image(record.path)
+    except ImageReadError as error:
+        raise DetectionError(str(error)) from error
+
+
+class _Featurizer:
+    """Reads images, runs the backbone in batches of equal input size, yields patch embeddings."""
+
+    def __init__(self, config: DetectorConfig, device: torch.device) -> None:
+        self.config = config
+        self.device = device
+        self.extractor = build_feature_extractor(config, device)
+        self.images = 0
+
+    def batches(
+        self, records: Sequence[ImageRecord], progress: Progress | None, stage: str
+    ) -> Iterator[tuple[list[ImageRecord], torch.Tensor, tuple[int, int], list[tuple[int, int]]]]:
+        """(records, B x D x h x w embeddings, input size, original sizes) per batch."""
+        size = self.config.batch_size
+        done = 0
+        _notify(progress, stage, 0, len(records))
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            for begin in range(0, len(records), size):
+                chunk = list(records[begin:begin + size])
+                images = list(pool.map(_load, chunk))
+                groups: dict[tuple[int, int], list[int]] = {}
+                for index, image in enumerate(images):
+                    groups.setdefault(input_size(image.shape[:2], self.config.image_size), []).append(index)
+                for in_size, indices in groups.items():
+                    tensor = torch.from_numpy(np.stack([to_input(images[i], in_size) for i in indices]))
+                    with torch.inference_mode():
+                        stages = self.extractor(tensor.to(self.device))
+                        embeddings = patch_embeddings([s.float() for s in stages], self.config)
+                    self.images += len(indices)
+                    yield [chunk[i] for i in indices], embeddings, in_size, [images[i].shape[:2] for i in indices]
+                done += len(chunk)
+                _notify(progress, stage, done, len(records))
+
+
+def _to_image_maps(patch_scores: torch.Tensor, in_size: tuple[int, int], sizes: list[tuple[int, int]],
+                   sigma: float) -> list[np.ndarray]:
+    with torch.inference_mode():
+        maps = patch_scores_to_maps(patch_scores, in_size, sigma)
+        out = []
+        for index, size in enumerate(sizes):
+            resized = F.interpolate(maps[index][None, None], size=tuple(size), mode="bilinear", align_corners=False)
+            out.append(resized[0, 0].float().cpu().numpy().astype(np.float32))
+    return out
+
+
+def _settings(config: DetectorConfig, weights_hash: str | None) -> dict:
+    settings = config.as_dict()
+    settings.pop("batch_size")  # does not change the maps
+    settings["weights"] = weights_hash
+    return settings
+
+
+def detect(
+    manifest: Manifest,
+    config: DetectorConfig,
+    device: torch.device,
+    progress: Progress | None = None,
+    cache_dir: Path | None = None,
+) -> Detection:
+    """Anomaly maps (float32, image size, raw scores) and scores for every unlabeled image.
+
+    PatchCore learns from manifest.normal; zero-shot compares the images of the set with each
+    other (normal images, when present, join the references). With cache_dir, maps are reused
+    when the image content and everything the detector depends on are unchanged.
+    """
+    targets = manifest.unlabeled
+    if config.method == "patchcore" and not manifest.normal:
+        raise DetectionError(
+            f"{manifest.root}: PatchCore needs normal (defect-free) reference images and this data set has none "
+            "(MVTec layout: train/good/; plain folder: a normal/ subfolder); use method 'zero-shot' instead")
+    references = manifest.normal if config.method == "patchcore" else manifest.images
+    if config.method == "zero-shot" and len(references) < 2:
+        raise DetectionError(f"{manifest.root}: zero-shot detection needs at least two images to compare")
+    timings: dict[str, float] = {}
+    detection = Detection({}, {}, config, timings=timings)
+    if not targets:
+        return detection
+
+    started = time.perf_counter()
+    hashes: dict[str, str] = {}
+    cache = None
+    if cache_dir is not None:
+        needed = {r.relpath: r for r in [*targets, *references]}
+        for done, record in enumerate(needed.values(), 1):
+            try:
+                hashes[record.relpath] = file_hash(record.path)
+            except OSError as error:
+                raise DetectionError(f"{record.path}: cannot be read ({error.strerror or error})") from error
+            _notify(progress, "hashing images", done, len(needed))
+        weights_hash = file_hash(Path(config.weights)) if config.weights and Path(config.weights).is_file() else None
+        key = settings_key(_settings(config, weights_hash), (hashes[r.relpath] for r in references))
+        cache = MapCache(Path(cache_dir), key)
+    missing: list[ImageRecord] = []
+    for record in targets:
+        cached = cache.get(hashes[record.relpath]) if cache is not None else None
+        if cached is None:
+            missing.append(record)
+        else:
+            detection.maps[record.relpath] = cached
+            detection.cached.append(record.relpath)
+    timings["cache"] = time.perf_counter() - started
+
+    if missing:
+        featurizer = _Featurizer(config, device)
+        if config.method == "patchcore":
+            computed = _run_patchcore(featurizer, references, missing, progress, timings)
+        else:
+            computed = _run_zero_shot(featurizer, references, missing, progress, timings)
+        for relpath, array in computed.items():
+            detection.maps[relpath] = array
+            detection.computed.append(relpath)
+            if cache is not None:
+                cache.put(hashes[relpath], array)
+        detection.images_featurized = featurizer.images
+    detection.maps = {r.relpath: detection.maps[r.relpath] for r in targets}
+    detection.scores = {relpath: float(array.max()) for relpath, array in detection.maps.items()}
+    return detection
+
+
+def _run_patchcore(featurizer: _Featurizer, normal: Sequence[ImageRecord], targets: Sequence[ImageRecord],
+                   progress: Progress | None, timings: dict[str, float]) -> dict[str, np.ndarray]:
+    config = featurizer.config
+    started = time.perf_counter()
+    patches = []
+    for _, embeddings, _, _ in featurizer.batches(normal, progress, "fit: features of normal images"):
+        patches.append(embeddings.permute(0, 2, 3, 1).reshape(-1, embeddings.shape[1]))
+    bank = torch.cat(patches)
+    model = PatchCore(config.coreset_ratio, config.projection_dim, config.seed)
+    with torch.inference_mode():
+        model.fit(bank, progress=lambda done, total: _notify(progress, "fit: coreset", done, total))
+    timings["fit"] = time.perf_counter() - started
+
+    started = time.perf_counter()
+    maps: dict[str, np.ndarray] = {}
+    for records, embeddings, in_size, sizes in featurizer.batches(targets, progress, "predict: anomaly maps"):
+        with torch.inference_mode():
+            scores = model.score(embeddings)
+        for record, array in zip(records, _to_image_maps(scores, in_size, sizes, config.sigma)):
+            maps[record.relpath] = array
+    timings["predict"] = time.perf_counter() - started
+    return maps
+
+
+def _run_zero_shot(featurizer: _Featurizer, references: Sequence[ImageRecord], targets: Sequence[ImageRecord],
+                   progress: Progress | None, timings: dict[str, float]) -> dict[str, np.ndarray]:
+    config = featurizer.config
+    started = time.perf_counter()
+    patches: dict[str, torch.Tensor] = {}
+    grids: dict[str, tuple[tuple[int, int], tuple[int, int], tuple[int, int]]] = {}
+    for records, embeddings, in_size, sizes in featurizer.batches(references, progress, "zero-shot: features"):
+        for index, record in enumerate(records):
+            patches[record.relpath] = embeddings[index].permute(1, 2, 0).reshape(-1, embeddings.shape[1])
+            grids[record.relpath] = (tuple(embeddings.shape[-2:]), in_size, sizes[index])
+    timings["fit"] = time.perf_counter() - started
+
+    started = time.perf_counter()
+    order = [r.relpath for r in references]
+    position = {relpath: index for index, relpath in enumerate(order)}
+    maps: dict[str, np.ndarray] = {}
+    for done, record in enumerate(targets, 1):
+        index = position[record.relpath]
+        chosen = reference_indices(len(order), index, config.zero_shot_references, config.seed)
+        with torch.inference_mode():
+            scores = mutual_scores(patches[record.relpath], [patches[order[j]] for j in chosen],
+                                   config.zero_shot_fraction)
+        grid, in_size, size = grids[record.relpath]
+        maps[record.relpath] = _to_image_maps(scores.reshape(1, *grid), in_size, [size], config.sigma)[0]
+        _notify(progress, "zero-shot: mutual scoring", done, len(targets))
+    timings["predict"] = time.perf_counter() - started
+    return maps
+
+
+def map_relpath(image_relpath: str) -> str:
+    """Where an image's map goes under maps/: its relative path with the extension replaced by .npy."""
+    return PurePosixPath(image_relpath).with_suffix(".npy").as_posix()
+
+
+def write_detection(detection: Detection, manifest: Manifest, out_dir: Path) -> None:
+    """Write DESIGN.md's contract: out_dir/maps/<relpath>.npy (float32, image size) and scores.csv."""
+    out_dir = Path(out_dir)
+    ordered = [r.relpath for r in manifest.images if r.relpath in detection.maps]
+    targets: dict[str, str] = {}
+    for relpath in ordered:
+        target = map_relpath(relpath)
+        if target in targets:
+            raise DetectionError(f"{relpath} and {targets[target]} would both be written to maps/{target}; "
+                                 "rename one of the images")
+        targets[target] = relpath
+    for target, relpath in targets.items():
+        path = out_dir / "maps" / target
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.save(path, np.asarray(detection.maps[relpath], dtype=np.float32))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with open(out_dir / "scores.csv", "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["image", "score"])
+        for relpath in ordered:
+            writer.writerow([relpath, f"{detection.scores[relpath]:.6g}"])
