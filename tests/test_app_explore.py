@@ -139,6 +139,8 @@ def test_selection_parsing_reads_region_ids_from_custom_data():
     assert ex.region_ids_from_selection(state) == [7, 3]
     assert ex.region_ids_from_selection(None) == []
     assert ex.region_ids_from_selection({"selection": {"points": [{"customdata": 5}]}}) == [5]
+    # What a browser sends back for custom_data that was a numpy array (a typed array).
+    assert ex.region_ids_from_selection({"selection": {"points": [{"customdata": {"0": 9, "1": 0.4}}]}}) == [9]
 
 
 def test_umap_figure_has_one_trace_per_cluster_with_region_ids(filled):

@@ -71,9 +71,9 @@ T = TypeVar("T")
 def region_ids_from_selection(state: Mapping[str, Any] | None) -> list[int]:
     """Region ids of the points in a plotly chart state ({"selection": {"points": [...]}}).
 
-    Each point carries its region id as the first custom_data value; points without one (there
-    are none on our plot, but a legend click may send odd points) are ignored. Order kept, no
-    duplicates.
+    Each point carries its region id as the first custom_data value; points without one are
+    ignored. custom_data sent as a numpy array reaches the browser as a typed array and comes back
+    as {"0": id, "1": ...}, so both forms are read. Order kept, no duplicates.
     """
     if not state:
         return []
@@ -86,6 +86,8 @@ def region_ids_from_selection(state: Mapping[str, Any] | None) -> list[int]:
         custom = point.get("customdata") if isinstance(point, Mapping) else None
         if custom is None:
             continue
+        if isinstance(custom, Mapping):  # a numpy custom_data array arrives as {"0": id, "1": ...}
+            custom = custom.get("0", custom.get(0))
         value = custom[0] if isinstance(custom, (list, tuple)) and custom else custom
         try:
             ids[int(value)] = None
@@ -203,6 +205,12 @@ def clusters_of(_store: Store, store_url: str, run_id: int, revision: tuple) -> 
     return _store.list_clusters(run_id)
 
 
+def _custom_data(part: pd.DataFrame) -> list[list[float]]:
+    """[region id, confidence] per point as plain lists: a numpy array would travel as a typed
+    array and come back from the browser's selection as a dict instead of a list."""
+    return [[int(r), round(float(c), 4)] for r, c in zip(part["region_id"], part["confidence"])]
+
+
 def umap_figure(points: pd.DataFrame, clusters: Sequence[ClusterInfo], height: int = 560) -> go.Figure:
     """The UMAP scatter: one trace per cluster (its color), normal regions in one gray trace.
 
@@ -225,7 +233,7 @@ def umap_figure(points: pd.DataFrame, clusters: Sequence[ClusterInfo], height: i
         name = cluster.display_name + (" (normal)" if cluster.is_normal else "")
         figure.add_trace(trace_type(
             x=part["x"].to_numpy(), y=part["y"].to_numpy(), mode="markers", name=f"{name} ({len(part)})",
-            customdata=np.column_stack([part["region_id"].to_numpy(), part["confidence"].to_numpy()]),
+            customdata=_custom_data(part),
             marker=dict(color=NORMAL_COLOR if cluster.is_normal else cluster.color, size=marker_size,
                         opacity=0.85, line=dict(width=0)),
             hovertemplate=hover,
@@ -235,7 +243,7 @@ def umap_figure(points: pd.DataFrame, clusters: Sequence[ClusterInfo], height: i
         figure.add_trace(trace_type(
             x=normal["x"].to_numpy(), y=normal["y"].to_numpy(), mode="markers",
             name=f"{NORMAL_TRACE} ({len(normal)})",
-            customdata=np.column_stack([normal["region_id"].to_numpy(), normal["confidence"].to_numpy()]),
+            customdata=_custom_data(normal),
             marker=dict(color=NORMAL_COLOR, size=marker_size, symbol="x", opacity=0.9),
             hovertemplate=hover,
         ))

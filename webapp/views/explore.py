@@ -59,6 +59,11 @@ def cluster_label(cluster_id: int) -> str:
     return f"{cluster.display_name} ({cluster.region_count} regions{flag})"
 
 
+def plural(count: int, word: str) -> str:
+    """'1 region', '3 regions'."""
+    return f"{count:,} {word}{'' if count == 1 else 's'}"
+
+
 def quoted(name: str) -> str:
     """A name for a message rendered as markdown: quoted and escaped, shown literally."""
     return f"“{escape_markdown(name)}”"
@@ -84,7 +89,7 @@ ex.sync_chart_selection()
 known_ids = set(points["region_id"].tolist())
 selection = [i for i in ex.selected_ids() if i in known_ids]
 can_undo, can_redo = store.can_undo(run_id), store.can_redo(run_id)
-tools = st.columns([1, 1, 1.3, 3.2])
+tools = st.columns([1.5, 2.0, 1.6, 2.6], vertical_alignment="center")
 if tools[0].button("Undo", icon=":material/undo:", disabled=not can_undo, shortcut="Mod+Z",
                    help="Revert the last edit of this run (Ctrl+Z).", width="stretch"):
     ex.perform(lambda: store.undo(run_id), lambda e: f"Undid: {e.kind.replace('_', ' ')}.")
@@ -135,7 +140,7 @@ def files_of(region_id: int) -> tuple[str | None, str | None]:
 with right:
     indexed = points.set_index("region_id", drop=False)
     if selection:
-        st.subheader(f"Selection · {len(selection):,} regions")
+        st.subheader(f"Selection · {plural(len(selection), 'region')}")
         shown_ids = selection
     else:
         st.subheader("Most doubtful regions")
@@ -176,14 +181,16 @@ with right:
 tab_clusters, tab_selection, tab_image, tab_history = st.tabs(
     ["Clusters", f"Selected regions ({len(selection):,})", "Image view", "History"]
 )
-cluster_ids = [c.id for c in clusters]
+# Pickers list populated clusters first (largest first), then the empty ones (e.g. the normal slot).
+cluster_ids = [c.id for c in sorted(clusters, key=lambda c: (c.region_count == 0, -c.region_count, c.slot))]
+populated = [c for c in clusters if c.region_count > 0]
 
 with tab_clusters:
     table_col, forms_col = st.columns([3, 2], gap="medium")
     with table_col:
         best = points.sort_values("confidence", ascending=False).drop_duplicates("cluster_id").set_index("cluster_id")
         rows = []
-        for c in clusters:
+        for c in sorted(populated, key=lambda c: -c.region_count):
             sample = None
             if c.id in best.index:
                 crop, mask = files_of(int(best.loc[c.id, "region_id"]))
@@ -203,6 +210,10 @@ with tab_clusters:
                 "named": st.column_config.CheckboxColumn("named"),
             },
         )
+        empty = len(clusters) - len(populated)
+        if empty:
+            st.caption(f"{empty} empty cluster{'s' if empty > 1 else ''} not listed (still available as move "
+                       "and merge targets).")
         pick = st.columns([3, 1], vertical_alignment="bottom")
         show_id = pick[0].selectbox("Cluster to show in the gallery", cluster_ids, format_func=cluster_label,
                                     key="explore_show_cluster")
@@ -276,8 +287,8 @@ with tab_selection:
         st.info("Select regions first: box or lasso on the plot, **Select its regions** under Clusters, "
                 "or an image's regions in the Image view.", icon=":material/touch_app:")
     else:
-        st.markdown(f"**{len(selection):,} regions selected** from "
-                    f"{points[points['region_id'].isin(selection)]['image'].nunique():,} images.")
+        n_images = points[points['region_id'].isin(selection)]['image'].nunique()
+        st.markdown(f"**{plural(len(selection), 'region')} selected** from {plural(n_images, 'image')}.")
         act = st.columns(2, gap="medium")
         with act[0]:
             with st.form("explore_move", border=True):
@@ -286,7 +297,7 @@ with tab_selection:
                 if st.form_submit_button("Move", icon=":material/drive_file_move:", type="primary"):
                     ex.perform(
                         lambda: store.move_regions(run_id, selection, move_target, expected_version=expected(move_target)),
-                        lambda c: f"Moved {len(selection)} regions to {quoted(c.display_name)}.",
+                        lambda c: f"Moved {plural(len(selection), 'region')} to {quoted(c.display_name)}.",
                     )
                     st.rerun()
         with act[1]:
@@ -297,12 +308,12 @@ with tab_selection:
                                      help="These regions are no defect (false detections of the detector).",
                                      width="stretch"):
                     ex.perform(lambda: store.mark_regions_normal(run_id, selection, True),
-                               lambda n: f"Marked {n} regions as normal / false detection.")
+                               lambda n: f"Marked {plural(n, 'region')} as normal / false detection.")
                     st.rerun()
                 if buttons[1].button("Clear mark", icon=":material/undo:", key="clear_selection_normal",
                                      width="stretch"):
                     ex.perform(lambda: store.mark_regions_normal(run_id, selection, False),
-                               lambda n: f"Cleared the normal mark of {n} regions.")
+                               lambda n: f"Cleared the normal mark of {plural(n, 'region')}.")
                     st.rerun()
 
 with tab_image:

@@ -26,7 +26,7 @@ points = ex.umap_points(store, store.url, run_id, revision)
 known = set(points["region_id"].tolist())
 selection = [i for i in ex.selected_ids() if i in known]
 
-scopes = ["Everything", f"The Explore selection ({len(selection):,} regions)"]
+scopes = ["Everything", f"The Explore selection ({len(selection):,} region{'' if len(selection) == 1 else 's'})"]
 scope_index = st.radio("What to export", [0, 1], format_func=lambda i: scopes[i], horizontal=True,
                        key="export_scope", help="Select regions on the Explore page (box, lasso, a cluster or an image) to export only those.")
 only_selection = scope_index == 1
