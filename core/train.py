@@ -360,8 +360,14 @@ def train(
         saved = torch.load(str(checkpoint_path), map_location="cpu", weights_only=True)
         state = saved.get("train_state")
         if state is not None:
-            model.load_state_dict(saved["state_dict"])
-            optimizer.load_state_dict(state["optimizer"])
+            try:
+                model.load_state_dict(saved["state_dict"])
+                optimizer.load_state_dict(state["optimizer"])
+            except (RuntimeError, ValueError, KeyError) as error:
+                raise ValueError(
+                    f"checkpoint {checkpoint_path} was written by a different training (other backbone, classes "
+                    f"or heads); delete it or train without resume ({type(error).__name__})"
+                ) from error
             start_epoch = int(state["epoch"])
             history = list(state["history"])
             model.best_head = int(saved.get("best_head", 0))

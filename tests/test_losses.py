@@ -95,8 +95,8 @@ def test_teacher_temperature_schedule() -> None:
 def _optimize_toward_teacher(score: float) -> torch.Tensor:
     """Free logits of one sample (two views), favouring novel class 3 over the normal slot 2."""
     logits = torch.nn.Parameter(torch.tensor([[0.0, 0.0, 0.0, 0.3]] * 2))
-    optimizer = torch.optim.SGD([logits], lr=0.05)
-    for _ in range(300):
+    optimizer = torch.optim.SGD([logits], lr=0.2)
+    for _ in range(60):
         q = teacher_distribution(logits, 0.04, n_base=2, scores=torch.tensor([score, score]), plc_offset=0.5)
         loss = self_distillation(logits, q)
         optimizer.zero_grad()
