@@ -4,13 +4,31 @@ anomaly score is its distance to the nearest patch in the bank."""
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
 
 #: Most query x bank distances computed at once (bounds memory of the chunked searches).
 CHUNK_ELEMENTS = 1 << 24
+#: Below this many values per coreset step, CPU threads cost more than they bring.
+SMALL_STEP = 1 << 22
+
+
+@contextmanager
+def _few_threads(device: torch.device, work: int) -> Iterator[None]:
+    """Run small sequential steps on one CPU thread: the greedy loop's per-step synchronisation
+    makes several threads many times slower (35x seen on 2 busy cores)."""
+    if device.type != "cpu" or work > SMALL_STEP:
+        yield
+        return
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def greedy_coreset(
@@ -38,12 +56,13 @@ def greedy_coreset(
     squared = (projected * projected).sum(dim=1)
     nearest = squared - 2 * (projected @ projected[start]) + squared[start]
     step = max(1, count // 50)
-    for index in range(1, count):
-        pick = torch.argmax(nearest)
-        chosen[index] = pick
-        torch.minimum(nearest, squared - 2 * (projected @ projected[pick]) + squared[pick], out=nearest)
-        if progress is not None and index % step == 0:
-            progress(index, count)
+    with _few_threads(features.device, projected.numel()):
+        for index in range(1, count):
+            pick = torch.argmax(nearest)
+            chosen[index] = pick
+            torch.minimum(nearest, squared - 2 * (projected @ projected[pick]) + squared[pick], out=nearest)
+            if progress is not None and index % step == 0:
+                progress(index, count)
     return chosen
 
 

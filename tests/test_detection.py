@@ -1,0 +1,158 @@
+"""The built-in detector: PatchCore and zero-shot maps, weights files, cache, output contract, CLI."""
+
+import csv
+
+import numpy as np
+import pytest
+import timm
+import torch
+from safetensors.torch import save_file
+
+from core.cli import main
+from core.commands.detect import detection_aurocs
+from core.dataset import load_dataset
+from core.demo import generate_demo
+from core.detection import DetectionError, DetectorConfig, detect, write_detection
+from core.detection.features import build_feature_extractor
+from core.detection.patchcore import greedy_coreset, nearest_distances
+from core.imageio import image_size
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A very small demo set for plumbing tests (64 px)."""
+    root = tmp_path_factory.mktemp("tiny")
+    generate_demo(root, image_size=64, n_train_good=4, n_test_good=2, n_per_class=1,
+                  defect_types=("hole", "scratch"), overwrite=True)
+    return load_dataset(root)
+
+
+TINY = DetectorConfig(image_size=64, batch_size=4)
+
+
+def test_coreset_keeps_outliers_and_nearest_distance_is_exact():
+    generator = torch.Generator().manual_seed(0)
+    cloud = torch.randn(500, 16, generator=generator) * 0.1
+    outliers = torch.eye(16)[:3] * 10
+    points = torch.cat([cloud, outliers])
+    chosen = set(greedy_coreset(points, 8, projection_dim=8, seed=0).tolist())
+    assert {500, 501, 502} <= chosen
+    queries = torch.randn(70, 16, generator=generator)
+    expected = torch.cdist(queries, points).min(dim=1).values
+    assert torch.allclose(nearest_distances(queries, points), expected, atol=1e-5)
+
+
+def test_patchcore_maps_cover_every_image_at_its_size(tiny, tmp_path):
+    detection = detect(tiny, TINY, CPU)
+    assert sorted(detection.maps) == sorted(r.relpath for r in tiny.unlabeled)
+    for record in tiny.unlabeled:
+        array = detection.maps[record.relpath]
+        assert array.dtype == np.float32 and array.shape == image_size(record.path)
+        assert np.isfinite(array).all()
+        assert detection.scores[record.relpath] == pytest.approx(float(array.max()))
+
+    write_detection(detection, tiny, tmp_path / "out")
+    for record in tiny.unlabeled:
+        saved = np.load(tmp_path / "out" / "maps" / record.relpath.replace(".png", ".npy"))
+        assert saved.dtype == np.float32 and np.array_equal(saved, detection.maps[record.relpath])
+    with open(tmp_path / "out" / "scores.csv", encoding="utf-8") as handle:
+        rows = list(csv.reader(handle))
+    assert rows[0] == ["image", "score"] and len(rows) == 1 + len(tiny.unlabeled)
+    assert {row[0] for row in rows[1:]} == set(detection.maps)
+
+
+def test_patchcore_without_normal_images_says_use_zero_shot(tiny):
+    only_unlabeled = type(tiny)(tiny.root, tiny.layout, tiny.unlabeled)
+    with pytest.raises(DetectionError, match="zero-shot"):
+        detect(only_unlabeled, TINY, CPU)
+    zero_shot = detect(only_unlabeled, DetectorConfig(method="zero-shot", image_size=64), CPU)
+    assert sorted(zero_shot.maps) == sorted(r.relpath for r in tiny.unlabeled)
+
+
+def test_second_run_comes_from_the_cache(tiny, tmp_path):
+    first = detect(tiny, TINY, CPU, cache_dir=tmp_path)
+    assert first.images_featurized == len(tiny.normal) + len(tiny.unlabeled) and not first.cached
+    second = detect(tiny, TINY, CPU, cache_dir=tmp_path)
+    assert second.images_featurized == 0 and not second.computed
+    assert sorted(second.cached) == sorted(first.maps)
+    for key, array in first.maps.items():
+        assert np.array_equal(array, second.maps[key])
+    # Other settings are other entries: nothing is reused across them.
+    other = detect(tiny, DetectorConfig(image_size=64, sigma=2.0), CPU, cache_dir=tmp_path)
+    assert other.images_featurized > 0 and not other.cached
+
+
+def _tiny_weights(tmp_path):
+    torch.manual_seed(0)
+    model = timm.create_model("resnet10t", pretrained=False)
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    torch.save(state, tmp_path / "resnet10t.pth")
+    save_file(state, str(tmp_path / "resnet10t.safetensors"))
+    return model
+
+
+@pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
+def test_local_weights_file_is_loaded(tmp_path, tiny, suffix):
+    source = _tiny_weights(tmp_path)
+    weights = tmp_path / f"resnet10t{suffix}"
+    config = DetectorConfig(backbone="resnet10t", weights=weights, image_size=64, embed_dim=64)
+    extractor = build_feature_extractor(config, CPU)
+    loaded = dict(extractor.named_parameters())
+    name = next(n for n in loaded if n.endswith("conv1.0.weight"))
+    assert torch.equal(loaded[name], source.state_dict()["conv1.0.weight"])
+    # A fresh random model differs, so equality above means the file was read.
+    fresh = build_feature_extractor(DetectorConfig(backbone="resnet10t", pretrained=False), CPU)
+    assert not torch.equal(dict(fresh.named_parameters())[name], loaded[name])
+    detection = detect(tiny, config, CPU)
+    assert len(detection.maps) == len(tiny.unlabeled)
+
+
+def test_bad_weights_are_named(tmp_path):
+    torch.save(timm.create_model("resnet18", pretrained=False).state_dict(), tmp_path / "r18.pth")
+    with pytest.raises(DetectionError, match=r"r18.pth: cannot load these weights into resnet10t"):
+        build_feature_extractor(DetectorConfig(backbone="resnet10t", weights=tmp_path / "r18.pth"), CPU)
+    with pytest.raises(DetectionError, match=r"nothing.pth: weights file does not exist"):
+        build_feature_extractor(DetectorConfig(backbone="resnet10t", weights=tmp_path / "nothing.pth"), CPU)
+    with pytest.raises(DetectionError, match="unknown backbone"):
+        build_feature_extractor(DetectorConfig(backbone="no_such_net"), CPU)
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    root = tmp_path_factory.mktemp("demo")
+    generate_demo(root, image_size=160, n_train_good=20, n_test_good=8, n_per_class=4, seed=0, overwrite=True)
+    return load_dataset(root)
+
+
+@pytest.mark.slow
+def test_offline_patchcore_finds_the_demo_defects(demo):
+    detection = detect(demo, DetectorConfig(), CPU)
+    aurocs = detection_aurocs(demo, detection.maps)
+    print("offline PatchCore on the demo set:", aurocs)
+    assert aurocs["image_auroc"] >= 0.90
+    assert aurocs["pixel_auroc"] >= 0.90
+
+
+@pytest.mark.slow
+def test_zero_shot_finds_the_demo_defects_without_normal_images(demo):
+    unlabeled_only = type(demo)(demo.root, demo.layout, demo.unlabeled)
+    detection = detect(unlabeled_only, DetectorConfig(method="zero-shot", image_size=128), CPU)
+    aurocs = detection_aurocs(demo, detection.maps)
+    print("offline zero-shot on the demo set:", aurocs)
+    assert aurocs["image_auroc"] >= 0.70
+    assert aurocs["pixel_auroc"] >= 0.88
+
+
+def test_cli_writes_maps_scores_and_aurocs(tiny, tmp_path, capsys):
+    code = main(["detect", "--dataset", str(tiny.root), "--out", str(tmp_path / "out"),
+                 "--image-size", "64", "--device", "cpu"])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "image AUROC" in out and "pixel AUROC" in out
+    assert (tmp_path / "out" / "scores.csv").is_file()
+    assert len(list((tmp_path / "out" / "maps").rglob("*.npy"))) == len(tiny.unlabeled)
+    code = main(["detect", "--dataset", str(tiny.root), "--out", str(tmp_path / "out"),
+                 "--backbone", "resnet10t", "--weights", str(tmp_path / "missing.pth")])
+    assert code == 2 and "missing.pth: weights file does not exist" in capsys.readouterr().err
