@@ -63,7 +63,7 @@ def main() -> None:
         print(f"demo set: {len(manifest.normal)} normal, {len(manifest.unlabeled)} to inspect "
               f"({sum(r.gt_class != 'good' for r in manifest.unlabeled)} defective); feature input {args.image_size} px; "
               f"torch threads {torch.get_num_threads()}")
-        header = f"{'method':10s} {"backbone":18s} {'device':6s} {'fit img/s':>10s} {'pred img/s':>10s} {'total s':>8s} {'image AUROC':>11s} {'pixel AUROC':>11s}"
+        header = f"{'method':10s} {'backbone':18s} {'device':6s} {'fit img/s':>10s} {'pred img/s':>10s} {'total s':>8s} {'image AUROC':>11s} {'pixel AUROC':>11s}"
         print(header)
         print("-" * len(header))
         for method in args.methods.split(","):
