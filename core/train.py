@@ -39,6 +39,7 @@ class TrainConfig:
     lr_floor: float = 1e-3  # cosine schedule ends at lr * lr_floor [1e-3]
     optimizer: str = "auto"  # "sgd" [reference], "adamw", or "auto": sgd with loaded weights, adamw from scratch
     adamw_lr: float = 1e-3  # start learning rate when the optimizer is adamw (lr is SGD's)
+    adamw_weight_decay: float = 0.05  # weight decay when the optimizer is adamw (weight_decay is SGD's)
     grad_clip: float | None = None  # clip the gradient norm; None = off [reference]; "auto" from scratch uses 1.0
     n_heads: int = 4  # cosine classifier heads; the lowest mean L_cls^u over the last epoch wins [4]
     proj_hidden: int = 2048  # projector MLP hidden width [2048]
@@ -61,9 +62,14 @@ class TrainConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)  # view generation
 
 
-#: Recommended epochs for the scratch backbone: its loss curve flattens well before 50 on
-#: demo-sized sets (~150 crops) and 30 keeps a CPU demo to a few minutes.
+#: Recommended epochs for a backbone trained from scratch: on demo-sized sets (~150 crops) its
+#: losses flatten after ~10-15 epochs, and 30 keeps a 2-core CPU demo to a few minutes (~5 s/epoch).
 SCRATCH_EPOCHS = 30
+
+
+def recommended_epochs(model_config: MGViTConfig) -> int:
+    """Default epoch count for a backbone: SCRATCH_EPOCHS from scratch, the published 50 otherwise."""
+    return SCRATCH_EPOCHS if is_scratch(model_config) else TrainConfig.epochs
 
 
 @dataclass
@@ -342,7 +348,7 @@ def train(
     if optimizer_name == "sgd":
         optimizer = torch.optim.SGD(_param_groups(model, config.weight_decay), lr=start_lr, momentum=config.momentum)
     else:
-        optimizer = torch.optim.AdamW(_param_groups(model, config.weight_decay), lr=start_lr)
+        optimizer = torch.optim.AdamW(_param_groups(model, config.adamw_weight_decay), lr=start_lr)
     weights = LossWeights(
         sup_weight=config.sup_weight,
         memax_weight=config.memax_weight,
