@@ -80,7 +80,7 @@ def test_one_click_demo_project_then_every_page_renders(workspace):
     assert [p.name for p in projects] == [state.DEMO_PROJECT_NAME]
     assert len(workspace.list_images(projects[0].id, role="unlabeled")) == 11  # tiny demo: 3 x 3 + 2 good
     metrics = {m.label: m.value for m in at.metric}
-    assert metrics["Images to inspect"] == "11" and metrics["Normal references"] == "6"
+    assert metrics["To inspect"] == "11" and metrics["Normal"] == "6"
     for page in MY_PAGES:
         assert_clean(open_page(page))
     review = open_page("views/review.py")
@@ -173,7 +173,7 @@ def test_create_project_from_a_server_folder_with_maps(workspace, tmp_path):
     at.button(key="folder_check").click().run()
     assert_clean(at)
     preview = {m.label: m.value for m in at.metric}
-    assert preview["Images to inspect"] == "11" and preview["Anomaly maps"] == "11"
+    assert preview["To inspect"] == "11" and preview["Maps"] == "11"
     assert any("extra.npy" in str(v) for df in at.dataframe for v in df.value.to_numpy().ravel())
     at.text_input(key="folder_name").set_value("Line 3 <b>flanges</b>")
     at.button(key="folder_create").click().run()
@@ -214,7 +214,7 @@ def test_create_project_from_an_uploaded_zip_refuses_zip_slip_by_name(workspace,
     assert any("2 entries were refused" in w.value for w in at.warning)
     refused = at.dataframe[0].value
     assert set(refused["entry"]) == {"../escaped.png", "/etc/absolute.png"}
-    assert {m.label: m.value for m in at.metric}["Images to inspect"] == "11"
+    assert {m.label: m.value for m in at.metric}["To inspect"] == "11"
     at.button(key="zip_create").click().run()
     assert_clean(at)
     (project,) = workspace.list_projects()

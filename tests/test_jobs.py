@@ -87,18 +87,27 @@ def test_cancel_makes_a_running_job_cancelled(project):
 
 
 def test_a_killed_worker_leaves_the_run_failed_after_recovery(project):
+    """The app was down when the worker died: recover_stale_runs finds the dead pid."""
+    store, info = project
+    run = store.start_run(info.id, jobs.DISCOVER, {**TINY_RUN, "epochs": 400})
+    process = jobs.launch_worker(store, run, watch=False)  # nobody watches, as after an app restart
+    run = _wait_running(store, run.id)
+    assert run.pid == process.pid
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert store.get_run(run.id).status == RUNNING  # nothing recorded the death yet
+    assert store.recover_stale_runs() == [run.id]
+    run = store.get_run(run.id)
+    assert run.status == FAILED and run.message
+
+
+def test_the_runner_fails_a_run_whose_worker_died_without_a_word(project):
     store, info = project
     run_id = jobs.start_job(store, info.id, jobs.DISCOVER, {**TINY_RUN, "epochs": 400})
     run = _wait_running(store, run_id)
     os.kill(run.pid, signal.SIGKILL)
-    deadline = time.monotonic() + 20
-    recovered: list[int] = []
-    while run_id not in recovered and time.monotonic() < deadline:
-        time.sleep(0.2)  # the runner's reaper thread collects the dead child
-        recovered = store.recover_stale_runs()
-    assert run_id in recovered
-    run = store.get_run(run_id)
-    assert run.status == FAILED and run.message
+    run = jobs.wait_for(store, run_id, timeout=20)
+    assert run.status == FAILED and "killed by signal SIGKILL" in run.message
 
 
 def test_the_worker_records_a_crash_as_failed_with_its_message(project, tmp_path):
@@ -140,3 +149,11 @@ def test_detect_job_imports_maps_and_stores_masks_and_crops_in_process(project):
     again = store.start_run(info.id, jobs.DETECT, {"map_source": "import"})
     assert worker.execute(store, again.id) == DONE
     assert [r.id for r in store.list_regions(info.id)] == [r.id for r in regions]
+
+
+def test_a_queued_run_that_no_worker_took_is_failed(project):
+    store, info = project
+    run = store.start_run(info.id, jobs.DISCOVER, {})  # launched by nobody
+    assert jobs.fail_abandoned(store, older_than_s=3600) == []
+    assert jobs.fail_abandoned(store, older_than_s=0) == [run.id]
+    assert store.get_run(run.id).status == FAILED

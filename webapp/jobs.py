@@ -9,10 +9,12 @@ a flag the worker polls. No `st.*` here: the module is usable from tests and scr
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import threading
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -51,8 +53,37 @@ def worker_environment(store: Store) -> dict[str, str]:
     return env
 
 
-def launch_worker(store: Store, run: RunInfo) -> subprocess.Popen:
-    """Start the worker process of a queued run (new session: it outlives the page and the app)."""
+def _describe_exit(code: int) -> str:
+    if code < 0:
+        try:
+            return f"killed by signal {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit code {code}"
+
+
+def watch_worker(store: Store, run_id: int, process: subprocess.Popen) -> None:
+    """Wait for a worker and fail its run if the process ended without recording an outcome.
+
+    Covers what the worker cannot report itself: a crash while importing, a segfault, the
+    out-of-memory killer. Also reaps the child, so no zombie lingers in the app server.
+    """
+    code = process.wait()
+    try:
+        run = store.get_run(run_id)
+        if run.status in ACTIVE:
+            lines = [line for line in read_log_tail(store, run, 2000).splitlines() if line.strip()]
+            last = f": {lines[-1].strip()}" if lines else ""
+            store.fail_run(run_id, f"the worker process ended unexpectedly ({_describe_exit(code)}){last}")
+    except Exception:  # noqa: BLE001 - a watcher thread must never take the app down
+        pass
+
+
+def launch_worker(store: Store, run: RunInfo, *, watch: bool = True) -> subprocess.Popen:
+    """Start the worker process of a queued run (new session: it outlives the page and the app).
+
+    With watch, a daemon thread waits for it and records a failure the worker could not record.
+    """
     path = log_path(store, run)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "ab") as log:
@@ -62,9 +93,9 @@ def launch_worker(store: Store, run: RunInfo) -> subprocess.Popen:
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True, close_fds=True,
         )
-    # Reap the child when it exits so no zombie lingers in the app server (a zombie's pid would
-    # still look alive to recover_stale_runs).
-    threading.Thread(target=process.wait, name=f"reap-run-{run.id}", daemon=True).start()
+    if watch:
+        threading.Thread(target=watch_worker, args=(store, run.id, process), name=f"watch-run-{run.id}",
+                         daemon=True).start()
     return process
 
 
@@ -95,6 +126,34 @@ def latest_run(store: Store, project_id: int, kind: str) -> RunInfo | None:
     """The newest run of a kind (any status), or None."""
     runs = store.list_runs(project_id, kind=kind)
     return runs[0] if runs else None
+
+
+#: A queued run whose worker has not reported within this many seconds never got one.
+ABANDONED_AFTER_S = 300.0
+
+
+def fail_abandoned(store: Store, older_than_s: float = ABANDONED_AFTER_S) -> list[int]:
+    """Fail queued runs whose worker never started (e.g. it crashed while importing).
+
+    Workers mark their run running within seconds; storage's recover_stale_runs leaves queued
+    runs without a pid alone (they might wait for a runner), but this runner launches every run
+    at once, so such a run is lost. Returns the ids failed.
+    """
+    failed = []
+    now = datetime.now(timezone.utc)
+    for project in store.list_projects():
+        for run in store.list_runs(project.id, status=QUEUED):
+            created = run.created_at if run.created_at.tzinfo else run.created_at.replace(tzinfo=timezone.utc)
+            if run.pid is None and (now - created).total_seconds() > older_than_s:
+                store.fail_run(run.id, f"no worker picked the run up within {int(older_than_s)} s; "
+                                       "see the worker log and start it again")
+                failed.append(run.id)
+    return failed
+
+
+def recover(store: Store) -> list[int]:
+    """Fail runs whose worker died or never started (called on app start and by stalled monitors)."""
+    return sorted(store.recover_stale_runs() + fail_abandoned(store))
 
 
 def wait_for(store: Store, run_id: int, timeout: float = 300.0, poll: float = 0.25,

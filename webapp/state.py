@@ -61,7 +61,9 @@ def database_url() -> str | None:
 def _open_store(workspace: str, url: str | None) -> Store:
     store = open_workspace(Path(workspace), url)
     # Runs whose worker died while the app was down would otherwise show "running" forever.
-    store.recover_stale_runs()
+    from webapp.jobs import recover
+
+    recover(store)
     return store
 
 

@@ -140,10 +140,10 @@ def progress_panel(run: RunInfo) -> None:
     """Status badge, progress bar with stage and step, elapsed and remaining time."""
     stage = run.stage or ("waiting for a worker" if run.status == QUEUED else run.status)
     remaining = run_remaining(run)
-    top = st.columns([1, 3])
-    with top[0]:
+    top = st.container(horizontal=True, vertical_alignment="center")
+    with top:
         status_badge(run.status)
-    top[1].caption(f"Run #{run.id} · {run.kind} · started {format_time(run.started_at or run.created_at)}")
+        st.caption(f"Run #{run.id} · {run.kind} · started {format_time(run.started_at or run.created_at)}")
     text = f"{stage}" + (f" — {run.message}" if run.message and run.status in (QUEUED, RUNNING) else "")
     st.progress(min(max(float(run.progress or 0.0), 0.0), 1.0), text=text[:200])
     metric_cards([
@@ -161,6 +161,20 @@ def progress_panel(run: RunInfo) -> None:
 #: Keys of a loss-history entry that are not loss values.
 NOT_LOSSES = frozenset({"x", "epoch", "step", "steps", "epochs", "lr", "elapsed_s", "seconds", "teacher_temp",
                         "epoch_done", "steps_per_epoch"})
+
+
+def run_summary(run: RunInfo) -> None:
+    """A finished run in two lines: status, when, how long; then its message or error."""
+    when = format_time(run.finished_at or run.created_at)
+    with st.container(horizontal=True, vertical_alignment="center"):
+        status_badge(run.status)
+        st.caption(f"Run #{run.id} · {run.kind} · finished {when} · took {format_duration(run_elapsed(run))}")
+    if run.status == FAILED:
+        st.error(f"The run failed: {run.message or 'no message'}", icon=":material/error:")
+    elif run.status == CANCELLED:
+        st.warning(f"The run was cancelled{f' ({run.message})' if run.message else ''}.", icon=":material/cancel:")
+    elif run.message:
+        st.markdown(escape_markdown(run.message))
 
 
 def loss_frame(loss_history: Sequence[Any]) -> pd.DataFrame:
@@ -193,5 +207,7 @@ def loss_chart(loss_history: Sequence[Any], title: str = "Training loss") -> go.
             line=dict(width=3 if term == "total" else 1.5),
             visible=True if term == "total" else "legendonly",
         ))
-    figure.update_layout(**CHART_LAYOUT, title=title, xaxis_title="epoch", yaxis_title="loss")
+    layout = dict(CHART_LAYOUT, legend=dict(orientation="h", yanchor="top", y=-0.22, x=0),
+                  margin=dict(l=10, r=10, t=36, b=60), height=300)
+    figure.update_layout(**layout, title=title, xaxis_title="epoch", yaxis_title="loss")
     return figure

@@ -123,7 +123,7 @@ def live_run(run_id: int) -> None:
         st.rerun()  # the whole page shows the finished run
     heartbeat = widgets.as_utc(run.heartbeat_at or run.created_at)
     if heartbeat is not None and (pd.Timestamp.now(tz="UTC") - pd.Timestamp(heartbeat)).total_seconds() > 20:
-        store.recover_stale_runs()  # a worker that died leaves a failed run, not an eternal spinner
+        jobs.recover(store)  # a worker that died leaves a failed run, not an eternal spinner
     widgets.progress_panel(run)
     figure = widgets.loss_chart(run.loss_history)
     if figure is not None:
@@ -156,10 +156,8 @@ def metrics_line(metrics: dict[str, Any]) -> None:
 
 def finished_run(run: RunInfo) -> None:
     """The newest run's outcome: status, message, metrics, loss chart, next step."""
-    widgets.progress_panel(run)
+    widgets.run_summary(run)
     if run.status == "done":
-        if run.message:
-            st.caption(run.message)
         metrics_line(run.metrics or {})
         figure = widgets.loss_chart(run.loss_history)
         if figure is not None:

@@ -21,10 +21,10 @@ store = state.get_store()
 def summary_preview(summary: DataSummary) -> None:
     """Counts, sizes, ground truth and what is missing, before a project is created."""
     widgets.metric_cards([
-        ("Images to inspect", summary.n_unlabeled),
-        ("Normal references", summary.n_normal),
+        ("To inspect", summary.n_unlabeled, "Images to discover defect classes in"),
+        ("Normal", summary.n_normal, "Defect-free reference images for the detector"),
         ("Layout", "MVTec AD" if summary.layout == "mvtec" else "plain folder"),
-        ("Anomaly maps", summary.n_maps if summary.maps_dir else "none",
+        ("Maps", summary.n_maps if summary.maps_dir else "none",
          "Maps matched to images in the maps folder" if summary.maps_dir else "The built-in detector will make them"),
     ])
     left, right = st.columns(2)
@@ -155,15 +155,16 @@ def project_overview(project: ProjectInfo) -> None:
     runs = store.list_runs(project.id)
     done = [r for r in runs if r.kind == "discover" and r.status == "done"]
     st.subheader(widgets.escape_markdown(project.name), anchor=False)
-    st.caption(f"Data set: {widgets.escape_markdown(project.data_root)} · created {widgets.format_time(project.created_at)}")
+    size_text = (sizes.most_common(1)[0][0] + " px" + (f" (and {len(sizes) - 1} other sizes)" if len(sizes) > 1 else "")
+                 if sizes else "size unknown")
+    st.caption(f"Data set: {widgets.escape_markdown(project.data_root)} · images {size_text} · "
+               f"created {widgets.format_time(project.created_at)}")
     widgets.metric_cards([
-        ("Images to inspect", roles.get("unlabeled", 0)),
-        ("Normal references", roles.get("normal", 0)),
-        ("Image size", sizes.most_common(1)[0][0] if sizes else "–",
-         f"{len(sizes)} different sizes" if len(sizes) > 1 else None),
-        ("Anomaly maps", len(maps)),
-        ("Regions", len(regions)),
-        ("Finished runs", len(done)),
+        ("To inspect", roles.get("unlabeled", 0), "Images to discover defect classes in"),
+        ("Normal", roles.get("normal", 0), "Defect-free reference images for the detector"),
+        ("Maps", len(maps), "Anomaly maps recorded"),
+        ("Regions", len(regions), "Anomaly-centred crops cut by MEBin"),
+        ("Runs done", len(done), "Finished discovery runs"),
     ])
     gt = Counter(i.gt_class for i in images if i.role == "unlabeled" and i.gt_class)
     notes = []
@@ -179,13 +180,14 @@ def project_overview(project: ProjectInfo) -> None:
     if notes:
         widgets.bullet_notes(notes)
     widgets.problems_list(project.settings.get("problems") or [], "Files that could not be used")
-    left, middle, right, _ = st.columns([1, 1, 1, 2])
-    if left.button("Review maps", icon=":material/insights:", key="go_review"):
-        st.switch_page("views/review.py")
-    if middle.button("Discover", icon=":material/rocket_launch:", key="go_discover", type="primary"):
+    actions = st.container(horizontal=True)
+    if actions.button("Discover", icon=":material/rocket_launch:", key="go_discover", type="primary"):
         st.switch_page("views/discover.py")
-    if right.button("Delete", icon=":material/delete:", key="ask_delete"):
+    if actions.button("Review maps", icon=":material/insights:", key="go_review"):
+        st.switch_page("views/review.py")
+    if actions.button("Delete project", icon=":material/delete:", key="ask_delete", type="tertiary"):
         st.session_state["confirm_delete"] = project.id
+        st.rerun()
 
 
 @st.dialog("Delete project")

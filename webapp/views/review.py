@@ -111,16 +111,24 @@ def evidence_chart(record: dict[str, Any]) -> go.Figure:
     interval = (record.get("settings") or {}).get("interval")
     if interval and len(thresholds) > interval[1]:
         low, high = thresholds[interval[1]], thresholds[interval[0]]
-        figure.add_vrect(x0=low, x1=high, fillcolor="#22c55e", opacity=0.18, line_width=0,
-                         annotation_text="stable", annotation_position="top left")
+        figure.add_vrect(x0=low, x1=high, fillcolor="#22c55e", opacity=0.2, line_width=0,
+                         annotation_text="stable interval", annotation_position="top left",
+                         annotation_font=dict(size=11, color="#15803d"))
     chosen = int(record["threshold"])
     if chosen < 255:
         figure.add_vline(x=chosen, line_dash="dash", line_color="#dc2626",
-                         annotation_text=f"threshold {chosen}", annotation_position="top right")
+                         annotation_text=f"chosen {chosen}", annotation_position="bottom right",
+                         annotation_font=dict(size=11, color="#dc2626"))
+    # Zoom onto the thresholds where components exist: above them every count is 0.
+    active = [t for t, c in zip(thresholds, counts) if c > 0]
+    if active and thresholds:
+        low, high = min(thresholds), max(active)
+        high = min(max(thresholds), high + max(8, (high - low) * 0.25))
+        figure.update_xaxes(range=[low - 2, high])
     layout = dict(widgets.CHART_LAYOUT, height=260)
     figure.update_layout(**layout, title="MEBin evidence: components per threshold", showlegend=False,
                          xaxis_title="threshold (map scale)", yaxis_title="connected components")
-    figure.update_yaxes(rangemode="tozero")
+    figure.update_yaxes(rangemode="tozero", dtick=1 if max(counts or [0]) <= 8 else None)
     return figure
 
 
@@ -223,7 +231,7 @@ def job_monitor(run_id: int) -> None:
     if run.status in jobs.ACTIVE:
         heartbeat = widgets.as_utc(run.heartbeat_at or run.created_at)
         if heartbeat is not None and (pd.Timestamp.now(tz="UTC") - pd.Timestamp(heartbeat)).total_seconds() > 20:
-            store.recover_stale_runs()
+            jobs.recover(store)
         widgets.progress_panel(run)
         if st.button("Cancel", icon=":material/stop_circle:", key=f"cancel_{run.id}"):
             jobs.cancel_job(store, run.id)
@@ -275,7 +283,7 @@ def image_panel(project: ProjectInfo, record: dict[str, Any], map_record: dict[s
         override_form(project, record, image_path, map_u8)
     if regions:
         st.markdown("**Crops of this image**")
-        thumbs = st.columns(min(6, max(len(regions), 1)))
+        thumbs = st.columns(6)
         for index, region in enumerate(regions[:12]):
             if region.crop_path and Path(region.crop_path).is_file():
                 thumbs[index % len(thumbs)].image(enlarge(read_image(region.crop_path), 160)[0],
@@ -290,13 +298,13 @@ def override_form(project: ProjectInfo, record: dict[str, Any], image_path: str,
                           help="Pixels of the map above this value (after erosion) form the mask.")
     _, count = mask_at_threshold(map_u8, int(threshold), settings)
     st.caption(f"At {threshold}: {count} component(s).")
-    left, right = st.columns(2)
-    if left.button("Apply and re-crop", key=f"{key}_apply", disabled=threshold == record["threshold"],
+    buttons = st.container(horizontal=True)
+    if buttons.button("Apply and re-crop", key=f"{key}_apply", disabled=threshold == record["threshold"],
                    icon=":material/crop:"):
         n = apply_threshold(project, record, image_path, map_u8, int(threshold))
         st.session_state["flash"] = f"{record['image']}: threshold {threshold}, {n} crop(s)."
         st.rerun()
-    if settings.get("source") == "override" and right.button("Back to MEBin", key=f"{key}_reset",
+    if settings.get("source") == "override" and buttons.button("Back to MEBin", key=f"{key}_reset",
                                                             icon=":material/undo:"):
         original = int(settings.get("mebin_threshold", record["threshold"]))
         apply_threshold(project, record, image_path, map_u8, original, reset=True)
@@ -344,7 +352,7 @@ overrides = sum(1 for b in binarizations if (b.get("settings") or {}).get("sourc
 sources = sorted({m["source"] for m in maps.values()})
 widgets.metric_cards([
     ("Maps", len(maps), "source: " + ", ".join(sources)),
-    ("Images with anomalies", f"{len(with_anomaly)} / {len(binarizations)}"),
+    ("With anomalies", f"{len(with_anomaly)} / {len(binarizations)}", "Images where MEBin found at least one anomaly"),
     ("Regions", len(store.list_regions(project.id))),
     ("Median threshold", int(np.median([b["threshold"] for b in with_anomaly])) if with_anomaly else "–"),
     ("Overrides", overrides, "thresholds set by hand on this page"),
