@@ -285,6 +285,8 @@ def test_form_defaults_agree_with_core():
     assert DISCOVER_CONSTANTS["SCRATCH_EPOCHS"] == SCRATCH_EPOCHS
     assert DISCOVER_CONSTANTS["DEFAULT_BATCH_SIZE"] == TrainConfig().batch_size
     assert DISCOVER_CONSTANTS["DEFAULT_LR"] == TrainConfig().lr
+    assert DISCOVER_CONSTANTS["DEFAULT_ADAMW_LR"] == TrainConfig().adamw_lr
+    assert DISCOVER_CONSTANTS["DEFAULT_EPOCHS"] == TrainConfig().epochs
     assert DISCOVER_CONSTANTS["DEFAULT_TAU"] == DiscoveryConfig().tau
     assert DISCOVER_CONSTANTS["DEFAULT_SAMPLE_RATE"] == DiscoveryConfig().mebin.sample_rate
 

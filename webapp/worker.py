@@ -325,9 +325,16 @@ def discovery_config(settings: Mapping[str, Any]) -> Any:
     if settings.get("image_size"):
         model["input_size"] = int(settings["image_size"])
     train: dict[str, Any] = {}
-    for key, cast in (("epochs", int), ("batch_size", int), ("lr", float), ("seed", int)):
+    for key, cast in (("epochs", int), ("batch_size", int), ("seed", int)):
         if settings.get(key) is not None:
             train[key] = cast(settings[key])
+    train_fields = {f.name for f in fields(TrainConfig)}
+    if settings.get("lr"):  # one learning rate for whichever optimizer the run uses
+        train["lr"] = float(settings["lr"])
+        if "adamw_lr" in train_fields:
+            train["adamw_lr"] = float(settings["lr"])
+    if settings.get("optimizer") and "optimizer" in train_fields:
+        train["optimizer"] = settings["optimizer"]
     if settings.get("guided") is not None:
         train["guided"] = bool(settings["guided"])
     classes = settings.get("classes", "auto")

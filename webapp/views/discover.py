@@ -28,6 +28,7 @@ SCRATCH_EPOCHS = 30
 DEFAULT_EPOCHS = 50
 DEFAULT_BATCH_SIZE = 32
 DEFAULT_LR = 0.1
+DEFAULT_ADAMW_LR = 0.001
 DEFAULT_TAU = 100.0
 DEFAULT_SAMPLE_RATE = 4
 DEFAULT_MIN_INTERVAL = 4
@@ -48,7 +49,9 @@ def settings_form(project: ProjectInfo, has_maps: bool, n_labels: int) -> dict[s
                                   key="d_classes", disabled=auto,
                                   help="Novel defect classes to discover; the 'normal / false detection' "
                                        "class comes on top.")
-        epochs = st.number_input("Epochs", min_value=1, max_value=500, value=SCRATCH_EPOCHS, step=1, key="d_epochs")
+        epochs = st.number_input("Epochs", min_value=1, max_value=500, value=SCRATCH_EPOCHS, step=1, key="d_epochs",
+                                 help=f"{SCRATCH_EPOCHS} suit the from-scratch ViTs; the paper trains DINO "
+                                      f"backbones for {DEFAULT_EPOCHS}.")
     with second:
         backbone = st.selectbox("Backbone", list(BACKBONES), format_func=lambda b: f"{b} — {BACKBONES[b]}",
                                 key="d_backbone")
@@ -61,7 +64,9 @@ def settings_form(project: ProjectInfo, has_maps: bool, n_labels: int) -> dict[s
         image_size = a.number_input("Crop size fed to the ViT (px, 0 = backbone's own)", 0, 1024, 0, 8,
                                     key="d_image_size")
         batch_size = b.number_input("Batch size", 2, 1024, DEFAULT_BATCH_SIZE, 1, key="d_batch")
-        lr = c.number_input("Learning rate", 1e-5, 10.0, DEFAULT_LR, format="%.4f", key="d_lr")
+        lr = c.number_input("Learning rate (0 = default)", 0.0, 10.0, 0.0, format="%.4f", key="d_lr",
+                            help=f"Default: {DEFAULT_LR} with SGD (pretrained backbones), {DEFAULT_ADAMW_LR} with "
+                                 "AdamW (from-scratch backbones).")
         a, b, c = st.columns(3)
         tau = a.number_input("Fusion temperature tau", 1.0, 1000.0, DEFAULT_TAU, 10.0, key="d_tau",
                              help="Area-weighted image fusion: 100 for MVTec AD, 50 for MTD.")
@@ -94,7 +99,7 @@ def settings_form(project: ProjectInfo, has_maps: bool, n_labels: int) -> dict[s
         "epochs": int(epochs),
         "device": device,
         "batch_size": int(batch_size),
-        "lr": float(lr),
+        "lr": float(lr) or None,
         "tau": float(tau),
         "seed": int(seed),
         "guided": bool(guided),
