@@ -34,6 +34,7 @@ __all__ = [
     "PipelineProgress",
     "RegionResult",
     "STAGES",
+    "backbone_features",
     "load_labeled_crops",
     "run_discovery",
 ]
@@ -442,7 +443,8 @@ def run_discovery(
     estimate = None
     if config.classes is None:
         report("estimate", 0.0, "estimating the number of classes")
-        features = _initial_features(regions, config, device)
+        features = backbone_features([r.image_crop for r in regions], [r.mask_crop for r in regions],
+                                     config.model, device, seed=config.seed, guided=config.train.guided)
         estimate = estimate_num_classes(features, config.estimate, scores=scores, seed=config.seed)
         n_classes = estimate.k - (len(base_classes) if include_base else 0)
         if n_classes < 2:
@@ -551,25 +553,41 @@ def run_discovery(
     )
 
 
-def _initial_features(regions: Sequence[Region], config: DiscoveryConfig, device: Any) -> np.ndarray:
-    """CLS features of the crops from the backbone as training starts (pretrained, file or scratch)."""
+def backbone_features(
+    crops: Sequence[np.ndarray],
+    masks: Sequence[np.ndarray],
+    model_config: Any,
+    device: Any,
+    *,
+    seed: int = 0,
+    guided: bool = True,
+    batch_size: int = 64,
+) -> np.ndarray:
+    """L2-normalized CLS features of crops from the backbone as training would start it.
+
+    Pretrained or file weights when the config names them, else the seeded random init: the
+    features the class-count estimate and the k-means baselines work on.
+    """
     import torch
 
     from core.mgvit import IMAGENET_MEAN, IMAGENET_STD, build_mgvit
 
-    torch.manual_seed(config.seed)
-    backbone = build_mgvit(config.model, device).eval()
+    torch.manual_seed(seed)
+    backbone = build_mgvit(model_config, device).eval()
     size = backbone.input_size
     mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
     features = []
     with torch.no_grad():
-        for start in range(0, len(regions), 64):
-            batch = regions[start:start + 64]
-            images = np.stack([cv2.resize(r.image_crop, (size, size), interpolation=cv2.INTER_LINEAR) for r in batch])
-            masks = np.stack([cv2.resize(r.mask_crop, (size, size), interpolation=cv2.INTER_NEAREST) for r in batch])
+        for start in range(0, len(crops), batch_size):
+            images = np.stack([cv2.resize(c, (size, size), interpolation=cv2.INTER_AREA)
+                               for c in crops[start:start + batch_size]])
+            mask = np.stack([cv2.resize(m, (size, size), interpolation=cv2.INTER_NEAREST)
+                             for m in masks[start:start + batch_size]])
             x = torch.from_numpy(images).to(device).permute(0, 3, 1, 2).float().div(255.0)
-            m = torch.from_numpy(masks).to(device).float().div(255.0).unsqueeze(1)
-            out = backbone((x - mean) / std, m, guided=config.train.guided)
+            m = torch.from_numpy(mask).to(device).float().div(255.0).unsqueeze(1)
+            out = backbone((x - mean) / std, m, guided=guided)
             features.append(torch.nn.functional.normalize(out.float(), dim=1).cpu().numpy())
+    if not features:
+        return np.zeros((0, backbone.embed_dim), np.float32)
     return np.concatenate(features).astype(np.float32)
