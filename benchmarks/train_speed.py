@@ -11,6 +11,7 @@ backward, optimizer step), measured interleaved in the same run so machine load 
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -53,7 +54,8 @@ def make_step(model: DiscoveryModel, device: torch.device, batch: int, amp: bool
     return step
 
 
-def measure(args: argparse.Namespace, device: torch.device) -> list[tuple[str, float]]:
+def measure(args: argparse.Namespace, device: torch.device) -> dict[str, list[float]]:
+    """Steps per second of each variant, one figure per interleaved round."""
     config = MGViTConfig(backbone=args.backbone, input_size=args.input_size, masked_blocks=args.masked_blocks)
     torch.manual_seed(0)
     backbone = build_mgvit(config, device)
@@ -63,7 +65,7 @@ def measure(args: argparse.Namespace, device: torch.device) -> list[tuple[str, f
     amp = device.type == "cuda"
     step = make_step(model, device, args.batch_size, amp)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    timings = {"sdpa": 0.0, "explicit": 0.0}
+    rates: dict[str, list[float]] = {"sdpa": [], "explicit": []}
     for fused in (True, False):  # warm-up both paths
         backbone.set_fused_attention(fused)
         for _ in range(args.warmup):
@@ -76,9 +78,8 @@ def measure(args: argparse.Namespace, device: torch.device) -> list[tuple[str, f
             for _ in range(args.steps):
                 step()
             sync()
-            timings[name] += time.perf_counter() - start
-    total_steps = args.rounds * args.steps
-    return [(name, total_steps / seconds) for name, seconds in timings.items()]
+            rates[name].append(args.steps / (time.perf_counter() - start))
+    return rates
 
 
 def main() -> int:
@@ -88,8 +89,8 @@ def main() -> int:
     parser.add_argument("--masked-blocks", type=int, default=9)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--proj-hidden", type=int, default=2048)
-    parser.add_argument("--steps", type=int, default=4, help="steps per variant per round")
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (sdpa, explicit, sdpa, ...)")
+    parser.add_argument("--steps", type=int, default=2, help="steps per variant per round")
+    parser.add_argument("--rounds", type=int, default=6, help="interleaved rounds (sdpa, explicit, sdpa, ...)")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--device", choices=["all", "cpu", "cuda"], default="all")
     parser.add_argument("--small", action="store_true", help="micro model (32 px, dim 32): a quick smoke run")
@@ -105,11 +106,14 @@ def main() -> int:
         print("no CUDA GPU visible", file=sys.stderr)
         return 2
     print(f"backbone {args.backbone}, batch {args.batch_size} crops x 2 views, torch threads {torch.get_num_threads()}")
+    print("median over interleaved rounds; the ratio is the median of per-round sdpa/explicit ratios")
     print(f"{'device':8} {'attention':10} {'steps/s':>9} {'crops/s':>9} {'vs explicit':>12}")
     for device in devices:
-        results = dict(measure(args, device))
-        for name, rate in results.items():
-            ratio = rate / results["explicit"]
+        rates = measure(args, device)
+        paired = statistics.median(a / b for a, b in zip(rates["sdpa"], rates["explicit"]))
+        for name in ("sdpa", "explicit"):
+            rate = statistics.median(rates[name])
+            ratio = paired if name == "sdpa" else 1.0
             print(f"{device.type:8} {name:10} {rate:9.2f} {rate * args.batch_size:9.1f} {ratio:11.2f}x")
     return 0
 
