@@ -91,8 +91,12 @@ def test_review_page_shows_maps_evidence_and_overrides_one_threshold(workspace, 
     root = generate_demo(tmp_path / "demo", DemoConfig(**TINY_DEMO))
     summary = state.summarize_dataset(root, make_maps(root, tmp_path / "maps"))
     project = state.create_project(workspace, "gt maps", summary)
-    run = workspace.start_run(project.id, jobs.DETECT, {"map_source": "import"})
-    assert worker.execute(workspace, run.id) == DONE
+    at = open_page("views/review.py", project_id=project.id)
+    assert at.radio(key="maps_source").value == "Import from a folder"  # the project has a maps folder
+    assert at.text_input(key="maps_folder").value == str(tmp_path / "maps")
+    at.button(key="maps_start").click().run()
+    (run,) = workspace.list_runs(project.id, kind=jobs.DETECT)
+    assert jobs.wait_for(workspace, run.id, timeout=90).status == DONE
 
     at = open_page("views/review.py", project_id=project.id)
     assert_clean(at)

@@ -74,6 +74,25 @@ def test_discovery_job_runs_in_a_subprocess_to_done_and_writes_clusters(project)
     assert len(store.list_maps(info.id)) == 11 and len(store.list_binarizations(info.id)) == 11
     assert run.checkpoint_path and Path(run.checkpoint_path).is_file()
 
+    # Retraining (in this process, the subprocess path is proven above): the engineer's labels
+    # become a known class, and names carry over from the previous run.
+    biggest = max((c for c in clusters if not c.is_normal), key=lambda c: c.region_count)
+    store.rename_cluster(biggest.id, "dents")
+    labeled = {r.id: "scratch" for r in regions if r.image.startswith("test/scratch/")}
+    store.set_labels(info.id, labeled, source="engineer")
+    retrain = store.start_run(info.id, jobs.DISCOVER, {**TINY_RUN, "labels_from_project": True},
+                              parent_run_id=run_id)
+    assert worker.execute(store, retrain.id) == DONE, store.get_run(retrain.id).message
+    names = {c.name for c in store.list_clusters(retrain.id)}
+    assert "scratch" in names  # the labeled class is predicted as a known class
+    for match in store.match_clusters(run_id, retrain.id):  # names carried over to unnamed matches
+        source, target = store.get_cluster(match.cluster_a_id), store.get_cluster(match.cluster_b_id)
+        if source.name == "dents":
+            assert target.name in ("dents", "scratch", "normal / false detection")
+    assert f"matched to run #{run_id}" in store.get_run(retrain.id).message
+    assert [r.id for r in store.list_regions(info.id)] == [r.id for r in regions]  # labels kept
+    assert len(store.labeled_set(info.id)) == len(labeled)
+
 
 
 def test_cancel_makes_a_running_job_cancelled(project):
