@@ -14,7 +14,7 @@ from streamlit.testing.v1 import AppTest
 from core.demo import DemoConfig, generate_demo, gt_masks_to_maps
 from core.imageio import read_gray
 from storage import CANCELLED, DONE, RUNNING, open_workspace
-from webapp import jobs, state, widgets, worker
+from webapp import jobs, state, widgets
 
 APP = str(Path(__file__).resolve().parents[1] / "webapp" / "app.py")
 MY_PAGES = ("views/home.py", "views/review.py", "views/discover.py")
