@@ -172,7 +172,9 @@ def run_summary(run: RunInfo) -> None:
     if run.status == FAILED:
         st.error(f"The run failed: {run.message or 'no message'}", icon=":material/error:")
     elif run.status == CANCELLED:
-        st.warning(f"The run was cancelled{f' ({run.message})' if run.message else ''}.", icon=":material/cancel:")
+        text = (run.message or "cancelled").strip()
+        st.warning(f"The run was {text.removeprefix('the run was ')}." if text.startswith("cancelled") else text,
+                   icon=":material/cancel:")
     elif run.message:
         st.markdown(escape_markdown(run.message))
 

@@ -186,7 +186,8 @@ def runs_table(runs: list[RunInfo]) -> None:
             "run": run.id, "status": run.status, "started": widgets.format_time(run.started_at or run.created_at),
             "duration": widgets.format_duration(widgets.run_elapsed(run)),
             "classes": str(run.settings.get("classes", "auto")), "backbone": run.settings.get("backbone", ""),
-            "epochs": run.settings.get("epochs"), "image NMI": image.get("nmi"),
+            "epochs": run.settings.get("epochs"),
+            "image NMI": float("nan") if image.get("nmi") is None else float(image["nmi"]),
             "retrained": "yes" if run.parent_run_id or run.settings.get("labels_from_project") else "",
             "message": (run.message or "")[:160],
         })
@@ -218,6 +219,9 @@ else:
         with st.container(border=True):
             st.markdown(f"**Latest run #{runs[0].id}**")
             finished_run(runs[0])
+            done = [r for r in runs if r.status == "done"]
+            if runs[0].status != "done" and done:
+                st.caption(f"The results of run #{done[0].id} are still there: pick it on Explore.")
     with st.container(border=True):
         st.markdown("#### New discovery run")
         maps_note = (f"{len(maps)} stored anomaly maps will be used." if maps else
