@@ -445,7 +445,11 @@ def run_discovery(
         report("estimate", 0.0, "estimating the number of classes")
         features = backbone_features([r.image_crop for r in regions], [r.mask_crop for r in regions],
                                      config.model, device, seed=config.seed, guided=config.train.guided)
-        estimate = estimate_num_classes(features, config.estimate, scores=scores, seed=config.seed)
+        # Whole-image regions where nothing was found (no mask pixel) say nothing about defect classes.
+        found_mask = np.array([r.area > 0 for r in regions])
+        if found_mask.sum() >= 3:
+            features = features[found_mask]
+        estimate = estimate_num_classes(features, config.estimate, seed=config.seed)
         n_classes = estimate.k - (len(base_classes) if include_base else 0)
         if n_classes < 2:
             raise PipelineError(

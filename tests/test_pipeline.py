@@ -168,3 +168,14 @@ def test_labeled_set_loads_classes_and_masks(tmp_path):
     assert labeled.masks[0].sum() == 16 * 255 and labeled.masks[1].min() == 255
     with pytest.raises(PipelineError, match="does not exist"):
         load_labeled_crops(tmp_path / "nope")
+
+
+@pytest.mark.slow
+def test_auto_classes_reports_its_evidence(tiny_set):
+    manifest, maps = tiny_set
+    result = run_discovery(manifest, replace(TINY, classes=None), maps=maps)
+    estimate = result.estimate
+    assert estimate is not None and estimate.table
+    assert result.n_classes == estimate.k >= 2
+    assert len(result.cluster_names) == estimate.k + 1
+    assert estimate.n_samples == sum(r.region.area > 0 for r in result.regions)
