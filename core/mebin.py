@@ -506,3 +506,21 @@ def binarize(
             for i, result in chunk:
                 results[i] = result
     return results  # type: ignore[return-value]
+
+
+def mask_at_threshold(
+    map_u8: np.ndarray, threshold: int, *, erode: bool = True, kernel_size: int = 6
+) -> tuple[np.ndarray, int]:
+    """MEBin's final mask at a threshold chosen by hand (step 6: erode(map > t)) and its component count.
+
+    Used when an engineer overrides the threshold of one image; 255 or more means "nothing".
+    """
+    if map_u8.dtype != np.uint8 or map_u8.ndim != 2:
+        raise ValueError(f"map must be a 2-D uint8 array, got {map_u8.dtype} with shape {map_u8.shape}")
+    if threshold >= 255:
+        return np.zeros(map_u8.shape, np.uint8), 0
+    # Eroding the gray map then thresholding equals thresholding then eroding (flat kernel).
+    source = cv2.erode(map_u8, _kernel(kernel_size)) if erode else map_u8
+    mask = np.where(source > int(threshold), 255, 0).astype(np.uint8)
+    count = cv2.connectedComponents((mask > 0).astype(np.uint8), connectivity=8)[0] - 1
+    return mask, int(count)

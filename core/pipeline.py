@@ -6,10 +6,13 @@ Streamlit or SQL: the CLI and the app's job runner call `run_discovery` and stor
 
 from __future__ import annotations
 
+import dataclasses
+
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import cv2
@@ -232,7 +235,6 @@ def _detect(
 
 def _otsu(normalized: Sequence[np.ndarray], kernel_size: int = 6) -> list[Any]:
     """Otsu's threshold per map (the paper's ablation), eroded like MEBin; count = components."""
-    from types import SimpleNamespace
 
     kernel = np.ones((kernel_size, kernel_size), np.uint8)
     results = []
@@ -313,6 +315,17 @@ def _metrics(images: Sequence[ImageResult], regions: Sequence[RegionResult], nor
 # ------------------------------------------------------------------------------- the run
 
 
+def _with_threshold(result: Any, map_u8: np.ndarray, threshold: int, mebin: MEBinConfig) -> Any:
+    """A binarization result with the engineer's threshold instead of the chosen one."""
+    from core.mebin import mask_at_threshold
+
+    mask, count = mask_at_threshold(map_u8, threshold, erode=mebin.erode, kernel_size=mebin.kernel_size)
+    changes = dict(mask=mask, threshold=int(threshold), num_anomalies=count)
+    if dataclasses.is_dataclass(result):
+        return dataclasses.replace(result, **changes)
+    return SimpleNamespace(**{**vars(result), **changes})
+
+
 def run_discovery(
     manifest: Manifest,
     config: DiscoveryConfig = DiscoveryConfig(),
@@ -323,13 +336,16 @@ def run_discovery(
     progress: Callable[[PipelineProgress], None] | None = None,
     should_cancel: Callable[[], bool] | None = None,
     workdir: Path | None = None,
+    thresholds: Mapping[str, int] | None = None,
 ) -> DiscoveryResult:
     """Discover defect classes in the manifest's unlabeled images.
 
     maps: raw anomaly maps by image relpath (any scale; resized to the images); None runs the
     built-in detector. labeled: an imported labeled set (LabeledCrops-like). region_labels:
     region key -> class name given by the user; those names become base classes and are
-    predicted too. workdir: where training keeps its resumable checkpoint.
+    predicted too. workdir: where training keeps its resumable checkpoint. thresholds: image relpath
+    -> threshold on the normalized map's 0..255 scale set by an engineer; it replaces MEBin's choice
+    for that image (mask = erode(map > t)).
     Raises PipelineError for input it cannot use, DiscoveryCancelled when cancelled early.
     """
     from core.device import resolve_device
@@ -399,6 +415,9 @@ def run_discovery(
                              kernel_size=config.mebin.kernel_size)
     else:
         binarized = _otsu(normalized, config.mebin.kernel_size)
+    for index, key in enumerate(keys):
+        if thresholds and key in thresholds:
+            binarized[index] = _with_threshold(binarized[index], normalized[index], int(thresholds[key]), config.mebin)
     binarization = dict(zip(keys, binarized))
     found = sum(1 for b in binarized if b.num_anomalies > 0)
     if found == 0:

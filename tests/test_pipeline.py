@@ -179,3 +179,20 @@ def test_auto_classes_reports_its_evidence(tiny_set):
     assert result.n_classes == estimate.k >= 2
     assert len(result.cluster_names) == estimate.k + 1
     assert estimate.n_samples == sum(r.region.area > 0 for r in result.regions)
+
+
+@pytest.mark.slow
+def test_engineer_threshold_overrides_replace_mebins_choice(tiny_set, tiny_result):
+    manifest, maps = tiny_set
+    baseline, _ = tiny_result
+    defective = next(r.relpath for r in manifest.unlabeled if r.gt_class != "good")
+    normal = next(r.relpath for r in manifest.unlabeled if r.gt_class == "good")
+    overrides = {defective: 254, normal: 0}  # nothing survives 254; everything above 0 is foreground
+    result = run_discovery(manifest, TINY, maps=maps, thresholds=overrides)
+    assert result.binarization[defective].threshold == 254
+    assert result.binarization[defective].num_anomalies == 0
+    assert result.binarization[normal].threshold == 0
+    boxes = [r.region.box for r in result.regions if r.image == defective]
+    assert boxes == [(0, 0, 64, 64)]  # no foreground: the whole image is one crop
+    untouched = next(r.relpath for r in manifest.unlabeled if r.relpath not in overrides)
+    assert result.binarization[untouched].threshold == baseline.binarization[untouched].threshold

@@ -9,7 +9,6 @@ Any error ends the run as failed with its message; the console output goes to th
 
 from __future__ import annotations
 
-import inspect
 import os
 import signal
 import sys
@@ -411,16 +410,12 @@ def run_discover(store: Store, run: RunInfo, report: Reporter) -> str:
                 report.add_loss(point)
         report(0.97 * event.overall, event.stage, event.message, force=bool(step and step.epoch_done))
 
-    options: dict[str, Any] = {}
     overrides = threshold_overrides(store, project.id)
-    parameters = inspect.signature(run_discovery).parameters
-    if overrides and "thresholds" in parameters:
-        options["thresholds"] = overrides
     workdir = store.project_dir(project.id) / "runs" / str(run.id)
     try:
         result = run_discovery(manifest, config, maps=maps, labeled=labeled, region_labels=region_labels,
                                progress=on_progress, should_cancel=report.should_cancel, workdir=workdir,
-                               **options)
+                               thresholds=overrides)
     except DiscoveryCancelled as error:
         raise JobCancelled() from error
     if result.cancelled or report.should_cancel():
@@ -470,13 +465,12 @@ def run_discover(store: Store, run: RunInfo, report: Reporter) -> str:
     history = report.loss_history or [
         {"x": i + 1, "epoch_done": True, **{k: float(v) for k, v in h.items() if isinstance(v, (int, float))}}
         for i, h in enumerate(result.train_result.history)]
-    if overrides and "thresholds" not in options:
-        result.problems.append(f"{len(overrides)} threshold override(s) were not applied: the pipeline "
-                               "re-ran MEBin on every map")
     parts = [f"{len(result.regions)} regions in {result.n_classes} classes"
              + (" (estimated)" if result.estimate is not None else "")]
     if labeled is not None or region_labels:
         parts.append(f"{len(result.base_classes)} labeled classes")
+    if overrides:
+        parts.append(f"{len(overrides)} threshold override(s) from the Review page applied")
     if carried:
         parts.append(f"{carried} cluster(s) matched to run #{previous}")
     if result.problems:

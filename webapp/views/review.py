@@ -16,6 +16,7 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
+from core import mebin
 from core.imageio import ImageReadError, read_gray, read_image
 from core.regions import RegionConfig, extract_regions
 from storage import BinarizationInput, ProjectInfo
@@ -148,14 +149,9 @@ def distribution_charts(binarizations: list[dict[str, Any]]) -> tuple[go.Figure,
 
 
 def mask_at_threshold(map_u8: np.ndarray, threshold: int, settings: dict[str, Any]) -> tuple[np.ndarray, int]:
-    """MEBin's final mask at a given threshold (erode(map > t)) and its component count."""
-    if threshold >= 255:
-        return np.zeros(map_u8.shape, np.uint8), 0
-    kernel_size = int(settings.get("kernel_size", 6))
-    source = cv2.erode(map_u8, np.ones((kernel_size, kernel_size), np.uint8)) if settings.get("erode", True) else map_u8
-    mask = np.where(source > threshold, 255, 0).astype(np.uint8)
-    count = cv2.connectedComponents((mask > 0).astype(np.uint8), connectivity=8)[0] - 1
-    return mask, int(count)
+    """MEBin's final mask at a given threshold with the stored MEBin settings, and its component count."""
+    return mebin.mask_at_threshold(map_u8, threshold, erode=bool(settings.get("erode", True)),
+                                   kernel_size=int(settings.get("kernel_size", 6)))
 
 
 def mebin_normalized(map_u8: np.ndarray, settings: dict[str, Any]) -> np.ndarray:
