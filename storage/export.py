@@ -31,7 +31,8 @@ def neutralize_cell(value: Any) -> Any:
     return value
 
 
-def _neutralize(frame: pd.DataFrame) -> pd.DataFrame:
+def neutralize_frame(frame: pd.DataFrame) -> pd.DataFrame:
+    """A copy of the frame with every text cell neutralized for spreadsheets (see neutralize_cell)."""
     out = frame.copy()
     for column in out.columns:
         if pd.api.types.is_object_dtype(out[column]) or pd.api.types.is_string_dtype(out[column]):
@@ -93,7 +94,7 @@ def export_regions_csv(store: Store, run_id: int, path: Path | str) -> Path:
     """Write the regions CSV (UTF-8, formula cells neutralized)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    _neutralize(regions_frame(store, run_id)).to_csv(path, index=False, encoding="utf-8")
+    neutralize_frame(regions_frame(store, run_id)).to_csv(path, index=False, encoding="utf-8")
     return path
 
 
@@ -101,7 +102,7 @@ def export_images_csv(store: Store, run_id: int, path: Path | str, tau: float = 
     """Write the images CSV (UTF-8, formula cells neutralized)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    _neutralize(images_frame(store, run_id, tau)).to_csv(path, index=False, encoding="utf-8")
+    neutralize_frame(images_frame(store, run_id, tau)).to_csv(path, index=False, encoding="utf-8")
     return path
 
 
@@ -149,9 +150,9 @@ def export_crops_zip(store: Store, run_id: int, path: Path | str, *, include_nor
             manifest.append({"file": member, "class_name": row.class_name, "region_id": row.region_id,
                              "image": row.image, "x0": row.x0, "y0": row.y0, "x1": row.x1, "y1": row.y1})  # fmt: skip
         classes = pd.DataFrame([{"folder": f, "class_name": c} for c, f in folders.items()], columns=["folder", "class_name"])
-        archive.writestr("classes.csv", _neutralize(classes).to_csv(index=False))
+        archive.writestr("classes.csv", neutralize_frame(classes).to_csv(index=False))
         crops = pd.DataFrame(manifest, columns=["file", "class_name", "region_id", "image", "x0", "y0", "x1", "y1"])
-        archive.writestr("crops.csv", _neutralize(crops).to_csv(index=False))
+        archive.writestr("crops.csv", neutralize_frame(crops).to_csv(index=False))
     return path
 
 

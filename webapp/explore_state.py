@@ -39,7 +39,7 @@ from storage.export import (
     coco_dict,
     export_crops_zip,
     images_frame,
-    neutralize_cell,
+    neutralize_frame,
     regions_frame,
 )
 
@@ -268,21 +268,13 @@ def cached_umap_figure(_store: Store, store_url: str, run_id: int, revision: tup
 # ------------------------------------------------------------------------------ exports
 
 
-def _neutralized(frame: pd.DataFrame) -> pd.DataFrame:
-    out = frame.copy()
-    for column in out.columns:
-        if pd.api.types.is_object_dtype(out[column]) or pd.api.types.is_string_dtype(out[column]):
-            out[column] = out[column].map(neutralize_cell)
-    return out
-
-
 def regions_csv_bytes(store: Store, run_id: int, region_ids: Iterable[int] | None = None) -> bytes:
     """The regions CSV of storage's export (all regions, or only the given ones), as UTF-8 bytes."""
     frame = regions_frame(store, run_id)
     if region_ids is not None:
         wanted = set(int(i) for i in region_ids)
         frame = frame[frame["region_id"].isin(wanted)]
-    return _neutralized(frame).to_csv(index=False).encode("utf-8")
+    return neutralize_frame(frame).to_csv(index=False).encode("utf-8")
 
 
 def images_csv_bytes(store: Store, run_id: int, region_ids: Iterable[int] | None = None) -> bytes:
@@ -293,7 +285,7 @@ def images_csv_bytes(store: Store, run_id: int, region_ids: Iterable[int] | None
         regions = regions_frame(store, run_id)
         images = set(regions.loc[regions["region_id"].isin(wanted), "image"])
         frame = frame[frame["image"].isin(images)]
-    return _neutralized(frame).to_csv(index=False).encode("utf-8")
+    return neutralize_frame(frame).to_csv(index=False).encode("utf-8")
 
 
 @st.cache_data(max_entries=16, show_spinner="Preparing the CSV ...")
@@ -443,5 +435,5 @@ def compare_runs(store: Store, run_a: int, run_b: int) -> RunComparison:
 def to_bytes(frame: pd.DataFrame) -> bytes:
     """A small table as CSV bytes (neutralized) for a download button."""
     buffer = io.StringIO()
-    _neutralized(frame).to_csv(buffer, index=False)
+    neutralize_frame(frame).to_csv(buffer, index=False)
     return buffer.getvalue().encode("utf-8")
