@@ -84,15 +84,9 @@ class MGViT(nn.Module):
             block.attn.fused_attn = bool(fused)
 
     def attention_mask(self, masks: torch.Tensor) -> torch.Tensor:
-        """Boolean (B, 1, N, N) mask, True = may attend; only the [CLS] row hides background patches.
-
-        A crop whose mask covers no patch (an image where MEBin found nothing is one whole-image
-        crop with an empty mask) carries no guidance, so its [CLS] row sees every patch: hiding
-        them all would give every such crop the same feature, whatever it shows.
-        """
+        """Boolean (B, 1, N, N) mask, True = may attend; only the [CLS] row hides background patches."""
         pooled = F.adaptive_avg_pool2d(masks.float(), self.grid_size).flatten(1)  # B x P
         keep = pooled >= self.mask_threshold
-        keep = keep | ~keep.any(dim=1, keepdim=True)
         batch, patches = keep.shape
         tokens = self.num_prefix_tokens + patches
         allowed = torch.ones(batch, tokens, tokens, dtype=torch.bool, device=masks.device)
