@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import sys
 import time
 from dataclasses import asdict, replace
@@ -264,10 +265,15 @@ def _print_summary(result: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     from core.mgvit import WeightsError
     from core.pipeline import DiscoveryConfig, LabeledCrops, load_labeled_crops, run_discovery  # noqa: F401
-    from core.train import save_checkpoint
+    from core.train import init_distributed_from_env, save_checkpoint
 
     manifest = _load_manifest(args.dataset)
     config = _config(args)
+    # Under `torchrun --nproc-per-node N` every rank runs the pipeline and training shards its
+    # batches with DistributedDataParallel; only rank 0 writes the outputs.
+    rank_device = init_distributed_from_env()
+    if rank_device is not None:
+        config = replace(config, device=str(rank_device))
     maps = _load_maps(manifest, args.maps) if args.maps is not None else None
     labeled = load_labeled_crops(args.labels) if args.labels is not None else None
     region_labels = _region_labels(args.region_labels) if args.region_labels is not None else None
@@ -282,6 +288,8 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(str(error)) from error
     finally:
         bar.close()
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0
 
     started = time.perf_counter()
     write_results(result, out, save_crops=args.save_crops)
