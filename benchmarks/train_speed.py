@@ -86,7 +86,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backbone", default="vit_tiny_scratch", help="scratch name or any timm ViT name (random init)")
     parser.add_argument("--input-size", type=int, default=None, help="crop side; default: the backbone's own")
-    parser.add_argument("--masked-blocks", type=int, default=9)
+    parser.add_argument("--masked-blocks", type=int, default=None)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--proj-hidden", type=int, default=2048)
     parser.add_argument("--steps", type=int, default=2, help="steps per variant per round")

@@ -53,6 +53,10 @@ def test_timm_named_model_with_registers_builds_and_matches() -> None:
     assert torch.isfinite(out).all()
     named = build_mgvit(MGViTConfig(backbone="vit_tiny_patch16_224", input_size=32, masked_blocks=9))
     assert named.masked_blocks == 9 and named.first_masked == 3 and named.grid_size == (2, 2)
+    # By default L_m keeps the reference's proportion: 9 of 12 blocks, 3 of the 4-block scratch ViT.
+    assert build_mgvit(MGViTConfig(backbone="vit_tiny_patch16_224", input_size=32)).masked_blocks == 9
+    scratch = build_mgvit(MGViTConfig())
+    assert len(scratch.vit.blocks) == 4 and scratch.masked_blocks == 3 and scratch.first_masked == 1
 
 
 def test_cls_attention_on_background_patches_is_exactly_zero() -> None:
