@@ -205,7 +205,8 @@ def loss_chart(loss_history: Sequence[Any], title: str = "Training loss") -> go.
     figure = go.Figure()
     for term, part in frame.groupby("term", sort=False):
         figure.add_trace(go.Scatter(
-            x=part["x"], y=part["value"], mode="lines", name=str(term),
+            # markers while there are few points: a one-epoch run would otherwise draw nothing
+            x=part["x"], y=part["value"], mode="lines" if len(part) >= 30 else "lines+markers", name=str(term),
             line=dict(width=3 if term == "total" else 1.5),
             visible=True if term == "total" else "legendonly",
         ))
