@@ -72,6 +72,14 @@ def test_every_page_renders_on_an_empty_workspace(workspace):
     assert any("no project yet" in i.value for i in review.info)
 
 
+def test_a_page_run_alone_points_to_projects_without_a_page_link_error(workspace):
+    # Outside st.navigation (a page opened alone) st.page_link cannot resolve: the pointer stays text.
+    at = AppTest.from_file(str(Path(APP).parent / "views" / "explore.py"), default_timeout=60).run()
+    assert_clean(at)
+    assert any("no project yet" in i.value for i in at.info)
+    assert any("Go to Projects" in c.value for c in at.caption)
+
+
 def test_one_click_demo_project_then_every_page_renders(workspace):
     at = open_page("views/home.py")
     at.button(key="demo_create_welcome").click().run()

@@ -165,16 +165,6 @@ def perform(action: Callable[[], T], success: str | Callable[[T], str]) -> T | N
     return result
 
 
-def link_to(page: str, label: str, icon: str | None = None) -> None:
-    """st.page_link to another page; plain text when the page is run alone (AppTest of one page)."""
-    from streamlit.errors import StreamlitPageNotFoundError
-
-    try:
-        st.page_link(page, label=label, icon=icon)
-    except StreamlitPageNotFoundError:
-        st.caption(label)
-
-
 # ------------------------------------------------------------------------------ cached run data
 
 

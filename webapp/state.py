@@ -23,6 +23,7 @@ from core.dataset import DatasetError, load_dataset
 from core.imageio import is_image_file
 from core.records import GOOD, Manifest
 from storage import DONE, ProjectInfo, RunInfo, Store, open_workspace
+from webapp import widgets
 
 WORKSPACE_ENV = "STUDIO_WORKSPACE"  # folder of the SQLite file, crops and demo data
 DATABASE_ENV = "STUDIO_DATABASE_URL"  # any SQLAlchemy URL instead of the SQLite file
@@ -364,22 +365,31 @@ def select_project(required: bool = True) -> int | None:
     projects = store.list_projects()
     if not projects:
         if required:
-            st.info("There is no project yet. Create one (or the one-click demo) on the Projects page.")
-            st.page_link("views/home.py", label="Go to Projects", icon=":material/folder_open:")
-            st.stop()
+            _stop_with_link("There is no project yet. Create one (or the one-click demo) on the Projects page.",
+                            "views/home.py", "Go to Projects", ":material/folder_open:")
         return None
     by_id = {p.id: p for p in projects}
-    current = current_project_id()
+    return _sidebar_picker("Project", by_id, current_project_id(), projects[-1].id, "sidebar_project",
+                           lambda pid: _project_label(by_id[pid]), set_project)
+
+
+def _stop_with_link(message: str, page: str, label: str, icon: str) -> None:
+    """Say why this page cannot show anything yet, link to the page that fixes it, stop."""
+    st.info(message)
+    widgets.page_link(page, label, icon)
+    st.stop()
+
+
+def _sidebar_picker(label: str, by_id: dict[int, Any], current: int | None, fallback: int, key: str,
+                    format_func: Any, select: Any) -> int:
+    """A sidebar selectbox mirroring a session-state id (which other pages may set); returns the id."""
     if current not in by_id:
-        current = projects[-1].id
-    set_project(current)
-    # The widget mirrors "project_id" (which other pages may set); its callback writes it back.
-    if st.session_state.get("sidebar_project") != current:
-        st.session_state["sidebar_project"] = current
-    st.sidebar.selectbox(
-        "Project", list(by_id), format_func=lambda pid: _project_label(by_id[pid]),
-        key="sidebar_project", on_change=lambda: set_project(st.session_state["sidebar_project"]),
-    )
+        current = fallback
+    select(current)
+    if st.session_state.get(key) != current:
+        st.session_state[key] = current
+    st.sidebar.selectbox(label, list(by_id), format_func=format_func, key=key,
+                         on_change=lambda: select(st.session_state[key]))
     return current
 
 
@@ -405,19 +415,9 @@ def select_run(project_id: int, required: bool = True) -> int | None:
     runs = finished_runs(store, project_id)
     if not runs:
         if required:
-            st.info("This project has no finished discovery run yet. Start one on the Discover page.")
-            st.page_link("views/discover.py", label="Go to Discover", icon=":material/rocket_launch:")
-            st.stop()
+            _stop_with_link("This project has no finished discovery run yet. Start one on the Discover page.",
+                            "views/discover.py", "Go to Discover", ":material/rocket_launch:")
         return None
     by_id = {r.id: r for r in runs}
-    current = st.session_state.get("run_id")
-    if current not in by_id:
-        current = runs[0].id
-    set_run(current)
-    if st.session_state.get("sidebar_run") != current:
-        st.session_state["sidebar_run"] = current
-    st.sidebar.selectbox(
-        "Run", list(by_id), format_func=lambda rid: run_label(by_id[rid]),
-        key="sidebar_run", on_change=lambda: set_run(st.session_state["sidebar_run"]),
-    )
-    return current
+    return _sidebar_picker("Run", by_id, st.session_state.get("run_id"), runs[0].id, "sidebar_run",
+                           lambda rid: run_label(by_id[rid]), set_run)

@@ -214,3 +214,13 @@ def loss_chart(loss_history: Sequence[Any], title: str = "Training loss") -> go.
                   margin=dict(l=10, r=10, t=36, b=60), height=300)
     figure.update_layout(**layout, title=title, xaxis_title="epoch", yaxis_title="loss")
     return figure
+
+
+def page_link(page: str, label: str, icon: str | None = None) -> None:
+    """st.page_link to another page; plain text when the page runs alone (AppTest of one page)."""
+    from streamlit.errors import StreamlitPageNotFoundError
+
+    try:
+        st.page_link(page, label=label, icon=icon)
+    except StreamlitPageNotFoundError:
+        st.caption(label)

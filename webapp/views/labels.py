@@ -9,7 +9,7 @@ import streamlit as st
 from storage import DONE, SOURCE_ENGINEER, SOURCE_IMPORTED
 from webapp import explore_state as ex
 from webapp import jobs, state
-from webapp.widgets import empty_state, escape_markdown, metric_cards, progress_panel
+from webapp.widgets import empty_state, escape_markdown, metric_cards, page_link, progress_panel
 
 store = state.get_store()
 project_id = state.select_project()
@@ -74,7 +74,7 @@ active = jobs.active_runs(store, project_id, jobs.DISCOVER)
 if active:
     st.markdown("**A discovery run is in progress**")
     progress_panel(active[0])
-    ex.link_to("views/discover.py", "Follow it on the Discover page", ":material/rocket_launch:")
+    page_link("views/discover.py", "Follow it on the Discover page", ":material/rocket_launch:")
 with st.form("labels_retrain", border=True):
     settings = dict(run.settings)
     cols = st.columns(3)
