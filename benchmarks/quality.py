@@ -9,6 +9,8 @@ On the demo set (generated on the fly by core.demo) or any MVTec-layout folder. 
   discovery without mask guidance
   discovery with Otsu instead of MEBin
   discovery with the ground-truth masks as maps
+  supervised ceiling: the same MGViT trained with the true classes of half the images, scored on
+  the other half (not a discovery method; how far the backbone gets on this data when told)
 NMI / ARI / F1 over the defective test images (ground truth not "good"), as metrics.json's
 "image" block. The baselines get K and are run on the defective images only (an advantage the
 discovery does not have: it sees every test image, normal ones included, and K + 1 slots).
@@ -53,12 +55,10 @@ def baseline_whole_images(manifest, model_config, device, k: int, seed: int) -> 
     return cluster_metrics([r.gt_class for r in records], kmeans_labels(features, k, seed))
 
 
-def baseline_crops(manifest, maps: dict, config, device, k: int, seed: int) -> dict:
-    """k-means on CLS features of the crops of defective images; image = area-weighted vote."""
-    from core.fusion import fuse_image
+def defect_regions(manifest, maps: dict, config) -> tuple[list, list]:
+    """Defective test records and their regions: the same normalization, MEBin and crops as discovery."""
     from core.maps import normalize_global, resize_to
     from core.mebin import binarize
-    from core.pipeline import backbone_features
     from core.regions import extract_regions
 
     records = manifest.unlabeled
@@ -70,18 +70,79 @@ def baseline_crops(manifest, maps: dict, config, device, k: int, seed: int) -> d
         if record.gt_class != GOOD:
             regions += extract_regions(record.relpath, images[record.relpath], result.normalized, result.mask,
                                        result.num_anomalies, config.regions)
+    return [r for r in records if r.gt_class != GOOD], regions
+
+
+def image_votes(records, regions, region_probabilities: np.ndarray, tau: float) -> tuple[list, list]:
+    """Ground truth and area-weighted fused class of each record (METHOD.md stage 6)."""
+    from core.fusion import fuse_image
+
+    truth, predicted = [], []
+    for record in records:
+        rows = [i for i, r in enumerate(regions) if r.image == record.relpath]
+        fused = fuse_image(region_probabilities[rows], [regions[i].area for i in rows], tau)
+        truth.append(record.gt_class)
+        predicted.append(int(fused.argmax()))
+    return truth, predicted
+
+
+def baseline_crops(manifest, maps: dict, config, device, k: int, seed: int) -> dict:
+    """k-means on CLS features of the crops of defective images; image = area-weighted vote."""
+    from core.pipeline import backbone_features
+
+    records, regions = defect_regions(manifest, maps, config)
     features = backbone_features([r.image_crop for r in regions], [r.mask_crop for r in regions], config.model,
                                  device, seed=seed, guided=True)
     labels = kmeans_labels(features, k, seed)
-    onehot = np.eye(k)[labels]
+    truth, predicted = image_votes(records, regions, np.eye(k)[labels], config.tau)
+    return cluster_metrics(truth, predicted)
+
+
+def two_folds(records, seed: int) -> dict[str, int]:
+    """Image key -> fold 0 or 1: each class's images shuffled (seeded) and dealt alternately."""
+    rng = np.random.default_rng(seed)
+    fold_of: dict[str, int] = {}
+    for name in sorted({r.gt_class for r in records}):
+        members = [r.relpath for r in records if r.gt_class == name]
+        for position, key in enumerate(rng.permutation(members)):
+            fold_of[str(key)] = position % 2
+    return fold_of
+
+
+def supervised_ceiling(manifest, maps: dict, config, device, seed: int) -> dict:
+    """The same MGViT and training with the true classes of half the defective images, scored on the other half.
+
+    Two folds (images split per class, seeded); training is the product's labeled regime (every crop
+    labeled, the classes as base classes) with the run's backbone, epochs and augmentations; held-out
+    images are classified by the area-weighted vote of their crops' class probabilities. Not a
+    discovery method: it shows how far this backbone gets on this data even when told the answers,
+    a ceiling for what discovery can reach with it.
+    """
+    from core.predict import region_probabilities
+    from core.train import TrainingData, infer, train
+
+    records, regions = defect_regions(manifest, maps, config)
+    names = sorted({r.gt_class for r in records})
+    fold_of = two_folds(records, seed)
+    class_of = {r.relpath: names.index(r.gt_class) for r in records}
     truth, predicted = [], []
-    for record in records:
-        if record.gt_class == GOOD:
-            continue
-        rows = [i for i, r in enumerate(regions) if r.image == record.relpath]
-        fused = fuse_image(onehot[rows], [regions[i].area for i in rows], config.tau)
-        truth.append(record.gt_class)
-        predicted.append(int(fused.argmax()))
+    for fold in (0, 1):
+        train_rows = [i for i, r in enumerate(regions) if fold_of[r.image] != fold]
+        test_rows = [i for i, r in enumerate(regions) if fold_of[r.image] == fold]
+        data = TrainingData(
+            crops=[regions[i].image_crop for i in train_rows], masks=[regions[i].mask_crop for i in train_rows],
+            scores=np.ones(len(train_rows), np.float32),
+            labels=np.array([class_of[regions[i].image] for i in train_rows], np.int64), base_classes=names,
+        )
+        trained = train(data, 1, config.model, replace(config.train, seed=seed), device)
+        inference = infer(trained.model, [regions[i].image_crop for i in test_rows],
+                          [regions[i].mask_crop for i in test_rows], device, guided=config.train.guided)
+        probabilities = region_probabilities(inference.logits[:, :len(names)], 0, config.predict.temperature)
+        held_out = [r for r in records if fold_of[r.relpath] == fold]
+        fold_truth, fold_predicted = image_votes(held_out, [regions[i] for i in test_rows], probabilities,
+                                                 config.tau)
+        truth += fold_truth
+        predicted += [names[p] for p in fold_predicted]
     return cluster_metrics(truth, predicted)
 
 
@@ -104,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--classes", type=int, help="K [number of ground-truth defect classes]")
     parser.add_argument("--seeds", type=int, default=1, help="training seeds per row (mean and spread shown) [1]")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--rows", default="all", help="comma list of: whole,crops,full,unguided,otsu,gt [all]")
+    parser.add_argument("--rows", default="all", help="comma list of: whole,crops,full,unguided,otsu,gt,supervised [all]")
     args = parser.parse_args(argv)
 
     from core.detection import DetectorConfig, detect
@@ -139,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{', '.join(classes)}), {len(manifest.normal)} normal references; K = {k}; backbone {model.backbone}, "
           f"{epochs} epochs, device {device}, {args.seeds} seed(s)")
 
-    rows = {"whole", "crops", "full", "unguided", "otsu", "gt"} if args.rows == "all" else set(args.rows.split(","))
+    rows = {"whole", "crops", "full", "unguided", "otsu", "gt", "supervised"} if args.rows == "all" else set(args.rows.split(","))
     started = time.perf_counter()
     detection = detect(manifest, DetectorConfig(method="patchcore" if manifest.normal else "zero-shot"), device)
     maps = detection.maps
@@ -181,6 +242,11 @@ def main(argv: list[str] | None = None) -> int:
             runs.append(result.metrics["image"])
             extra.setdefault(name, []).append(result.metrics)
         record(name, runs, time.perf_counter() - t)
+
+    if "supervised" in rows:
+        t = time.perf_counter()
+        record("supervised ceiling, 2-fold (not discovery)",
+               [supervised_ceiling(manifest, maps, config, device, s) for s in seeds], time.perf_counter() - t)
 
     print()
     print(f"{'method (image level, defective images)':<40} {'NMI':>13} {'ARI':>13} {'F1':>13} {'time s':>7}")
