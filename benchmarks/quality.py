@@ -245,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if "supervised" in rows:
         t = time.perf_counter()
-        record("supervised ceiling, 2-fold (not discovery)",
+        record("supervised 2-fold (a ceiling)",
                [supervised_ceiling(manifest, maps, config, device, s) for s in seeds], time.perf_counter() - t)
 
     print()

@@ -49,7 +49,7 @@ def test_tiny_benchmark_prints_baseline_and_ceiling_rows(tiny_demo: Path, capsys
     assert code == 0
     out = capsys.readouterr().out
     table = out[out.index("method (image level"):]
-    for row in ("k-means, crops", "supervised ceiling, 2-fold"):
+    for row in ("k-means, crops", "supervised 2-fold (a ceiling)"):
         line = next(line for line in table.splitlines() if line.startswith(row))
         values = [float(v) for v in re.findall(r"-?\d+\.\d{3}", line)]
         assert len(values) == 3, line
