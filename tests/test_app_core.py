@@ -160,7 +160,10 @@ def test_start_button_launches_a_worker_process_and_cancel_stops_it(workspace, t
     at = open_page("views/discover.py", project_id=project.id)
     at.toggle(key="d_auto").set_value(False).run()
     at.number_input(key="d_classes").set_value(3)
-    at.selectbox(key="d_backbone").set_value("vit_micro_scratch")
+    at.selectbox(key="d_backbone").set_value("vit_base_patch16_224.dino").run()
+    assert not any("learns little from a few hundred crops" in c.value for c in at.caption)
+    at.selectbox(key="d_backbone").set_value("vit_micro_scratch").run()
+    assert any("learns little from a few hundred crops" in c.value for c in at.caption)  # said up front
     at.number_input(key="d_epochs").set_value(300)
     at.selectbox(key="d_device").set_value("cpu")
     at.button(key="d_start").click().run()

@@ -24,6 +24,10 @@ BACKBONES = {
     "vit_base_patch16_224.dino": "DINO ViT-B/16 (paper; pretrained weights needed)",
 }
 SCRATCH = ("vit_tiny_scratch", "vit_micro_scratch")
+SCRATCH_HINT = ("A ViT from scratch learns little from a few hundred crops: expect rough groups to name and "
+                "correct, not the paper's quality (benchmarks/quality.py: on the demo set it lands at the ceiling "
+                "the same ViT reaches when told half the answers). For production give a DINO backbone its "
+                "weights file.")
 SCRATCH_EPOCHS = 30
 DEFAULT_EPOCHS = 50
 DEFAULT_BATCH_SIZE = 32
@@ -58,6 +62,8 @@ def settings_form(project: ProjectInfo, has_maps: bool, n_labels: int) -> dict[s
         weights = st.text_input("Weights file (optional)", key="d_weights",
                                 help="A local .pth or .safetensors file (timm or official DINO layout).")
         device = st.selectbox("Device", DEVICES, key="d_device", help="auto: a GPU when there is one, else CPU.")
+    if backbone in SCRATCH and not weights.strip():
+        st.caption(":material/info: " + SCRATCH_HINT)
 
     with st.expander(":material/tune: Advanced settings"):
         a, b, c = st.columns(3)
