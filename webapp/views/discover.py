@@ -25,9 +25,9 @@ BACKBONES = {
 }
 SCRATCH = ("vit_tiny_scratch", "vit_micro_scratch")
 SCRATCH_HINT = ("A ViT from scratch learns little from a few hundred crops: expect rough groups to name and "
-                "correct, not the paper's quality (benchmarks/quality.py: on the demo set it lands at the ceiling "
-                "the same ViT reaches when told half the answers). For production give a DINO backbone its "
-                "weights file.")
+                "correct, not the paper's quality (benchmarks/quality.py: on the demo set it beats k-means but "
+                "stays near what the same ViT reaches when told half the images' classes). For production give "
+                "a DINO backbone its weights file.")
 SCRATCH_EPOCHS = 30
 DEFAULT_EPOCHS = 50
 DEFAULT_BATCH_SIZE = 32
