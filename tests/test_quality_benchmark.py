@@ -42,14 +42,14 @@ def test_two_folds_split_every_class_and_never_share_an_image(tiny_demo: Path) -
     assert any(quality.two_folds(records, seed=s) != folds for s in range(4, 10))
 
 
-def test_tiny_benchmark_prints_baseline_and_ceiling_rows(tiny_demo: Path, capsys) -> None:
+def test_tiny_benchmark_prints_baseline_and_reference_rows(tiny_demo: Path, capsys) -> None:
     quality = _quality_module()
     code = quality.main(["--dataset", str(tiny_demo), "--rows", "crops,supervised", "--backbone", "vit_micro_scratch",
                          "--epochs", "1", "--device", "cpu"])
     assert code == 0
     out = capsys.readouterr().out
     table = out[out.index("method (image level"):]
-    for row in ("k-means, crops", "supervised 2-fold (a ceiling)"):
+    for row in ("k-means, crops", "supervised 2-fold (reference)"):
         line = next(line for line in table.splitlines() if line.startswith(row))
         values = [float(v) for v in re.findall(r"-?\d+\.\d{3}", line)]
         assert len(values) == 3, line
