@@ -90,11 +90,10 @@ def image_votes(records, regions, region_probabilities: np.ndarray, tau: float) 
     return truth, predicted
 
 
-def baseline_crops(manifest, maps: dict, config, device, k: int, seed: int) -> dict:
+def baseline_crops(records, regions, config, device, k: int, seed: int) -> dict:
     """k-means on CLS features of the crops of defective images; image = area-weighted vote."""
     from core.pipeline import backbone_features
 
-    records, regions = defect_regions(manifest, maps, config)
     features = backbone_features([r.image_crop for r in regions], [r.mask_crop for r in regions], config.model,
                                  device, seed=seed, guided=True)
     labels = kmeans_labels(features, k, seed)
@@ -113,7 +112,7 @@ def two_folds(records, seed: int) -> dict[str, int]:
     return fold_of
 
 
-def supervised_reference(manifest, maps: dict, config, device, seed: int) -> dict:
+def supervised_reference(records, regions, config, device, seed: int) -> dict:
     """The same MGViT and training with the true classes of half the defective images, scored on the other half.
 
     Two folds (images split per class, seeded); training is the product's labeled regime (every crop
@@ -125,7 +124,6 @@ def supervised_reference(manifest, maps: dict, config, device, seed: int) -> dic
     from core.predict import region_probabilities
     from core.train import TrainingData, infer, train
 
-    records, regions = defect_regions(manifest, maps, config)
     names = sorted({r.gt_class for r in records})
     fold_of = two_folds(records, seed)
     class_of = {r.relpath: names.index(r.gt_class) for r in records}
@@ -222,13 +220,21 @@ def main(argv: list[str] | None = None) -> int:
               flush=True)
 
     seeds = list(range(args.seeds))
+    cut: list[tuple[list, list]] = []
+
+    def defects() -> tuple[list, list]:
+        """Defective records and their regions, cut once for every row and seed that needs them."""
+        if not cut:
+            cut.append(defect_regions(manifest, maps, config))
+        return cut[0]
+
     if "whole" in rows:
         t = time.perf_counter()
         record("k-means, whole images", [baseline_whole_images(manifest, model, device, k, s) for s in seeds],
                time.perf_counter() - t)
     if "crops" in rows:
         t = time.perf_counter()
-        record("k-means, crops", [baseline_crops(manifest, maps, config, device, k, s) for s in seeds],
+        record("k-means, crops", [baseline_crops(*defects(), config, device, k, s) for s in seeds],
                time.perf_counter() - t)
 
     variants = {
@@ -253,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
     if "supervised" in rows:
         t = time.perf_counter()
         record("supervised 2-fold (reference)",
-               [supervised_reference(manifest, maps, config, device, s) for s in seeds], time.perf_counter() - t)
+               [supervised_reference(*defects(), config, device, s) for s in seeds], time.perf_counter() - t)
 
     print()
     print(f"{'method (image level, defective images)':<40} {'NMI':>13} {'ARI':>13} {'F1':>13} {'time s':>7}")
