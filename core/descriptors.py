@@ -18,13 +18,14 @@ few seconds on two cores).
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
+
+from core.mebin import _available_cores
 
 __all__ = ["DESCRIPTOR_GROUPS", "DescriptorConfig", "Descriptors", "combine", "describe", "describe_regions"]
 
@@ -68,13 +69,6 @@ class Descriptors:
 
     def group(self, name: str) -> np.ndarray:
         return self.values[:, self.groups[name]]
-
-
-def _available_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
 
 
 # ------------------------------------------------------------------------------ geometry
