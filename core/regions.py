@@ -2,22 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import cv2
 import numpy as np
 
+from core.config import RegionConfig
 from core.records import Region
 
 Box = tuple[int, int, int, int]  # x0, y0, x1, y1 (exclusive)
-
-
-@dataclass(frozen=True)
-class RegionConfig:
-    padding: float = 0.1  # extra margin around a component's bounding box, relative to its size
-    min_crop: float = 0.1  # smallest crop radius, relative to the image's longer side
-    merge_distance: float = 0.01  # boxes closer than this (relative to the longer side) merge
-    keep: str = "reference"  # "reference": largest est_anomaly_num + 1 boxes; "all": every box
 
 
 def _square(cx: float, cy: float, radius: int, height: int, width: int) -> Box:
