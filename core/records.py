@@ -14,6 +14,9 @@ ROLE_UNLABELED = "unlabeled"  # an image to discover defect classes in
 #: Ground-truth class name meaning "no defect" (MVTec convention).
 GOOD = "good"
 
+#: Name of the normal / false-detection cluster, and the label value meaning "labeled normal".
+NORMAL_CLASS = "normal"
+
 
 @dataclass(frozen=True)
 class ImageRecord:

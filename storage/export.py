@@ -14,8 +14,8 @@ from typing import Any
 
 import pandas as pd
 
-from storage.api import Store, display_name
-from storage.records import NORMAL_CLASS, AssignedRegion, ClusterInfo
+from storage.api import Store
+from storage.records import NORMAL_CLASS, AssignedRegion, ClusterInfo, display_name
 
 #: First characters that make a spreadsheet cell a formula (OWASP CSV injection).
 FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")

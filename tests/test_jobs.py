@@ -115,7 +115,7 @@ def test_a_killed_worker_leaves_the_run_failed_after_recovery(project):
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
     assert store.get_run(run.id).status == RUNNING  # nothing recorded the death yet
-    assert store.recover_stale_runs() == [run.id]
+    assert store.recover_stale_runs(process_alive=jobs.pid_alive) == [run.id]
     run = store.get_run(run.id)
     assert run.status == FAILED and run.message
 
