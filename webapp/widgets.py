@@ -97,14 +97,14 @@ def classes_text(run: RunInfo) -> str:
     return str(classes)
 
 
-def confidence_words(confidence: Any) -> str | None:
-    """How sure an estimate is, in words ('high', 'medium (0.55)'), from a number or core's word."""
-    if isinstance(confidence, str):
-        return confidence
+def confidence_words(estimate: dict[str, Any]) -> str | None:
+    """How sure a recorded estimate is, in words: core's word with its number ('fairly sure (0.42)')."""
+    confidence = estimate.get("confidence")
+    word = estimate.get("sureness")
     if isinstance(confidence, (int, float)):
-        word = "high" if confidence >= 0.7 else "medium" if confidence >= 0.4 else "low"
+        word = word or ("sure" if confidence >= 0.6 else "fairly sure" if confidence >= 0.3 else "unsure")
         return f"{word} ({confidence:.2f})"
-    return None
+    return word if isinstance(word, str) else None
 
 
 def class_estimate_note(run: RunInfo) -> None:
@@ -113,19 +113,23 @@ def class_estimate_note(run: RunInfo) -> None:
     if not isinstance(estimate, dict) or estimate.get("k") is None:
         return
     k = estimate.get("n_classes", estimate["k"])
-    sure = confidence_words(estimate.get("confidence"))
-    text = f"**K = {k}** new classes, chosen automatically" + (f" · confidence {sure}" if sure else "")
-    if sure and sure.startswith("low"):
-        text += (" — the crops do not separate clearly; try a fixed K near the number of defect types you "
-                 "expect and compare the runs on Labels & runs.")
-    st.markdown(":material/functions: " + text)
-    details = estimate.get("description") or estimate.get("note")
+    sure = confidence_words(estimate)
+    text = f"**K = {k}** new classes, chosen automatically" + (f" · {sure}" if sure else "")
+    if k != estimate["k"]:
+        text += f" (the estimate counted {estimate['k']} classes, the named ones included)"
+    if sure and sure.startswith("unsure"):
+        text += (". The crops do not separate clearly: if you know how many defect types to expect, set K "
+                 "yourself and compare the runs on Labels & runs.")
+    st.markdown(":material/functions: " + escape_markdown_keep_bold(text))
+    details = estimate.get("description") or estimate.get("summary") or estimate.get("note")
     if details:
         with st.expander("How K was estimated"):
             st.code(str(details), language=None)
 
 
-# ------------------------------------------------------------------------------ building blocks
+def escape_markdown_keep_bold(text: str) -> str:
+    """Our own text with ** bold kept; anything else markdown would read is escaped."""
+    return "**".join(_escape_markdown(part) for part in text.split("**"))
 
 
 def empty_state(title: str, body: str, icon: str = ":material/inbox:") -> None:

@@ -16,7 +16,7 @@ import signal
 import sys
 import traceback
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import fields
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -167,6 +167,18 @@ def _previous_run_id(store: Store, run: RunInfo) -> int | None:
     return None
 
 
+def with_room_for_new_classes(config: Any, labeled: Any, region_labels: Mapping[str, str] | None) -> Any:
+    """With K = auto in a run that learns named classes, let the estimate count at least the named
+    classes plus two new ones, so a retraining never fails because the estimate left no room for
+    new classes (it counts every class, the named ones included)."""
+    if config.classes is not None or not region_labels:
+        return config
+    named = set(getattr(labeled, "base_classes", None) or []) | set(region_labels.values())
+    k_min = max(config.estimate.k_min, len(named) + 2)
+    estimate = replace(config.estimate, k_min=k_min, k_max=max(config.estimate.k_max, k_min))
+    return replace(config, estimate=estimate)
+
+
 def threshold_overrides(store: Store, project_id: int) -> dict[str, int]:
     """Thresholds the engineer set by hand on the Review page, by image relpath."""
     return {b["image"]: int(b["threshold"]) for b in store.list_binarizations(project_id)
@@ -201,6 +213,7 @@ def run_discover(store: Store, run: RunInfo, report: Reporter) -> str:
     if settings.get("labels_from_project"):
         by_id = {info.id: region_key(info.image, info.index) for info in store.list_regions(project.id)}
         region_labels = {by_id[i]: name for i, name in store.labeled_set(project.id).items() if i in by_id}
+    config = with_room_for_new_classes(config, labeled, region_labels)
 
     def on_progress(event: Any) -> None:
         if report.should_cancel():
@@ -294,6 +307,7 @@ JOBS: dict[str, Callable[[Store, RunInfo, Reporter], str]] = {"detect": run_dete
 APP_WORDS: list[tuple[str, str]] = [
     (r"(?:pass|use|give|set) --classes(?: K)?", "set the number of classes (K) on the Discover or Labels page"),
     (r"--classes (\d+)", r"K = \1"),
+    (r"pass the number of classes", "set the number of classes (K)"),
     (r"--classes(?: K)?", "the number of classes (K)"),
     (r"(?:pass|use|give) --weights(?: FILE)?", "give a weights file (the 'Weights file' field)"),
     (r"--weights(?: FILE)?", "the weights file"),
@@ -322,15 +336,18 @@ def _describe(error: BaseException) -> str:
 
 
 def estimate_record(estimate: Any, n_classes: int) -> dict[str, Any]:
-    """What a run records of core's class-count estimate: K, how sure (when core says), the evidence."""
+    """What a run records of core's class-count estimate: K (all classes, and the new ones this run
+    discovers), how sure core is (confidence, word, sentence), and the evidence."""
     record: dict[str, Any] = {"k": int(estimate.k), "n_classes": int(n_classes), "method": estimate.method,
                               "table": estimate.table, "note": estimate.note}
-    confidence = getattr(estimate, "confidence", None)
-    if isinstance(confidence, (int, float, str)):
-        record["confidence"] = confidence
-    describe = getattr(estimate, "describe", None)
-    if callable(describe):
-        record["description"] = app_wording(str(describe()))
+    for name in ("confidence", "sureness"):
+        value = getattr(estimate, name, None)
+        if isinstance(value, (int, float, str)):
+            record[name] = value
+    for name in ("summary", "describe"):
+        method = getattr(estimate, name, None)
+        if callable(method):
+            record["description" if name == "describe" else name] = app_wording(str(method()))
     return record
 
 

@@ -90,7 +90,7 @@ def region_states(points: pd.DataFrame, clusters: list[ClusterInfo]) -> dict[str
 def state_cards(states: dict[str, int]) -> list[tuple[str, str, str]]:
     """Metric cards of the three normal-like states, kept apart."""
     cards = [
-        ("Marked normal by you", f"{states['marked']:,}", "Regions you marked normal (false detections)."),
+        ("Marked normal", f"{states['marked']:,}", "Regions you marked normal (false detections of the detector)."),
         ("Predicted normal", f"{states['predicted']:,}", "Regions the model put in its normal cluster."),
     ]
     if states["none_found"]:
@@ -186,8 +186,7 @@ empty_clusters = len(clusters) - len(populated)
 named = sum(1 for c in populated if c.name and not c.is_normal)
 states = region_states(points, clusters)
 metric_cards([
-    ("Regions", f"{len(points):,}"),
-    ("Images", f"{points['image'].nunique():,}"),
+    ("Regions", f"{len(points):,}", f"Anomaly regions of this run, in {points['image'].nunique():,} images."),
     ("Clusters", f"{len(populated)}", "Clusters holding regions (merged ones are hidden)."
      + (f" {empty_clusters} empty cluster(s) — labeled classes no region fell into, or the normal slot — "
         "are not counted; they stay available as move and merge targets." if empty_clusters else "")),
@@ -294,13 +293,12 @@ def gallery(shown_ids: list[int]) -> None:
                 point = indexed.loc[region_id]
                 crop, mask = files_of(int(region_id))
                 cell.image(thumbnail(crop, mask, THUMB_SIZE), width="stretch")
-                flag = " · normal" if bool(point["is_normal"]) else ""
                 name = str(point["cluster_name"])
-                if cell.button(f"#{int(region_id)} · {float(point['confidence']):.2f}{flag}", key=f"open_{region_id}",
+                if cell.button(f"#{int(region_id)} · {float(point['confidence']):.2f}", key=f"open_{region_id}",
                                type="tertiary", help=f"Open region #{int(region_id)} in its image ({name})"):
                     open_region(int(region_id))
                     st.rerun()
-                cell.caption(escape_markdown(short(name, 18)), help=escape_markdown(name))
+                cell.caption(escape_markdown(short(name, 14)))
 
 
 # ------------------------------------------------------------------------------ plot + panels
