@@ -170,6 +170,8 @@ class Assignment(Base):
     umap_x: Mapped[float | None] = mapped_column(Float)
     umap_y: Mapped[float | None] = mapped_column(Float)
     embedding: Mapped[bytes | None] = mapped_column(LargeBinary)
+    # float32 bytes, one probability per cluster slot of the run (column j = slot j); NULL before 0003
+    probabilities: Mapped[bytes | None] = mapped_column(LargeBinary)
     is_normal: Mapped[bool] = mapped_column(Boolean, default=False)
 
 

@@ -152,6 +152,7 @@ class AssignmentInput:
     umap_x: float | None = None
     umap_y: float | None = None
     embedding: np.ndarray | None = None  # 1-D float; stored as float32 bytes
+    probabilities: np.ndarray | None = None  # 1-D, column j = cluster slot j (sums to 1); for fusion
 
 
 @dataclass(frozen=True)

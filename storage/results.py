@@ -7,7 +7,6 @@ Assignments point at cluster ids; new clusters made by a split get new slots pas
 
 from __future__ import annotations
 
-import math
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -17,6 +16,7 @@ import pandas as pd
 from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
+from core.fusion import FusionConfig, fuse_image
 from storage import models as m
 from storage import workspace
 from storage.projects import image_row
@@ -34,6 +34,9 @@ from storage.records import (
     palette_color,
 )
 from storage.regions import RegionStore
+
+#: Fusion temperature of runs whose settings do not say (core's published default).
+DEFAULT_TAU = FusionConfig().tau
 
 
 class ResultStore(RegionStore):
@@ -75,6 +78,7 @@ class ResultStore(RegionStore):
             )
             batch: list[dict[str, Any]] = []
             seen: set[int] = set()
+            columns = sorted(by_slot)
             for a in assignments:
                 if a.slot not in by_slot:
                     raise StorageError(f"run {run_id}: assignment of region {a.region_id} to unknown slot {a.slot}")
@@ -83,6 +87,14 @@ class ResultStore(RegionStore):
                 if a.region_id in seen:
                     raise StorageError(f"run {run_id}: region {a.region_id} is assigned twice")
                 seen.add(a.region_id)
+                probabilities = None
+                if a.probabilities is not None:
+                    probabilities = np.asarray(a.probabilities, dtype=np.float32).ravel()
+                    if columns != list(range(len(probabilities))):
+                        raise StorageError(
+                            f"run {run_id}: region {a.region_id} has {len(probabilities)} probabilities but the "
+                            f"run's cluster slots are {columns} (column j must be slot j)"
+                        )
                 cluster_id = by_slot[a.slot]
                 batch.append(
                     {
@@ -96,6 +108,7 @@ class ResultStore(RegionStore):
                         "embedding": None
                         if a.embedding is None
                         else np.asarray(a.embedding, dtype=np.float32).ravel().tobytes(),
+                        "probabilities": None if probabilities is None else probabilities.tobytes(),
                         "is_normal": False,
                     }
                 )
@@ -280,14 +293,21 @@ class ResultStore(RegionStore):
         return [r for r, _ in rows], np.stack([np.frombuffer(e, dtype=np.float32) for _, e in rows])
 
     # ------------------------------------------------------------ image classes
-    def image_classes(self, run_id: int, tau: float = 100.0) -> list[ImageClass]:
-        """Image-level classes from the current (edited) assignments by area-weighted fusion.
+    def run_tau(self, run_id: int) -> float:
+        """The fusion temperature a run was made with (its settings' tau, else core's default)."""
+        tau = self.get_run(run_id).settings.get("tau")  # type: ignore[attr-defined]
+        return DEFAULT_TAU if tau is None else float(tau)
 
-        Weights w = softmax(sqrt(area) / tau) over the image's regions (METHOD.md stage 6); each
-        region puts w * confidence on its cluster (regions of normal clusters on NORMAL_CLASS;
-        regions the engineer marked normal put w * 1 there). The largest fused score wins and is
-        the confidence. Unlabeled-role images without regions are NORMAL_CLASS with confidence 1.
+    def image_classes(self, run_id: int, tau: float | None = None) -> list[ImageClass]:
+        """Image-level classes from the current (edited) assignments by core.fusion.fuse_image.
+
+        tau defaults to the run's own (run_tau). Each region votes with its stored probability
+        vector, its columns carried along the engineer's edits (see _current_vote); the fused
+        argmax wins (ties: the defect class with the lowest cluster id, normal last) and its
+        fused probability is the confidence. Unlabeled-role images without regions are
+        NORMAL_CLASS with confidence 1.
         """
+        tau = self.run_tau(run_id) if tau is None else float(tau)
         with self._session() as session:
             run = self._get(session, m.Run, run_id, "run")
             images = session.execute(
@@ -295,21 +315,22 @@ class ResultStore(RegionStore):
                 .where(m.Image.project_id == run.project_id)
                 .order_by(m.Image.relpath)
             ).all()
+            clusters = {c.id: c for c in session.scalars(select(m.Cluster).where(m.Cluster.run_id == run_id))}
             rows = session.execute(
                 select(
                     m.Region.image_id,
                     m.Region.area,
                     m.Assignment.cluster_id,
+                    m.Assignment.original_cluster_id,
                     m.Assignment.confidence,
+                    m.Assignment.probabilities,
                     m.Assignment.is_normal,
-                    m.Cluster.is_normal,
-                    m.Cluster.name,
-                    m.Cluster.slot,
                 )
                 .join(m.Region, m.Region.id == m.Assignment.region_id)
-                .join(m.Cluster, m.Cluster.id == m.Assignment.cluster_id)
                 .where(m.Assignment.run_id == run_id)
+                .order_by(m.Region.image_id, m.Region.index)
             ).all()
+        votes = _Votes(clusters)
         per_image: dict[int, list[Any]] = defaultdict(list)
         for row in rows:
             per_image[row[0]].append(row)
@@ -321,17 +342,53 @@ class ResultStore(RegionStore):
                     continue
                 out.append(ImageClass(image_id, relpath, None, NORMAL_CLASS, 1.0, 0, gt_class))
                 continue
-            logits = np.array([math.sqrt(max(r[1], 0)) / tau for r in regions])
-            weights = np.exp(logits - logits.max())
-            weights /= weights.sum()
-            fused: dict[int | None, float] = defaultdict(float)
-            names: dict[int | None, str] = {None: NORMAL_CLASS}
-            for w, (_, _, cluster_id, conf, region_normal, cluster_normal, name, slot) in zip(weights, regions):
-                key = None if (region_normal or cluster_normal) else cluster_id
-                fused[key] += float(w) * (1.0 if region_normal else float(conf))
-                if key is not None:
-                    names[key] = display_name(name, slot)
-            # Ties go to the defect class with the lowest id, then to normal: deterministic.
-            winner = max(fused, key=lambda k: (round(fused[k], 12), k is not None, -(k or 0)))
-            out.append(ImageClass(image_id, relpath, winner, names[winner], fused[winner], len(regions), gt_class))
+            region_votes = [votes.of(*row[2:]) for row in regions]
+            keys = sorted({k for vote in region_votes for k in vote if k is not None}) + [None]
+            matrix = np.array([[vote.get(k, 0.0) for k in keys] for vote in region_votes], dtype=np.float64)
+            fused = fuse_image(matrix, [max(int(row[1]), 0) for row in regions], tau)
+            best = int(np.flatnonzero(fused >= fused.max() - 1e-12)[0])
+            winner = keys[best]
+            name = NORMAL_CLASS if winner is None else display_name(clusters[winner].name, clusters[winner].slot)
+            out.append(ImageClass(image_id, relpath, winner, name, float(fused[best]), len(regions), gt_class))
         return out
+
+
+class _Votes:
+    """A region's probability vector over the run's classes as they are now (edits applied).
+
+    Key None is NORMAL_CLASS, any other key a current cluster id. Columns of the stored vector
+    are the run's slots; a slot's mass goes to the cluster its own cluster was merged into
+    (NORMAL_CLASS when that cluster is marked normal). A region the engineer moved (or a split
+    put elsewhere) votes 1 for its cluster, a region marked normal votes 1 for NORMAL_CLASS,
+    and rows written before probabilities were stored vote their confidence for their cluster.
+    """
+
+    def __init__(self, clusters: dict[int, m.Cluster]) -> None:
+        self.clusters = clusters
+        self.by_slot = {c.slot: c.id for c in clusters.values()}
+
+    def current(self, cluster_id: int) -> int:
+        """The cluster a cluster now lives in, following merges."""
+        seen = set()
+        while self.clusters[cluster_id].merged_into_id is not None and cluster_id not in seen:
+            seen.add(cluster_id)
+            cluster_id = self.clusters[cluster_id].merged_into_id  # type: ignore[assignment]
+        return cluster_id
+
+    def key(self, cluster_id: int) -> int | None:
+        current = self.current(cluster_id)
+        return None if self.clusters[current].is_normal else current
+
+    def of(
+        self, cluster_id: int, original_id: int | None, confidence: float, probabilities: bytes | None, marked: bool
+    ) -> dict[int | None, float]:
+        if marked:
+            return {None: 1.0}
+        moved = original_id is None or self.current(original_id) != cluster_id
+        if probabilities is None or moved:
+            return {self.key(cluster_id): 1.0 if moved else float(confidence)}
+        vote: dict[int | None, float] = defaultdict(float)
+        for slot, p in enumerate(np.frombuffer(probabilities, dtype=np.float32)):
+            if p > 0 and slot in self.by_slot:
+                vote[self.key(self.by_slot[slot])] += float(p)
+        return vote

@@ -256,7 +256,8 @@ def run_discover(store: Store, run: RunInfo, report: Reporter) -> str:
     assignments = [
         AssignmentInput(region_id=ids[r.key], slot=int(r.cluster), confidence=float(r.confidence),
                         umap_x=float(r.umap_x), umap_y=float(r.umap_y),
-                        embedding=np.asarray(r.embedding, dtype=np.float32))
+                        embedding=np.asarray(r.embedding, dtype=np.float32),
+                        probabilities=np.asarray(r.probabilities, dtype=np.float32))
         for r in result.regions
     ]
     store.write_results(run.id, clusters, assignments)
