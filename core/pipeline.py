@@ -1,6 +1,6 @@
 """The discovery pipeline: maps -> MEBin -> regions -> estimate -> MGViT training -> prediction -> metrics.
 
-One public function per stage (run_detection, prepare_maps, binarize_maps, cut_regions,
+One public function per stage (detector_for + run_detection, prepare_maps, binarize_maps, cut_regions,
 plan_labels, estimate_classes, train_model, predict, compute_metrics); `run_discovery` is their
 composition with progress, timings and cancellation. The CLI, the app's job runner and its
 Review page call these functions, so every stage runs one way. Knows nothing of Streamlit or SQL.
@@ -24,7 +24,6 @@ from core.fusion import fuse_image
 from core.mebin import MEBinResult
 from core.records import ImageRecord, Manifest, Region
 from core.results import (
-    DetectedMaps,
     DiscoveryResult,
     ImageResult,
     LabelPlan,
@@ -46,6 +45,7 @@ __all__ = [
     "binarize_maps",
     "compute_metrics",
     "cut_regions",
+    "detector_for",
     "estimate_classes",
     "plan_labels",
     "predict",
@@ -79,35 +79,33 @@ class DiscoveryCancelled(Exception):
 # --------------------------------------------------------------------------------- stages
 
 
+def detector_for(manifest: Manifest, detector: DetectorConfig, seed: int) -> DetectorConfig:
+    """The detector a run uses: seeded with the run's seed; zero-shot when the set has no normal references."""
+    detector = replace(detector, seed=seed)
+    if not manifest.normal and detector.method == "patchcore":
+        detector = replace(detector, method="zero-shot")
+    return detector
+
+
 def run_detection(
     manifest: Manifest,
     detector: DetectorConfig,
     device: torch.device | str,
     *,
-    seed: int,
-    progress: Callable[[float, str], None] | None = None,
+    progress: Callable[[str, int, int], None] | None = None,
     cache_dir: Path | None = None,
-) -> DetectedMaps:
-    """Built-in detector on the manifest: PatchCore when normal references exist, else zero-shot.
+) -> dict[str, np.ndarray]:
+    """Raw anomaly maps (float32 by image relpath) from the built-in detector (see detector_for).
 
-    progress(fraction, message) follows the detector's steps. Raises PipelineError when detection fails.
+    progress(step, done, total) follows the detector's steps. Raises PipelineError when detection fails.
     """
     from core import detection
 
-    detector = replace(detector, seed=seed)
-    if not manifest.normal and detector.method == "patchcore":
-        detector = replace(detector, method="zero-shot")
-
-    def on_step(stage: str, done: int, total: int) -> None:
-        if progress is not None:
-            progress(done / max(total, 1), f"{detector.method}: {stage} {done}/{total}")
-
     try:
-        found = detection.detect(manifest, detector, device, progress=on_step, cache_dir=cache_dir)
+        found = detection.detect(manifest, detector, device, progress=progress, cache_dir=cache_dir)
     except ValueError as error:  # DetectionError and bad settings: the message names the problem
         raise PipelineError(f"anomaly detection failed: {error}") from error
-    maps = {key: np.asarray(value, dtype=np.float32) for key, value in found.maps.items()}
-    return DetectedMaps(maps, detector.method)
+    return {key: np.asarray(value, dtype=np.float32) for key, value in found.maps.items()}
 
 
 def prepare_maps(records: Sequence[ImageRecord], raw: Mapping[str, np.ndarray]) -> MapSet:
@@ -177,7 +175,8 @@ def cut_regions(
     regions: list[Region] = []
     for index, key in enumerate(maps.keys):
         result = binarization[key]
-        regions += extract_regions(key, maps.images[key], result.normalized, result.mask, result.num_anomalies, config)
+        regions += extract_regions(key, maps.images[key], result.normalized, result.mask, result.num_anomalies, config,
+                                   map_u8=maps.normalized[key], threshold=result.threshold)
         if progress is not None:
             progress(index + 1, len(maps.keys))
     return regions
@@ -202,7 +201,8 @@ def recut_image(
 
     mask, count = mask_at_threshold(map_u8, threshold, erode=mebin.erode, kernel_size=mebin.kernel_size)
     normalized = normalize_to_range(map_u8, *search_range)
-    return mask, count, extract_regions(key, image, normalized, mask, count, regions)
+    return mask, count, extract_regions(key, image, normalized, mask, count, regions, map_u8=map_u8,
+                                        threshold=int(threshold))
 
 
 def plan_labels(
@@ -439,8 +439,12 @@ def run_discovery(
     report("maps", 0.0, "anomaly maps")
     if maps is None:
         cache = None if workdir is None else Path(workdir) / "detection_cache"
-        maps = run_detection(manifest, config.detector, device, seed=config.seed, cache_dir=cache,
-                             progress=lambda fraction, message: report("maps", fraction, message)).maps
+        detector = detector_for(manifest, config.detector, config.seed)
+
+        def on_step(step: str, done: int, total: int) -> None:
+            report("maps", done / max(total, 1), f"{detector.method}: {step} {done}/{total}")
+
+        maps = run_detection(manifest, detector, device, progress=on_step, cache_dir=cache)
     map_set = prepare_maps(records, maps)
     timings["maps"] = time.perf_counter() - started
     report.finish("maps", f"{len(map_set.keys)} maps normalized globally")

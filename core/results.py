@@ -15,7 +15,6 @@ if TYPE_CHECKING:
     from core.train import DiscoveryModel, TrainProgress, TrainResult
 
 __all__ = [
-    "DetectedMaps",
     "DiscoveryResult",
     "ImageResult",
     "LabelPlan",
@@ -33,14 +32,6 @@ class MapSet:
     keys: list[str]  # image relpaths, in manifest order
     images: dict[str, np.ndarray]  # H x W x 3 uint8 RGB by key
     normalized: dict[str, np.ndarray]  # uint8 map at the image's size, normalized over the whole set
-
-
-@dataclass
-class DetectedMaps:
-    """Raw maps from the built-in detector and the method that made them."""
-
-    maps: dict[str, np.ndarray]  # float32 by image relpath
-    method: str  # "patchcore" or "zero-shot" (zero-shot when the set has no normal references)
 
 
 @dataclass
