@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from core.config import DescriptorConfig
 from core.mebin import _available_cores
 
 __all__ = ["DESCRIPTOR_GROUPS", "DescriptorConfig", "Descriptors", "combine", "describe", "describe_regions"]
@@ -40,23 +41,6 @@ _INTENSITY = ["inside_mean", "around_mean", "contrast", "inside_spread", "around
               "near_mean", "far_mean"]
 
 _SECTORS = 16
-
-
-@dataclass(frozen=True)
-class DescriptorConfig:
-    """Sizes and group weights of the region descriptors."""
-
-    size: int = 32  # crops are resized to size x size for texture and HOG
-    ring: float = 0.25  # "around" = mask dilated by this share of its longer side (at least 2 px), minus the mask
-    hog_cells: int = 4  # HOG grid cells per side
-    hog_bins: int = 8  # HOG unsigned orientation bins
-    geometry: float = 1.0  # group weights after standardization (measured on DeepPCB: intensity and
-    intensity: float = 1.5  # surroundings carry most, HOG least: it is not rotation invariant)
-    texture: float = 0.7
-    hog: float = 0.2
-
-    def weight(self, group: str) -> float:
-        return float(getattr(self, group))
 
 
 @dataclass
