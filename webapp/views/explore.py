@@ -40,7 +40,8 @@ messages.show()
 
 revision = run_data.run_revision(store, run_id)
 clusters: list[ClusterInfo] = run_data.clusters_of(store, store.url, run_id, revision)
-points = run_data.umap_points(store, store.url, run_id, revision)
+points = run_data.with_states(run_data.umap_points(store, store.url, run_id, revision),
+                             run_data.no_anomaly_ids(store, store.url, run_id, revision))
 seen_versions: dict[int, int] = dict(st.session_state.get(SEEN_KEY, {}).get(run_id, {}))
 by_cluster_id = {c.id: c for c in clusters}
 
@@ -82,7 +83,7 @@ def region_states(points: pd.DataFrame, clusters: list[ClusterInfo]) -> dict[str
     normal_clusters = {c.id for c in clusters if c.is_normal}
     in_normal = points["cluster_id"].isin(normal_clusters)
     marked = points["region_normal"].astype(bool) if "region_normal" in points else points["is_normal"] & ~in_normal
-    none_found = points["no_anomaly"].astype(bool) if "no_anomaly" in points else pd.Series(False, index=points.index)
+    none_found = points["no_anomaly"].astype(bool)
     return {"marked": int((marked & ~none_found).sum()), "predicted": int((in_normal & ~marked & ~none_found).sum()),
             "none_found": int(none_found.sum())}
 
@@ -91,11 +92,11 @@ def state_cards(states: dict[str, int]) -> list[tuple[str, str, str]]:
     """Metric cards of the three normal-like states, kept apart."""
     cards = [
         ("Marked normal", f"{states['marked']:,}", "Regions you marked normal (false detections of the detector)."),
-        ("Predicted normal", f"{states['predicted']:,}", "Regions the model put in its normal cluster."),
+        ("Model: normal", f"{states['predicted']:,}", "Predicted normal: regions the model put in its normal cluster."),
     ]
-    if states["none_found"]:
-        cards.append(("No anomaly found", f"{states['none_found']:,}",
-                      "Images where MEBin found no anomaly: shown as one whole-image placeholder each."))
+    cards.append(("No anomaly", f"{states['none_found']:,}",
+                  "Images where MEBin found no anomaly, each shown as one whole-image placeholder (hollow "
+                  "circles on the plot). Not a verdict that the part is normal: look at them."))
     return cards
 
 
@@ -211,6 +212,12 @@ if tools.button("Clear selection", icon=":material/deselect:", disabled=not sele
     selection.clear_selection()
     st.session_state.pop(selection.FOCUS_KEY, None)
     st.rerun()
+if states["none_found"] and tools.button(f"Images with no anomaly found ({states['none_found']})",
+                                        icon=":material/image_search:", key="explore_select_none_found",
+                                        help="Select the whole-image placeholders of images where MEBin found "
+                                             "nothing, to look at them and move or mark them."):
+    selection.set_selection(points.loc[points["no_anomaly"], "region_id"].tolist(), "no anomaly found")
+    st.rerun()
 source = st.session_state.get(selection.SELECTION_SOURCE_KEY) or ""
 tools.caption(
     f"**{len(selected):,} selected** ({escape_markdown(short(source, 60))})" if selected
@@ -252,12 +259,9 @@ def focused_region_panel() -> None:
     point = indexed.loc[focus]
     image_rel = str(point["image"])
     with st.container(border=True, key="explore_focus"):
-        head_cols = st.columns([4, 1], vertical_alignment="center")
-        head_cols[0].markdown(f"**Region #{int(focus)}** · {quoted(short(str(point['cluster_name']), 60))} · "
-                              f"confidence {float(point['confidence']):.2f}")
-        if head_cols[1].button("Close", key="explore_focus_close", icon=":material/close:"):
-            st.session_state.pop(selection.FOCUS_KEY, None)
-            st.rerun()
+        st.markdown(f"**Region #{int(focus)}** · {quoted(short(str(point['cluster_name']), 60))} · "
+                    f"confidence {float(point['confidence']):.2f}"
+                    + (" · no anomaly found in this image" if bool(point["no_anomaly"]) else ""))
         crop_col, image_col = st.columns([1, 2])
         crop, mask = files_of(int(focus))
         crop_col.image(thumbnail(crop, mask, 256), caption="crop with its mask outline", width="stretch")
@@ -270,6 +274,9 @@ def focused_region_panel() -> None:
             labels = [f"#{a.region.id}" for a in boxes]
             image_col.image(draw_boxes(picture, [a.region.box for a in boxes], colors, labels),
                             caption=f"{image_rel} · region #{int(focus)} in red", width="stretch")
+        if st.button("Close", key="explore_focus_close", icon=":material/close:"):
+            st.session_state.pop(selection.FOCUS_KEY, None)
+            st.rerun()
 
 
 def gallery(shown_ids: list[int]) -> None:
@@ -298,7 +305,7 @@ def gallery(shown_ids: list[int]) -> None:
                                type="tertiary", help=f"Open region #{int(region_id)} in its image ({name})"):
                     open_region(int(region_id))
                     st.rerun()
-                cell.caption(escape_markdown(short(name, 14)))
+                cell.caption("no anomaly found" if bool(point["no_anomaly"]) else escape_markdown(short(name, 14)))
 
 
 # ------------------------------------------------------------------------------ plot + panels

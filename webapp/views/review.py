@@ -379,6 +379,13 @@ elif order == "lowest threshold first":
     records.sort(key=lambda b: (b["threshold"], b["image"]))
 else:
     records.sort(key=lambda b: b["image"])
+# The image just worked on stays shown even when it no longer matches the filter (an override
+# may leave it without anomalies): the page never jumps to another image under its message.
+kept = st.session_state.get("review_image")
+all_records = {b["image"]: b for b in binarizations}
+if kept in all_records and all(b["image"] != kept for b in records):
+    records.insert(0, all_records[kept])
+    st.caption(f"{widgets.escape_markdown(kept)} no longer matches “{only}”; it stays shown until you pick another image.")
 if not records:
     widgets.empty_state("No image matches this filter", "Choose another filter above.", ":material/filter_alt_off:")
     st.stop()
