@@ -22,8 +22,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["REPRESENTATIONS", "GroupingConfig", "Grouping", "fuse_representation", "group_regions",
-           "spectral_coordinates"]
+__all__ = ["LABELED_NORMAL", "REPRESENTATIONS", "GroupingConfig", "Grouping", "fuse_representation",
+           "group_regions", "grouped_probabilities", "spectral_coordinates"]
 
 #: Representations a run can group regions on.
 REPRESENTATIONS = ("vit", "descriptors", "hybrid")
@@ -208,3 +208,42 @@ def group_regions(
     hard[labeled] = labels[labeled]
     probabilities[labeled] = np.eye(columns)[labels[labeled]]
     return Grouping(labels=hard, probabilities=probabilities, coordinates=coordinates, normal_found=normal_found)
+
+
+def grouped_probabilities(
+    representation: str,
+    embedding: np.ndarray | None,
+    descriptors: np.ndarray | None,
+    k: int,
+    *,
+    scores: np.ndarray | None = None,
+    labels: np.ndarray | None = None,
+    base_classes: tuple[str, ...] | list[str] = (),
+    include_base: bool = False,
+    config: GroupingConfig = GroupingConfig(),
+    seed: int = 0,
+) -> tuple[np.ndarray, np.ndarray, bool]:
+    """Region probabilities in core.predict's column order from grouping on a representation.
+
+    Columns: [base classes (with include_base)] + normal slot + K novel classes, as
+    predict_regions lays them out. labels: per region -1, NORMAL (-2) or a base-class index.
+    Returns (probabilities, the representation grouped on, whether a normal group was found).
+    """
+    features = fuse_representation(representation, embedding, descriptors, config.vit_weight)
+    n_base = len(base_classes)
+    region_labels = np.full(len(features), -1, np.int64) if labels is None else np.asarray(labels, np.int64)
+    # group_regions' columns: 0 normal, 1..n_base base classes, then novel groups
+    internal = np.where(region_labels == LABELED_NORMAL, 0, np.where(region_labels >= 0, region_labels + 1, -1))
+    grouping = group_regions(features, k, scores=scores, labels=internal, n_base=n_base, config=config, seed=seed)
+    probabilities = grouping.probabilities
+    normal, base, novel = probabilities[:, :1], probabilities[:, 1:1 + n_base], probabilities[:, 1 + n_base:]
+    if include_base:
+        ordered = np.concatenate([base, normal, novel], axis=1)
+    else:
+        ordered = np.concatenate([normal, novel], axis=1)
+        ordered /= np.maximum(ordered.sum(axis=1, keepdims=True), 1e-12)
+    return ordered, features, grouping.normal_found
+
+
+#: Label value of a region the engineer marked normal / false detection (in `grouped_probabilities`).
+LABELED_NORMAL = -2

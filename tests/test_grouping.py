@@ -58,3 +58,18 @@ def test_fusion_needs_its_inputs_and_scales_parts_alike():
         fuse_representation("descriptors", embedding, None)
     with pytest.raises(ValueError, match="representation must be one of"):
         fuse_representation("pixels", embedding, descriptors)
+
+
+def test_grouped_probabilities_follow_the_prediction_columns():
+    from core.grouping import LABELED_NORMAL, grouped_probabilities
+
+    points, truth = _blobs(3)
+    labels = np.full(len(points), -1)
+    labels[truth == 0] = 0  # base class 0
+    labels[np.flatnonzero(truth == 2)[:3]] = LABELED_NORMAL
+    probabilities, features, _ = grouped_probabilities("descriptors", None, points, 2, labels=labels,
+                                                       base_classes=["scratch"], include_base=True)
+    assert probabilities.shape == (len(points), 1 + 1 + 2)  # scratch, normal, class 1, class 2
+    assert (probabilities.argmax(axis=1)[truth == 0] == 0).all()
+    assert (probabilities.argmax(axis=1)[truth == 2] == 1).all()
+    assert np.allclose(probabilities.sum(axis=1), 1.0) and features.shape == points.shape

@@ -13,7 +13,7 @@ import pytest
 from core.demo import DemoConfig, generate_demo, gt_masks_to_maps
 from core.imageio import read_gray
 from storage import CANCELLED, DONE, FAILED, RUNNING, open_workspace
-from webapp import jobs, state, worker
+from webapp import intake, jobs, worker
 
 TINY_DEMO = dict(image_size=64, n_train_good=4, n_test_good=2, n_per_class=3,
                  defect_types=("scratch", "hole", "stain"))
@@ -38,7 +38,7 @@ def project(tmp_path):
     root = generate_demo(tmp_path / "demo", DemoConfig(**TINY_DEMO))
     make_maps(root, tmp_path / "maps")
     store = open_workspace(tmp_path / "workspace")
-    info = state.create_project(store, "tiny", state.summarize_dataset(root, tmp_path / "maps"))
+    info = intake.create_project(store, "tiny", intake.summarize_dataset(root, tmp_path / "maps"))
     yield store, info
     store.close()
 

@@ -1,18 +1,19 @@
 """The job process: `python -m webapp.worker RUN_ID` runs one queued run and records the outcome.
 
 Kinds: "detect" (anomaly maps imported or from the built-in detector, then MEBin and the crops,
-all stored for the Review page) and "discover" (the whole pipeline through
-core.pipeline.run_discovery, results written in one transaction). Progress, heartbeat and the
-loss history go to the database through Store.update_progress; the cancel flag is polled there.
-Any error ends the run as failed with its message; the console output goes to the run's log.
+all stored for the Detection page) and "discover" (the whole pipeline through
+core.pipeline.run_discovery, results written in one transaction). Progress (one forward-only bar
+with a measured remaining time, webapp.progress), heartbeat and the loss history go to the
+database; the cancel flag is polled there. Any error ends the run as failed with a message the
+engineer can act on; the console output goes to the run's log.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import sys
-import time
 import traceback
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import fields, replace
@@ -25,156 +26,27 @@ from core.dataset import load_dataset
 from core.imageio import read_image
 from core.maps import normalize_global
 from core.mebin import MEBinConfig, binarize
-from core.records import Manifest, Region
+from core.records import Region
 from core.regions import RegionConfig, extract_regions
-from storage import (
-    QUEUED,
-    BinarizationInput,
-    ClusterInput,
-    AssignmentInput,
-    MapInput,
-    ProjectInfo,
-    RunInfo,
-    Store,
-    open_workspace,
+from storage import QUEUED, AssignmentInput, ClusterInput, RunInfo, Store, open_workspace
+from webapp.detection_job import (
+    binarization_inputs,
+    compute_maps,
+    latest_maps,
+    region_key,
+    save_maps,
+    store_regions,
+    stored_maps,
+    with_search_range,
 )
+from webapp.progress import JobCancelled, Reporter
 
-#: Friendly names of the stages shown on the progress bar.
-STAGE_LABELS = {
-    "loading": "Reading the data set",
-    "maps": "Anomaly maps",
-    "mebin": "MEBin binarization",
-    "regions": "Cropping anomaly regions",
-    "estimate": "Estimating the number of classes",
-    "training": "Training the mask-guided ViT",
-    "prediction": "Predicting classes and the 2-D map",
-    "metrics": "Computing metrics",
-    "saving": "Saving results",
-}
-#: Most points kept in a run's loss history (older points are thinned out).
-MAX_LOSS_POINTS = 1500
-#: Shortest interval between two progress writes to the database, seconds.
-PROGRESS_INTERVAL_S = 0.5
+__all__ = ["latest_maps", "execute", "main", "detector_config", "mebin_config", "discovery_config"]
+
 NORMAL_CLUSTER_NAME = "normal / false detection"
 
 
-class JobCancelled(Exception):
-    """The engineer asked the run to stop."""
-
-
-class Reporter:
-    """Throttled progress writes plus the cancel flag the pipeline polls."""
-
-    def __init__(self, store: Store, run_id: int, interval_s: float = PROGRESS_INTERVAL_S) -> None:
-        self.store = store
-        self.run_id = run_id
-        self.interval_s = interval_s
-        self.cancelled = False
-        self.loss_history: list[dict[str, Any]] = []
-        self._last_write = 0.0
-        self._last_stage: str | None = None
-        self._last_poll = 0.0
-
-    def __call__(self, progress: float, stage: str, message: str = "", *, force: bool = False) -> None:
-        now = time.monotonic()
-        if not force and stage == self._last_stage and now - self._last_write < self.interval_s:
-            return
-        self._last_write = self._last_poll = now
-        self._last_stage = stage
-        label = STAGE_LABELS.get(stage, stage)
-        self.cancelled = bool(self.store.update_progress(
-            self.run_id, float(min(max(progress, 0.0), 1.0)), label, message or None,
-            loss_history=self.loss_history or None,
-        )) or self.cancelled
-
-    def should_cancel(self) -> bool:
-        now = time.monotonic()
-        if not self.cancelled and now - self._last_poll >= self.interval_s:
-            self._last_poll = now
-            self.cancelled = self.store.is_cancel_requested(self.run_id)
-        return self.cancelled
-
-    def check(self) -> None:
-        if self.should_cancel():
-            raise JobCancelled()
-
-    def add_loss(self, point: dict[str, Any]) -> None:
-        self.loss_history.append(point)
-        if len(self.loss_history) > MAX_LOSS_POINTS:
-            # keep every epoch-end point and thin the per-step ones
-            self.loss_history = [p for i, p in enumerate(self.loss_history) if p.get("epoch_done") or i % 2 == 0]
-
-
 # ------------------------------------------------------------------------------ maps and MEBin
-
-
-def _map_file(store: Store, project_id: int, relpath: str, source: str) -> Path:
-    slug = "".join(c if c.isalnum() else "-" for c in source.lower()).strip("-") or "maps"
-    return store.project_dir(project_id) / "maps" / slug / Path(relpath).with_suffix(".npy")
-
-
-def latest_maps(store: Store, project_id: int) -> dict[str, dict[str, Any]]:
-    """The newest map record of every image (a later import or detection replaces older ones)."""
-    latest: dict[str, dict[str, Any]] = {}
-    for record in store.list_maps(project_id):
-        if record["image"] not in latest or record["id"] > latest[record["image"]]["id"]:
-            latest[record["image"]] = record
-    return latest
-
-
-def stored_maps(store: Store, project_id: int, relpaths: Sequence[str]) -> dict[str, np.ndarray] | None:
-    """The project's recorded raw maps for every given image, or None when any is missing."""
-    records = latest_maps(store, project_id)
-    if not relpaths or any(r not in records for r in relpaths):
-        return None
-    maps = {}
-    for relpath in relpaths:
-        path = Path(records[relpath]["path"])
-        if not path.is_file():
-            return None
-        maps[relpath] = np.load(path, allow_pickle=False).astype(np.float32, copy=False)
-    return maps
-
-
-def compute_maps(store: Store, project: ProjectInfo, manifest: Manifest, settings: Mapping[str, Any],
-                 report: Reporter) -> tuple[dict[str, np.ndarray], str, list[str]]:
-    """Raw maps of the images to inspect: imported from the maps folder or from the built-in detector.
-
-    Returns (maps by relpath, source name, problems by file).
-    """
-    maps_dir = settings.get("maps_dir") or project.settings.get("maps_dir")
-    source = settings.get("map_source") or ("import" if maps_dir else "builtin")
-    if source == "import":
-        if not maps_dir:
-            raise ValueError("no maps folder is set for this project: choose the built-in detector")
-        from core.detection.importer import import_maps
-
-        report(0.02, "maps", f"importing maps from {maps_dir}", force=True)
-        imported = import_maps(manifest.unlabeled, Path(maps_dir), strict=False)
-        missing = [r.relpath for r in manifest.unlabeled if r.relpath not in imported.maps]
-        if not imported.maps:
-            raise ValueError(f"{maps_dir}: no usable anomaly map; "
-                             + "; ".join(str(p) for p in imported.problems[:3]))
-        if missing:
-            raise ValueError(f"{len(missing)} image(s) have no usable map ({', '.join(missing[:3])} ...); "
-                             + "; ".join(str(p) for p in imported.problems[:3]))
-        return imported.maps, "imported", [str(p) for p in imported.problems]
-
-    from core.detection import DetectorConfig, detect
-    from core.device import resolve_device
-
-    config = detector_config(settings)
-    if not manifest.normal and config.method == "patchcore":
-        config = replace(config, method="zero-shot")
-    device = resolve_device(str(settings.get("device", "auto")))
-
-    def progress(stage: str, done: int, total: int) -> None:
-        report(0.1 * done / max(total, 1), "maps", f"{config.method}: {stage} {done}/{total}")
-        report.check()
-
-    detection = detect(manifest, config, device, progress=progress,
-                       cache_dir=store.project_dir(project.id) / "detection_cache")
-    return dict(detection.maps), f"built-in {config.method}", []
 
 
 def detector_config(settings: Mapping[str, Any]) -> Any:
@@ -193,81 +65,10 @@ def detector_config(settings: Mapping[str, Any]) -> Any:
     return DetectorConfig(**values)
 
 
-def save_maps(store: Store, project_id: int, maps: Mapping[str, np.ndarray], source: str) -> None:
-    """Write raw maps as .npy under the project folder and record them with the set's global range."""
-    low = min(float(np.min(a)) for a in maps.values())
-    high = max(float(np.max(a)) for a in maps.values())
-    inputs = []
-    for relpath, array in maps.items():
-        path = _map_file(store, project_id, relpath, source)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        np.save(path, np.asarray(array, dtype=np.float32))
-        stats = {"min": float(np.min(array)), "max": float(np.max(array)), "mean": float(np.mean(array)),
-                 "global_min": low, "global_max": high}
-        inputs.append(MapInput(relpath=relpath, path=str(path), stats=stats, source=source))
-    store.record_maps(project_id, inputs)
-
-
 def mebin_config(settings: Mapping[str, Any]) -> MEBinConfig:
     known = {f.name for f in fields(MEBinConfig)}
     return MEBinConfig(**{k.removeprefix("mebin_"): settings[k] for k in settings
                           if k.startswith("mebin_") and k.removeprefix("mebin_") in known})
-
-
-def binarization_inputs(results: Mapping[str, Any], config: MEBinConfig, source: str = "mebin") -> list[BinarizationInput]:
-    """MEBin results -> storage records with the evidence the Review page plots."""
-    inputs = []
-    for relpath, result in results.items():
-        interval = getattr(result, "interval", None)
-        sweep = getattr(result, "sweep_thresholds", None)
-        settings = {
-            "sample_rate": config.sample_rate, "min_interval_len": config.min_interval_len,
-            "erode": config.erode, "kernel_size": config.kernel_size, "source": source,
-            "interval": None if interval is None else [int(interval[0]), int(interval[1])],
-            "sweep": None if sweep is None else [int(t) for t in sweep],
-        }
-        counts = [int(c) for c in getattr(result, "counts", [])]
-        inputs.append(BinarizationInput(relpath=relpath, threshold=int(result.threshold),
-                                        num_anomalies=int(result.num_anomalies), counts=counts,
-                                        mask=result.mask, settings=settings))
-    return inputs
-
-
-def with_search_range(inputs: list[BinarizationInput], uint8_maps: Mapping[str, np.ndarray]) -> list[BinarizationInput]:
-    """Add MEBin's search range (s_min, s_max of the per-map maxima) so one map can be re-cropped."""
-    maxima = [int(m.max()) for m in uint8_maps.values()]
-    s_min, s_max = (min(maxima), max(maxima)) if maxima else (0, 0)
-    return [replace(i, settings={**i.settings, "s_min": s_min, "s_max": s_max}) for i in inputs]
-
-
-def region_key(relpath: str, index: int) -> str:
-    return f"{relpath}#{index}"
-
-
-def store_regions(store: Store, project_id: int, regions: Sequence[Region]) -> dict[str, int]:
-    """Record regions, keeping the ids (and with them labels and older runs) of unchanged images.
-
-    An image whose crop boxes are exactly those already stored keeps its regions; only images
-    whose regions changed are re-recorded. Returns region key -> id for every given region.
-    """
-    existing: dict[str, list[Any]] = {}
-    for info in store.list_regions(project_id):
-        existing.setdefault(info.image, []).append(info)
-    by_image: dict[str, list[Region]] = {}
-    for region in regions:
-        by_image.setdefault(region.image, []).append(region)
-    ids: dict[str, int] = {}
-    changed: list[Region] = []
-    for image, new in by_image.items():
-        old = existing.get(image, [])
-        if sorted((r.index, tuple(r.box)) for r in new) == sorted((o.index, tuple(o.box)) for o in old):
-            ids.update({region_key(image, o.index): o.id for o in old})
-        else:
-            changed += new
-    if changed:
-        for info in store.record_regions(project_id, changed, replace=True):
-            ids[region_key(info.image, info.index)] = info.id
-    return ids
 
 
 def run_detect(store: Store, run: RunInfo, report: Reporter) -> str:
@@ -278,11 +79,13 @@ def run_detect(store: Store, run: RunInfo, report: Reporter) -> str:
     manifest = load_dataset(Path(project.data_root))
     store.record_images(project.id, manifest.images)
     report.check()
-    maps, source, problems = compute_maps(store, project, manifest, settings, report)
+    # The detector is most of a detection job: it gets most of the bar (measured on the demo).
+    maps, source, problems = compute_maps(store, project, manifest, settings, report,
+                                          detector_config(settings), span=(0.02, 0.80))
     report.check()
     keys = [r.relpath for r in manifest.unlabeled if r.relpath in maps]
     save_maps(store, project.id, {k: maps[k] for k in keys}, source)
-    report(0.15, "mebin", f"{len(keys)} maps", force=True)
+    report(0.80, "mebin", f"{len(keys)} maps", force=True)
     config = mebin_config(settings)
     normalized = dict(zip(keys, normalize_global([maps[k] for k in keys])))
     results = dict(zip(keys, binarize(list(normalized.values()), sample_rate=config.sample_rate,
@@ -290,14 +93,14 @@ def run_detect(store: Store, run: RunInfo, report: Reporter) -> str:
                                       kernel_size=config.kernel_size)))
     store.record_binarizations(project.id, with_search_range(binarization_inputs(results, config), normalized))
     report.check()
-    report(0.6, "regions", "cropping", force=True)
+    report(0.85, "regions", "cropping", force=True)
     records = {r.relpath: r for r in manifest.unlabeled}
     regions: list[Region] = []
     for index, key in enumerate(keys):
         result = results[key]
         regions += extract_regions(key, read_image(records[key].path), result.normalized, result.mask,
                                    result.num_anomalies, RegionConfig())
-        report(0.6 + 0.35 * (index + 1) / len(keys), "regions", f"{index + 1}/{len(keys)} images")
+        report(0.85 + 0.14 * (index + 1) / len(keys), "regions", f"{index + 1}/{len(keys)} images")
         report.check()
     store_regions(store, project.id, regions)
     with_anomaly = sum(1 for r in results.values() if r.num_anomalies > 0)
@@ -364,6 +167,18 @@ def _previous_run_id(store: Store, run: RunInfo) -> int | None:
     return None
 
 
+def with_room_for_new_classes(config: Any, labeled: Any, region_labels: Mapping[str, str] | None) -> Any:
+    """With K = auto in a run that learns named classes, let the estimate count at least the named
+    classes plus two new ones, so a retraining never fails because the estimate left no room for
+    new classes (it counts every class, the named ones included)."""
+    if config.classes is not None or not region_labels:
+        return config
+    named = set(getattr(labeled, "base_classes", None) or []) | set(region_labels.values())
+    k_min = max(config.estimate.k_min, len(named) + 2)
+    estimate = replace(config.estimate, k_min=k_min, k_max=max(config.estimate.k_max, k_min))
+    return replace(config, estimate=estimate)
+
+
 def threshold_overrides(store: Store, project_id: int) -> dict[str, int]:
     """Thresholds the engineer set by hand on the Review page, by image relpath."""
     return {b["image"]: int(b["threshold"]) for b in store.list_binarizations(project_id)
@@ -385,7 +200,9 @@ def run_discover(store: Store, run: RunInfo, report: Reporter) -> str:
     keys = [r.relpath for r in manifest.unlabeled]
     maps = None if settings.get("recompute_maps") else stored_maps(store, project.id, keys)
     if maps is None:
-        maps, source, _ = compute_maps(store, project, manifest, settings, report)
+        # core.pipeline gives the maps stage its first 10 % of the bar; the worker makes them here.
+        maps, source, _ = compute_maps(store, project, manifest, settings, report, config.detector,
+                                       span=(0.0, 0.097))
         save_maps(store, project.id, maps, source)
     report.check()
 
@@ -396,6 +213,7 @@ def run_discover(store: Store, run: RunInfo, report: Reporter) -> str:
     if settings.get("labels_from_project"):
         by_id = {info.id: region_key(info.image, info.index) for info in store.list_regions(project.id)}
         region_labels = {by_id[i]: name for i, name in store.labeled_set(project.id).items() if i in by_id}
+    config = with_room_for_new_classes(config, labeled, region_labels)
 
     def on_progress(event: Any) -> None:
         if report.should_cancel():
@@ -461,8 +279,7 @@ def run_discover(store: Store, run: RunInfo, report: Reporter) -> str:
 
     metrics = dict(result.metrics or {})
     if result.estimate is not None:
-        metrics["class_estimate"] = {"k": result.estimate.k, "method": result.estimate.method,
-                                     "table": result.estimate.table, "note": result.estimate.note}
+        metrics["class_estimate"] = estimate_record(result.estimate, result.n_classes)
     history = report.loss_history or [
         {"x": i + 1, "epoch_done": True, **{k: float(v) for k, v in h.items() if isinstance(v, (int, float))}}
         for i, h in enumerate(result.train_result.history)]
@@ -471,7 +288,7 @@ def run_discover(store: Store, run: RunInfo, report: Reporter) -> str:
     if labeled is not None or region_labels:
         parts.append(f"{len(result.base_classes)} labeled classes")
     if overrides:
-        parts.append(f"{len(overrides)} threshold override(s) from the Review page applied")
+        parts.append(f"{len(overrides)} threshold override(s) from the Detection & MEBin page applied")
     if carried:
         parts.append(f"{carried} cluster(s) matched to run #{previous}")
     if result.problems:
@@ -487,11 +304,52 @@ def run_discover(store: Store, run: RunInfo, report: Reporter) -> str:
 JOBS: dict[str, Callable[[Store, RunInfo, Reporter], str]] = {"detect": run_detect, "discover": run_discover}
 
 
+#: Command-line options core's messages may name, rewritten in the words of the app's forms (in order).
+APP_WORDS: list[tuple[str, str]] = [
+    (r"(?:pass|use|give|set) --classes(?: K)?", "set the number of classes (K) on the Discover or Labels page"),
+    (r"--classes (\d+)", r"K = \1"),
+    (r"pass the number of classes", "set the number of classes (K)"),
+    (r"--classes(?: K)?", "the number of classes (K)"),
+    (r"(?:pass|use|give) --weights(?: FILE)?", "give a weights file (the 'Weights file' field)"),
+    (r"--weights(?: FILE)?", "the weights file"),
+    (r"(?:pass|use|give) --backbone(?: NAME)?", "choose another backbone"),
+    (r"--backbone(?: NAME)?", "the backbone"),
+    (r"--device(?: (?:auto|cpu|cuda))?", "the device"),
+    (r"(?:pass|use|give) --maps(?: DIR)?", "import anomaly maps on the Detection & MEBin page"),
+    (r"--maps(?: DIR)?", "the maps folder"),
+    (r"--epochs(?: N)?", "the number of epochs"),
+    (r"--ground-truth(?: FILE)?", "a ground-truth file"),
+]
+
+
+def app_wording(text: str) -> str:
+    """A message of core in the app's words: command-line options become the fields that set them."""
+    for pattern, words in APP_WORDS:
+        text = re.sub(pattern, words, text)
+    return text
+
+
 def _describe(error: BaseException) -> str:
-    text = str(error).strip()
+    text = app_wording(str(error).strip())
     if isinstance(error, (ValueError, OSError, KeyError)) or type(error).__name__.endswith("Error"):
         return text or type(error).__name__
     return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+def estimate_record(estimate: Any, n_classes: int) -> dict[str, Any]:
+    """What a run records of core's class-count estimate: K (all classes, and the new ones this run
+    discovers), how sure core is (confidence, word, sentence), and the evidence."""
+    record: dict[str, Any] = {"k": int(estimate.k), "n_classes": int(n_classes), "method": estimate.method,
+                              "table": estimate.table, "note": estimate.note}
+    for name in ("confidence", "sureness"):
+        value = getattr(estimate, name, None)
+        if isinstance(value, (int, float, str)):
+            record[name] = value
+    for name in ("summary", "describe"):
+        method = getattr(estimate, name, None)
+        if callable(method):
+            record["description" if name == "describe" else name] = app_wording(str(method()))
+    return record
 
 
 def execute(store: Store, run_id: int) -> str:

@@ -9,9 +9,10 @@ import pandas as pd
 import streamlit as st
 
 from storage import ProjectInfo, RunInfo
-from webapp import jobs, state, widgets
+from webapp import figures, jobs, messages, navigation, widgets
+from webapp.workspace import get_store
 
-store = state.get_store()
+store = get_store()
 VIEWS = Path(__file__).resolve().parent
 
 # Defaults shown in the form. They mirror core's published defaults (core.mgvit.SCRATCH_BACKBONES,
@@ -24,10 +25,9 @@ BACKBONES = {
     "vit_base_patch16_224.dino": "DINO ViT-B/16 (paper; pretrained weights needed)",
 }
 SCRATCH = ("vit_tiny_scratch", "vit_micro_scratch")
-SCRATCH_HINT = ("A ViT from scratch learns little from a few hundred crops: expect rough groups to name and "
-                "correct, not the paper's quality (benchmarks/quality.py: on the demo set its F1 beats k-means, its NMI "
-                "barely, near what the same ViT reaches when told half the images' classes). For production give "
-                "a DINO backbone its weights file.")
+SCRATCH_HINT = ("A ViT trained from scratch on a few hundred crops finds rough groups, not clean defect classes: "
+                "expect to merge, split and rename clusters on Explore, then retrain with your names on Labels. "
+                "For classes close to the paper's, choose a DINO backbone and give its weights file.")
 SCRATCH_EPOCHS = 30
 DEFAULT_EPOCHS = 50
 DEFAULT_BATCH_SIZE = 32
@@ -136,7 +136,7 @@ def live_run(run_id: int) -> None:
     if heartbeat is not None and (pd.Timestamp.now(tz="UTC") - pd.Timestamp(heartbeat)).total_seconds() > 20:
         jobs.recover(store)  # a worker that died leaves a failed run, not an eternal spinner
     widgets.progress_panel(run)
-    figure = widgets.loss_chart(run.loss_history)
+    figure = figures.loss_chart(run.loss_history)
     if figure is not None:
         st.plotly_chart(figure, config={"displayModeBar": False}, key=f"live_loss_{run.id}")
     else:
@@ -169,13 +169,14 @@ def finished_run(run: RunInfo) -> None:
     """The newest run's outcome: status, message, metrics, loss chart, next step."""
     widgets.run_summary(run)
     if run.status == "done":
+        widgets.class_estimate_note(run)
         metrics_line(run.metrics or {})
-        figure = widgets.loss_chart(run.loss_history)
+        figure = figures.loss_chart(run.loss_history)
         if figure is not None:
             st.plotly_chart(figure, config={"displayModeBar": False}, key=f"loss_{run.id}")
         if (VIEWS / "explore.py").is_file() and st.button("Explore the clusters", type="primary",
                                                             icon=":material/scatter_plot:", key="go_explore"):
-            state.set_run(run.id)
+            navigation.set_run(run.id)
             st.switch_page("views/explore.py")
     elif run.status == "failed":
         log = jobs.read_log_tail(store, run)
@@ -193,22 +194,22 @@ def runs_table(runs: list[RunInfo]) -> None:
             "duration": widgets.format_duration(widgets.run_elapsed(run)),
             "classes": str(run.settings.get("classes", "auto")), "backbone": run.settings.get("backbone", ""),
             "epochs": run.settings.get("epochs"),
-            "image NMI": float("nan") if image.get("nmi") is None else float(image["nmi"]),
+            # A cancelled or failed run has no metrics: a dash, not "None".
+            "image NMI": "–" if image.get("nmi") is None else f"{float(image['nmi']):.3f}",
             "retrained": "yes" if run.parent_run_id or run.settings.get("labels_from_project") else "",
             "message": (run.message or "")[:160],
         })
     st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch",
-                 column_config={"image NMI": st.column_config.NumberColumn(format="%.3f")})
+                 column_config={"run": st.column_config.NumberColumn("run", format="#%d", width="small"),
+                                "message": st.column_config.TextColumn("message", width="large")})
 
 
 # ------------------------------------------------------------------------------ page
 
 st.title("Discover", anchor=False)
-project_id = state.select_project()
+project_id = navigation.select_project()
 project = store.get_project(project_id)
-flash = st.session_state.pop("flash", None)
-if flash:
-    st.success(flash, icon=":material/check_circle:")
+messages.show()
 
 runs = store.list_runs(project.id, kind=jobs.DISCOVER)
 active = [r for r in runs if r.status in jobs.ACTIVE]
@@ -239,7 +240,7 @@ else:
             done = [r for r in runs if r.status == "done"]
             parent = done[0].id if settings["labels_from_project"] and done else None
             run_id = jobs.start_job(store, project.id, jobs.DISCOVER, settings, parent_run_id=parent)
-            st.session_state["flash"] = f"Run #{run_id} started."
+            messages.flash("success", f"Run #{run_id} started.")
             st.rerun()
 
 if runs:

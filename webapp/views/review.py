@@ -20,10 +20,11 @@ from core import mebin
 from core.imageio import ImageReadError, read_gray, read_image
 from core.regions import RegionConfig, extract_regions
 from storage import BinarizationInput, ProjectInfo
-from webapp import jobs, state, widgets
+from webapp import intake, jobs, messages, navigation, widgets
 from webapp.worker import latest_maps
+from webapp.workspace import get_store
 
-store = state.get_store()
+store = get_store()
 DISPLAY_SIDE = 360  # pixels: small images are enlarged (nearest) so boxes and masks stay visible
 BOX_COLOR = (0, 200, 255)
 
@@ -194,7 +195,10 @@ def maps_form(project: ProjectInfo, has_normal: bool) -> None:
         folder = st.text_input("Maps folder", value=maps_dir, key="maps_folder",
                                help="Maps (.npy, .tif, .png) named like the images, any size.")
         settings.update(map_source="import", maps_dir=folder.strip())
-        ready = bool(folder.strip())
+        problem = intake.check_maps_folder(folder) if folder.strip() else None
+        if problem:
+            st.error(problem, icon=":material/folder_off:")
+        ready = bool(folder.strip()) and problem is None
     else:
         from core.detection.config import OFFLINE_BACKBONE, PAPER_BACKBONE
 
@@ -216,7 +220,7 @@ def maps_form(project: ProjectInfo, has_normal: bool) -> None:
     if st.button("Make maps and run MEBin", type="primary", disabled=not ready, key="maps_start",
                  icon=":material/play_arrow:"):
         run_id = jobs.start_job(store, project.id, jobs.DETECT, settings)
-        st.session_state["flash"] = f"Detection started (run #{run_id})."
+        messages.flash("success", f"Detection started (run #{run_id}).")
         st.rerun()
 
 
@@ -298,25 +302,23 @@ def override_form(project: ProjectInfo, record: dict[str, Any], image_path: str,
     if buttons.button("Apply and re-crop", key=f"{key}_apply", disabled=threshold == record["threshold"],
                    icon=":material/crop:"):
         n = apply_threshold(project, record, image_path, map_u8, int(threshold))
-        st.session_state["flash"] = f"{record['image']}: threshold {threshold}, {n} crop(s)."
+        messages.flash("success", f"{widgets.escape_markdown(record['image'])}: threshold {threshold}, {n} crop(s).")
         st.rerun()
     if settings.get("source") == "override" and buttons.button("Back to MEBin", key=f"{key}_reset",
                                                             icon=":material/undo:"):
         original = int(settings.get("mebin_threshold", record["threshold"]))
         apply_threshold(project, record, image_path, map_u8, original, reset=True)
         st.session_state.pop(key, None)
-        st.session_state["flash"] = f"{record['image']}: back to MEBin's threshold {original}."
+        messages.flash("success", f"{widgets.escape_markdown(record['image'])}: back to MEBin's threshold {original}.")
         st.rerun()
 
 
 # ------------------------------------------------------------------------------ page
 
 st.title("Detection & MEBin", anchor=False)
-project_id = state.select_project()
+project_id = navigation.select_project()
 project = store.get_project(project_id)
-flash = st.session_state.pop("flash", None)
-if flash:
-    st.success(flash, icon=":material/check_circle:")
+messages.show()
 
 images = {i.relpath: i for i in store.list_images(project.id)}
 has_normal = any(i.role == "normal" for i in images.values())
