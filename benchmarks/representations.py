@@ -49,19 +49,13 @@ def binarize_set(u8_maps: list[np.ndarray], binarizer: str) -> list:
     """MEBin (the method) or Otsu per map (the ablation) over the globally normalized maps."""
     from core import mebin
 
-    if binarizer == "mebin":
-        return mebin.binarize(u8_maps)
-    otsu = getattr(mebin, "binarize_otsu", None)
-    if otsu is not None:
-        return otsu(u8_maps)
-    from core.pipeline import _otsu  # before the stage split it lived in the pipeline
-
-    return _otsu(u8_maps)
+    return mebin.binarize(u8_maps) if binarizer == "mebin" else mebin.binarize_otsu(u8_maps)
 
 
 def cut(keys, images, u8_maps, results, extraction: str) -> list:
     """Regions of every image with the given extraction (same maps and thresholds)."""
-    from core.regions import RegionConfig, extract_regions
+    from core.config import RegionConfig
+    from core.regions import extract_regions
 
     config = RegionConfig(extraction=extraction)
     regions = []
@@ -81,11 +75,12 @@ def region_probabilities(regions, images, representation: str, k: int, guided: b
     scores = np.array([r.score for r in regions], np.float32)
     embedding = logits = None
     if representation != "descriptors":
-        from core.train import TrainingData, infer, train
+        from core.inference import infer
+        from core.train import TrainingData, train
 
         data = TrainingData(crops=[r.image_crop for r in regions], masks=[r.mask_crop for r in regions],
                             scores=scores, labels=np.full(len(regions), -1, np.int64), base_classes=[])
-        trained = train(data, k + 1, model_config, replace(train_config, seed=seed, guided=guided), device)
+        trained = train(data, k + 1, model_config, replace(train_config, guided=guided), device, seed=seed)
         inference = infer(trained.model, data.crops, data.masks, device, guided=guided)
         embedding, logits = inference.features, inference.logits
     if representation == "vit":
@@ -188,8 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     from core.device import resolve_device
     from core.estimate import estimate_num_classes
     from core.grouping import fuse_representation
-    from core.mgvit import MGViTConfig
-    from core.train import SCRATCH_EPOCHS, TrainConfig
+    from core.config import SCRATCH_EPOCHS, MGViTConfig, TrainConfig
 
     device = resolve_device(args.device)
     model_config = MGViTConfig()

@@ -22,7 +22,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from core.cli import UserError
+from core.errors import UserError
 from core.records import NORMAL_CLASS, Region
 
 __all__ = [
@@ -310,7 +310,7 @@ def labeled_crops_from_coco(truth: CocoTruth, images: Mapping[str, np.ndarray], 
     (1 + padding), at least min_side; the mask is the annotation's shape (polygon or box).
     Images missing from `images` are skipped.
     """
-    from core.pipeline import LabeledCrops
+    from core.dataset import LabeledCrops
     from core.regions import square_box
 
     crops, masks, labels = [], [], []

@@ -15,18 +15,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["EstimateConfig", "ClassEstimate", "estimate_num_classes"]
+from core.config import EstimateConfig
 
-
-@dataclass(frozen=True)
-class EstimateConfig:
-    """Settings of the class-count estimate."""
-
-    k_min: int = 2  # smallest number of classes tried
-    k_max: int = 12  # largest number of classes tried (clamped to the number of samples - 1)
-    n_init: int = 10  # k-means restarts per k
-    max_samples: int = 4000  # subsample larger sets (silhouette is quadratic in N)
-    min_score: float = 0.5  # regions with anomaly score below this are left out when enough remain
+__all__ = ["ClassEstimate", "estimate_num_classes"]
 
 
 @dataclass

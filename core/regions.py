@@ -14,41 +14,13 @@ Two extractions, chosen by `RegionConfig.extraction`:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import cv2
 import numpy as np
 
+from core.config import RegionConfig
 from core.records import Region
 
 Box = tuple[int, int, int, int]  # x0, y0, x1, y1 (exclusive)
-
-
-@dataclass(frozen=True)
-class RegionConfig:
-    padding: float = 0.1  # extra margin around a component's bounding box, relative to its size
-    min_crop: float = 0.1  # smallest crop radius, relative to the image's longer side
-    merge_distance: float = 0.01  # boxes closer than this (relative to the longer side) merge
-    keep: str = "reference"  # "reference": largest est_anomaly_num + 1 boxes; "all": every box
-    extraction: str = "reference"  # "components": one region per component; "reference": the paper's
-    low_fraction: float = 0.5  # components: cut the map at this share of MEBin's threshold
-    relative_peak: float = 0.6  # components: keep those whose peak reaches this share of the strongest
-    min_area: float = 2e-5  # components: smallest component, as a share of the image's pixels
-    context: float = 0.5  # components: crop side = component's longer side * (1 + context)
-    min_side: int = 24  # components: smallest crop side in pixels
-    max_regions: int = 64  # components: at most this many regions per image (strongest first)
-
-    def __post_init__(self) -> None:
-        if self.extraction not in EXTRACTIONS:
-            raise ValueError(f"extraction must be one of {EXTRACTIONS}, not {self.extraction!r}")
-        if self.keep not in ("reference", "all"):
-            raise ValueError(f"keep must be 'reference' or 'all', not {self.keep!r}")
-        if not 0 < self.low_fraction <= 1 or not 0 <= self.relative_peak <= 1:
-            raise ValueError("low_fraction must be in (0, 1] and relative_peak in [0, 1]")
-
-
-#: Region extraction modes: per-component (the default) and the paper's reference behaviour.
-EXTRACTIONS = ("components", "reference")
 
 
 def square_box(cx: float, cy: float, radius: int, height: int, width: int) -> Box:

@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from core.estimate import EstimateConfig, estimate_num_classes
+from core.config import EstimateConfig
+from core.estimate import estimate_num_classes
 
 
 def _blobs(k, per=20, dim=12, noise=0.05, seed=0):

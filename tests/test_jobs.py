@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from core.config import DiscoveryConfig
 from core.demo import DemoConfig, generate_demo, gt_masks_to_maps
 from core.imageio import read_gray
 from storage import CANCELLED, DONE, FAILED, RUNNING, open_workspace
@@ -179,7 +180,7 @@ def test_a_queued_run_that_no_worker_took_is_failed(project):
 
 
 def test_run_settings_become_the_pipeline_config():
-    config = worker.discovery_config({
+    config = DiscoveryConfig.from_settings({
         "classes": "auto", "backbone": "vit_micro_scratch", "epochs": 3, "batch_size": 16, "lr": 0.01,
         "tau": 50.0, "seed": 7, "device": "cpu", "image_size": 48, "guided": False, "binarizer": "otsu",
         "mebin_sample_rate": 8, "mebin_min_interval_len": 3, "detector_method": "zero-shot",
@@ -190,4 +191,4 @@ def test_run_settings_become_the_pipeline_config():
     assert config.train.lr == 0.01 and config.train.adamw_lr == 0.01
     assert (config.mebin.sample_rate, config.mebin.min_interval_len) == (8, 3)
     assert config.binarizer == "otsu" and config.detector.method == "zero-shot"
-    assert worker.discovery_config({"classes": 4}).classes == 4
+    assert DiscoveryConfig.from_settings({"classes": 4}).classes == 4

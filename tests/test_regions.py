@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
 
-from core.regions import RegionConfig, crop_boxes, extract_regions
+from core.config import RegionConfig
+from core.regions import crop_boxes, extract_regions
 
 
 def _mask(shape, *rects):

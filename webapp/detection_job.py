@@ -15,8 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from core.mebin import MEBinConfig
-from core.records import Manifest, Region
+from core.config import DiscoveryConfig, MEBinConfig
+from core.mebin import search_range
+from core.records import Manifest, Region, region_key
 from storage import BinarizationInput, MapInput, ProjectInfo, Store
 from webapp.progress import Reporter, StepSpan
 
@@ -50,9 +51,9 @@ def stored_maps(store: Store, project_id: int, relpaths: Sequence[str]) -> dict[
 
 
 def compute_maps(store: Store, project: ProjectInfo, manifest: Manifest, settings: Mapping[str, Any],
-                 report: Reporter, detector: Any, span: tuple[float, float]) -> tuple[dict[str, np.ndarray], str, list[str]]:
+                 report: Reporter, span: tuple[float, float]) -> tuple[dict[str, np.ndarray], str, list[str]]:
     """Raw maps of the images to inspect: imported from the maps folder or from the built-in detector
-    (its DetectorConfig given), reported on the part `span` of the job's progress bar.
+    (configured by the run's settings), reported on the part `span` of the job's progress bar.
 
     Returns (maps by relpath, source name, problems by file).
     """
@@ -74,22 +75,20 @@ def compute_maps(store: Store, project: ProjectInfo, manifest: Manifest, setting
                              + "; ".join(str(p) for p in imported.problems[:3]))
         return imported.maps, "imported", [str(p) for p in imported.problems]
 
-    from core.detection import detect
     from core.device import resolve_device
+    from core.pipeline import detector_for, run_detection
 
-    config = detector
-    if not manifest.normal and config.method == "patchcore":
-        config = replace(config, method="zero-shot")
-    device = resolve_device(str(settings.get("device", "auto")))
+    config = DiscoveryConfig.from_settings(settings)
+    detector = detector_for(manifest, config.detector, config.seed)
     steps = StepSpan(*span)  # the detector's phases on one forward-only part of the bar
 
     def progress(stage: str, done: int, total: int) -> None:
-        report(steps.position(stage, done, total), "maps", f"{config.method}: {stage} {done}/{total}")
+        report(steps.position(stage, done, total), "maps", f"{detector.method}: {stage} {done}/{total}")
         report.check()
 
-    detection = detect(manifest, config, device, progress=progress,
-                       cache_dir=store.project_dir(project.id) / "detection_cache")
-    return dict(detection.maps), f"built-in {config.method}", []
+    maps = run_detection(manifest, detector, resolve_device(config.device), progress=progress,
+                         cache_dir=store.project_dir(project.id) / "detection_cache")
+    return maps, f"built-in {detector.method}", []
 
 
 def save_maps(store: Store, project_id: int, maps: Mapping[str, np.ndarray], source: str) -> None:
@@ -128,13 +127,8 @@ def binarization_inputs(results: Mapping[str, Any], config: MEBinConfig, source:
 
 def with_search_range(inputs: list[BinarizationInput], uint8_maps: Mapping[str, np.ndarray]) -> list[BinarizationInput]:
     """Add MEBin's search range (s_min, s_max of the per-map maxima) so one map can be re-cropped."""
-    maxima = [int(m.max()) for m in uint8_maps.values()]
-    s_min, s_max = (min(maxima), max(maxima)) if maxima else (0, 0)
+    s_min, s_max = search_range(list(uint8_maps.values())) if uint8_maps else (0, 0)
     return [replace(i, settings={**i.settings, "s_min": s_min, "s_max": s_max}) for i in inputs]
-
-
-def region_key(relpath: str, index: int) -> str:
-    return f"{relpath}#{index}"
 
 
 def store_regions(store: Store, project_id: int, regions: Sequence[Region]) -> dict[str, int]:

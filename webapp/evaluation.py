@@ -1,7 +1,7 @@
 """How a run's current (edited) classes match the ground truth, and how two runs relate.
 
-Metrics themselves are core's (core.metrics.cluster_metrics); this module picks the images and
-regions the way metrics.json does and builds the tables the Evaluate and Labels pages show.
+Metrics and the choice of images and regions are core's (core.metrics.protocol_levels, the
+protocol of metrics.json); this module reads the run and builds the tables the pages show.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from core.metrics import cluster_metrics
+from core.metrics import cluster_metrics, protocol_levels
 from core.records import GOOD
 from storage import NORMAL_CLASS, SOURCE_GROUND_TRUTH, Store
 from storage.export import regions_frame
@@ -35,42 +35,38 @@ def _level(level: str, truth: Sequence[str], predicted: Sequence[str]) -> LevelE
     return LevelEvaluation(level, len(truth), cluster_metrics(list(truth), list(predicted)), table)
 
 
-def evaluate_run(store: Store, run_id: int) -> dict[str, LevelEvaluation]:
-    """NMI / ARI / F1 and confusion tables of a run's current (edited) classes.
+def _protocol(store: Store, run_id: int) -> dict[str, tuple[list[str], list]]:
+    """The run's current (edited) classes in core's metrics protocol (core.metrics.protocol_levels).
 
-    As in metrics.json: over defective images (ground-truth class set and not "good") and their
-    regions; a region's truth is its ground-truth label when storage holds one, else its image's
-    class. Returns {} when the project has no ground truth.
+    A region's truth is its ground-truth label when storage holds one, else its image's class.
     """
     images = store.image_classes(run_id)
-    defective = [c for c in images if c.gt_class and c.gt_class != GOOD]
-    out: dict[str, LevelEvaluation] = {}
-    image_level = _level("image", [c.gt_class for c in defective], [c.class_name for c in defective])  # type: ignore[misc]
-    if image_level is not None:
-        out["image"] = image_level
     run = store.get_run(run_id)
-    gt_image = {c.image: c.gt_class for c in defective}
+    gt_image = {c.image: c.gt_class or None for c in images}
     gt_labels = {label.region_id: label.class_name for label in store.list_labels(run.project_id, SOURCE_GROUND_TRUTH)}
     regions = regions_frame(store, run_id)
-    truth, predicted = [], []
-    for row in regions.itertuples(index=False):
-        gt = gt_labels.get(row.region_id) or gt_image.get(row.image)
-        if gt is None or gt == GOOD:
-            continue
-        truth.append(gt)
-        predicted.append(row.class_name)
-    region_level = _level("region", truth, predicted)
-    if region_level is not None:
-        out["region"] = region_level
+    region_truth = [gt_labels.get(row.region_id) or gt_image.get(row.image) for row in regions.itertuples(index=False)]
+    return protocol_levels([c.gt_class or None for c in images], [c.class_name for c in images],
+                           region_truth, list(regions["class_name"]) if len(regions) else [])
+
+
+def evaluate_run(store: Store, run_id: int) -> dict[str, LevelEvaluation]:
+    """NMI / ARI / F1 and confusion tables of a run's current (edited) classes, as in metrics.json:
+    defective images and their regions. Returns {} when the project has no ground truth."""
+    levels = _protocol(store, run_id)
+    out: dict[str, LevelEvaluation] = {}
+    for level in ("image", "region"):
+        evaluation = _level(level, *levels[level])
+        if evaluation is not None:
+            out[level] = evaluation
     return out
 
 
 def with_good(store: Store, run_id: int) -> LevelEvaluation | None:
     """Image-level metrics over all test images with ground truth, "good" as one more class
     (normal predicted as the normal class): the paper's protocol."""
-    images = [c for c in store.image_classes(run_id) if c.gt_class]
-    truth = [NORMAL_CLASS if c.gt_class == GOOD else str(c.gt_class) for c in images]
-    return _level("image (with good)", truth, [c.class_name for c in images])
+    truth, predicted = _protocol(store, run_id)["image_with_good"]
+    return _level("image (with good)", [NORMAL_CLASS if t == GOOD else t for t in truth], predicted)
 
 
 # ------------------------------------------------------------------------------ run comparison

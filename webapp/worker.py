@@ -16,24 +16,20 @@ import signal
 import sys
 import traceback
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import fields, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from core.dataset import load_dataset
-from core.imageio import read_image
-from core.maps import normalize_global
-from core.mebin import MEBinConfig, binarize
-from core.records import Region
-from core.regions import RegionConfig, extract_regions
+from core.config import DiscoveryConfig
+from core.dataset import load_dataset, load_labeled_crops
+from core.records import region_key
 from storage import QUEUED, AssignmentInput, ClusterInput, RunInfo, Store, open_workspace
 from webapp.detection_job import (
     binarization_inputs,
     compute_maps,
     latest_maps,
-    region_key,
     save_maps,
     store_regions,
     stored_maps,
@@ -41,7 +37,7 @@ from webapp.detection_job import (
 )
 from webapp.progress import JobCancelled, Reporter
 
-__all__ = ["latest_maps", "execute", "main", "detector_config", "mebin_config", "discovery_config"]
+__all__ = ["latest_maps", "execute", "main"]
 
 NORMAL_CLUSTER_NAME = "normal / false detection"
 
@@ -49,30 +45,10 @@ NORMAL_CLUSTER_NAME = "normal / false detection"
 # ------------------------------------------------------------------------------ maps and MEBin
 
 
-def detector_config(settings: Mapping[str, Any]) -> Any:
-    """DetectorConfig from run settings (method, detector backbone and weights)."""
-    from core.detection import DetectorConfig
-
-    values: dict[str, Any] = {}
-    if settings.get("detector_method"):
-        values["method"] = settings["detector_method"]
-    if settings.get("detector_backbone"):
-        values["backbone"] = settings["detector_backbone"]
-    if settings.get("detector_weights"):
-        values["weights"] = Path(settings["detector_weights"])
-    if settings.get("seed") is not None:
-        values["seed"] = int(settings["seed"])
-    return DetectorConfig(**values)
-
-
-def mebin_config(settings: Mapping[str, Any]) -> MEBinConfig:
-    known = {f.name for f in fields(MEBinConfig)}
-    return MEBinConfig(**{k.removeprefix("mebin_"): settings[k] for k in settings
-                          if k.startswith("mebin_") and k.removeprefix("mebin_") in known})
-
-
 def run_detect(store: Store, run: RunInfo, report: Reporter) -> str:
     """Maps (import or built-in detector) -> stored maps -> MEBin -> stored masks and crops."""
+    from core.pipeline import binarize_maps, cut_regions, prepare_maps
+
     project = store.get_project(run.project_id)
     settings = run.settings
     report(0.0, "loading", project.data_root, force=True)
@@ -80,28 +56,25 @@ def run_detect(store: Store, run: RunInfo, report: Reporter) -> str:
     store.record_images(project.id, manifest.images)
     report.check()
     # The detector is most of a detection job: it gets most of the bar (measured on the demo).
-    maps, source, problems = compute_maps(store, project, manifest, settings, report,
-                                          detector_config(settings), span=(0.02, 0.80))
+    config = DiscoveryConfig.from_settings(settings)
+    maps, source, problems = compute_maps(store, project, manifest, settings, report, span=(0.02, 0.80))
     report.check()
     keys = [r.relpath for r in manifest.unlabeled if r.relpath in maps]
     save_maps(store, project.id, {k: maps[k] for k in keys}, source)
     report(0.80, "mebin", f"{len(keys)} maps", force=True)
-    config = mebin_config(settings)
-    normalized = dict(zip(keys, normalize_global([maps[k] for k in keys])))
-    results = dict(zip(keys, binarize(list(normalized.values()), sample_rate=config.sample_rate,
-                                      min_interval_len=config.min_interval_len, erode=config.erode,
-                                      kernel_size=config.kernel_size)))
-    store.record_binarizations(project.id, with_search_range(binarization_inputs(results, config), normalized))
+    records = {r.relpath: r for r in manifest.unlabeled}
+    map_set = prepare_maps([records[k] for k in keys], maps)
+    results = binarize_maps(map_set, config.mebin, config.binarizer)
+    store.record_binarizations(project.id, with_search_range(
+        binarization_inputs(results, config.mebin, source=config.binarizer), map_set.normalized))
     report.check()
     report(0.85, "regions", "cropping", force=True)
-    records = {r.relpath: r for r in manifest.unlabeled}
-    regions: list[Region] = []
-    for index, key in enumerate(keys):
-        result = results[key]
-        regions += extract_regions(key, read_image(records[key].path), result.normalized, result.mask,
-                                   result.num_anomalies, RegionConfig())
-        report(0.85 + 0.14 * (index + 1) / len(keys), "regions", f"{index + 1}/{len(keys)} images")
+
+    def progress(done: int, total: int) -> None:
+        report(0.85 + 0.14 * done / total, "regions", f"{done}/{total} images")
         report.check()
+
+    regions = cut_regions(map_set, results, config.regions, progress=progress)
     store_regions(store, project.id, regions)
     with_anomaly = sum(1 for r in results.values() if r.num_anomalies > 0)
     note = f"; {len(problems)} map problem(s)" if problems else ""
@@ -109,50 +82,6 @@ def run_detect(store: Store, run: RunInfo, report: Reporter) -> str:
 
 
 # ------------------------------------------------------------------------------ discovery
-
-
-def discovery_config(settings: Mapping[str, Any]) -> Any:
-    """DiscoveryConfig from the Discover page's settings (missing keys keep the defaults)."""
-    from core.mgvit import MGViTConfig
-    from core.pipeline import DiscoveryConfig
-    from core.train import TrainConfig
-
-    model: dict[str, Any] = {}
-    if settings.get("backbone"):
-        model["backbone"] = settings["backbone"]
-    if settings.get("weights"):
-        model["weights"] = Path(settings["weights"])
-    if settings.get("pretrained") is not None:
-        model["pretrained"] = bool(settings["pretrained"])
-    if settings.get("image_size"):
-        model["input_size"] = int(settings["image_size"])
-    train: dict[str, Any] = {}
-    for key, cast in (("epochs", int), ("batch_size", int), ("seed", int)):
-        if settings.get(key) is not None:
-            train[key] = cast(settings[key])
-    train_fields = {f.name for f in fields(TrainConfig)}
-    if settings.get("lr"):  # one learning rate for whichever optimizer the run uses
-        train["lr"] = float(settings["lr"])
-        if "adamw_lr" in train_fields:
-            train["adamw_lr"] = float(settings["lr"])
-    if settings.get("optimizer") and "optimizer" in train_fields:
-        train["optimizer"] = settings["optimizer"]
-    if settings.get("guided") is not None:
-        train["guided"] = bool(settings["guided"])
-    classes = settings.get("classes", "auto")
-    values: dict[str, Any] = dict(
-        model=MGViTConfig(**model), train=TrainConfig(**train),
-        classes=None if classes in (None, "auto", "") else int(classes),
-        detector=detector_config(settings), mebin=mebin_config(settings),
-        device=str(settings.get("device", "auto")),
-    )
-    if settings.get("tau") is not None:
-        values["tau"] = float(settings["tau"])
-    if settings.get("seed") is not None:
-        values["seed"] = int(settings["seed"])
-    if settings.get("binarizer"):
-        values["binarizer"] = settings["binarizer"]
-    return DiscoveryConfig(**values)
 
 
 def _previous_run_id(store: Store, run: RunInfo) -> int | None:
@@ -167,7 +96,7 @@ def _previous_run_id(store: Store, run: RunInfo) -> int | None:
     return None
 
 
-def with_room_for_new_classes(config: Any, labeled: Any, region_labels: Mapping[str, str] | None) -> Any:
+def with_room_for_new_classes(config: DiscoveryConfig, labeled: Any, region_labels: Mapping[str, str] | None) -> DiscoveryConfig:
     """With K = auto in a run that learns named classes, let the estimate count at least the named
     classes plus two new ones, so a retraining never fails because the estimate left no room for
     new classes (it counts every class, the named ones included)."""
@@ -187,11 +116,11 @@ def threshold_overrides(store: Store, project_id: int) -> dict[str, int]:
 
 def run_discover(store: Store, run: RunInfo, report: Reporter) -> str:
     """The whole pipeline on the project's data; clusters and assignments written atomically."""
-    from core.pipeline import DiscoveryCancelled, load_labeled_crops, run_discovery
+    from core.pipeline import DiscoveryCancelled, run_discovery
 
     project = store.get_project(run.project_id)
     settings = run.settings
-    config = discovery_config(settings)
+    config = DiscoveryConfig.from_settings(settings)
     report(0.0, "loading", project.data_root, force=True)
     manifest = load_dataset(Path(project.data_root))
     store.record_images(project.id, manifest.images)
@@ -201,8 +130,7 @@ def run_discover(store: Store, run: RunInfo, report: Reporter) -> str:
     maps = None if settings.get("recompute_maps") else stored_maps(store, project.id, keys)
     if maps is None:
         # core.pipeline gives the maps stage its first 10 % of the bar; the worker makes them here.
-        maps, source, _ = compute_maps(store, project, manifest, settings, report, config.detector,
-                                       span=(0.0, 0.097))
+        maps, source, _ = compute_maps(store, project, manifest, settings, report, span=(0.0, 0.097))
         save_maps(store, project.id, maps, source)
     report.check()
 
@@ -240,10 +168,17 @@ def run_discover(store: Store, run: RunInfo, report: Reporter) -> str:
         raise JobCancelled()
 
     report(0.97, "saving", "writing results", force=True)
-    bin_config = config.mebin
-    uint8 = dict(zip(keys, normalize_global([maps[k] for k in keys])))
+    # The model first: a run whose checkpoint cannot be written fails before any result is stored.
+    from core.train import save_checkpoint
+
+    checkpoint = workdir / "model.pt"
+    try:
+        save_checkpoint(checkpoint, result.train_result, {"run_id": run.id, "cluster_names": result.cluster_names},
+                        model_config=config.model, train_config=config.train)
+    except OSError as error:
+        raise RuntimeError(f"the trained model could not be saved to {checkpoint}: {error}") from error
     store.record_binarizations(project.id, with_search_range(
-        binarization_inputs(result.binarization, bin_config, source=config.binarizer), uint8))
+        binarization_inputs(result.binarization, config.mebin, source=config.binarizer), result.normalized_maps))
     ids = store_regions(store, project.id, [r.region for r in result.regions])
     clusters = []
     for slot, name in enumerate(result.cluster_names):
@@ -262,16 +197,6 @@ def run_discover(store: Store, run: RunInfo, report: Reporter) -> str:
     ]
     store.write_results(run.id, clusters, assignments)
 
-    checkpoint = None
-    try:
-        from core.train import save_checkpoint
-
-        checkpoint = workdir / "model.pt"
-        save_checkpoint(checkpoint, result.model, {"run_id": run.id, "cluster_names": result.cluster_names})
-    except Exception as error:  # noqa: BLE001 - a missing checkpoint must not lose the results
-        print(f"checkpoint not saved: {error}", file=sys.stderr)
-        checkpoint = None
-
     previous = _previous_run_id(store, run)
     carried = 0
     if previous is not None:
@@ -279,11 +204,11 @@ def run_discover(store: Store, run: RunInfo, report: Reporter) -> str:
 
     metrics = dict(result.metrics or {})
     if result.estimate is not None:
-        metrics["class_estimate"] = estimate_record(result.estimate, result.n_classes)
+        metrics["class_estimate"] = estimate_record(result.estimate, result.n_novel)
     history = report.loss_history or [
         {"x": i + 1, "epoch_done": True, **{k: float(v) for k, v in h.items() if isinstance(v, (int, float))}}
         for i, h in enumerate(result.train_result.history)]
-    parts = [f"{len(result.regions)} regions in {result.n_classes} classes"
+    parts = [f"{len(result.regions)} regions in {result.n_novel} classes"
              + (" (estimated)" if result.estimate is not None else "")]
     if labeled is not None or region_labels:
         parts.append(f"{len(result.base_classes)} labeled classes")
@@ -294,7 +219,7 @@ def run_discover(store: Store, run: RunInfo, report: Reporter) -> str:
     if result.problems:
         parts.append(f"{len(result.problems)} note(s): " + "; ".join(result.problems[:3]))
     store.finish_run(run.id, metrics=metrics, timings=dict(result.timings),
-                     checkpoint_path=None if checkpoint is None else str(checkpoint),
+                     checkpoint_path=str(checkpoint),
                      loss_history=history, message=", ".join(parts))
     return ""
 

@@ -17,8 +17,9 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from core import mebin
+from core.config import MEBinConfig, RegionConfig
 from core.imageio import ImageReadError, read_gray, read_image
-from core.regions import RegionConfig, extract_regions
+from core.pipeline import recut_image
 from storage import BinarizationInput, ProjectInfo
 from webapp import intake, jobs, messages, navigation, widgets
 from webapp.worker import latest_maps
@@ -101,7 +102,7 @@ def sweep_on_map_scale(record: dict[str, Any]) -> list[int]:
     settings = record.get("settings") or {}
     sweep = settings.get("sweep") or list(range(255, 0, -int(settings.get("sample_rate", 4))))
     s_min, s_max = int(settings.get("s_min", 0)), int(settings.get("s_max", 255))
-    return [int(t * (s_max - s_min) / 255 + s_min) for t in sweep]
+    return [mebin.to_map_scale(t, s_min, s_max) for t in sweep]
 
 
 def evidence_chart(record: dict[str, Any]) -> go.Figure:
@@ -149,19 +150,19 @@ def distribution_charts(binarizations: list[dict[str, Any]]) -> tuple[go.Figure,
 # ------------------------------------------------------------------------------ override
 
 
+def stored_mebin_config(settings: dict[str, Any]) -> MEBinConfig:
+    """The MEBin settings a stored binarization was made with (defaults for keys it lacks)."""
+    defaults = MEBinConfig()
+    return MEBinConfig(sample_rate=int(settings.get("sample_rate", defaults.sample_rate)),
+                       min_interval_len=int(settings.get("min_interval_len", defaults.min_interval_len)),
+                       erode=bool(settings.get("erode", defaults.erode)),
+                       kernel_size=int(settings.get("kernel_size", defaults.kernel_size)))
+
+
 def mask_at_threshold(map_u8: np.ndarray, threshold: int, settings: dict[str, Any]) -> tuple[np.ndarray, int]:
     """MEBin's final mask at a given threshold with the stored MEBin settings, and its component count."""
-    return mebin.mask_at_threshold(map_u8, threshold, erode=bool(settings.get("erode", True)),
-                                   kernel_size=int(settings.get("kernel_size", 6)))
-
-
-def mebin_normalized(map_u8: np.ndarray, settings: dict[str, Any]) -> np.ndarray:
-    """MEBin's normalized map (step 2) from the stored search range; region scores use it."""
-    s_min, s_max = int(settings.get("s_min", 0)), int(settings.get("s_max", 255))
-    if s_max <= s_min:
-        return np.zeros(map_u8.shape, np.float32)
-    values = (map_u8.astype(np.float32) - s_min) / (s_max - s_min) * 255.0
-    return np.where(map_u8 < s_min, 0.0, values).astype(np.float32)
+    config = stored_mebin_config(settings)
+    return mebin.mask_at_threshold(map_u8, threshold, erode=config.erode, kernel_size=config.kernel_size)
 
 
 def apply_threshold(project: ProjectInfo, record: dict[str, Any], image_path: str, map_u8: np.ndarray,
@@ -169,9 +170,9 @@ def apply_threshold(project: ProjectInfo, record: dict[str, Any], image_path: st
     """Store a new threshold for one image, re-crop it and replace its regions; returns the region count."""
     settings = dict(record.get("settings") or {})
     original = int(settings.get("mebin_threshold", record["threshold"]))
-    mask, count = mask_at_threshold(map_u8, threshold, settings)
-    image = read_image(image_path)
-    regions = extract_regions(record["image"], image, mebin_normalized(map_u8, settings), mask, count, RegionConfig())
+    search_range = (int(settings.get("s_min", 0)), int(settings.get("s_max", 255)))
+    mask, count, regions = recut_image(record["image"], read_image(image_path), map_u8, threshold, search_range,
+                                       stored_mebin_config(settings), RegionConfig())
     settings["mebin_threshold"] = original
     settings["source"] = "mebin" if reset else "override"
     store.record_binarizations(project.id, [BinarizationInput(
