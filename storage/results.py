@@ -33,13 +33,13 @@ from storage.records import (
     display_name,
     palette_color,
 )
-from storage.regions import RegionStore
+from storage.maps import MapStore
 
 #: Fusion temperature of runs whose settings do not say (core's published default).
 DEFAULT_TAU = FusionConfig().tau
 
 
-class ResultStore(RegionStore):
+class ResultStore(MapStore):
     """Clusters and assignments of runs: writing a result and reading it back."""
 
     def write_results(
@@ -67,6 +67,7 @@ class ResultStore(RegionStore):
                     name=c.name or None,
                     color=c.color or palette_color(int(c.slot)),
                     is_normal=bool(c.is_normal),
+                    engine_normal=bool(c.is_normal),
                     version=1,
                 )
                 session.add(row)
