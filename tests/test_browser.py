@@ -180,11 +180,12 @@ def lasso_one_point(page) -> None:
     """Draw a small lasso around the first point of the UMAP plot, away from its neighbours."""
     points = page.locator('[data-testid="stPlotlyChart"] .scatterlayer .trace .points path')
     points.first.wait_for()
-    centers = []
-    for i in range(points.count()):
-        box = points.nth(i).bounding_box()
-        if box:
-            centers.append((box["x"] + box["width"] / 2, box["y"] + box["height"] / 2))
+    page.wait_for_timeout(500)  # let a re-sent figure finish drawing
+    # All centers in one call: the plot may redraw between separate per-point queries.
+    centers = [tuple(c) for c in page.evaluate(
+        "() => [...document.querySelectorAll('[data-testid=\"stPlotlyChart\"] .scatterlayer .trace .points path')]"
+        ".map(p => p.getBoundingClientRect()).filter(r => r.width > 0)"
+        ".map(r => [r.x + r.width / 2, r.y + r.height / 2])")]
     assert centers, "the UMAP plot shows no point"
     # The point farthest from every other point, so a small lasso holds only it.
     def clearance(c):
@@ -358,7 +359,33 @@ def test_whole_flow_in_a_browser(server, browser):
         assert f"project={project.id}" in page.url and f"run={run.id}" in page.url, page.url
         assert "/explore" in page.url
 
-        # 6. Labels: name -> labeled set -> retrain with K = auto, followed here to its end.
+        # Images where MEBin found nothing are counted as their own state, not as normal.
+        none_found = sum(1 for a in store.run_assignments(run.id) if a.region.area == 0)
+        cards = page.locator('[data-testid="stMetric"]').filter(has_text="No anomaly")
+        assert cards.first.locator('[data-testid="stMetricValue"]').inner_text().strip() == str(none_found)
+
+        # 6. Override one image's threshold: the finished run and its CSV stay as they were, the
+        # page says the next run uses it.
+        before_csv = regions_frame(store, run.id).sort_values("region_id").reset_index(drop=True)
+        goto(page, "Detection & MEBin")
+        image = page.get_by_role("combobox", name="Image").first.inner_text()
+        slider = page.get_by_role("slider").first
+        slider.scroll_into_view_if_needed()
+        slider.focus()
+        for _ in range(12):
+            slider.press("ArrowLeft")
+        settle(page)
+        button(page, "Apply and re-crop").click()
+        settle(page)
+        page.get_by_text("recorded for the next discovery run").first.wait_for()
+        page.get_by_text(re.compile(r"threshold override\(s\) wait for the next discovery run")).first.wait_for()
+        (overridden,) = store.threshold_overrides(project.id)
+        assert overridden in image  # the page still shows the image it changed
+        shot(page, "02b_review_override")
+        after_csv = regions_frame(store, run.id).sort_values("region_id").reset_index(drop=True)
+        pd.testing.assert_frame_equal(before_csv, after_csv)
+
+        # 7. Labels: name -> labeled set -> retrain with K = auto, followed here to its end.
         goto(page, "Labels & runs")
         page.get_by_role("button", name=re.compile(r"^Add the \d+ named clusters? to the labeled set")).click()
         settle(page)
@@ -378,11 +405,15 @@ def test_whole_flow_in_a_browser(server, browser):
         assert retrain.status == "done", retrain.message
         page.get_by_text("chosen automatically").first.wait_for()
         shot(page, "07_labels")
+        # The next run used the override: its regions of that image are the image's current ones.
+        assert "threshold override" in (retrain.message or "")
+        current = sorted(r.box for r in store.image_regions(project.id, overridden))
+        assert sorted(r.box for r in store.list_regions(project.id, run_id=retrain.id) if r.image == overridden) == current
 
         goto(page, "Evaluate")
         shot(page, "08_evaluate")
 
-        # 7. Export the regions CSV of the first run and compare it with the database.
+        # 8. Export the regions CSV of the first run: the database's, unchanged by the override.
         goto(page, "Export")
         shot(page, "09_export")
         assert f"run={run.id}" in page.url
@@ -399,8 +430,13 @@ def test_whole_flow_in_a_browser(server, browser):
         assert downloaded["confidence"].round(6).tolist() == expected["confidence"].round(6).tolist()
         assert downloaded.loc[downloaded["region_id"] == marked[0], "class_name"].item() == "normal"
         assert "deep scratch" in set(downloaded["class_name"])
+        assert downloaded[["region_id", "image", "x0", "y0", "x1", "y1"]].equals(
+            before_csv[["region_id", "image", "x0", "y0", "x1", "y1"]])  # the override changed nothing here
+        assert int((downloaded["area"] == 0).sum()) == none_found  # one whole-image row per image, area 0
+        cards = page.locator('[data-testid="stMetric"]').filter(has_text="No anomaly found")
+        assert cards.first.locator('[data-testid="stMetricValue"]').inner_text().strip() == str(none_found)
 
-        # 8. A shared link opens the same project, run and page in a fresh session.
+        # 9. A shared link opens the same project, run and page in a fresh session.
         other = browser.new_page(viewport={"width": 1440, "height": 900})
         try:
             other.goto(f"{url}/evaluate?project={project.id}&run={run.id}")

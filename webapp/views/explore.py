@@ -226,13 +226,14 @@ tools.caption(
 
 
 @st.cache_resource(max_entries=4, show_spinner=False)
-def region_files(_store, store_url: str, project: int, revision: tuple) -> dict[int, tuple[str | None, str | None]]:
-    """region id -> (crop path, mask path) of a project, loaded once per run revision."""
-    return {r.id: (r.crop_path, r.mask_path) for r in _store.list_regions(project)}
+def region_files(_store, store_url: str, project: int, run: int, revision: tuple) -> dict[int, tuple[str | None, str | None]]:
+    """region id -> (crop path, mask path) of the regions this run assigned (as they were when it
+    ran: later re-crops make new versions), loaded once per run revision."""
+    return {r.id: (r.crop_path, r.mask_path) for r in _store.list_regions(project, run_id=run)}
 
 
 def files_of(region_id: int) -> tuple[str | None, str | None]:
-    files = region_files(store, store.url, project_id, revision)
+    files = region_files(store, store.url, project_id, run_id, revision)
     if region_id in files:
         return files[region_id]
     try:

@@ -19,7 +19,8 @@ assert project_id is not None and run_id is not None
 
 st.title("Export", anchor=False)
 st.caption("Class names are written exactly as typed; cells a spreadsheet would run as a formula are "
-           "prefixed with an apostrophe. Regions marked normal get the class 'normal'.")
+           "prefixed with an apostrophe. Regions marked normal get the class 'normal'; an image where no "
+           "anomaly was found is one whole-image row with area 0.")
 
 revision = run_data.run_revision(store, run_id)
 points = run_data.umap_points(store, store.url, run_id, revision)
@@ -44,7 +45,9 @@ metric_cards([
     ("Regions", f"{len(regions):,}"),
     ("Images", f"{len(images):,}"),
     ("Classes", f"{regions['class_name'].nunique() if len(regions) else 0}"),
-    ("Marked normal", f"{int(regions['is_normal'].sum()) if len(regions) else 0:,}"),
+    ("Normal (marked or predicted)", f"{int((regions['is_normal'] & (regions['area'] > 0)).sum()) if len(regions) else 0:,}"),
+    ("No anomaly found", f"{int((regions['area'] == 0).sum()) if len(regions) else 0:,}",
+     "Images where MEBin found nothing: one whole-image row each, area 0, kept apart from normal."),
 ])
 
 st.subheader("Tables", anchor=False)
