@@ -74,6 +74,7 @@ class Reporter:
         self._last_write = 0.0
         self._last_stage: str | None = None
         self._last_poll = 0.0
+        self.metrics: dict[str, Any] | None = None  # a job's results to keep with the run (detect)
 
     def __call__(self, progress: float, stage: str, message: str = "", *, force: bool = False) -> None:
         now = time.monotonic()
@@ -168,12 +169,18 @@ def compute_maps(store: Store, project: ProjectInfo, manifest: Manifest, setting
         config = replace(config, method="zero-shot")
     device = resolve_device(str(settings.get("device", "auto")))
 
+    from core.detection.progress import OverallProgress
+
+    overall = OverallProgress()  # one share for all the detector's stages: the bar never goes back
+
     def progress(stage: str, done: int, total: int) -> None:
-        report(0.1 * done / max(total, 1), "maps", f"{config.method}: {stage} {done}/{total}")
+        report(0.1 * overall(stage, done, total), "maps", f"{stage} {done}/{total}")
         report.check()
 
     detection = detect(manifest, config, device, progress=progress,
                        cache_dir=store.project_dir(project.id) / "detection_cache")
+    if isinstance(report, Reporter):  # method, backbone, why, separation: kept with the run
+        report.metrics = {"detection": detection.summary()}
     return dict(detection.maps), f"built-in {config.method}", []
 
 
@@ -511,7 +518,8 @@ def execute(store: Store, run_id: int) -> str:
     try:
         message = job(store, run, report)
         if run.kind != "discover":
-            store.finish_run(run_id, message=message, loss_history=report.loss_history or None)
+            store.finish_run(run_id, message=message, loss_history=report.loss_history or None,
+                             metrics=report.metrics)
         return "done"
     except JobCancelled:
         store.mark_cancelled(run_id, "cancelled by the engineer")

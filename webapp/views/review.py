@@ -353,6 +353,17 @@ widgets.metric_cards([
     ("Median threshold", int(np.median([b["threshold"] for b in with_anomaly])) if with_anomaly else "–"),
     ("Overrides", overrides, "thresholds set by hand on this page"),
 ])
+# What the built-in detector ran and how well its maps separate (stored with the detection run).
+finished = next((r for r in store.list_runs(project.id, kind=jobs.DETECT) if r.status == "done"), None)
+summary = ((finished.metrics or {}).get("detection") if finished is not None else None) or {}
+if summary.get("choice"):
+    st.caption(f"Detector: {summary['choice']}"
+               + (f"; backbone {summary['backbone']}" if summary.get("method") != "template" else ""))
+separation = summary.get("separation") or {}
+if separation.get("summary"):
+    st.caption(separation["summary"].capitalize())
+if separation.get("warning"):
+    st.warning(separation["warning"].capitalize(), icon=":material/warning:")
 threshold_figure, count_figure = distribution_charts(binarizations)
 left, right = st.columns(2)
 left.plotly_chart(threshold_figure, width="stretch", config={"displayModeBar": False}, key="thresholds_hist")
