@@ -1,12 +1,25 @@
 #!/usr/bin/env bash
 # Set-up and entry points of Defect Discovery Studio on a fresh machine.
-#   bash dev.sh app    install what is missing, then start the Studio on the embedded default
-#   bash dev.sh test   install what is missing (with Chromium and PostgreSQL), then run all tests
+#   bash dev.sh app    create .venv if missing, install what is missing into it, start the Studio
+#   bash dev.sh test   the same (plus Chromium and PostgreSQL), then run all tests
+# Everything Python runs from the project's own virtual environment .venv (never the python3 that
+# happens to be first on PATH); $PYTHON only chooses the interpreter the environment is made from.
 set -euo pipefail
 cd "$(dirname "$0")"
-PYTHON=${PYTHON:-python3}
+VENV=.venv
+BASE_PYTHON=${PYTHON:-python3}
+PYTHON="$VENV/bin/python"
+
+make_venv() {
+  # A venv left half-made (no python inside) is made again rather than used.
+  if [ ! -x "$PYTHON" ]; then
+    echo "Creating the virtual environment $VENV with $("$BASE_PYTHON" --version 2>&1) ..." >&2
+    "$BASE_PYTHON" -m venv --clear "$VENV"
+  fi
+}
 
 install_python_packages() {
+  make_venv
   # pip skips what is already installed; torch comes from this machine's wheel cache when present.
   "$PYTHON" -m pip install -q --disable-pip-version-check -r requirements.txt
 }

@@ -24,7 +24,7 @@ import streamlit as st  # noqa: E402
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
 from tests.test_app_explore import fill_store  # noqa: E402
-from webapp import explore_state as ex  # noqa: E402
+from webapp import selection as explore_selection  # noqa: E402
 
 PAGE = ROOT / "webapp" / "views" / "explore.py"
 
@@ -78,7 +78,7 @@ def main() -> int:
         rows.append(("warm rerun, nothing selected", statistics.median(warm)))
 
         selection = filled.region_ids[: min(500, len(filled.region_ids))]
-        at.session_state[ex.SELECTION_KEY] = selection
+        at.session_state[explore_selection.SELECTION_KEY] = selection
         rows.append(("first render of a 500-region selection", render(at)))
         rows.append(("warm rerun with the selection", statistics.median(render(at) for _ in range(args.repeat))))
 

@@ -26,7 +26,8 @@ if str(ROOT) not in sys.path:
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
-from core.mebin import MEBinConfig, binarize, binarize_reference  # noqa: E402
+from core.config import MEBinConfig  # noqa: E402
+from core.mebin import binarize, binarize_reference  # noqa: E402
 
 
 def make_maps(kind: str, count: int, size: int, seed: int = 0) -> list[np.ndarray]:

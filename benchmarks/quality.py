@@ -50,7 +50,7 @@ def kmeans_labels(features: np.ndarray, k: int, seed: int) -> np.ndarray:
 
 def baseline_whole_images(manifest, model_config, device, k: int, seed: int) -> dict:
     """k-means on the CLS features of whole defective images (all-ones mask: nothing hidden)."""
-    from core.pipeline import backbone_features
+    from core.inference import backbone_features
 
     records = [r for r in manifest.unlabeled if r.gt_class != GOOD]
     images = [read_image(r.path) for r in records]
@@ -92,7 +92,7 @@ def image_votes(records, regions, region_probabilities: np.ndarray, tau: float) 
 
 def baseline_crops(records, regions, config, device, k: int, seed: int) -> dict:
     """k-means on CLS features of the crops of defective images; image = area-weighted vote."""
-    from core.pipeline import backbone_features
+    from core.inference import backbone_features
 
     features = backbone_features([r.image_crop for r in regions], [r.mask_crop for r in regions], config.model,
                                  device, seed=seed, guided=True)
@@ -122,7 +122,8 @@ def supervised_reference(records, regions, config, device, seed: int) -> dict:
     Not a strict bound either: discovery trains on all images (transductively), this on half.
     """
     from core.predict import region_probabilities
-    from core.train import TrainingData, infer, train
+    from core.inference import infer
+    from core.train import TrainingData, train
 
     names = sorted({r.gt_class for r in records})
     fold_of = two_folds(records, seed)
@@ -136,7 +137,7 @@ def supervised_reference(records, regions, config, device, seed: int) -> dict:
             scores=np.ones(len(train_rows), np.float32),
             labels=np.array([class_of[regions[i].image] for i in train_rows], np.int64), base_classes=names,
         )
-        trained = train(data, 1, config.model, replace(config.train, seed=seed), device)
+        trained = train(data, 1, config.model, config.train, device, seed=seed)
         inference = infer(trained.model, [regions[i].image_crop for i in test_rows],
                           [regions[i].mask_crop for i in test_rows], device, guided=config.train.guided)
         probabilities = region_probabilities(inference.logits[:, :len(names)], 0, config.predict.temperature)
@@ -174,9 +175,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from core.detection import DetectorConfig, detect
-    from core.mgvit import MGViTConfig, is_scratch
-    from core.pipeline import DiscoveryConfig, run_discovery
-    from core.train import SCRATCH_EPOCHS, TrainConfig
+    from core.config import DiscoveryConfig, MGViTConfig, TrainConfig, recommended_epochs
+    from core.pipeline import run_discovery
 
     device = resolve_device(args.device)
     temp = None
@@ -197,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
         model = replace(model, backbone=args.backbone)
     if args.weights:
         model = replace(model, weights=args.weights)
-    epochs = args.epochs or (SCRATCH_EPOCHS if is_scratch(model) else TrainConfig.epochs)
+    epochs = args.epochs or recommended_epochs(model)
     config = DiscoveryConfig(model=model, train=replace(TrainConfig(), epochs=epochs), classes=k,
                              device=str(device))
     n_defective = sum(r.gt_class not in (None, GOOD) for r in manifest.unlabeled)
@@ -250,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
         t = time.perf_counter()
         runs = []
         for seed in seeds:
-            seeded = replace(variant, seed=seed, train=replace(variant.train, seed=seed))
+            seeded = replace(variant, seed=seed)
             result = run_discovery(manifest, seeded, maps=variant_maps)
             runs.append(result.metrics["image"])
             extra.setdefault(name, []).append(result.metrics)

@@ -22,7 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from core.augment import augment_views, stored_size  # noqa: E402
 from core.losses import LossWeights, discovery_loss  # noqa: E402
-from core.mgvit import MGViTConfig, build_mgvit  # noqa: E402
+from core.config import MGViTConfig  # noqa: E402
+from core.mgvit import build_mgvit  # noqa: E402
 from core.train import DiscoveryModel  # noqa: E402
 
 

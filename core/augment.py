@@ -11,37 +11,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from core.config import AugmentConfig
 from core.mgvit import IMAGENET_MEAN, IMAGENET_STD
-
-
-@dataclass(frozen=True)
-class AugmentConfig:
-    """Settings of the two training views per crop."""
-
-    crop_pct: float = 0.875  # crops are stored at input_size / crop_pct, views cut from them [0.875]
-    crop_scale: tuple[float, float] = (0.5, 1.0)  # random resized crop: area fraction range
-    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)  # random resized crop: aspect ratio range
-    hflip_prob: float = 0.5  # horizontal flip
-    vflip_prob: float = 0.5  # vertical flip
-    rotate90: bool = True  # rotation by a random multiple of 90 degrees
-    jitter_prob: float = 0.8  # color jitter (brightness, contrast, saturation, hue)
-    brightness: float = 0.4  # factor range 1 +- this
-    contrast: float = 0.4  # factor range 1 +- this
-    saturation: float = 0.4  # factor range 1 +- this
-    hue: float = 0.1  # hue shift range +- this (fraction of a turn)
-    sharpness_prob: float = 0.3  # sharpness adjustment with factor sharpness_factor
-    sharpness_factor: float = 2.0  # as torchvision's adjust_sharpness
-    blur_prob: float = 0.2  # Gaussian blur
-    blur_sigma: tuple[float, float] = (0.1, 2.0)  # Gaussian blur sigma range, pixels at input size
-    posterize_prob: float = 0.2  # posterize
-    posterize_bits: int = 4  # bits kept by posterize
 
 
 def stored_size(input_size: int, config: AugmentConfig = AugmentConfig()) -> int:

@@ -11,6 +11,8 @@ import importlib
 import sys
 from collections.abc import Sequence
 
+from core.errors import UserError
+
 #: subcommand -> one-line help (kept here so `--help` needs no heavy imports)
 SUBCOMMANDS = {
     "binarize": "run MEBin on a folder of anomaly maps; write masks, crops and regions.csv",
@@ -18,10 +20,6 @@ SUBCOMMANDS = {
     "discover": "run the whole pipeline: maps -> MEBin -> regions -> MGViT -> classes",
     "demo": "write the synthetic demo data set (MVTec layout)",
 }
-
-
-class UserError(Exception):
-    """An error caused by the user's input; printed as one clear line, without a traceback."""
 
 
 def build_parser(load: str | None = None) -> argparse.ArgumentParser:

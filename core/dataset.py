@@ -8,16 +8,20 @@ test/ are ground truth for metrics only; labels are carried as data on each reco
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-from core.imageio import ImageReadError, image_size, is_image_file
+import cv2
+import numpy as np
+
+from core.errors import UserError
+from core.imageio import ImageReadError, image_size, is_image_file, read_gray, read_image
 from core.records import GOOD, ROLE_NORMAL, ROLE_UNLABELED, ImageRecord, LoadProblem, Manifest
 
 NORMAL_FOLDER = "normal"
 
 
-class DatasetError(ValueError):
+class DatasetError(UserError, ValueError):
     """A data set that cannot be used at all (missing, empty); the message names the folder."""
 
 
@@ -102,3 +106,51 @@ def load_dataset(root: Path | str, *, check_images: bool = True, workers: int = 
     if not any(r.role == ROLE_UNLABELED for r in records):
         raise DatasetError(f"{root}: only normal reference images found; add the images to inspect")
     return Manifest(root=root, layout=layout, images=records, problems=problems)
+
+
+# ------------------------------------------------------------------------------ labeled sets
+
+
+@dataclass
+class LabeledCrops:
+    """An imported labeled set: crops with masks and class names (they become base classes)."""
+
+    crops: list[np.ndarray]  # H x W x 3 uint8
+    masks: list[np.ndarray]  # H x W uint8 0/255
+    labels: np.ndarray  # int64 index into base_classes
+    base_classes: list[str]
+
+
+def load_labeled_crops(folder: Path | str) -> LabeledCrops:
+    """Read an imported labeled set: folder/<class name>/<crop>.png, optional <crop>_mask.png.
+
+    A crop without a mask file gets an all-foreground mask. Raises DatasetError naming the
+    folder or file that cannot be used.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DatasetError(f"{folder}: labeled set folder does not exist")
+    class_dirs = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not class_dirs:
+        raise DatasetError(f"{folder}: labeled set needs one subfolder of crops per class")
+    crops, masks, labels, names = [], [], [], []
+    for class_dir in class_dirs:
+        files = sorted(p for p in class_dir.rglob("*") if is_image_file(p) and not p.stem.endswith("_mask"))
+        if not files:
+            continue
+        names.append(class_dir.name)
+        for path in files:
+            try:
+                crop = read_image(path)
+                mask_path = path.with_name(f"{path.stem}_mask.png")
+                mask = read_gray(mask_path) if mask_path.is_file() else np.full(crop.shape[:2], 255, np.uint8)
+            except ImageReadError as error:
+                raise DatasetError(str(error)) from error
+            if mask.shape != crop.shape[:2]:
+                mask = cv2.resize(mask, (crop.shape[1], crop.shape[0]), interpolation=cv2.INTER_NEAREST)
+            crops.append(crop)
+            masks.append(np.where(mask > 127, 255, 0).astype(np.uint8))
+            labels.append(len(names) - 1)
+    if not crops:
+        raise DatasetError(f"{folder}: no crop images found in its class subfolders")
+    return LabeledCrops(crops, masks, np.asarray(labels, dtype=np.int64), names)

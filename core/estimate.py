@@ -1,8 +1,12 @@
-"""Estimating the number of novel classes from embeddings (the paper needs it given; we guess it).
+"""Estimating the number of novel classes from a representation of the regions (we guess it).
 
-A silhouette sweep: k-means for every k in a range on the L2-normalized embeddings of the
-regions, scored by the mean silhouette (cosine distance); the k with the best score wins. The
-whole table is kept as evidence, so the app and the CLI can show why that k was chosen.
+A silhouette sweep corrected for its bias toward few clusters: for every k in a range, k-means
+on the representation (the run's: MGViT embedding, descriptors or both) is scored by its mean
+silhouette minus the silhouette k-means reaches on a shuffled reference (every column permuted
+on its own: same values, no joint structure). The k with the most support wins; how far it
+stands above the other candidates is its confidence. The estimate never fails a run: with too
+little evidence it answers the smallest useful k (2) with confidence 0 and says why. The whole
+table is kept as evidence, so the app and the CLI can show why that k was chosen.
 """
 
 from __future__ import annotations
@@ -11,44 +15,58 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["EstimateConfig", "ClassEstimate", "estimate_num_classes"]
+from core.config import EstimateConfig
 
-
-@dataclass(frozen=True)
-class EstimateConfig:
-    """Settings of the class-count estimate."""
-
-    k_min: int = 2  # smallest number of classes tried
-    k_max: int = 12  # largest number of classes tried (clamped to the number of samples - 1)
-    n_init: int = 10  # k-means restarts per k
-    max_samples: int = 4000  # subsample larger sets (silhouette is quadratic in N)
-    min_score: float = 0.5  # regions with anomaly score below this are left out when enough remain
+__all__ = ["ClassEstimate", "estimate_num_classes"]
 
 
 @dataclass
 class ClassEstimate:
-    """The estimated number of classes with its evidence table."""
+    """The estimated number of classes, how sure the estimate is, and its evidence table."""
 
-    k: int  # the estimate
+    k: int  # the estimate (at least 2)
     method: str  # how it was chosen
-    n_samples: int  # embeddings the sweep ran on
-    table: list[dict[str, float]] = field(default_factory=list)  # per k: silhouette, inertia
+    n_samples: int  # regions the sweep ran on
+    table: list[dict[str, float]] = field(default_factory=list)  # per k: silhouette, reference, support
     note: str = ""  # why the sweep could not run, when it could not
+    confidence: float = 0.0  # 0..1: how clearly k beats the other candidates
+
+    @property
+    def sureness(self) -> str:
+        """The confidence in one word: "sure", "fairly sure" or "unsure"."""
+        return "sure" if self.confidence >= 0.6 else "fairly sure" if self.confidence >= 0.3 else "unsure"
+
+    def summary(self) -> str:
+        """One plain sentence: the estimate, how sure, and the nearest competitor."""
+        if not self.table:
+            return f"{self.k} classes assumed ({self.note or self.method}); unsure: pass the number of classes if you know it"
+        ranked = sorted(self.table, key=lambda row: -row["support"])
+        rival = next((int(r["k"]) for r in ranked if int(r["k"]) != self.k), None)
+        text = f"{self.k} classes, {self.sureness} (confidence {self.confidence:.2f})"
+        if rival is not None and self.confidence < 0.6:
+            text += f"; {rival} classes fit almost as well"
+        return text
 
     def describe(self) -> str:
-        """Human-readable evidence: one line per k, the chosen one marked."""
+        """Human-readable evidence: the summary, then one line per k, the chosen one marked."""
         if not self.table:
-            return f"k = {self.k} ({self.note or self.method})"
-        lines = [f"estimated k = {self.k} by {self.method} on {self.n_samples} regions"]
+            return self.summary()
+        lines = [f"estimated k = {self.k} by {self.method} on {self.n_samples} regions: {self.summary()}"]
         for row in self.table:
             mark = "  <-" if int(row["k"]) == self.k else ""
-            lines.append(f"  k={int(row['k']):3d}  silhouette={row['silhouette']:.4f}{mark}")
+            lines.append(f"  k={int(row['k']):3d}  silhouette={row['silhouette']:.4f}  "
+                         f"shuffled={row['reference']:.4f}  support={row['support']:.4f}{mark}")
         return "\n".join(lines)
 
 
-def _normalize(features: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(features, axis=1, keepdims=True)
-    return features / np.maximum(norms, 1e-12)
+def _confidence(table: list[dict[str, float]], k: int) -> float:
+    """How far the chosen k's support stands above the best non-neighbouring k, scaled to 0..1."""
+    best = next(row["support"] for row in table if int(row["k"]) == k)
+    others = [row["support"] for row in table if abs(int(row["k"]) - k) > 1]
+    if not others:
+        return 0.5
+    margin = best - max(others)
+    return float(np.clip(margin / 0.05, 0.0, 1.0))
 
 
 def estimate_num_classes(
@@ -58,11 +76,11 @@ def estimate_num_classes(
     scores: np.ndarray | None = None,
     seed: int = 0,
 ) -> ClassEstimate:
-    """Estimate how many clusters the embeddings [N, D] hold by a silhouette sweep over k.
+    """Estimate how many groups the representation [N, D] holds; never fails for lack of evidence.
 
     `scores` (anomaly score per region, 0..1) lets the sweep ignore likely false detections
-    when at least k_min + 1 regions score min_score or more. Fewer than three distinct
-    embeddings give k = 1 with a note instead of an error.
+    when more than k_min regions score min_score or more. Fewer than three distinct rows give
+    k = 2 with confidence 0 and a note.
     """
     from sklearn.cluster import KMeans
     from sklearn.metrics import silhouette_score
@@ -82,26 +100,34 @@ def estimate_num_classes(
     rng = np.random.default_rng(seed)
     if len(features) > config.max_samples:
         features = features[rng.choice(len(features), size=config.max_samples, replace=False)]
-    features = _normalize(features)
+    features = features[:, features.std(axis=0) > 1e-12] if len(features) else features
     n = len(features)
-    distinct = len(np.unique(np.round(features, 6), axis=0)) if n else 0
+    distinct = len(np.unique(np.round(features, 6), axis=0)) if n and features.shape[1] else min(n, 1)
     if distinct < 3:
-        return ClassEstimate(k=1, method="too few distinct regions", n_samples=n,
-                             note=f"only {distinct} distinct region embeddings: one class assumed")
+        return ClassEstimate(k=2, method="too few distinct regions", n_samples=n, confidence=0.0,
+                             note=f"only {distinct} distinct regions: the smallest useful count, 2, is assumed")
     k_max = min(config.k_max, distinct - 1)
     k_min = min(config.k_min, k_max)
+    references = [np.stack([rng.permutation(column) for column in features.T], axis=1) for _ in range(3)]
     table = []
     for k in range(k_min, k_max + 1):
-        kmeans = KMeans(n_clusters=k, n_init=config.n_init, random_state=seed)
-        labels = kmeans.fit_predict(features)
+        labels = KMeans(n_clusters=k, n_init=config.n_init, random_state=seed).fit_predict(features)
         if len(np.unique(labels)) < 2:
             continue
-        table.append({
-            "k": float(k),
-            "silhouette": float(silhouette_score(features, labels, metric="cosine")),
-            "inertia": float(kmeans.inertia_),
-        })
+        silhouette = float(silhouette_score(features, labels))
+        shuffled = []
+        for reference in references:
+            reference_labels = KMeans(n_clusters=k, n_init=max(1, config.n_init // 3),
+                                      random_state=seed).fit_predict(reference)
+            if len(np.unique(reference_labels)) > 1:
+                shuffled.append(float(silhouette_score(reference, reference_labels)))
+        reference_score = float(np.mean(shuffled)) if shuffled else 0.0
+        table.append({"k": float(k), "silhouette": silhouette, "reference": reference_score,
+                      "support": silhouette - reference_score})
     if not table:
-        return ClassEstimate(k=1, method="no split found", n_samples=n, note="k-means found a single cluster")
-    best = max(table, key=lambda row: (row["silhouette"], -row["k"]))
-    return ClassEstimate(k=int(best["k"]), method="silhouette sweep (k-means, cosine)", n_samples=n, table=table)
+        return ClassEstimate(k=2, method="no split found", n_samples=n, confidence=0.0,
+                             note="k-means found a single group: the smallest useful count, 2, is assumed")
+    best = max(table, key=lambda row: (round(row["support"], 3), -row["k"]))
+    k = int(best["k"])
+    return ClassEstimate(k=k, method="silhouette against a shuffled reference (k-means)", n_samples=n,
+                         table=table, confidence=_confidence(table, k))

@@ -25,23 +25,16 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import cv2
 import numpy as np
 from numba import njit
 
-__all__ = ["MEBinConfig", "MEBinResult", "binarize", "binarize_reference", "stable_interval"]
+from core.config import MEBinConfig
 
-
-@dataclass(frozen=True)
-class MEBinConfig:
-    """Settings of MEBin with the published defaults; ``binarize(maps, **asdict(config))`` works."""
-
-    sample_rate: int = 4  # step r between swept thresholds on the 0..255 scale (64 thresholds)
-    min_interval_len: int = 4  # shortest run of equal component counts that counts as stable
-    erode: bool = True  # erode each binary map with a kernel_size x kernel_size all-ones kernel
-    kernel_size: int = 6  # side of the erosion kernel (OpenCV default anchor and border)
+__all__ = ["MEBinResult", "at_threshold", "binarize", "binarize_otsu", "binarize_reference", "mask_at_threshold",
+           "normalize_to_range", "search_range", "stable_interval", "to_map_scale"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -95,7 +88,7 @@ def _check_settings(sample_rate: int, min_interval_len: int, kernel_size: int) -
         raise ValueError(f"kernel_size must be a positive integer, got {kernel_size}")
 
 
-def _search_range(maps: Sequence[np.ndarray]) -> tuple[int, int]:
+def search_range(maps: Sequence[np.ndarray]) -> tuple[int, int]:
     """Step 1: (s_min, s_max) = smallest and largest per-map maximum, as Python ints."""
     maxima = [int(array.max()) for array in maps]
     return min(maxima), max(maxima)
@@ -143,9 +136,15 @@ def stable_interval(counts: Sequence[int], min_interval_len: int) -> tuple[int, 
 
 
 def _original_threshold(index: int, sample_rate: int, s_min: int, s_max: int) -> int:
-    """Step 5 in Python ints and floats (never uint8 scalars: NumPy 2 would wrap mod 256)."""
-    t_star = 255 - int(index) * int(sample_rate)
-    return int(t_star * (int(s_max) - int(s_min)) / 255 + int(s_min))
+    return to_map_scale(255 - int(index) * int(sample_rate), s_min, s_max)
+
+
+def to_map_scale(threshold: int, s_min: int, s_max: int) -> int:
+    """Step 5: a threshold on the normalized scale -> the map's own 0..255 scale.
+
+    In Python ints and floats (never uint8 scalars: NumPy 2 would wrap mod 256).
+    """
+    return int(int(threshold) * (int(s_max) - int(s_min)) / 255 + int(s_min))
 
 
 def _choose(counts: np.ndarray, min_interval_len: int, sample_rate: int, s_min: int, s_max: int):
@@ -169,7 +168,7 @@ def binarize_reference(
     """MEBin the plain way: per threshold, binarize, cv2.erode, cv2.connectedComponents (oracle)."""
     maps = _validate(maps)
     _check_settings(config.sample_rate, config.min_interval_len, config.kernel_size)
-    s_min, s_max = _search_range(maps)
+    s_min, s_max = search_range(maps)
     thresholds = _sweep_thresholds(config.sample_rate)
     kernel = _kernel(config.kernel_size)
     results = []
@@ -477,7 +476,7 @@ def binarize(
     """
     maps = _validate(maps)
     _check_settings(sample_rate, min_interval_len, kernel_size)
-    s_min, s_max = _search_range(maps)
+    s_min, s_max = search_range(maps)
     thresholds = _sweep_thresholds(sample_rate)
     lut = _normalize_lut(s_min, s_max)
     lut32 = lut.astype(np.float32)
@@ -524,3 +523,31 @@ def mask_at_threshold(
     mask = np.where(source > int(threshold), 255, 0).astype(np.uint8)
     count = cv2.connectedComponents((mask > 0).astype(np.uint8), connectivity=8)[0] - 1
     return mask, int(count)
+
+
+def at_threshold(result: MEBinResult, map_u8: np.ndarray, threshold: int, config: MEBinConfig) -> MEBinResult:
+    """A binarization result with an engineer's threshold instead of the chosen one (evidence kept)."""
+    mask, count = mask_at_threshold(map_u8, threshold, erode=config.erode, kernel_size=config.kernel_size)
+    return replace(result, mask=mask, threshold=int(threshold), num_anomalies=count)
+
+
+def normalize_to_range(map_u8: np.ndarray, s_min: int, s_max: int) -> np.ndarray:
+    """Step 2 of one map with a stored search range (float32, as MEBinResult.normalized)."""
+    return _normalize_lut(int(s_min), int(s_max)).astype(np.float32)[map_u8]
+
+
+def binarize_otsu(maps: Sequence[np.ndarray], *, kernel_size: int = 6) -> list[MEBinResult]:
+    """Otsu's threshold per map (the paper's ablation), eroded like MEBin; count = components.
+
+    No sweep: counts and sweep_thresholds are empty, interval is None; normalized is the map itself.
+    """
+    kernel = _kernel(kernel_size)
+    results = []
+    for array in _validate(maps):
+        threshold, _ = cv2.threshold(array, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+        mask = cv2.erode(np.where(array > threshold, 255, 0).astype(np.uint8), kernel)
+        count = cv2.connectedComponents((mask > 0).astype(np.uint8), connectivity=8)[0] - 1
+        results.append(MEBinResult(mask=mask, threshold=int(threshold), num_anomalies=int(count),
+                                   counts=np.zeros(0, np.int64), sweep_thresholds=np.zeros(0, np.int64),
+                                   interval=None, normalized=array.astype(np.float32)))
+    return results

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
+from typing import Any
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score, roc_auc_score
+
+from core.records import GOOD
 
 
 def _codes(labels: Sequence) -> np.ndarray:
@@ -77,3 +80,62 @@ def pixel_auroc(
     if y.all() or not y.any():
         return float("nan")
     return float(roc_auc_score(y, s))
+
+
+# ------------------------------------------------------------------------------ the protocol
+
+
+def protocol_levels(
+    image_truth: Sequence[str | None],
+    image_predicted: Sequence[Hashable],
+    region_truth: Sequence[str | None],
+    region_predicted: Sequence[Hashable],
+) -> dict[str, tuple[list[str], list[Hashable]]]:
+    """The (truth, predicted) pairs each metric is computed on, as metrics.json defines them.
+
+    "image": defective images (truth known and not GOOD); "region": regions whose truth is a
+    defect class (a region's truth is its image's class, or its own ground-truth label);
+    "image_with_good": every image with known truth, GOOD counted as one more class.
+    """
+    if len(image_truth) != len(image_predicted) or len(region_truth) != len(region_predicted):
+        raise ValueError("truth and predictions differ in length")
+
+    def pairs(truth: Sequence[str | None], predicted: Sequence[Hashable], good: bool) -> tuple[list, list]:
+        kept = [(t, p) for t, p in zip(truth, predicted) if t is not None and (good or t != GOOD)]
+        return [t for t, _ in kept], [p for _, p in kept]
+
+    return {
+        "image": pairs(image_truth, image_predicted, good=False),
+        "region": pairs(region_truth, region_predicted, good=False),
+        "image_with_good": pairs(image_truth, image_predicted, good=True),
+    }
+
+
+def discovery_metrics(
+    image_truth: Sequence[str | None],
+    image_predicted: Sequence[Hashable],
+    region_truth: Sequence[str | None],
+    region_predicted: Sequence[Hashable],
+    normal_prediction: Hashable,
+) -> dict[str, Any] | None:
+    """metrics.json of a run: NMI/ARI/F1 per protocol level and the share of normal images
+    predicted as `normal_prediction` (the normal cluster); None when no image has ground truth."""
+    if all(t is None for t in image_truth):
+        return None
+    levels = protocol_levels(image_truth, image_predicted, region_truth, region_predicted)
+
+    def block(truth: list, predicted: list) -> dict[str, Any]:
+        values: dict[str, Any] = cluster_metrics(truth, predicted) if truth else {"nmi": None, "ari": None, "f1": None}
+        values = {k: (None if v is None or not np.isfinite(v) else float(v)) for k, v in values.items()}
+        values["n"] = len(truth)
+        return values
+
+    normal = [p for t, p in zip(image_truth, image_predicted) if t == GOOD]
+    share = float(np.mean([p == normal_prediction for p in normal])) if normal else None
+    return {
+        "image": block(*levels["image"]),
+        "region": block(*levels["region"]),
+        "normal_images": {"share_predicted_normal": share, "n": len(normal)},
+        "image_with_good": block(*levels["image_with_good"]),
+        "classes": sorted(set(levels["image"][0])),
+    }

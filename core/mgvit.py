@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import socket
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -19,17 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-#: The backbone recommended for real use (needs the weights in the HF cache or via --weights).
-REAL_USE_BACKBONE = "vit_base_patch16_224.dino"
-
-#: Small ViTs trained from scratch (no weights needed), name -> VisionTransformer arguments.
-SCRATCH_BACKBONES: dict[str, dict[str, int]] = {
-    # offline default, sized so the demo (~150 regions) trains on 2 shared CPU cores in a few minutes:
-    # ~5 s per epoch there (dim 192 / depth 6 took ~16 s per epoch for no better clustering)
-    "vit_tiny_scratch": dict(patch_size=8, embed_dim=128, depth=4, num_heads=4, input_size=64),
-    # smaller still, for tests and quick checks
-    "vit_micro_scratch": dict(patch_size=8, embed_dim=32, depth=2, num_heads=2, input_size=32),
-}
+from core.config import SCRATCH_BACKBONES, MGViTConfig, is_scratch
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -37,28 +26,6 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 class WeightsError(ValueError):
     """Weights that cannot be obtained or do not fit the backbone; the message says why."""
-
-
-@dataclass(frozen=True)
-class MGViTConfig:
-    """Settings of the mask-guided ViT."""
-
-    backbone: str = "vit_tiny_scratch"  # a SCRATCH_BACKBONES name or any timm ViT name (real use: REAL_USE_BACKBONE)
-    input_size: int | None = None  # crop side fed to the ViT; None = the backbone's own (64 scratch, 224 timm)
-    masked_blocks: int | None = None  # L_m, the last blocks with guided attention; None: the reference's 3/4 (9 of 12) [9]
-    grad_from_block: int = 11  # blocks before this one are frozen [11]; ignored (all trained) without weights
-    pretrained: bool = False  # load timm's pretrained weights for a timm name (HF cache; fails offline)
-    weights: Path | None = None  # local weight file (timm or official DINO layout, .pth/.pt/.safetensors)
-    mask_threshold: float = 0.5  # a patch is foreground when its pooled mask value is >= this [0.5]
-
-    def __post_init__(self) -> None:
-        if self.weights is not None and not isinstance(self.weights, Path):
-            object.__setattr__(self, "weights", Path(self.weights))
-
-
-def is_scratch(config: MGViTConfig) -> bool:
-    """True when the backbone starts from random weights (nothing pretrained, no file)."""
-    return config.weights is None and (config.backbone in SCRATCH_BACKBONES or not config.pretrained)
 
 
 class MGViT(nn.Module):

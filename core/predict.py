@@ -10,15 +10,18 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
+
+from core.config import PredictConfig
 
 __all__ = [
     "NORMAL_CLASS_NAME",
     "PredictConfig",
     "Predictions",
     "class_names",
+    "Map2D",
     "embed_2d",
     "predict_regions",
     "region_probabilities",
@@ -26,17 +29,6 @@ __all__ = [
 
 #: Name of the reserved first novel slot.
 NORMAL_CLASS_NAME = "normal / false detection"
-
-
-@dataclass(frozen=True)
-class PredictConfig:
-    """Settings of region prediction and of the 2-D map."""
-
-    temperature: float = 0.1  # logits are divided by this before the softmax (as in training)
-    include_base: bool = False  # also predict base (labelled) classes; False = novel only (paper)
-    umap_neighbors: int = 15  # UMAP n_neighbors, clamped to the number of regions - 1
-    umap_min_dist: float = 0.1  # UMAP min_dist
-    umap_min_points: int = 5  # fewer regions than this: PCA instead of UMAP
 
 
 @dataclass
@@ -49,6 +41,7 @@ class Predictions:
     names: list[str]  # C class names; index `normal_class` is the reserved normal slot
     normal_class: int  # column of "normal / false detection"
     coordinates: np.ndarray  # [N, 2] float32 UMAP (or PCA) coordinates of the embeddings
+    notes: list[str] = field(default_factory=list)  # deviations, e.g. why the map is PCA's
 
 
 def _softmax(values: np.ndarray) -> np.ndarray:
@@ -92,20 +85,31 @@ def _pca_2d(features: np.ndarray) -> np.ndarray:
     return out
 
 
+@dataclass
+class Map2D:
+    """2-D coordinates of embeddings and how they were made."""
+
+    coordinates: np.ndarray  # [N, 2] float32
+    method: str  # "umap" or "pca"
+    note: str = ""  # why PCA stands in for UMAP, when it does
+
+
 def embed_2d(
     features: np.ndarray, *, n_neighbors: int = 15, min_dist: float = 0.1, seed: int = 0, min_points: int = 5
-) -> np.ndarray:
+) -> Map2D:
     """2-D coordinates of embeddings [N, D] with umap-learn, seeded; PCA below `min_points`.
 
     n_neighbors is clamped to N - 1 and spectral initialisation is avoided on tiny sets, so any
-    N >= 1 gives an [N, 2] float32 answer. Deterministic for a given seed.
+    N >= 1 gives an [N, 2] float32 answer. Deterministic for a given seed. When UMAP cannot run
+    (too few points, degenerate input) the map is PCA's and the note says why.
     """
     features = np.asarray(features, dtype=np.float32)
     if features.ndim != 2:
         raise ValueError(f"features must be [N, D], got shape {features.shape}")
     n = features.shape[0]
-    if n < max(min_points, 4):
-        return _pca_2d(features)
+    needed = max(min_points, 4)
+    if n < needed:
+        return Map2D(_pca_2d(features), "pca", f"2-D map by PCA: {n} region(s), UMAP needs at least {needed}")
     import umap  # imported lazily: it pulls numba-compiled code that is slow to load
 
     neighbors = int(max(2, min(n_neighbors, n - 1)))
@@ -121,12 +125,12 @@ def embed_2d(
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             coordinates = reducer.fit_transform(features)
-    except (ValueError, TypeError):  # degenerate inputs (e.g. all points identical)
-        return _pca_2d(features)
+    except (ValueError, TypeError) as error:  # degenerate inputs (e.g. all points identical)
+        return Map2D(_pca_2d(features), "pca", f"2-D map by PCA: UMAP failed on these embeddings ({error})")
     coordinates = np.asarray(coordinates, dtype=np.float32)
     if not np.isfinite(coordinates).all():
-        return _pca_2d(features)
-    return coordinates
+        return Map2D(_pca_2d(features), "pca", "2-D map by PCA: UMAP gave non-finite coordinates")
+    return Map2D(coordinates, "umap")
 
 
 def predict_regions(
@@ -148,7 +152,7 @@ def predict_regions(
     names = class_names(n_novel, base_classes, config.include_base)
     classes = probabilities.argmax(axis=1).astype(np.int64)
     confidence = probabilities[np.arange(len(classes)), classes]
-    coordinates = embed_2d(
+    embedding = embed_2d(
         features,
         n_neighbors=config.umap_neighbors,
         min_dist=config.umap_min_dist,
@@ -161,5 +165,6 @@ def predict_regions(
         confidence=confidence,
         names=names,
         normal_class=n_base if config.include_base else 0,
-        coordinates=coordinates,
+        coordinates=embedding.coordinates,
+        notes=[embedding.note] if embedding.note else [],
     )

@@ -11,8 +11,17 @@ import numpy as np
 ROLE_NORMAL = "normal"  # defect-free reference (MVTec train/good, plain folder normal/)
 ROLE_UNLABELED = "unlabeled"  # an image to discover defect classes in
 
-#: Ground-truth class name meaning "no defect" (MVTec convention).
+#: Ground-truth class name meaning "no defect" (MVTec convention; the folder name test/good).
 GOOD = "good"
+
+#: THE name of the normal class: the reserved normal / false-detection cluster of a run, and the
+#: label value meaning "labeled normal".
+NORMAL_CLASS = "normal"
+
+
+def region_key(image: str, index: int) -> str:
+    """Stable identifier of a region within a data set: "<image relpath>#<index>"."""
+    return f"{image}#{index}"
 
 
 @dataclass(frozen=True)
@@ -73,5 +82,5 @@ class Region:
 
     @property
     def key(self) -> str:
-        """Stable identifier of the region within a data set."""
-        return f"{self.image}#{self.index}"
+        """Stable identifier of the region within a data set (see region_key)."""
+        return region_key(self.image, self.index)

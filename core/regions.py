@@ -1,26 +1,29 @@
-"""Anomaly-centred sub-images (METHOD.md stage 3): square crops around MEBin's components."""
+"""Anomaly-centred sub-images (METHOD.md stage 3): square crops around MEBin's components.
+
+Two extractions, chosen by `RegionConfig.extraction`:
+
+- "reference" (the paper): contours of MEBin's eroded final mask, square crops of at least
+  `min_crop` of the image side, close boxes merged, the largest est_anomaly_num + 1 kept.
+- "components" (default): every defect its own region. MEBin's threshold is the start; the map
+  is cut again lower (`low_fraction` of that threshold) without erosion, and every 8-connected
+  component whose peak reaches `relative_peak` of the image's strongest component (and that
+  holds at least `min_area` of the image) becomes a region with its own pixels as the mask and a
+  crop that follows its size (`context` around it, at least `min_side` pixels). Where MEBin finds
+  no stable threshold, the image's own peak sets the cut, so a weak defect still gets a region.
+"""
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import cv2
 import numpy as np
 
+from core.config import RegionConfig
 from core.records import Region
 
 Box = tuple[int, int, int, int]  # x0, y0, x1, y1 (exclusive)
 
 
-@dataclass(frozen=True)
-class RegionConfig:
-    padding: float = 0.1  # extra margin around a component's bounding box, relative to its size
-    min_crop: float = 0.1  # smallest crop radius, relative to the image's longer side
-    merge_distance: float = 0.01  # boxes closer than this (relative to the longer side) merge
-    keep: str = "reference"  # "reference": largest est_anomaly_num + 1 boxes; "all": every box
-
-
-def _square(cx: float, cy: float, radius: int, height: int, width: int) -> Box:
+def square_box(cx: float, cy: float, radius: int, height: int, width: int) -> Box:
     """A square of side 2*radius centred at (cx, cy), shifted (not shrunk) to lie in the image."""
     radius = max(1, min(radius, height // 2 if height > 1 else 1, width // 2 if width > 1 else 1))
     side = min(2 * radius, height, width)
@@ -51,7 +54,7 @@ def _merge_close(boxes: list[Box], distance: int, height: int, width: int) -> li
                     x0, y0 = min(a[0], b[0]), min(a[1], b[1])
                     x1, y1 = max(a[2], b[2]), max(a[3], b[3])
                     radius = (max(x1 - x0, y1 - y0) + 1) // 2
-                    union = _square((x0 + x1) / 2, (y0 + y1) / 2, radius, height, width)
+                    union = square_box((x0 + x1) / 2, (y0 + y1) / 2, radius, height, width)
                     boxes = [box for k, box in enumerate(boxes) if k not in (i, j)] + [union]
                     merged = True
                     break
@@ -76,12 +79,46 @@ def crop_boxes(mask: np.ndarray, num_anomalies: int, config: RegionConfig = Regi
         x, y, w, h = cv2.boundingRect(contour)
         radius = max(int(max(h, w) * (1 + config.padding) / 2), int(max_side * config.min_crop))
         radius = min(radius, int(max_side / 2))
-        boxes.append(_square(x + w / 2, y + h / 2, radius, height, width))
+        boxes.append(square_box(x + w / 2, y + h / 2, radius, height, width))
     boxes = _merge_close(boxes, int(max_side * config.merge_distance), height, width)
     boxes.sort(key=lambda b: (-(b[2] - b[0]) * (b[3] - b[1]), b[1], b[0]))
     if config.keep == "reference":
         boxes = boxes[: max(0, int(num_anomalies)) + 1]
     return boxes
+
+
+def component_boxes(map_u8: np.ndarray, threshold: int, config: RegionConfig = RegionConfig()
+                    ) -> list[tuple[Box, np.ndarray]]:
+    """Per-component regions of one map: (square crop box, the component's 0/255 mask in it), strongest first.
+
+    `threshold` is MEBin's cut on the map's 0..255 scale (255 or more: none found, the map's own
+    peak halved stands in). The map is cut at low_fraction of it, without erosion; components
+    below min_area or whose peak is under relative_peak of the strongest are dropped.
+    """
+    map_u8 = np.asarray(map_u8)
+    height, width = map_u8.shape
+    peak = int(map_u8.max())
+    if peak == 0:
+        return []
+    main = int(threshold) if threshold < 255 else peak // 2
+    cut = min(int(main * config.low_fraction), peak - 1)
+    count, labels, stats, _ = cv2.connectedComponentsWithStats((map_u8 > cut).astype(np.uint8), connectivity=8)
+    if count <= 1:
+        return []
+    peaks = np.zeros(count, np.int64)
+    np.maximum.at(peaks, labels.ravel(), map_u8.ravel().astype(np.int64))
+    min_pixels = max(1, int(round(config.min_area * height * width)))
+    strongest = int(peaks[1:].max())
+    keep = [i for i in range(1, count)
+            if stats[i, cv2.CC_STAT_AREA] >= min_pixels and peaks[i] >= config.relative_peak * strongest]
+    keep.sort(key=lambda i: (-int(peaks[i]), -int(stats[i, cv2.CC_STAT_AREA])))
+    out = []
+    for i in keep[: config.max_regions]:
+        x, y, w, h = (int(v) for v in stats[i, :4])
+        side = max(config.min_side, int(round(max(w, h) * (1 + config.context))))
+        box = square_box(x + w / 2, y + h / 2, (side + 1) // 2, height, width)
+        out.append((box, np.where(labels[box[1]:box[3], box[0]:box[2]] == i, 255, 0).astype(np.uint8)))
+    return out
 
 
 def extract_regions(
@@ -91,11 +128,16 @@ def extract_regions(
     mask: np.ndarray,
     num_anomalies: int,
     config: RegionConfig = RegionConfig(),
+    *,
+    map_u8: np.ndarray | None = None,
+    threshold: int | None = None,
 ) -> list[Region]:
     """Cut the anomaly-centred regions of one image.
 
     `mask` (0/255, MEBin's final mask, any size) is resized nearest to the image; the region
-    score is the max of `normalized_map` (0..255) inside the box / 255.
+    score is the max of `normalized_map` (0..255) inside the box / 255. The "components"
+    extraction also needs the globally normalized uint8 map (`map_u8`) and MEBin's `threshold`
+    on its scale; an image where it finds nothing gets the whole image as one region.
     """
     if image.ndim != 3 or image.shape[2] != 3:
         raise ValueError(f"{image_key}: image must be H x W x 3, got shape {image.shape}")
@@ -106,9 +148,17 @@ def extract_regions(
     score_map = np.asarray(normalized_map, dtype=np.float32)
     if score_map.shape != (height, width):
         score_map = cv2.resize(score_map, (width, height), interpolation=cv2.INTER_LINEAR)
+    if config.extraction == "components":
+        if map_u8 is None or threshold is None:
+            raise ValueError("the components extraction needs the uint8 map and MEBin's threshold")
+        if map_u8.shape != (height, width):
+            map_u8 = cv2.resize(map_u8, (width, height), interpolation=cv2.INTER_LINEAR)
+        found = component_boxes(map_u8, threshold, config)
+        pieces = found or [((0, 0, width, height), np.zeros((height, width), np.uint8))]
+    else:
+        pieces = [(box, mask[box[1]:box[3], box[0]:box[2]].copy()) for box in crop_boxes(mask, num_anomalies, config)]
     regions = []
-    for index, (x0, y0, x1, y1) in enumerate(crop_boxes(mask, num_anomalies, config)):
-        mask_crop = mask[y0:y1, x0:x1].copy()
+    for index, ((x0, y0, x1, y1), mask_crop) in enumerate(pieces):
         regions.append(
             Region(
                 image=image_key,

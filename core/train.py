@@ -20,56 +20,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from core.augment import AugmentConfig, augment_views, center_views, prepare_crops, stored_size
+from core.augment import augment_views, prepare_crops, stored_size
 from core.losses import LossWeights, discovery_loss, teacher_temperature
-from core.mgvit import MGViT, MGViTConfig, build_mgvit, is_scratch
+from core.config import AugmentConfig, MGViTConfig, TrainConfig, is_scratch
+from core.mgvit import MGViT, build_mgvit
 
 CHECKPOINT_FORMAT = "defect-discovery-model-1"
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Settings of the training stage (published defaults of METHOD.md stage 5)."""
-
-    epochs: int = 50  # [50]; the scratch backbone is usually run with SCRATCH_EPOCHS
-    batch_size: int = 32  # [32]
-    lr: float = 0.1  # SGD start learning rate [0.1]
-    momentum: float = 0.9  # SGD momentum [0.9]
-    weight_decay: float = 5e-5  # on weights only, none on biases and norms [5e-5]
-    lr_floor: float = 1e-3  # cosine schedule ends at lr * lr_floor [1e-3]
-    optimizer: str = "auto"  # "sgd" [reference], "adamw", or "auto": sgd with loaded weights, adamw from scratch
-    adamw_lr: float = 1e-3  # start learning rate when the optimizer is adamw (lr is SGD's)
-    adamw_weight_decay: float = 0.05  # weight decay when the optimizer is adamw (weight_decay is SGD's)
-    grad_clip: float | None = None  # clip the gradient norm; None = off [reference]; "auto" from scratch uses 1.0
-    n_heads: int = 4  # cosine classifier heads; the lowest mean L_cls^u over the last epoch wins [4]
-    proj_hidden: int = 2048  # projector MLP hidden width [2048]
-    proj_out: int = 256  # projector output width [256]
-    proj_layers: int = 3  # projector MLP layers [3]
-    sup_weight: float = 0.3  # lambda: weight of the labeled terms [0.3]
-    memax_weight: float = 4.0  # weight of the mean-entropy regularizer [4]
-    student_temp: float = 0.1  # [0.1]
-    teacher_temp_start: float = 0.07  # teacher temperature warm-up start [0.07]
-    teacher_temp_end: float = 0.04  # teacher temperature after warm-up [0.04]
-    teacher_warmup_epochs: int = 40  # warm-up length, scaled to epochs when epochs < 50 [40]
-    unsup_con_temp: float = 1.0  # InfoNCE temperature [1.0]
-    sup_con_temp: float = 0.07  # SupCon temperature [0.07]
-    plc: bool = True  # pseudo-label correction toward the normal slot [on]
-    plc_offset: float = 0.5  # PLC weight w = max(0, offset - anomaly score) [0.5]
-    seed: int = 0  # seeds initialization, sampling and augmentation
-    num_workers: int = 0  # kept for the contract; views are made batched on the device, no loader workers
-    amp_bf16: bool = True  # bf16 autocast, on CUDA only
-    guided: bool = True  # mask-guided attention (False = the unguided ablation)
-    augment: AugmentConfig = field(default_factory=AugmentConfig)  # view generation
-
-
-#: Recommended epochs for a backbone trained from scratch: on demo-sized sets (~150 crops) its
-#: losses flatten after ~10-15 epochs, and 30 keeps a 2-core CPU demo to a few minutes (~5 s/epoch).
-SCRATCH_EPOCHS = 30
-
-
-def recommended_epochs(model_config: MGViTConfig) -> int:
-    """Default epoch count for a backbone: SCRATCH_EPOCHS from scratch, the published 50 otherwise."""
-    return SCRATCH_EPOCHS if is_scratch(model_config) else TrainConfig.epochs
 
 
 @dataclass
@@ -162,7 +118,8 @@ class DiscoveryModel(nn.Module):
         self.best_head = 0
 
     @property
-    def n_classes(self) -> int:
+    def n_outputs(self) -> int:
+        """Outputs of every head: base classes, then the normal slot and the novel classes."""
         return self.n_base + self.n_novel
 
     def forward(
@@ -182,12 +139,6 @@ class TrainResult:
     history: list[dict[str, float]]  # per-epoch means of the loss terms (+ lr, teacher_temp, seconds)
     cancelled: bool
     epochs_done: int
-
-
-@dataclass
-class Inference:
-    features: np.ndarray  # [N, D] float32, L2-normalized CLS features
-    logits: np.ndarray  # [N, n_base + n_novel] float32 raw cosine logits of the best head
 
 
 # ---------------------------------------------------------------- distributed (torchrun) support
@@ -298,10 +249,11 @@ def _model_payload(model: DiscoveryModel, model_config: MGViTConfig, train_confi
 
 
 def _build_model(
-    model_config: MGViTConfig, train_config: TrainConfig, n_base: int, n_novel: int, base_classes: Sequence[str], device: torch.device
+    model_config: MGViTConfig, train_config: TrainConfig, n_base: int, n_novel: int, base_classes: Sequence[str],
+    device: torch.device, seed: int,
 ) -> DiscoveryModel:
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(train_config.seed)
+        torch.manual_seed(seed)
         backbone = build_mgvit(model_config, "cpu")
         model = DiscoveryModel(
             backbone,
@@ -326,8 +278,12 @@ def train(
     should_cancel: Callable[[], bool] | None = None,
     checkpoint_path: Path | None = None,
     resume: bool = False,
+    seed: int = 0,
 ) -> TrainResult:
-    """Train the discovery model on crops; n_novel includes the normal slot (first novel output)."""
+    """Train the discovery model on crops; n_novel includes the normal slot (first novel output).
+
+    seed: seeds the initialization, the sample order and the augmentation.
+    """
     data.validate()
     if n_novel < 1:
         raise ValueError("n_novel must be >= 1 (the normal / false-detection slot counts)")
@@ -335,7 +291,7 @@ def train(
     config = train_config
     rank, world = _world()
     n_base = len(data.base_classes)
-    model = _build_model(model_config, config, n_base, n_novel, data.base_classes, device)
+    model = _build_model(model_config, config, n_base, n_novel, data.base_classes, device, seed)
     model.model_config, model.train_config = model_config, config
     input_size = model.backbone.input_size
     images_u8, masks_u8 = prepare_crops(data.crops, data.masks, stored_size(input_size, config.augment))
@@ -357,7 +313,7 @@ def train(
         sup_con_temp=config.sup_con_temp,
         plc_offset=config.plc_offset if config.plc else None,
     )
-    steps_per_epoch = len(_batches(_epoch_order(labels_np, 0, config.seed), config.batch_size, rank, world))
+    steps_per_epoch = len(_batches(_epoch_order(labels_np, 0, seed), config.batch_size, rank, world))
     total_steps = steps_per_epoch * config.epochs
     history: list[dict[str, float]] = []
     start_epoch = 0
@@ -392,8 +348,8 @@ def train(
         teacher_temp = teacher_temperature(
             epoch, config.epochs, config.teacher_temp_start, config.teacher_temp_end, config.teacher_warmup_epochs
         )
-        view_generator = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch * 104_729 + 1 + rank)
-        batches = _batches(_epoch_order(labels_np, epoch, config.seed), config.batch_size, rank, world)
+        view_generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch * 104_729 + 1 + rank)
+        batches = _batches(_epoch_order(labels_np, epoch, seed), config.batch_size, rank, world)
         sums: dict[str, float] = {}
         head_sum = torch.zeros(config.n_heads)
         for step, batch in enumerate(batches, start=1):
@@ -454,34 +410,7 @@ def _all_reduce_mean(values: torch.Tensor, device: torch.device, world: int) -> 
     return (tensor / world).cpu()
 
 
-# ---------------------------------------------------------------- inference and checkpoints
-
-
-@torch.no_grad()
-def infer(
-    model: DiscoveryModel,
-    crops: Sequence[np.ndarray],
-    masks: Sequence[np.ndarray],
-    device: torch.device | str,
-    batch_size: int = 64,
-    guided: bool = True,
-) -> Inference:
-    """L2-normalized CLS features and the best head's raw cosine logits of every crop (centre view)."""
-    device = torch.device(device)
-    model = model.to(device).eval()
-    input_size = model.backbone.input_size
-    dim, classes = model.backbone.embed_dim, model.n_classes
-    if len(crops) == 0:
-        return Inference(np.zeros((0, dim), np.float32), np.zeros((0, classes), np.float32))
-    images_u8, masks_u8 = prepare_crops(crops, masks, stored_size(input_size))
-    features, logits = [], []
-    for start in range(0, len(crops), batch_size):
-        images, mask = center_views(images_u8[start : start + batch_size].to(device), masks_u8[start : start + batch_size].to(device), input_size)
-        cls = model.backbone(images, mask, guided=guided).float()
-        normalized = F.normalize(cls, dim=1)
-        features.append(normalized.cpu())
-        logits.append(model.heads[model.best_head](normalized).float().cpu())
-    return Inference(torch.cat(features).numpy(), torch.cat(logits).numpy())
+# ---------------------------------------------------------------- checkpoints
 
 
 def save_checkpoint(path: Path | str, result_or_model: TrainResult | DiscoveryModel, extra: dict | None = None,
@@ -531,7 +460,7 @@ def load_checkpoint(path: Path | str, device: torch.device | str = "cpu") -> tup
     model_config = _config_from(MGViTConfig, saved["model_config"])
     train_config = _config_from(TrainConfig, saved["train_config"])
     rebuild = MGViTConfig(**{**asdict(model_config), "weights": None, "pretrained": False})
-    model = _build_model(rebuild, train_config, saved["n_base"], saved["n_novel"], saved["base_classes"], torch.device("cpu"))
+    model = _build_model(rebuild, train_config, saved["n_base"], saved["n_novel"], saved["base_classes"], torch.device("cpu"), 0)
     model.load_state_dict(saved["state_dict"])
     model.best_head = int(saved["best_head"])
     model.model_config, model.train_config = model_config, train_config

@@ -14,8 +14,8 @@ from typing import Any
 
 import pandas as pd
 
-from storage.api import Store, display_name
-from storage.records import NORMAL_CLASS, AssignedRegion, ClusterInfo
+from storage.api import Store
+from storage.records import NORMAL_CLASS, AssignedRegion, ClusterInfo, display_name
 
 #: First characters that make a spreadsheet cell a formula (OWASP CSV injection).
 FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
@@ -72,8 +72,8 @@ def regions_frame(store: Store, run_id: int) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=REGION_COLUMNS)
 
 
-def images_frame(store: Store, run_id: int, tau: float = 100.0) -> pd.DataFrame:
-    """One row per image of a run with its fused class, confidence and number of regions."""
+def images_frame(store: Store, run_id: int, tau: float | None = None) -> pd.DataFrame:
+    """One row per image of a run with its fused class (at the run's tau unless given), confidence, regions."""
     rows = [
         {
             "image": c.image,
@@ -98,7 +98,7 @@ def export_regions_csv(store: Store, run_id: int, path: Path | str) -> Path:
     return path
 
 
-def export_images_csv(store: Store, run_id: int, path: Path | str, tau: float = 100.0) -> Path:
+def export_images_csv(store: Store, run_id: int, path: Path | str, tau: float | None = None) -> Path:
     """Write the images CSV (UTF-8, formula cells neutralized)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

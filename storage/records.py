@@ -16,6 +16,22 @@ RUN_STATUSES = (QUEUED, RUNNING, DONE, FAILED, CANCELLED)
 SOURCE_ENGINEER, SOURCE_IMPORTED, SOURCE_GROUND_TRUTH = "engineer", "imported", "ground_truth"
 # Class name of regions that are normal / false detections, in exports and image classes.
 NORMAL_CLASS = "normal"
+#: Cluster colors by slot (D3 category10 then its light variants): distinct on a scatter plot.
+PALETTE = (
+    "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
+    "#bcbd22", "#17becf", "#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5", "#c49c94",
+    "#f7b6d2", "#c7c7c7", "#dbdb8d", "#9edae5",
+)  # fmt: skip
+
+
+def palette_color(slot: int) -> str:
+    """The color a new cluster of a slot gets (stored with it; the engineer can recolor it)."""
+    return PALETTE[slot % len(PALETTE)]
+
+
+def display_name(name: str | None, slot: int) -> str:
+    """A cluster's name, or "cluster <slot>" while it has none (also its class name in exports)."""
+    return name if name else f"cluster {slot}"
 
 
 class StorageError(Exception):
@@ -136,6 +152,7 @@ class AssignmentInput:
     umap_x: float | None = None
     umap_y: float | None = None
     embedding: np.ndarray | None = None  # 1-D float; stored as float32 bytes
+    probabilities: np.ndarray | None = None  # 1-D, column j = cluster slot j (sums to 1); for fusion
 
 
 @dataclass(frozen=True)

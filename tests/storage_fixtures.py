@@ -245,3 +245,11 @@ def build_scenario(store: Store, root: Path, images: int = 6, per_image: int = 3
     return Scenario(
         project.id, run.id, [r.id for r in regions], {c.slot: c.id for c in written}, slots, records
     )
+
+
+def square_region(image: str, index: int, area: int, side: int = 8, x0: int = 0) -> Region:
+    """A region of a given mask area (area 0: the whole-image placeholder MEBin leaves when it finds nothing)."""
+    crop = np.full((side, side, 3), 40 + index, dtype=np.uint8)
+    mask = np.zeros((side, side), dtype=np.uint8)
+    mask.reshape(-1)[:area] = 255
+    return Region(image, index, (x0, 0, x0 + side, side), crop, mask, int(area), 0.5)

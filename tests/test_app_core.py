@@ -14,7 +14,7 @@ from streamlit.testing.v1 import AppTest
 from core.demo import DemoConfig, generate_demo, gt_masks_to_maps
 from core.imageio import read_gray
 from storage import CANCELLED, DONE, RUNNING, open_workspace
-from webapp import jobs, state, widgets
+from webapp import figures, intake, jobs, uploads, widgets, workspace as workspace_module
 
 APP = str(Path(__file__).resolve().parents[1] / "webapp" / "app.py")
 MY_PAGES = ("views/home.py", "views/review.py", "views/discover.py")
@@ -26,9 +26,9 @@ TINY_DEMO = dict(image_size=64, n_train_good=4, n_test_good=2, n_per_class=3,
 def workspace(tmp_path, monkeypatch):
     """An empty workspace the app opens through STUDIO_WORKSPACE (tiny demo size)."""
     folder = tmp_path / "workspace"
-    monkeypatch.setenv(state.WORKSPACE_ENV, str(folder))
-    monkeypatch.delenv(state.DATABASE_ENV, raising=False)
-    monkeypatch.setenv(state.DEMO_SIZE_ENV, "tiny")
+    monkeypatch.setenv(workspace_module.WORKSPACE_ENV, str(folder))
+    monkeypatch.delenv(workspace_module.DATABASE_ENV, raising=False)
+    monkeypatch.setenv(intake.DEMO_SIZE_ENV, "tiny")
     store = open_workspace(folder)
     yield store
     store.close()
@@ -85,7 +85,7 @@ def test_one_click_demo_project_then_every_page_renders(workspace):
     at.button(key="demo_create_welcome").click().run()
     assert_clean(at)
     projects = workspace.list_projects()
-    assert [p.name for p in projects] == [state.DEMO_PROJECT_NAME]
+    assert [p.name for p in projects] == [intake.DEMO_PROJECT_NAME]
     assert len(workspace.list_images(projects[0].id, role="unlabeled")) == 11  # tiny demo: 3 x 3 + 2 good
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["To inspect"] == "11" and metrics["Normal"] == "6"
@@ -97,8 +97,8 @@ def test_one_click_demo_project_then_every_page_renders(workspace):
 
 def test_review_page_shows_maps_evidence_and_overrides_one_threshold(workspace, tmp_path):
     root = generate_demo(tmp_path / "demo", DemoConfig(**TINY_DEMO))
-    summary = state.summarize_dataset(root, make_maps(root, tmp_path / "maps"))
-    project = state.create_project(workspace, "gt maps", summary)
+    summary = intake.summarize_dataset(root, make_maps(root, tmp_path / "maps"))
+    project = intake.create_project(workspace, "gt maps", summary)
     at = open_page("views/review.py", project_id=project.id)
     assert at.radio(key="maps_source").value == "Import from a folder"  # the project has a maps folder
     assert at.text_input(key="maps_folder").value == str(tmp_path / "maps")
@@ -132,7 +132,7 @@ def test_review_page_shows_maps_evidence_and_overrides_one_threshold(workspace, 
 
 def test_discover_page_shows_live_progress_and_loss_and_a_finished_run(workspace, tmp_path):
     root = generate_demo(tmp_path / "demo", DemoConfig(**TINY_DEMO))
-    project = state.create_project(workspace, "p", state.summarize_dataset(root))
+    project = intake.create_project(workspace, "p", intake.summarize_dataset(root))
     run = workspace.start_run(project.id, jobs.DISCOVER, {"classes": 3, "epochs": 2}, status=RUNNING)
     history = [{"x": 0.5, "loss": 3.0, "rep": 2.0}, {"x": 1.0, "loss": 2.5, "rep": 1.8, "epoch_done": True}]
     workspace.update_progress(run.id, 0.4, "Training the mask-guided ViT", "epoch 2/2", loss_history=history)
@@ -156,14 +156,14 @@ def test_discover_page_shows_live_progress_and_loss_and_a_finished_run(workspace
 
 def test_start_button_launches_a_worker_process_and_cancel_stops_it(workspace, tmp_path):
     root = generate_demo(tmp_path / "demo", DemoConfig(**TINY_DEMO))
-    project = state.create_project(workspace, "p", state.summarize_dataset(root, make_maps(root, tmp_path / "maps")))
+    project = intake.create_project(workspace, "p", intake.summarize_dataset(root, make_maps(root, tmp_path / "maps")))
     at = open_page("views/discover.py", project_id=project.id)
     at.toggle(key="d_auto").set_value(False).run()
     at.number_input(key="d_classes").set_value(3)
     at.selectbox(key="d_backbone").set_value("vit_base_patch16_224.dino").run()
-    assert not any("learns little from a few hundred crops" in c.value for c in at.caption)
+    assert not any("finds rough groups, not clean defect classes" in c.value for c in at.caption)
     at.selectbox(key="d_backbone").set_value("vit_micro_scratch").run()
-    assert any("learns little from a few hundred crops" in c.value for c in at.caption)  # said up front
+    assert any("finds rough groups, not clean defect classes" in c.value for c in at.caption)  # said up front
     at.number_input(key="d_epochs").set_value(300)
     at.selectbox(key="d_device").set_value("cpu")
     at.button(key="d_start").click().run()
@@ -247,15 +247,15 @@ def test_extract_zip_refuses_links_and_oversized_archives(tmp_path):
         link.external_attr = (0o120777 << 16)
         archive.writestr(link, "/etc/passwd")
         archive.writestr("data\\..\\..\\win.png", b"z")
-    result = state.extract_zip(io.BytesIO(buffer.getvalue()), tmp_path / "out")
+    result = uploads.extract_zip(io.BytesIO(buffer.getvalue()), tmp_path / "out")
     reasons = dict(result.rejected)
     assert "symbolic link" in reasons["data/link.png"]
     assert "escapes" in reasons["data\\..\\..\\win.png"]
     assert result.extracted == 1 and result.root == (tmp_path / "out" / "data").resolve()
-    with pytest.raises(state.UploadError, match="unpacks to"):
-        state.extract_zip(io.BytesIO(buffer.getvalue()), tmp_path / "small", max_unpacked=2)
-    with pytest.raises(state.UploadError, match="not a readable ZIP"):
-        state.extract_zip(io.BytesIO(b"plain text"), tmp_path / "text")
+    with pytest.raises(uploads.UploadError, match="unpacks to"):
+        uploads.extract_zip(io.BytesIO(buffer.getvalue()), tmp_path / "small", max_unpacked=2)
+    with pytest.raises(uploads.UploadError, match="not a readable ZIP"):
+        uploads.extract_zip(io.BytesIO(b"plain text"), tmp_path / "text")
 
 
 def test_summary_names_what_is_missing(tmp_path):
@@ -265,7 +265,7 @@ def test_summary_names_what_is_missing(tmp_path):
     for path in sorted((root / "test").rglob("*.png"))[:4]:
         (folder / f"{path.parent.name}_{path.name}").write_bytes(path.read_bytes())
     (folder / "broken.png").write_bytes(b"not an image")
-    summary = state.summarize_dataset(folder)
+    summary = intake.summarize_dataset(folder)
     assert summary.layout == "folder" and summary.n_unlabeled == 4 and summary.n_normal == 0
     assert summary.detector_mode == "built-in detector (zero-shot)"
     text = " ".join(summary.missing)
@@ -289,26 +289,24 @@ def _page_constants(page: str) -> dict:
     return values
 
 
-def test_form_defaults_agree_with_core():
-    from core.mgvit import SCRATCH_BACKBONES
-    from core.pipeline import DiscoveryConfig
-    from core.train import SCRATCH_EPOCHS, TrainConfig
+def test_form_defaults_come_from_core_config():
+    """The Discover page copies no engine default: numbers come from core.config (torch-free)."""
+    import core.config as config
 
-    DISCOVER_CONSTANTS = _page_constants("views/discover.py")
-
-    assert set(SCRATCH_BACKBONES) <= set(DISCOVER_CONSTANTS["BACKBONES"])
-    assert DISCOVER_CONSTANTS["SCRATCH_EPOCHS"] == SCRATCH_EPOCHS
-    assert DISCOVER_CONSTANTS["DEFAULT_BATCH_SIZE"] == TrainConfig().batch_size
-    assert DISCOVER_CONSTANTS["DEFAULT_LR"] == TrainConfig().lr
-    assert DISCOVER_CONSTANTS["DEFAULT_ADAMW_LR"] == TrainConfig().adamw_lr
-    assert DISCOVER_CONSTANTS["DEFAULT_EPOCHS"] == TrainConfig().epochs
-    assert DISCOVER_CONSTANTS["DEFAULT_TAU"] == DiscoveryConfig().tau
-    assert DISCOVER_CONSTANTS["DEFAULT_SAMPLE_RATE"] == DiscoveryConfig().mebin.sample_rate
+    source = (Path(APP).parent / "views/discover.py").read_text(encoding="utf-8")
+    constants = _page_constants("views/discover.py")
+    assert not {k for k, v in constants.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    assert "from core.config import" in source
+    tree = ast.parse(source)
+    backbones = next(node.value for node in tree.body if isinstance(node, ast.Assign)
+                     and getattr(node.targets[0], "id", None) == "BACKBONES")
+    names = {key.value if isinstance(key, ast.Constant) else getattr(config, key.id) for key in backbones.keys}
+    assert set(config.SCRATCH_BACKBONES) | {config.REAL_USE_BACKBONE} <= names
 
 
 def test_formatting_and_loss_frame():
     assert widgets.format_duration(65) == "1 min 05 s" and widgets.format_duration(None) == "–"
     assert widgets.format_duration(7300) == "2 h 01 min"
-    frame = widgets.loss_frame([{"x": 1.0, "loss": 2.0, "total": 2.0, "rep": 1.5, "lr": 0.1, "epoch_done": True}])
+    frame = figures.loss_frame([{"x": 1.0, "loss": 2.0, "total": 2.0, "rep": 1.5, "lr": 0.1, "epoch_done": True}])
     assert sorted(frame["term"]) == ["rep", "total"]
-    assert widgets.loss_chart([]) is None
+    assert figures.loss_chart([]) is None

@@ -21,7 +21,7 @@ from streamlit.testing.v1 import AppTest
 from core.records import ROLE_NORMAL, ROLE_UNLABELED, ImageRecord, Region
 from core.imageio import write_image
 from storage import AssignmentInput, ClusterInput, Store, open_workspace
-from webapp import explore_state as ex
+from webapp import downloads, evaluation, figures, selection
 
 ROOT = Path(__file__).resolve().parents[1]
 VIEWS = ROOT / "webapp" / "views"
@@ -125,7 +125,7 @@ def texts(at: AppTest) -> str:
 
 def select_points(at: AppTest, region_ids: list[int]) -> None:
     """A box/lasso selection as the chart reports it: points carry [region id, confidence]."""
-    at.session_state[ex.CHART_KEY] = {"selection": {
+    at.session_state[selection.CHART_KEY] = {"selection": {
         "points": [{"curve_number": 0, "point_index": i, "customdata": [rid, 0.5]} for i, rid in enumerate(region_ids)],
         "point_indices": list(range(len(region_ids))), "box": [], "lasso": []}}
 
@@ -136,23 +136,23 @@ def select_points(at: AppTest, region_ids: list[int]) -> None:
 def test_selection_parsing_reads_region_ids_from_custom_data():
     state = {"selection": {"points": [{"customdata": [7, 0.9]}, {"customdata": [3, 0.1]}, {"customdata": [7, 0.9]},
                                       {"x": 1.0}], "point_indices": [], "box": [], "lasso": []}}
-    assert ex.region_ids_from_selection(state) == [7, 3]
-    assert ex.region_ids_from_selection(None) == []
-    assert ex.region_ids_from_selection({"selection": {"points": [{"customdata": 5}]}}) == [5]
+    assert selection.region_ids_from_selection(state) == [7, 3]
+    assert selection.region_ids_from_selection(None) == []
+    assert selection.region_ids_from_selection({"selection": {"points": [{"customdata": 5}]}}) == [5]
     # What a browser sends back for custom_data that was a numpy array (a typed array).
-    assert ex.region_ids_from_selection({"selection": {"points": [{"customdata": {"0": 9, "1": 0.4}}]}}) == [9]
+    assert selection.region_ids_from_selection({"selection": {"points": [{"customdata": {"0": 9, "1": 0.4}}]}}) == [9]
 
 
 def test_umap_figure_has_one_trace_per_cluster_with_region_ids(filled):
     points = filled.store.umap_points(filled.run_id)
     clusters = filled.store.list_clusters(filled.run_id)
-    figure = ex.umap_figure(points, clusters)
+    figure = figures.umap_figure(points, clusters)
     carried = sorted(int(row[0]) for trace in figure.data for row in trace.customdata)
     assert carried == sorted(filled.region_ids)
     assert len(figure.data) == 3  # three populated clusters; the empty normal slot has no trace
     filled.store.mark_regions_normal(filled.run_id, filled.region_ids[:2])
-    figure = ex.umap_figure(filled.store.umap_points(filled.run_id), clusters)
-    assert figure.data[-1].name.startswith(ex.NORMAL_TRACE)
+    figure = figures.umap_figure(filled.store.umap_points(filled.run_id), clusters)
+    assert figure.data[-1].name.startswith(figures.NORMAL_TRACE)
     assert sorted(int(r[0]) for r in figure.data[-1].customdata) == sorted(filled.region_ids[:2])
 
 
@@ -167,35 +167,35 @@ def test_explore_renders_and_selection_shows_the_selected_crops(filled):
     select_points(at, chosen)
     at.run()
     no_exception(at)
-    assert at.session_state[ex.SELECTION_KEY] == chosen
+    assert at.session_state[selection.SELECTION_KEY] == chosen
     assert any("Selection · 3 regions" in s.value for s in at.subheader), [s.value for s in at.subheader]
     assert gallery_ids(at) == chosen
     # The selection survives an edit (the figure changes, the chart starts empty).
     click(at, "Mark normal")
-    assert at.session_state[ex.SELECTION_KEY] == chosen
+    assert at.session_state[selection.SELECTION_KEY] == chosen
     assert gallery_ids(at) == chosen
 
 
 def test_gallery_pages_through_a_large_selection(tmp_path, monkeypatch):
-    big = fill_store(tmp_path, n_images=15)  # 30 regions: two gallery pages of 20
+    big = fill_store(tmp_path, n_images=12)  # 24 regions: two gallery pages of 12
     monkeypatch.setenv("STUDIO_WORKSPACE", str(big.store.workspace))
     st.cache_resource.clear()
-    at = page("explore", big, **{ex.SELECTION_KEY: big.region_ids}).run()
-    assert gallery_ids(at) == big.region_ids[:20]
+    at = page("explore", big, **{selection.SELECTION_KEY: big.region_ids}).run()
+    assert gallery_ids(at) == big.region_ids[:12]
     assert any("Page 1 of 2" in c.value for c in at.caption)
     click(at, "Next")
-    assert gallery_ids(at) == big.region_ids[20:]
+    assert gallery_ids(at) == big.region_ids[12:]
     click(at, "Previous")
-    assert gallery_ids(at) == big.region_ids[:20]
+    assert gallery_ids(at) == big.region_ids[:12]
 
 
 def test_select_a_cluster_shows_its_regions(filled):
     at = page("explore", filled).run()
     target = filled.cluster_ids[1]
     at.selectbox(key="explore_show_cluster").set_value(target)
-    click(at, "Select its regions")
+    click(at, "Select")
     expected_ids = [a.region.id for a in filled.store.cluster_regions(target, limit=1000).items]
-    assert sorted(at.session_state[ex.SELECTION_KEY]) == sorted(expected_ids)
+    assert sorted(at.session_state[selection.SELECTION_KEY]) == sorted(expected_ids)
     assert sorted(gallery_ids(at)) == sorted(expected_ids)
 
 
@@ -243,7 +243,7 @@ def test_split_move_and_mark_normal_change_the_database(filled):
     assert len(live) == 5 and store.get_cluster(a).region_count < 6
 
     moving = [r.region.id for r in store.cluster_regions(b, limit=2).items]
-    at.session_state[ex.SELECTION_KEY] = moving
+    at.session_state[selection.SELECTION_KEY] = moving
     at.run()
     at.selectbox(key="move_target").set_value(a)
     click(at, "Move")
@@ -294,13 +294,8 @@ def click(at: AppTest, label: str) -> None:
 
 
 def gallery_ids(at: AppTest) -> list[int]:
-    """Region ids in the gallery's image captions ("#<id> · <confidence>")."""
-    ids = []
-    for element in at.get("image"):
-        for img in element.proto.imgs:
-            if img.caption.startswith("#"):
-                ids.append(int(img.caption[1:].split(" ")[0]))
-    return ids
+    """Region ids of the gallery thumbnails, from their open buttons (key "open_<id>"), in order."""
+    return [int(b.key.removeprefix("open_")) for b in at.button if b.key and b.key.startswith("open_")]
 
 
 # ------------------------------------------------------------------------------ labels & runs
@@ -386,13 +381,13 @@ def test_evaluate_page_shows_metrics_and_confusion(filled):
     # Clusters equal the ground-truth classes exactly in the synthetic run.
     assert values["NMI"] == "1.000" and values["F1"] == "1.000"
     assert len(at.get("plotly_chart")) >= 2
-    result = ex.evaluate_run(filled.store, filled.run_id)
+    result = evaluation.evaluate_run(filled.store, filled.run_id)
     assert result["image"].n == 9 and result["region"].n == 18
     assert result["region"].confusion.to_numpy().sum() == 18
     # Moving regions across clusters lowers the region-level score.
     a, b = filled.cluster_ids[:2]
     filled.store.move_regions(filled.run_id, [r.region.id for r in filled.store.cluster_regions(a, limit=3).items], b)
-    assert ex.evaluate_run(filled.store, filled.run_id)["region"].metrics["f1"] < 1.0
+    assert evaluation.evaluate_run(filled.store, filled.run_id)["region"].metrics["f1"] < 1.0
 
 
 def test_evaluate_page_without_ground_truth_says_so(tmp_path, monkeypatch):
@@ -416,7 +411,7 @@ def test_export_bytes_match_the_database(filled):
     store = filled.store
     store.rename_cluster(filled.cluster_ids[0], "=HYPERLINK(1)")
     store.mark_regions_normal(filled.run_id, filled.region_ids[-1:])
-    regions = pd.read_csv(io.BytesIO(ex.regions_csv_bytes(store, filled.run_id)))
+    regions = pd.read_csv(io.BytesIO(downloads.regions_csv_bytes(store, filled.run_id)))
     assigned = {a.region.id: a for a in store.run_assignments(filled.run_id)}
     assert sorted(regions["region_id"]) == sorted(assigned)
     for row in regions.itertuples(index=False):
@@ -427,14 +422,14 @@ def test_export_bytes_match_the_database(filled):
     assert set(regions.loc[regions["cluster_id"] == filled.cluster_ids[0], "class_name"]) <= {"'=HYPERLINK(1)", "normal"}
     assert regions.loc[regions["region_id"] == filled.region_ids[-1], "class_name"].item() == "normal"
     chosen = filled.region_ids[:3]
-    part = pd.read_csv(io.BytesIO(ex.regions_csv_bytes(store, filled.run_id, chosen)))
+    part = pd.read_csv(io.BytesIO(downloads.regions_csv_bytes(store, filled.run_id, chosen)))
     assert sorted(part["region_id"]) == sorted(chosen)
-    images = pd.read_csv(io.BytesIO(ex.images_csv_bytes(store, filled.run_id, chosen)))
+    images = pd.read_csv(io.BytesIO(downloads.images_csv_bytes(store, filled.run_id, chosen)))
     assert set(images["image"]) == {assigned[r].region.image for r in chosen}
-    with zipfile.ZipFile(io.BytesIO(ex.crops_zip_bytes(store, filled.run_id))) as archive:
+    with zipfile.ZipFile(io.BytesIO(downloads.crops_zip_bytes(store, filled.run_id))) as archive:
         crops = [n for n in archive.namelist() if n.endswith(".png")]
         assert len(crops) == len(assigned) - 1  # the region marked normal is left out
-    coco = json.loads(ex.coco_json_bytes(store, filled.run_id))
+    coco = json.loads(downloads.coco_json_bytes(store, filled.run_id))
     assert len(coco["annotations"]) == len(assigned) - 1
 
 
@@ -444,7 +439,7 @@ def test_export_page_offers_everything_or_the_selection(filled):
     assert at.title[0].value == "Export"
     values = {m.label: m.value for m in at.metric}
     assert values["Regions"] == str(len(filled.region_ids))
-    at = page("export", filled, **{ex.SELECTION_KEY: filled.region_ids[:4]}).run()
+    at = page("export", filled, **{selection.SELECTION_KEY: filled.region_ids[:4]}).run()
     at.radio(key="export_scope").set_value(1).run()
     no_exception(at)
     values = {m.label: m.value for m in at.metric}

@@ -12,9 +12,9 @@ from core.dataset import load_dataset
 from core.demo import generate_demo
 from core.detection import DetectorConfig, detect
 from core.detection.patchcore import PatchCore
-from core.detection.progress import LineProgress, OverallProgress
+from core.detection.progress import LineProgress
 from core.detection.separation import holdout_indices, separation_report
-from core.hard_demo import generate_hard_demo, render_hard_sample, HardDemoConfig
+from core.hard_demo import HardDemoConfig, generate_hard_demo, render_hard_sample
 
 CPU = torch.device("cpu")
 
@@ -46,13 +46,6 @@ def test_bounded_coreset_keeps_the_full_greedy_auroc(small_demo):
     assert 0.1 * patches > 1_000 and patches > 8_000  # the caps bind: the full coreset holds 1920 patches
     assert abs(full_auroc["image_auroc"] - bounded_auroc["image_auroc"]) <= 0.01
     assert abs(full_auroc["pixel_auroc"] - bounded_auroc["pixel_auroc"]) <= 0.01
-
-
-def test_overall_progress_never_goes_back():
-    overall = OverallProgress()
-    values = [overall(stage, done, 10) for stage in ("hashing images", "fit: features of normal images",
-                                                      "fit: coreset", "predict: anomaly maps") for done in range(11)]
-    assert values == sorted(values) and values[-1] <= 1.0 and values[-1] > 0.6
 
 
 def test_line_progress_writes_few_lines():

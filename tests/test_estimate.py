@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from core.estimate import EstimateConfig, estimate_num_classes
+from core.config import EstimateConfig
+from core.estimate import estimate_num_classes
 
 
 def _blobs(k, per=20, dim=12, noise=0.05, seed=0):
@@ -18,9 +19,10 @@ def test_sweep_finds_the_number_of_blobs(k):
     assert estimate.k == k
     ks = [int(row["k"]) for row in estimate.table]
     assert ks == list(range(2, 9))
-    best = max(estimate.table, key=lambda r: r["silhouette"])
+    best = max(estimate.table, key=lambda r: r["support"])
     assert int(best["k"]) == k
     assert f"k={k:3d}" in estimate.describe()
+    assert estimate.confidence > 0.5 and estimate.sureness in ("sure", "fairly sure")
 
 
 def test_low_score_regions_are_left_out():
@@ -31,10 +33,18 @@ def test_low_score_regions_are_left_out():
     assert estimate.k == 3
 
 
-def test_too_few_regions_give_one_class_with_a_note():
+def test_too_few_regions_never_fail_and_say_they_are_unsure():
     estimate = estimate_num_classes(np.ones((5, 4)))
-    assert estimate.k == 1 and "distinct" in estimate.note
-    assert estimate_num_classes(np.eye(2, 4)).k == 1
+    assert estimate.k == 2 and "distinct" in estimate.note and estimate.confidence == 0.0
+    assert "unsure" in estimate.describe()
+    assert estimate_num_classes(np.eye(2, 4)).k == 2
+
+
+def test_structureless_data_is_unsure():
+    noise = np.random.default_rng(3).normal(size=(120, 6))
+    estimate = estimate_num_classes(noise, EstimateConfig(k_max=8, n_init=3))
+    assert 2 <= estimate.k <= 8
+    assert estimate.confidence < 0.6 and "fit almost as well" in estimate.summary()
 
 
 def test_k_max_is_clamped_to_the_samples():

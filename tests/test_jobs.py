@@ -10,10 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from core.config import DiscoveryConfig
 from core.demo import DemoConfig, generate_demo, gt_masks_to_maps
 from core.imageio import read_gray
 from storage import CANCELLED, DONE, FAILED, RUNNING, open_workspace
-from webapp import jobs, state, worker
+from webapp import intake, jobs, worker
 
 TINY_DEMO = dict(image_size=64, n_train_good=4, n_test_good=2, n_per_class=3,
                  defect_types=("scratch", "hole", "stain"))
@@ -38,7 +39,7 @@ def project(tmp_path):
     root = generate_demo(tmp_path / "demo", DemoConfig(**TINY_DEMO))
     make_maps(root, tmp_path / "maps")
     store = open_workspace(tmp_path / "workspace")
-    info = state.create_project(store, "tiny", state.summarize_dataset(root, tmp_path / "maps"))
+    info = intake.create_project(store, "tiny", intake.summarize_dataset(root, tmp_path / "maps"))
     yield store, info
     store.close()
 
@@ -115,7 +116,7 @@ def test_a_killed_worker_leaves_the_run_failed_after_recovery(project):
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
     assert store.get_run(run.id).status == RUNNING  # nothing recorded the death yet
-    assert store.recover_stale_runs() == [run.id]
+    assert store.recover_stale_runs(process_alive=jobs.pid_alive) == [run.id]
     run = store.get_run(run.id)
     assert run.status == FAILED and run.message
 
@@ -179,7 +180,7 @@ def test_a_queued_run_that_no_worker_took_is_failed(project):
 
 
 def test_run_settings_become_the_pipeline_config():
-    config = worker.discovery_config({
+    config = DiscoveryConfig.from_settings({
         "classes": "auto", "backbone": "vit_micro_scratch", "epochs": 3, "batch_size": 16, "lr": 0.01,
         "tau": 50.0, "seed": 7, "device": "cpu", "image_size": 48, "guided": False, "binarizer": "otsu",
         "mebin_sample_rate": 8, "mebin_min_interval_len": 3, "detector_method": "zero-shot",
@@ -190,4 +191,4 @@ def test_run_settings_become_the_pipeline_config():
     assert config.train.lr == 0.01 and config.train.adamw_lr == 0.01
     assert (config.mebin.sample_rate, config.mebin.min_interval_len) == (8, 3)
     assert config.binarizer == "otsu" and config.detector.method == "zero-shot"
-    assert worker.discovery_config({"classes": 4}).classes == 4
+    assert DiscoveryConfig.from_settings({"classes": 4}).classes == 4

@@ -9,8 +9,8 @@ import cv2
 import numpy as np
 import pytest
 
+from core.config import MEBinConfig
 from core.mebin import (
-    MEBinConfig,
     _level_counts,
     _stable_interval_kernel,
     binarize,

@@ -5,20 +5,17 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from core.dataset import load_dataset
+from core.config import DiscoveryConfig, MGViTConfig, TrainConfig
+from core.dataset import DatasetError, load_dataset, load_labeled_crops
 from core.demo import generate_demo, gt_masks_to_maps
 from core.imageio import read_gray
-from core.mgvit import MGViTConfig
 from core.pipeline import (
     STAGES,
     DiscoveryCancelled,
-    DiscoveryConfig,
     PipelineError,
-    load_labeled_crops,
     run_discovery,
 )
 from core.predict import NORMAL_CLASS_NAME
-from core.train import TrainConfig
 
 TINY = DiscoveryConfig(
     model=MGViTConfig(backbone="vit_micro_scratch"),
@@ -53,7 +50,7 @@ def test_tiny_discovery_outputs_are_consistent(tiny_set, tiny_result):
     keys = {r.relpath for r in manifest.unlabeled}
     assert [i.image for i in result.images] == [r.relpath for r in manifest.unlabeled]
     assert result.cluster_names == [NORMAL_CLASS_NAME, "class 1", "class 2", "class 3"]
-    assert result.normal_cluster == 0 and result.n_classes == 3
+    assert result.normal_cluster == 0 and result.n_novel == 3
     assert {r.image for r in result.regions} <= keys
     n_regions = {key: sum(r.image == key for r in result.regions) for key in keys}
     for image in result.images:
@@ -145,12 +142,12 @@ def test_cancel_before_training_stops_the_run(tiny_set):
 
 
 def test_otsu_binarizer_runs_the_same_stages(tiny_set):
-    from core.pipeline import _otsu
+    from core.mebin import binarize_otsu
 
     mask_map = np.zeros((32, 32), np.uint8)
     mask_map[4:14, 4:14] = 200
     mask_map[20:30, 20:30] = 180
-    (result,) = _otsu([mask_map])
+    (result,) = binarize_otsu([mask_map])
     assert result.num_anomalies == 2 and 0 <= result.threshold < 180
     assert result.mask[8, 8] == 255 and result.mask[0, 0] == 0
 
@@ -166,7 +163,7 @@ def test_labeled_set_loads_classes_and_masks(tmp_path):
     assert labeled.base_classes == ["dent", "scuff"]
     assert labeled.labels.tolist() == [0, 1]
     assert labeled.masks[0].sum() == 16 * 255 and labeled.masks[1].min() == 255
-    with pytest.raises(PipelineError, match="does not exist"):
+    with pytest.raises(DatasetError, match="does not exist"):
         load_labeled_crops(tmp_path / "nope")
 
 
@@ -176,7 +173,7 @@ def test_auto_classes_reports_its_evidence(tiny_set):
     result = run_discovery(manifest, replace(TINY, classes=None), maps=maps)
     estimate = result.estimate
     assert estimate is not None and estimate.table
-    assert result.n_classes == estimate.k >= 2
+    assert result.n_novel == estimate.k >= 2
     assert len(result.cluster_names) == estimate.k + 1
     assert estimate.n_samples == sum(r.region.area > 0 for r in result.regions)
 

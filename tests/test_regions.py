@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
 
-from core.regions import RegionConfig, crop_boxes, extract_regions
+from core.config import RegionConfig
+from core.regions import crop_boxes, extract_regions
 
 
 def _mask(shape, *rects):
@@ -68,3 +69,56 @@ def test_extract_regions_crops_area_and_score():
     assert region.area == 100  # the 5x5 blob at half size is 10x10 at image size
     assert region.score == pytest.approx(0.8)
     assert region.key == "a.png#0"
+
+
+# ------------------------------------------------------------- per-component extraction
+
+COMPONENTS = RegionConfig(extraction="components")
+
+
+def _components_map() -> np.ndarray:
+    """200 x 200 map: a strong blob, a weaker one, a 1-px thin line and faint noise."""
+    array = np.zeros((200, 200), np.uint8)
+    array[20:40, 20:40] = 240  # main element
+    array[120:135, 30:45] = 150  # weaker defect, below a threshold of 200
+    array[60, 100:160] = 220  # thin line: erosion would remove it
+    array[180:184, 180:184] = 40  # faint speck: under the relative-peak rule
+    return array
+
+
+def test_components_give_every_defect_its_own_region_without_erosion():
+    array = _components_map()
+    regions = extract_regions("a.png", np.zeros((200, 200, 3), np.uint8), array.astype(np.float32), np.zeros_like(array),
+                              1, COMPONENTS, map_u8=array, threshold=200)
+    assert len(regions) == 3
+    boxes = [r.box for r in regions]
+    assert [r.area for r in regions] == [400, 60, 225]  # strongest peak first; the line keeps all its pixels
+    side = [b[2] - b[0] for b in boxes]
+    assert side[0] == 30  # crop follows the component: 20 * (1 + 0.5)
+    assert side[1] == 90  # the 60 px line: 60 * 1.5
+    assert side[2] == 24  # 15 px blob: at least min_side
+    for region in regions:  # each mask holds only its own component
+        x0, y0, x1, y1 = region.box
+        assert ((region.mask_crop > 0) <= (array[y0:y1, x0:x1] > 100)).all()
+
+
+def test_components_without_a_stable_threshold_still_find_the_defect():
+    array = _components_map()
+    regions = extract_regions("a.png", np.zeros((200, 200, 3), np.uint8), array.astype(np.float32), np.zeros_like(array),
+                              0, COMPONENTS, map_u8=array, threshold=255)
+    assert len(regions) >= 1 and regions[0].area == 400
+
+
+def test_components_on_an_empty_map_give_the_whole_image():
+    array = np.zeros((50, 60), np.uint8)
+    (region,) = extract_regions("a.png", np.zeros((50, 60, 3), np.uint8), array.astype(np.float32), array, 0,
+                                COMPONENTS, map_u8=array, threshold=255)
+    assert region.box == (0, 0, 60, 50) and region.area == 0
+
+
+def test_components_need_the_map_and_threshold_and_check_settings():
+    array = _components_map()
+    with pytest.raises(ValueError, match="needs the uint8 map"):
+        extract_regions("a.png", np.zeros((200, 200, 3), np.uint8), array.astype(np.float32), array, 1, COMPONENTS)
+    with pytest.raises(ValueError, match="extraction must be one of"):
+        RegionConfig(extraction="everything")

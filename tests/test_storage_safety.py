@@ -19,6 +19,7 @@ from storage import db
 from storage import models as m
 from storage.api import Store, open_workspace
 from storage.records import EditConflict
+from webapp.jobs import pid_alive
 from storage_fixtures import build_scenario, database_url, postgres_admin_url, store  # noqa: F401
 
 REPO = Path(__file__).resolve().parents[1]
@@ -27,10 +28,11 @@ CHILD = r"""
 import sys, time
 from pathlib import Path
 import storage.api as api
+import storage.workspace as workspace_module
 from storage.records import AssignmentInput, ClusterInput
 
 workspace, url, run_id, marker = sys.argv[1], sys.argv[2], int(sys.argv[3]), Path(sys.argv[4])
-api.INSERT_CHUNK = 5  # several INSERT batches inside the one transaction
+workspace_module.INSERT_CHUNK = 5  # several INSERT batches inside the one transaction
 store = api.open_workspace(workspace, url, migrate=False)
 store.mark_running(run_id)
 store.update_progress(run_id, 0.9, "write results")
@@ -71,17 +73,17 @@ def test_killed_run_is_failed_and_leaves_no_half_written_result(store: Store, tm
         # Mid-transaction: the other process's rows are not visible to anyone else.
         assert store.get_run(run.id).status == "running"
         assert _assignment_rows(store, run.id) == 0 and store.list_clusters(run.id) == []
-        assert store.recover_stale_runs() == []  # its process is alive: not stale
+        assert store.recover_stale_runs(process_alive=pid_alive) == []  # its process is alive: not stale
     finally:
         child.kill()
         child.wait(timeout=30)
-    recovered = store.recover_stale_runs()
+    recovered = store.recover_stale_runs(process_alive=pid_alive)
     assert recovered == [run.id]
     failed = store.get_run(run.id)
     assert failed.status == "failed" and f"pid {failed.pid}" in failed.message and "write results" in failed.message
     assert failed.finished_at is not None
     assert _assignment_rows(store, run.id) == 0 and store.list_clusters(run.id) == []
-    assert store.recover_stale_runs() == []  # idempotent
+    assert store.recover_stale_runs(process_alive=pid_alive) == []  # idempotent
     # The earlier finished run is untouched and the database stays writable.
     assert store.get_run(scenario.run_id).status == "done"
     assert store.rename_cluster(scenario.clusters[1], "after the crash").name == "after the crash"
@@ -100,7 +102,7 @@ def test_recover_stale_runs_by_heartbeat_and_cancel(store: Store, tmp_path: Path
         connection.execute(sa.update(m.Run).where(m.Run.id == remote.id).values(host="other-host", heartbeat_at=old))
         connection.execute(sa.update(m.Run).where(m.Run.id == fresh_remote.id).values(host="other-host"))
         connection.execute(sa.update(m.Run).where(m.Run.id == cancelled.id).values(pid=2**22 + 12345))  # no such pid
-    assert sorted(store.recover_stale_runs(stale_after_s=60)) == sorted([remote.id, cancelled.id])
+    assert sorted(store.recover_stale_runs(stale_after_s=60, process_alive=pid_alive)) == sorted([remote.id, cancelled.id])
     assert store.get_run(remote.id).status == "failed" and "no progress report" in store.get_run(remote.id).message
     assert store.get_run(cancelled.id).status == "cancelled"
     for run in (alive, queued, fresh_remote):
@@ -210,7 +212,7 @@ def test_migrations_create_exactly_the_models(database_url: str) -> None:
     engine = db.create_studio_engine(database_url)
     assert db.current_revision(engine) is None
     db.upgrade(engine)
-    assert db.current_revision(engine) == db.head_revision() == "0002"
+    assert db.current_revision(engine) == db.head_revision() == "0004"
     with engine.connect() as connection:
         context = MigrationContext.configure(connection, opts={"compare_type": True})
         assert compare_metadata(context, m.Base.metadata) == []

@@ -6,12 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from core.mgvit import MGViTConfig
+from core.config import MGViTConfig, TrainConfig
+from core.inference import infer
 from core.train import (
-    TrainConfig,
     TrainingData,
     TrainProgress,
-    infer,
     load_checkpoint,
     save_checkpoint,
     train,
@@ -54,7 +53,7 @@ def test_same_seed_gives_identical_weights_and_another_seed_does_not() -> None:
     data = toy_data()
     first = train(data, 3, MODEL, TINY, "cpu")
     second = train(data, 3, MODEL, TINY, "cpu")
-    other = train(data, 3, MODEL, TrainConfig(**{**TINY.__dict__, "seed": 1}), "cpu")
+    other = train(data, 3, MODEL, TINY, "cpu", seed=1)
     assert _same(_weights(first.model), _weights(second.model))
     assert not _same(_weights(first.model), _weights(other.model))
     assert first.epochs_done == 1 and not first.cancelled
@@ -138,7 +137,8 @@ def test_bad_training_data_is_rejected() -> None:
 
 # ---------------------------------------------------------------- augmentation
 
-from core.augment import AugmentConfig, augment_views, center_views, prepare_crops  # noqa: E402
+from core.augment import augment_views, center_views, prepare_crops  # noqa: E402
+from core.config import AugmentConfig  # noqa: E402
 
 GEOMETRY_ONLY = AugmentConfig(jitter_prob=0.0, sharpness_prob=0.0, blur_prob=0.0, posterize_prob=0.0)
 

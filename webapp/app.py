@@ -16,7 +16,8 @@ if str(ROOT) not in sys.path:
 
 import streamlit as st  # noqa: E402
 
-from webapp.state import get_store  # noqa: E402
+from webapp.navigation import restore_from_url  # noqa: E402
+from webapp.workspace import get_store  # noqa: E402
 
 VIEWS = Path(__file__).resolve().parent / "views"
 
@@ -46,6 +47,7 @@ def main() -> None:
     st.set_page_config(page_title="Defect Discovery Studio", page_icon=":material/biotech:", layout="wide")
     navigation = st.navigation(build_navigation())
     get_store()  # opens the workspace (and marks runs whose worker died as failed) once
+    restore_from_url()  # a reload or a shared link shows the project and run of its URL
     navigation.run()
 
 

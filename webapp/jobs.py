@@ -18,7 +18,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from storage import CANCELLED, DONE, FAILED, QUEUED, RUNNING, RunInfo, Store
+from storage import CANCELLED, DONE, FAILED, QUEUED, RUNNING, RunInfo, StorageError, Store
 
 #: Kinds of job the worker runs.
 DISCOVER, DETECT = "discover", "detect"
@@ -53,6 +53,22 @@ def worker_environment(store: Store) -> dict[str, str]:
     return env
 
 
+def pid_alive(pid: int) -> bool:
+    """Whether a process of this host still runs; a zombie (killed, not yet reaped) counts as gone."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, under another user
+        return True
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as handle:
+            state = handle.read().rsplit(")", 1)[1].split()[0]
+        return state not in ("Z", "X")
+    except (OSError, IndexError):  # no /proc (macOS) or an unreadable line: kill(0) said it exists
+        return True
+
+
 def _describe_exit(code: int) -> str:
     if code < 0:
         try:
@@ -75,8 +91,10 @@ def watch_worker(store: Store, run_id: int, process: subprocess.Popen) -> None:
             lines = [line for line in read_log_tail(store, run, 2000).splitlines() if line.strip()]
             last = f": {lines[-1].strip()}" if lines else ""
             store.fail_run(run_id, f"the worker process ended unexpectedly ({_describe_exit(code)}){last}")
-    except Exception:  # noqa: BLE001 - a watcher thread must never take the app down
-        pass
+    except (StorageError, OSError) as error:
+        # Said, not swallowed: the run stays active until recover() finds its dead pid. Any other
+        # error ends this daemon thread through threading.excepthook (printed), not the app.
+        print(f"run {run_id}: could not record the worker's end ({_describe_exit(code)}): {error}", file=sys.stderr)
 
 
 def launch_worker(store: Store, run: RunInfo, *, watch: bool = True) -> subprocess.Popen:
@@ -153,7 +171,7 @@ def fail_abandoned(store: Store, older_than_s: float = ABANDONED_AFTER_S) -> lis
 
 def recover(store: Store) -> list[int]:
     """Fail runs whose worker died or never started (called on app start and by stalled monitors)."""
-    return sorted(store.recover_stale_runs() + fail_abandoned(store))
+    return sorted(store.recover_stale_runs(process_alive=pid_alive) + fail_abandoned(store))
 
 
 def wait_for(store: Store, run_id: int, timeout: float = 300.0, poll: float = 0.25,

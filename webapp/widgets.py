@@ -9,7 +9,6 @@ from datetime import datetime, timezone
 from typing import Any
 
 import pandas as pd
-import plotly.graph_objects as go
 import streamlit as st
 
 from storage import CANCELLED, DONE, FAILED, QUEUED, RUNNING, RunInfo
@@ -74,16 +73,63 @@ def run_elapsed(run: RunInfo, now: datetime | None = None) -> float | None:
 
 
 def run_remaining(run: RunInfo, now: datetime | None = None) -> float | None:
-    """Linear estimate of the seconds left from progress and elapsed time (None when too early)."""
+    """Seconds left: the worker's estimate from the bar's measured speed, run down since it was
+    written; before the worker has one, a linear estimate; None while too early to say."""
     if run.status != RUNNING:
         return 0.0 if run.status == DONE else None
+    measured = (run.timings or {}).get("remaining_s")
+    written = as_utc(run.heartbeat_at)
+    if isinstance(measured, (int, float)) and written is not None:
+        since = ((as_utc(now) or datetime.now(timezone.utc)) - written).total_seconds()
+        return max(0.0, float(measured) - max(0.0, since))
     elapsed = run_elapsed(run, now)
     if elapsed is None or run.progress < 0.03 or elapsed < 2:
         return None
     return elapsed * (1.0 - run.progress) / run.progress
 
 
-# ------------------------------------------------------------------------------ building blocks
+def classes_text(run: RunInfo) -> str:
+    """'5', or 'auto → 3' once an estimated run recorded what it chose."""
+    classes = run.settings.get("classes", "auto")
+    estimate = (run.metrics or {}).get("class_estimate") or {}
+    if str(classes) == "auto" and estimate.get("n_classes", estimate.get("k")) is not None:
+        return f"auto → {estimate.get('n_classes', estimate.get('k'))}"
+    return str(classes)
+
+
+def confidence_words(estimate: dict[str, Any]) -> str | None:
+    """How sure a recorded estimate is, in words: core's word with its number ('fairly sure (0.42)')."""
+    confidence = estimate.get("confidence")
+    word = estimate.get("sureness")
+    if isinstance(confidence, (int, float)):
+        word = word or ("sure" if confidence >= 0.6 else "fairly sure" if confidence >= 0.3 else "unsure")
+        return f"{word} ({confidence:.2f})"
+    return word if isinstance(word, str) else None
+
+
+def class_estimate_note(run: RunInfo) -> None:
+    """For a run with K = auto: which K it chose, how sure the estimate is, and the evidence."""
+    estimate = (run.metrics or {}).get("class_estimate")
+    if not isinstance(estimate, dict) or estimate.get("k") is None:
+        return
+    k = estimate.get("n_classes", estimate["k"])
+    sure = confidence_words(estimate)
+    text = f"**K = {k}** new classes, chosen automatically" + (f" · {sure}" if sure else "")
+    if k != estimate["k"]:
+        text += f" (the estimate counted {estimate['k']} classes, the named ones included)"
+    if sure and sure.startswith("unsure"):
+        text += (". The crops do not separate clearly: if you know how many defect types to expect, set K "
+                 "yourself and compare the runs on Labels & runs.")
+    st.markdown(":material/functions: " + escape_markdown_keep_bold(text))
+    details = estimate.get("description") or estimate.get("summary") or estimate.get("note")
+    if details:
+        with st.expander("How K was estimated"):
+            st.code(str(details), language=None)
+
+
+def escape_markdown_keep_bold(text: str) -> str:
+    """Our own text with ** bold kept; anything else markdown would read is escaped."""
+    return "**".join(_escape_markdown(part) for part in text.split("**"))
 
 
 def empty_state(title: str, body: str, icon: str = ":material/inbox:") -> None:
@@ -158,11 +204,6 @@ def progress_panel(run: RunInfo) -> None:
         st.warning("The run was cancelled.", icon=":material/cancel:")
 
 
-#: Keys of a loss-history entry that are not loss values.
-NOT_LOSSES = frozenset({"x", "epoch", "step", "steps", "epochs", "lr", "elapsed_s", "seconds", "teacher_temp",
-                        "epoch_done", "steps_per_epoch"})
-
-
 def run_summary(run: RunInfo) -> None:
     """A finished run in two lines: status, when, how long; then its message or error."""
     when = format_time(run.finished_at or run.created_at)
@@ -177,43 +218,6 @@ def run_summary(run: RunInfo) -> None:
                    icon=":material/cancel:")
     elif run.message:
         st.markdown(escape_markdown(run.message))
-
-
-def loss_frame(loss_history: Sequence[Any]) -> pd.DataFrame:
-    """Loss history (dicts with 'loss' and optional 'epoch', 'step', term losses) -> long frame."""
-    rows = []
-    for index, entry in enumerate(loss_history or []):
-        if isinstance(entry, (int, float)):
-            entry = {"loss": float(entry)}
-        if not isinstance(entry, dict):
-            continue
-        x = entry.get("x", entry.get("epoch", index))
-        for key, value in entry.items():
-            if key in NOT_LOSSES or isinstance(value, bool) or not isinstance(value, (int, float)):
-                continue
-            if key == "total" and "loss" in entry:
-                continue
-            rows.append({"x": float(x), "term": "total" if key == "loss" else key, "value": float(value)})
-    return pd.DataFrame(rows, columns=["x", "term", "value"])
-
-
-def loss_chart(loss_history: Sequence[Any], title: str = "Training loss") -> go.Figure | None:
-    """Line chart of the total loss (bold) and its terms over epochs; None without data."""
-    frame = loss_frame(loss_history)
-    if frame.empty:
-        return None
-    figure = go.Figure()
-    for term, part in frame.groupby("term", sort=False):
-        figure.add_trace(go.Scatter(
-            # markers while there are few points: a one-epoch run would otherwise draw nothing
-            x=part["x"], y=part["value"], mode="lines" if len(part) >= 30 else "lines+markers", name=str(term),
-            line=dict(width=3 if term == "total" else 1.5),
-            visible=True if term == "total" else "legendonly",
-        ))
-    layout = dict(CHART_LAYOUT, legend=dict(orientation="h", yanchor="top", y=-0.22, x=0),
-                  margin=dict(l=10, r=10, t=36, b=60), height=300)
-    figure.update_layout(**layout, title=title, xaxis_title="epoch", yaxis_title="loss")
-    return figure
 
 
 def page_link(page: str, label: str, icon: str | None = None) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from core.cli import UserError
+from core.errors import UserError
 from core.imageio import ImageReadError, read_image, write_image
 from core.maps import MAP_EXTENSIONS, normalize_global, read_map_file
 
@@ -80,7 +80,8 @@ def _load_with_images(maps_dir: Path, images_dir: Path) -> tuple[dict[str, np.nd
 
 def run(args: argparse.Namespace) -> int:
     from core.mebin import binarize
-    from core.regions import RegionConfig, extract_regions
+    from core.config import RegionConfig
+    from core.regions import extract_regions
 
     started = time.perf_counter()
     if args.images is not None:

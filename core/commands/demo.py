@@ -6,7 +6,7 @@ import argparse
 import time
 from pathlib import Path
 
-from core.cli import UserError
+from core.errors import UserError
 
 HELP = "write the synthetic demo data set (MVTec layout)"
 

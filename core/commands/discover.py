@@ -19,7 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from core.cli import UserError
+from core.config import BINARIZERS, SCRATCH_EPOCHS, DetectorConfig, DiscoveryConfig, TrainConfig
+from core.detection.config import METHODS
+from core.errors import UserError
 
 HELP = "run the whole pipeline: maps -> MEBin -> regions -> MGViT -> classes"
 
@@ -40,19 +42,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--maps", type=Path, help="folder of anomaly maps from any detector (default: built-in detector)")
     parser.add_argument("--classes", type=_classes, default=None, metavar="K|auto",
                         help="number of defect classes to discover (normal slot on top) [auto]")
-    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps [auto]")
+    parser.add_argument("--device", default=DiscoveryConfig.device, help="auto | cpu | cuda | cuda:N | mps [auto]")
     parser.add_argument("--backbone", default=None,
                         help="ViT backbone: vit_tiny_scratch (offline default), vit_micro_scratch, or a timm name "
                              "such as vit_base_patch16_224.dino (real use)")
     parser.add_argument("--weights", type=Path, help="local weight file for the backbone (timm or DINO layout)")
     parser.add_argument("--pretrained", action="store_true", help="load timm's pretrained weights for a timm backbone")
-    parser.add_argument("--epochs", type=int, help="training epochs [30 scratch backbone, 50 pretrained]")
-    parser.add_argument("--batch-size", type=int, default=None, help="training batch size [32]")
-    parser.add_argument("--seed", type=int, default=0, help="random seed [0]")
-    parser.add_argument("--detector", choices=("patchcore", "zero-shot"), default="patchcore",
-                        help="built-in detector when --maps is not given (zero-shot when no normal images) [patchcore]")
-    parser.add_argument("--binarizer", choices=("mebin", "otsu"), default="mebin", help="how maps become masks [mebin]")
-    parser.add_argument("--tau", type=float, default=100.0, help="area-weighted fusion temperature [100]")
+    parser.add_argument("--epochs", type=int,
+                        help=f"training epochs [{SCRATCH_EPOCHS} scratch backbone, {TrainConfig.epochs} pretrained]")
+    parser.add_argument("--batch-size", type=int, default=None, help=f"training batch size [{TrainConfig.batch_size}]")
+    parser.add_argument("--seed", type=int, default=DiscoveryConfig.seed, help=f"random seed [{DiscoveryConfig.seed}]")
+    parser.add_argument("--detector", choices=METHODS, default=DetectorConfig.method,
+                        help="built-in detector when --maps is not given (zero-shot when no normal images) "
+                             f"[{DetectorConfig.method}]")
+    parser.add_argument("--binarizer", choices=BINARIZERS, default=DiscoveryConfig.binarizer,
+                        help=f"how maps become masks [{DiscoveryConfig.binarizer}]")
+    parser.add_argument("--tau", type=float, default=DiscoveryConfig.tau,
+                        help=f"area-weighted fusion temperature [{DiscoveryConfig.tau:g}]")
     parser.add_argument("--unguided", action="store_true", help="plain attention instead of mask-guided (ablation)")
     parser.add_argument("--labels", type=Path,
                         help="imported labeled set: a folder per class of crops (optional <crop>_mask.png)")
@@ -100,36 +106,23 @@ def _region_labels(path: Path) -> dict[str, str]:
         return {row["region"]: row["class"] for row in reader if row["region"] and row["class"]}
 
 
-def _config(args: argparse.Namespace) -> Any:
-    from core.detection.config import DetectorConfig
-    from core.mgvit import MGViTConfig, is_scratch
-    from core.pipeline import DiscoveryConfig
-    from core.train import SCRATCH_EPOCHS, TrainConfig
-
-    model = MGViTConfig()
-    if args.backbone:
-        model = replace(model, backbone=args.backbone)
-    if args.weights is not None:
-        if not args.weights.is_file():
-            raise UserError(f"{args.weights}: weight file does not exist")
-        model = replace(model, weights=args.weights)
-    if args.pretrained:
-        model = replace(model, pretrained=True)
-    epochs = args.epochs if args.epochs is not None else (SCRATCH_EPOCHS if is_scratch(model) else TrainConfig.epochs)
-    if epochs < 1:
-        raise UserError(f"--epochs must be at least 1, got {epochs}")
-    train = replace(TrainConfig(), epochs=epochs, seed=args.seed, guided=not args.unguided)
-    if args.batch_size is not None:
-        if args.batch_size < 2:
-            raise UserError(f"--batch-size must be at least 2, got {args.batch_size}")
-        train = replace(train, batch_size=args.batch_size)
-    if args.tau <= 0:
-        raise UserError(f"--tau must be positive, got {args.tau}")
-    return DiscoveryConfig(
-        model=model, train=train, classes=args.classes, tau=args.tau,
-        detector=DetectorConfig(method=args.detector, seed=args.seed),
-        binarizer=args.binarizer, seed=args.seed, device=args.device,
-    )
+def _config(args: argparse.Namespace) -> DiscoveryConfig:
+    """The run's DiscoveryConfig from the command line, through the settings vocabulary the app uses too."""
+    settings: dict[str, Any] = {
+        "classes": "auto" if args.classes is None else args.classes,
+        "backbone": args.backbone,
+        "weights": args.weights,
+        "pretrained": True if args.pretrained else None,
+        "epochs": args.epochs,
+        "batch_size": args.batch_size,
+        "seed": args.seed,
+        "detector_method": args.detector,
+        "binarizer": args.binarizer,
+        "tau": args.tau,
+        "guided": False if args.unguided else None,
+        "device": args.device,
+    }
+    return DiscoveryConfig.from_settings(settings)
 
 
 # ------------------------------------------------------------------------------ progress
@@ -222,7 +215,7 @@ def _run_json(result: Any, config: Any, args: argparse.Namespace) -> dict[str, A
         "config": plain(asdict(config)),
         "cluster_names": result.cluster_names,
         "normal_cluster": result.normal_cluster,
-        "n_classes": result.n_classes,
+        "n_novel": result.n_novel,
         "base_classes": result.base_classes,
         "estimate": None if result.estimate is None else {
             "k": result.estimate.k, "method": result.estimate.method, "n_samples": result.estimate.n_samples,
@@ -263,8 +256,9 @@ def _print_summary(result: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from core.dataset import load_labeled_crops
     from core.mgvit import WeightsError
-    from core.pipeline import DiscoveryConfig, LabeledCrops, load_labeled_crops, run_discovery  # noqa: F401
+    from core.pipeline import run_discovery
     from core.train import init_distributed_from_env, save_checkpoint
 
     manifest = _load_manifest(args.dataset)
@@ -295,7 +289,7 @@ def run(args: argparse.Namespace) -> int:
     write_results(result, out, save_crops=args.save_crops)
     save_checkpoint(out / "model.pt", result.train_result, extra={
         "cluster_names": result.cluster_names, "normal_cluster": result.normal_cluster,
-        "n_classes": result.n_classes, "tau": config.tau, "guided": config.train.guided})
+        "n_novel": result.n_novel, "tau": config.tau, "guided": config.train.guided})
     (out / "run.json").write_text(json.dumps(_run_json(result, config, args), indent=2, default=str) + "\n",
                                   encoding="utf-8")
     for problem in result.problems:

@@ -8,34 +8,27 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
+from core.config import BINARIZERS, REAL_USE_BACKBONE, SCRATCH_BACKBONES, SCRATCH_EPOCHS, DiscoveryConfig
+from core.detection.config import METHODS
 from storage import ProjectInfo, RunInfo
-from webapp import jobs, state, widgets
+from webapp import figures, jobs, messages, navigation, widgets
+from webapp.workspace import get_store
 
-store = state.get_store()
+store = get_store()
 VIEWS = Path(__file__).resolve().parent
 
-# Defaults shown in the form. They mirror core's published defaults (core.mgvit.SCRATCH_BACKBONES,
-# core.train.TrainConfig / SCRATCH_EPOCHS, core.pipeline.DiscoveryConfig); tests/test_app_core.py
-# checks they agree, so the page need not import torch just to render.
+# The form's defaults are the engine's (core.config imports without torch); only display texts live here.
 BACKBONES = {
     "vit_tiny_scratch": "Small ViT from scratch (offline default)",
     "vit_micro_scratch": "Tiny ViT from scratch (quick checks)",
     "vit_small_patch16_224.dino": "DINO ViT-S/16 (pretrained weights needed)",
-    "vit_base_patch16_224.dino": "DINO ViT-B/16 (paper; pretrained weights needed)",
+    REAL_USE_BACKBONE: "DINO ViT-B/16 (paper; pretrained weights needed)",
 }
-SCRATCH = ("vit_tiny_scratch", "vit_micro_scratch")
-SCRATCH_HINT = ("A ViT from scratch learns little from a few hundred crops: expect rough groups to name and "
-                "correct, not the paper's quality (benchmarks/quality.py: on the demo set its F1 beats k-means, its NMI "
-                "barely, near what the same ViT reaches when told half the images' classes). For production give "
-                "a DINO backbone its weights file.")
-SCRATCH_EPOCHS = 30
-DEFAULT_EPOCHS = 50
-DEFAULT_BATCH_SIZE = 32
-DEFAULT_LR = 0.1
-DEFAULT_ADAMW_LR = 0.001
-DEFAULT_TAU = 100.0
-DEFAULT_SAMPLE_RATE = 4
-DEFAULT_MIN_INTERVAL = 4
+SCRATCH = tuple(SCRATCH_BACKBONES)
+SCRATCH_HINT = ("A ViT trained from scratch on a few hundred crops finds rough groups, not clean defect classes: "
+                "expect to merge, split and rename clusters on Explore, then retrain with your names on Labels. "
+                "For classes close to the paper's, choose a DINO backbone and give its weights file.")
+DEFAULTS = DiscoveryConfig()
 DEVICES = ["auto", "cpu", "cuda"]
 
 
@@ -55,7 +48,7 @@ def settings_form(project: ProjectInfo, has_maps: bool, n_labels: int) -> dict[s
                                        "class comes on top.")
         epochs = st.number_input("Epochs", min_value=1, max_value=500, value=SCRATCH_EPOCHS, step=1, key="d_epochs",
                                  help=f"{SCRATCH_EPOCHS} suit the from-scratch ViTs; the paper trains DINO "
-                                      f"backbones for {DEFAULT_EPOCHS}.")
+                                      f"backbones for {DEFAULTS.train.epochs}.")
     with second:
         backbone = st.selectbox("Backbone", list(BACKBONES), format_func=lambda b: f"{b} — {BACKBONES[b]}",
                                 key="d_backbone")
@@ -69,26 +62,27 @@ def settings_form(project: ProjectInfo, has_maps: bool, n_labels: int) -> dict[s
         a, b, c = st.columns(3)
         image_size = a.number_input("Crop size fed to the ViT (px, 0 = backbone's own)", 0, 1024, 0, 8,
                                     key="d_image_size")
-        batch_size = b.number_input("Batch size", 2, 1024, DEFAULT_BATCH_SIZE, 1, key="d_batch")
+        batch_size = b.number_input("Batch size", 2, 1024, DEFAULTS.train.batch_size, 1, key="d_batch")
         lr = c.number_input("Learning rate (0 = default)", 0.0, 10.0, 0.0, format="%.4f", key="d_lr",
-                            help=f"Default: {DEFAULT_LR} with SGD (pretrained backbones), {DEFAULT_ADAMW_LR} with "
+                            help=f"Default: {DEFAULTS.train.lr} with SGD (pretrained backbones), {DEFAULTS.train.adamw_lr} with "
                                  "AdamW (from-scratch backbones).")
         a, b, c = st.columns(3)
-        tau = a.number_input("Fusion temperature tau", 1.0, 1000.0, DEFAULT_TAU, 10.0, key="d_tau",
+        tau = a.number_input("Fusion temperature tau", 1.0, 1000.0, DEFAULTS.tau, 10.0, key="d_tau",
                              help="Area-weighted image fusion: 100 for MVTec AD, 50 for MTD.")
-        seed = b.number_input("Seed", 0, 2**31 - 1, 0, 1, key="d_seed")
-        guided = c.toggle("Mask-guided attention", value=True, key="d_guided",
+        seed = b.number_input("Seed", 0, 2**31 - 1, DEFAULTS.seed, 1, key="d_seed")
+        guided = c.toggle("Mask-guided attention", value=DEFAULTS.train.guided, key="d_guided",
                           help="Off: the unguided ablation.")
         a, b, c = st.columns(3)
-        detector = a.selectbox("Detector (when maps are made)", ["auto", "patchcore", "zero-shot"], key="d_detector",
-                               help="auto: PatchCore with normal references, else zero-shot.")
-        binarizer = b.selectbox("Binarization", ["mebin", "otsu"], key="d_binarizer",
+        detector = a.selectbox("Detector (when maps are made)", list(METHODS), key="d_detector",
+                               help="auto: template comparison when every image has its own "
+                               "reference, else PatchCore with normal references, else zero-shot.")
+        binarizer = b.selectbox("Binarization", list(BINARIZERS), key="d_binarizer",
                                 help="MEBin (the method) or Otsu per map (ablation).")
         recompute = c.toggle("Make the maps again", value=not has_maps, disabled=not has_maps, key="d_recompute",
                              help="Otherwise the project's stored maps are used.")
         a, b, c = st.columns(3)
-        sample_rate = a.number_input("MEBin sample rate", 1, 32, DEFAULT_SAMPLE_RATE, 1, key="d_sample_rate")
-        min_interval = b.number_input("MEBin min. stable length", 1, 64, DEFAULT_MIN_INTERVAL, 1, key="d_min_interval")
+        sample_rate = a.number_input("MEBin sample rate", 1, 32, DEFAULTS.mebin.sample_rate, 1, key="d_sample_rate")
+        min_interval = b.number_input("MEBin min. stable length", 1, 64, DEFAULTS.mebin.min_interval_len, 1, key="d_min_interval")
         use_labeled = c.toggle("Use the imported labeled set", value=bool(project.settings.get("labeled_dir")),
                                disabled=not project.settings.get("labeled_dir"), key="d_use_labeled")
         from_labels = st.toggle(f"Learn from the named clusters ({n_labels} labeled regions)", value=False,
@@ -136,7 +130,7 @@ def live_run(run_id: int) -> None:
     if heartbeat is not None and (pd.Timestamp.now(tz="UTC") - pd.Timestamp(heartbeat)).total_seconds() > 20:
         jobs.recover(store)  # a worker that died leaves a failed run, not an eternal spinner
     widgets.progress_panel(run)
-    figure = widgets.loss_chart(run.loss_history)
+    figure = figures.loss_chart(run.loss_history)
     if figure is not None:
         st.plotly_chart(figure, config={"displayModeBar": False}, key=f"live_loss_{run.id}")
     else:
@@ -169,13 +163,14 @@ def finished_run(run: RunInfo) -> None:
     """The newest run's outcome: status, message, metrics, loss chart, next step."""
     widgets.run_summary(run)
     if run.status == "done":
+        widgets.class_estimate_note(run)
         metrics_line(run.metrics or {})
-        figure = widgets.loss_chart(run.loss_history)
+        figure = figures.loss_chart(run.loss_history)
         if figure is not None:
             st.plotly_chart(figure, config={"displayModeBar": False}, key=f"loss_{run.id}")
         if (VIEWS / "explore.py").is_file() and st.button("Explore the clusters", type="primary",
                                                             icon=":material/scatter_plot:", key="go_explore"):
-            state.set_run(run.id)
+            navigation.set_run(run.id)
             st.switch_page("views/explore.py")
     elif run.status == "failed":
         log = jobs.read_log_tail(store, run)
@@ -193,22 +188,22 @@ def runs_table(runs: list[RunInfo]) -> None:
             "duration": widgets.format_duration(widgets.run_elapsed(run)),
             "classes": str(run.settings.get("classes", "auto")), "backbone": run.settings.get("backbone", ""),
             "epochs": run.settings.get("epochs"),
-            "image NMI": float("nan") if image.get("nmi") is None else float(image["nmi"]),
+            # A cancelled or failed run has no metrics: a dash, not "None".
+            "image NMI": "–" if image.get("nmi") is None else f"{float(image['nmi']):.3f}",
             "retrained": "yes" if run.parent_run_id or run.settings.get("labels_from_project") else "",
             "message": (run.message or "")[:160],
         })
     st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch",
-                 column_config={"image NMI": st.column_config.NumberColumn(format="%.3f")})
+                 column_config={"run": st.column_config.NumberColumn("run", format="#%d", width="small"),
+                                "message": st.column_config.TextColumn("message", width="large")})
 
 
 # ------------------------------------------------------------------------------ page
 
 st.title("Discover", anchor=False)
-project_id = state.select_project()
+project_id = navigation.select_project()
 project = store.get_project(project_id)
-flash = st.session_state.pop("flash", None)
-if flash:
-    st.success(flash, icon=":material/check_circle:")
+messages.show()
 
 runs = store.list_runs(project.id, kind=jobs.DISCOVER)
 active = [r for r in runs if r.status in jobs.ACTIVE]
@@ -239,7 +234,7 @@ else:
             done = [r for r in runs if r.status == "done"]
             parent = done[0].id if settings["labels_from_project"] and done else None
             run_id = jobs.start_job(store, project.id, jobs.DISCOVER, settings, parent_run_id=parent)
-            st.session_state["flash"] = f"Run #{run_id} started."
+            messages.flash("success", f"Run #{run_id} started.")
             st.rerun()
 
 if runs:

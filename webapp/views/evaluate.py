@@ -12,13 +12,13 @@ import math
 import pandas as pd
 import streamlit as st
 
-from webapp import explore_state as ex
-from webapp import state
+from webapp import evaluation, figures, navigation, run_data
+from webapp.workspace import get_store
 from webapp.widgets import empty_state, metric_cards
 
-store = state.get_store()
-project_id = state.select_project()
-run_id = state.select_run(project_id)
+store = get_store()
+project_id = navigation.select_project()
+run_id = navigation.select_run(project_id)
 assert project_id is not None and run_id is not None
 
 st.title("Evaluate", anchor=False)
@@ -31,15 +31,15 @@ if not has_truth:
                 icon=":material/rule:")
     st.stop()
 
-revision = ex.run_revision(store, run_id)
+revision = run_data.run_revision(store, run_id)
 
 
 @st.cache_resource(max_entries=8, show_spinner="Computing metrics ...")
-def evaluation(_store, url: str, run: int, rev: tuple) -> tuple[dict[str, ex.LevelEvaluation], ex.LevelEvaluation | None]:
-    return ex.evaluate_run(_store, run), ex.with_good(_store, run)
+def evaluated(_store, url: str, run: int, rev: tuple) -> tuple[dict[str, evaluation.LevelEvaluation], evaluation.LevelEvaluation | None]:
+    return evaluation.evaluate_run(_store, run), evaluation.with_good(_store, run)
 
 
-levels, with_good = evaluation(store, store.url, run_id, revision)
+levels, with_good = evaluated(store, store.url, run_id, revision)
 
 
 def number(value: float | None) -> str:
@@ -60,20 +60,20 @@ for name in ("image", "region"):
         ("ARI", number(level.metrics["ari"]), "Adjusted Rand index (-1..1, 0 = chance)."),
         ("F1", number(level.metrics["f1"]), "Hungarian-matched accuracy (micro F1)."),
     ])
-    st.plotly_chart(ex.confusion_figure(level.confusion, f"{name.capitalize()} confusion matrix"),
+    st.plotly_chart(figures.confusion_figure(level.confusion, f"{name.capitalize()} confusion matrix"),
                     width="stretch", key=f"evaluate_confusion_{name}")
 
 if with_good is not None:
     with st.expander("All test images with 'good' as one more class (the paper's protocol)"):
         metric_cards([(k.upper(), number(v)) for k, v in with_good.metrics.items()])
-        st.plotly_chart(ex.confusion_figure(with_good.confusion, "Image confusion matrix, with good"),
+        st.plotly_chart(figures.confusion_figure(with_good.confusion, "Image confusion matrix, with good"),
                         width="stretch", key="evaluate_confusion_good")
 
 st.subheader("Per run, as recorded when each run finished", anchor=False)
 rows = []
-for run in state.finished_runs(store, project_id):
+for run in navigation.finished_runs(store, project_id):
     metrics = run.metrics or {}
-    row = {"run": state.run_label(run)}
+    row = {"run": navigation.run_label(run)}
     for level_name in ("image", "region"):
         values = metrics.get(level_name) or {}
         for key in ("nmi", "ari", "f1"):

@@ -8,36 +8,36 @@ import io
 import pandas as pd
 import streamlit as st
 
-from webapp import explore_state as ex
-from webapp import state
+from webapp import downloads, navigation, run_data, selection
+from webapp.workspace import get_store
 from webapp.widgets import metric_cards
 
-store = state.get_store()
-project_id = state.select_project()
-run_id = state.select_run(project_id)
+store = get_store()
+project_id = navigation.select_project()
+run_id = navigation.select_run(project_id)
 assert project_id is not None and run_id is not None
 
 st.title("Export", anchor=False)
 st.caption("Class names are written exactly as typed; cells a spreadsheet would run as a formula are "
            "prefixed with an apostrophe. Regions marked normal get the class 'normal'.")
 
-revision = ex.run_revision(store, run_id)
-points = ex.umap_points(store, store.url, run_id, revision)
+revision = run_data.run_revision(store, run_id)
+points = run_data.umap_points(store, store.url, run_id, revision)
 known = set(points["region_id"].tolist())
-selection = [i for i in ex.selected_ids() if i in known]
+selected = [i for i in selection.selected_ids() if i in known]
 
-scopes = ["Everything", f"The Explore selection ({len(selection):,} region{'' if len(selection) == 1 else 's'})"]
+scopes = ["Everything", f"The Explore selection ({len(selected):,} region{'' if len(selected) == 1 else 's'})"]
 scope_index = st.radio("What to export", [0, 1], format_func=lambda i: scopes[i], horizontal=True,
                        key="export_scope", help="Select regions on the Explore page (box, lasso, a cluster or an image) to export only those.")
 only_selection = scope_index == 1
-if only_selection and not selection:
+if only_selection and not selected:
     st.info("Nothing is selected on the Explore page; exporting everything instead.")
     only_selection = False
-region_ids = tuple(sorted(selection)) if only_selection else None
+region_ids = tuple(sorted(selected)) if only_selection else None
 suffix = f"run{run_id}" + ("_selection" if only_selection else "")
 
-regions_csv = ex.cached_csv(store, store.url, "regions", run_id, revision, region_ids)
-images_csv = ex.cached_csv(store, store.url, "images", run_id, revision, region_ids)
+regions_csv = downloads.cached_csv(store, store.url, "regions", run_id, revision, region_ids)
+images_csv = downloads.cached_csv(store, store.url, "images", run_id, revision, region_ids)
 regions = pd.read_csv(io.BytesIO(regions_csv))
 images = pd.read_csv(io.BytesIO(images_csv))
 metric_cards([
@@ -70,14 +70,14 @@ with cols[0]:
         st.markdown("**Crops, one folder per class (ZIP)**")
         st.caption("A labeled data set for a classifier; classes.csv maps folders to exact class names. "
                    "Always the whole run.")
-        st.download_button("Download crops ZIP", lambda: ex.crops_zip_bytes(store, run_id, include_normal),
+        st.download_button("Download crops ZIP", lambda: downloads.crops_zip_bytes(store, run_id, include_normal),
                            file_name=f"crops_run{run_id}.zip", mime="application/zip", icon=":material/folder_zip:",
                            key="export_zip", on_click="ignore")
 with cols[1]:
     with st.container(border=True):
         st.markdown("**Boxes with class names (COCO JSON)**")
         st.caption("COCO-style detection annotations (bbox x, y, w, h) for every region. Always the whole run.")
-        st.download_button("Download COCO JSON", lambda: ex.coco_json_bytes(store, run_id, include_normal),
+        st.download_button("Download COCO JSON", lambda: downloads.coco_json_bytes(store, run_id, include_normal),
                            file_name=f"coco_run{run_id}.json", mime="application/json", icon=":material/data_object:",
                            key="export_coco", on_click="ignore")
 

@@ -9,10 +9,11 @@ import streamlit as st
 
 from core.dataset import DatasetError
 from storage import ProjectInfo
-from webapp import state, widgets
-from webapp.state import DataSummary
+from webapp import intake, messages, navigation, uploads, widgets
+from webapp.intake import DataSummary
+from webapp.workspace import database_url, get_store
 
-store = state.get_store()
+store = get_store()
 
 
 # ------------------------------------------------------------------------------ pieces
@@ -62,13 +63,14 @@ def create_from_summary(key: str) -> None:
     name = st.text_input("Project name", value=default, key=f"{key}_name", max_chars=120)
     if st.button("Create project", type="primary", key=f"{key}_create", icon=":material/add:"):
         try:
-            project = state.create_project(store, name, summary)
+            project = intake.create_project(store, name, summary)
         except (ValueError, DatasetError) as error:
             st.error(str(error))
             return
-        state.set_project(project.id)
+        navigation.set_project(project.id)
         st.session_state.pop(f"{key}_summary", None)
-        st.session_state["flash"] = f"Project '{project.name}' created with {summary.n_images} images."
+        messages.flash("success", f"Project “{widgets.escape_markdown(project.name)}” (#{project.id}) created "
+                                  f"with {summary.n_images} images.")
         st.rerun()
 
 
@@ -88,7 +90,7 @@ def folder_form() -> None:
             return
         try:
             with st.spinner("Reading the data set ..."):
-                st.session_state["folder_summary"] = state.summarize_dataset(
+                st.session_state["folder_summary"] = intake.summarize_dataset(
                     root.strip(), maps_dir.strip() or None, labeled_dir.strip() or None)
         except (DatasetError, OSError, ValueError) as error:
             st.session_state.pop("folder_summary", None)
@@ -97,7 +99,7 @@ def folder_form() -> None:
 
 
 def zip_form() -> None:
-    limit_mb = state.MAX_ZIP_BYTES // (1024 * 1024)
+    limit_mb = uploads.MAX_ZIP_BYTES // (1024 * 1024)
     st.caption(f"A ZIP of a data set folder (same layouts as above), at most {limit_mb} MB. Entries with "
                "absolute paths, '..' or links are refused and listed.")
     uploaded = st.file_uploader("Data set ZIP", type=["zip"], key="zip_file")
@@ -106,16 +108,18 @@ def zip_form() -> None:
         st.session_state.pop("zip_rejected", None)
         if uploaded is None:
             st.error("Choose a ZIP file first.")
-        elif uploaded.size > state.MAX_ZIP_BYTES:
+        elif uploaded.size > uploads.MAX_ZIP_BYTES:
             st.error(f"{uploaded.name}: {widgets.format_bytes(uploaded.size)} is more than the "
                      f"{limit_mb} MB allowed.")
         else:
+            folder = uploads.new_upload_folder(store)
             try:
                 with st.spinner("Unpacking ..."):
-                    extraction = state.extract_zip(uploaded, state.new_upload_folder(store))
+                    extraction = uploads.extract_zip(uploaded, folder)
                     st.session_state["zip_rejected"] = extraction.rejected
-                    st.session_state["zip_summary"] = state.summarize_dataset(extraction.root)
-            except (state.UploadError, DatasetError, OSError) as error:
+                    st.session_state["zip_summary"] = intake.summarize_dataset(extraction.root)
+            except (uploads.UploadError, DatasetError, OSError) as error:
+                uploads.discard_upload(folder)  # nothing of a refused upload stays in the workspace
                 st.error(f"{uploaded.name}: {error}", icon=":material/error:")
     rejected = st.session_state.get("zip_rejected") or []
     if rejected:
@@ -126,22 +130,35 @@ def zip_form() -> None:
 
 
 def demo_card(primary: bool, key: str) -> None:
+    """The one-click demo; when a demo project exists, offers to open it instead of a silent copy."""
     with st.container(border=True):
         st.markdown(":material/auto_awesome: **Demo project**")
         st.caption("A synthetic inspection set of machined flanges with five defect types (scratch, hole, "
                    "stain, crack, chipped edge), normal references and ground truth, generated into the "
                    "workspace in a few seconds. The quickest way to see the whole flow.")
-        if st.button("Create the demo project", type="primary" if primary else "secondary",
-                     key=key, icon=":material/play_arrow:"):
+        existing = intake.existing_demo_projects(store)
+        if existing:
+            demo = existing[-1]
+            st.caption(f"The workspace already has the demo project “{widgets.escape_markdown(demo.name)}” "
+                       f"(#{demo.id}). Open it to keep its runs and names, or make a second, separate copy.")
+        buttons = st.container(horizontal=True)
+        if existing and buttons.button(f"Open demo project #{existing[-1].id}", key=f"{key}_open",
+                                       type="primary" if primary else "secondary", icon=":material/folder_open:"):
+            navigation.set_project(existing[-1].id)
+            messages.flash("info", f"Opened the demo project (#{existing[-1].id}).")
+            st.rerun()
+        label = "Create another demo project" if existing else "Create the demo project"
+        if buttons.button(label, type="secondary" if existing or not primary else "primary",
+                          key=key, icon=":material/play_arrow:"):
             with st.spinner("Generating the demo data set ..."):
                 try:
-                    project = state.create_demo_project(store)
+                    project = intake.create_demo_project(store)
                 except (ValueError, DatasetError, OSError) as error:
                     st.error(f"The demo could not be created: {error}")
                     return
-            state.set_project(project.id)
-            st.session_state["flash"] = (f"Demo project created. Next: make the anomaly maps on "
-                                         "'Detection & MEBin', or go straight to 'Discover'.")
+            navigation.set_project(project.id)
+            messages.flash("success", f"Demo project created (#{project.id}). Next: make the anomaly maps on "
+                                      "'Detection & MEBin', or go straight to 'Discover'.")
             st.rerun()
 
 
@@ -192,14 +209,16 @@ def project_overview(project: ProjectInfo) -> None:
 
 @st.dialog("Delete project")
 def confirm_delete(project: ProjectInfo) -> None:
-    st.write(f"Delete the project '{project.name}' with its runs, clusters and labels? "
-             "The data set folder itself is not touched.")
+    """Name the project by name and id before deleting it (two projects may share a name)."""
+    st.markdown(f"Delete the project **#{project.id}** “{widgets.escape_markdown(project.name)}” with its runs, "
+                "clusters and labels? The data set folder itself is not touched.")
+    st.caption(f"Data set: {widgets.escape_markdown(project.data_root)}")
     left, right = st.columns(2)
-    if left.button("Delete", type="primary", key="delete_yes"):
+    if left.button(f"Delete project #{project.id}", type="primary", key="delete_yes"):
         store.delete_project(project.id)
         st.session_state.pop("confirm_delete", None)
-        state.set_project(None)
-        st.session_state["flash"] = f"Project '{project.name}' deleted."
+        navigation.set_project(None)
+        messages.flash("success", f"Project #{project.id} “{widgets.escape_markdown(project.name)}” deleted.")
         st.rerun()
     if right.button("Keep it", key="delete_no"):
         st.session_state.pop("confirm_delete", None)
@@ -207,24 +226,28 @@ def confirm_delete(project: ProjectInfo) -> None:
 
 
 def projects_table(projects: list[ProjectInfo]) -> None:
+    """Every project with its last discovery (what the engineer looks for) and its last job."""
     rows = []
     for project in projects:
         runs = store.list_runs(project.id)
+        discoveries = [r for r in runs if r.kind == "discover"]
+        last = discoveries[0] if discoveries else None
         rows.append({
             "id": project.id, "project": project.name,
             "images": project.settings.get("n_unlabeled"), "normal": project.settings.get("n_normal"),
-            "runs": len(runs), "last run": runs[0].status if runs else "–",
+            "discoveries done": sum(1 for r in discoveries if r.status == "done"),
+            "last discovery": f"#{last.id} {last.status}" if last else "–",
+            "last job": f"#{runs[0].id} {runs[0].kind} {runs[0].status}" if runs else "–",
             "created": widgets.format_time(project.created_at), "data set": project.data_root,
         })
-    st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
+    st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch",
+                 column_config={"id": st.column_config.NumberColumn("id", format="#%d", width="small")})
 
 
 # ------------------------------------------------------------------------------ page
 
 st.title("Projects", anchor=False)
-flash = st.session_state.pop("flash", None)
-if flash:
-    st.success(flash, icon=":material/check_circle:")
+messages.show()
 
 projects = store.list_projects()
 if not projects:
@@ -234,7 +257,7 @@ if not projects:
              "the clusters it finds, then export a labeled CSV.")
     demo_card(primary=True, key="demo_create_welcome")
 else:
-    project_id = state.select_project(required=False)
+    project_id = navigation.select_project(required=False)
     by_id = {p.id: p for p in projects}
     if st.session_state.get("confirm_delete") in by_id:
         confirm_delete(by_id[st.session_state["confirm_delete"]])
@@ -255,4 +278,4 @@ with zip_tab:
 with demo_tab:
     demo_card(primary=False, key="demo_create")
 st.caption(f"Workspace: {widgets.escape_markdown(str(store.workspace))} · database: "
-           f"{'SQLite in the workspace' if not state.database_url() else 'external (STUDIO_DATABASE_URL)'}")
+           f"{'SQLite in the workspace' if not database_url() else 'external (STUDIO_DATABASE_URL)'}")

@@ -1,39 +1,89 @@
 """Labels & runs: named clusters become the labeled set, a new run learns from it, names carry
-over to the new run's clusters, and two runs can be compared cluster by cluster."""
+over to the new run's clusters, and two runs can be compared cluster by cluster.
+
+The retraining run started here is followed here too: its live progress, and when it ends, its
+outcome (K chosen, how sure) or its failure in words, with the worker log."""
 
 from __future__ import annotations
 
 import pandas as pd
 import streamlit as st
 
-from storage import DONE, SOURCE_ENGINEER, SOURCE_IMPORTED
-from webapp import explore_state as ex
-from webapp import jobs, state
-from webapp.widgets import empty_state, escape_markdown, metric_cards, page_link, progress_panel
+from storage import DONE, SOURCE_ENGINEER, SOURCE_IMPORTED, RunInfo
+from webapp import downloads, evaluation, jobs, messages, navigation
+from webapp.workspace import get_store
+from webapp.widgets import (
+    class_estimate_note,
+    empty_state,
+    escape_markdown,
+    metric_cards,
+    page_link,
+    progress_panel,
+    run_summary,
+)
 
-store = state.get_store()
-project_id = state.select_project()
-run_id = state.select_run(project_id)
+store = get_store()
+project_id = navigation.select_project()
+run_id = navigation.select_run(project_id)
 assert project_id is not None and run_id is not None
 run = store.get_run(run_id)
 
 st.title("Labels & runs", anchor=False)
 st.caption("Name clusters on the Explore page, turn the names into labels here, and start a run that "
            "learns them while it keeps discovering what is still unnamed.")
-ex.show_flashes()
+messages.show()
 
-clusters = store.list_clusters(run_id)
+clusters = [c for c in store.list_clusters(run_id) if c.region_count > 0]  # empty clusters are not counted
 named = [c for c in clusters if c.name and not c.is_normal]
 labels = store.list_labels(project_id)
 engineer = [lab for lab in labels if lab.source == SOURCE_ENGINEER]
 imported = [lab for lab in labels if lab.source == SOURCE_IMPORTED]
 labeled_set = store.labeled_set(project_id)
 metric_cards([
-    ("Named clusters", f"{len(named)} / {len(clusters)}", "In the run chosen in the sidebar."),
+    ("Named clusters", f"{len(named)} / {len(clusters)}", "In the run chosen in the sidebar (clusters holding regions)."),
     ("Labeled regions", f"{len(labeled_set):,}", "Engineer labels win over imported ones."),
     ("Classes in the labeled set", f"{len(set(labeled_set.values()))}"),
-    ("Finished runs", f"{len(state.finished_runs(store, project_id))}"),
+    ("Finished runs", f"{len(navigation.finished_runs(store, project_id))}"),
 ])
+
+def latest_retrain(project: int) -> RunInfo | None:
+    """The newest run started to learn from the labeled set (from this page), any status."""
+    for candidate in store.list_runs(project, kind=jobs.DISCOVER):
+        if candidate.parent_run_id or candidate.settings.get("labels_from_project"):
+            return candidate
+    return None
+
+
+@st.fragment(run_every=1.0)
+def follow_run(active_id: int) -> None:
+    """Live state of the retraining run; the whole page reruns when it ends (to show its outcome)."""
+    current = store.get_run(active_id)
+    if current.status not in jobs.ACTIVE:
+        st.rerun()
+    progress_panel(current)
+    if current.status == "queued":
+        st.caption("Waiting for the worker process to start (a few seconds).")
+    page_link("views/discover.py", "See its loss chart on the Discover page", ":material/rocket_launch:")
+
+
+def retrain_outcome(last: RunInfo) -> None:
+    """How the last retraining run ended: K and how sure, or the failure and what to do, with its log."""
+    st.markdown(f"**Last retraining run #{last.id}**")
+    run_summary(last)
+    if last.status == DONE:
+        class_estimate_note(last)
+        if last.id != run_id and st.button(f"Show run #{last.id} on every page", key="labels_open_retrain",
+                                           icon=":material/visibility:"):
+            navigation.set_run(last.id)
+            st.rerun()
+    elif last.status == "failed":
+        st.caption("Nothing of the earlier runs was changed. Adjust the settings below (for example a fixed "
+                   "number of new classes) and start the run again.")
+        log = jobs.read_log_tail(store, last)
+        if log.strip():
+            with st.expander("Worker log"):
+                st.code(log, language=None)
+
 
 # ------------------------------------------------------------------------------ labeled set
 st.subheader("1 · Named clusters become the labeled set", anchor=False)
@@ -54,7 +104,7 @@ with left:
                      type="primary", key="labels_promote",
                      help="Each region of a named cluster gets its cluster's name as its label. "
                           "Regions marked normal are skipped. Undo on the Explore page reverts it."):
-            ex.perform(lambda: store.promote_to_labels(run_id),
+            messages.perform(lambda: store.promote_to_labels(run_id),
                        lambda n: f"{n} regions are now labeled with their cluster's name.")
             st.rerun()
 with right:
@@ -71,10 +121,14 @@ with right:
 # ------------------------------------------------------------------------------ retrain
 st.subheader("2 · Start a run that learns from the labeled set", anchor=False)
 active = jobs.active_runs(store, project_id, jobs.DISCOVER)
+retrain = latest_retrain(project_id)
 if active:
-    st.markdown("**A discovery run is in progress**")
-    progress_panel(active[0])
-    page_link("views/discover.py", "Follow it on the Discover page", ":material/rocket_launch:")
+    with st.container(border=True):
+        st.markdown(f"**Discovery run #{active[0].id} is in progress** — this page follows it.")
+        follow_run(active[0].id)
+elif retrain is not None:
+    with st.container(border=True):
+        retrain_outcome(retrain)
 with st.form("labels_retrain", border=True):
     settings = dict(run.settings)
     cols = st.columns(3)
@@ -92,13 +146,13 @@ with st.form("labels_retrain", border=True):
 if submitted:
     classes = classes_text.strip().lower()
     if classes != "auto" and not classes.isdigit():
-        ex.flash("error", f"'New classes to discover' must be a number or 'auto', not {escape_markdown(classes_text)!r}.")
+        messages.flash("error", f"'New classes to discover' must be a number or 'auto', not {escape_markdown(classes_text)!r}.")
     else:
         settings.update(classes="auto" if classes == "auto" else int(classes), epochs=int(epochs), seed=int(seed),
                         labels_from_project=True, parent_run_id=run_id)
         new_id = jobs.start_job(store, project_id, jobs.DISCOVER, settings, parent_run_id=run_id)
-        ex.flash("success", f"Run #{new_id} started; it learns {len(labeled_set):,} labeled regions. "
-                            "Follow it on the Discover page.")
+        messages.flash("success", f"Run #{new_id} started; it learns {len(labeled_set):,} labeled regions. "
+                            "This page follows it below.")
     st.rerun()
 
 # ------------------------------------------------------------------------------ carry names
@@ -107,7 +161,7 @@ by_id = {r.id: r for r in finished}
 
 
 def run_text(rid: int) -> str:
-    return state.run_label(by_id[rid])
+    return navigation.run_label(by_id[rid])
 
 
 st.subheader("3 · Compare two runs", anchor=False)
@@ -127,7 +181,7 @@ if run_a == run_b:
     st.info("Choose two different runs to compare.")
     st.stop()
 
-comparison = ex.compare_runs(store, run_a, run_b)
+comparison = evaluation.compare_runs(store, run_a, run_b)
 metric_cards([
     ("Regions in both runs", f"{comparison.shared_regions:,}"),
     ("Changed cluster", f"{len(comparison.changed):,}",
@@ -140,7 +194,7 @@ with tab_match:
     st.dataframe(comparison.matches, hide_index=True, width="stretch")
     if st.button("Give B's unnamed clusters the names of their matches in A", icon=":material/drive_file_rename_outline:",
                  key="labels_carry"):
-        ex.perform(lambda: store.carry_over_names(run_a, run_b),
+        messages.perform(lambda: store.carry_over_names(run_a, run_b),
                    lambda matches: f"Names carried over along {len(matches)} matched clusters "
                                    f"(undo on the Explore page of run #{run_b}).")
         st.rerun()
@@ -154,6 +208,6 @@ with tab_changed:
         st.caption("No region changed cluster.")
     else:
         st.dataframe(comparison.changed, hide_index=True, width="stretch", height=320)
-        st.download_button("Download changed regions (CSV)", ex.to_bytes(comparison.changed),
+        st.download_button("Download changed regions (CSV)", downloads.to_bytes(comparison.changed),
                            file_name=f"changed_regions_run{run_a}_vs_run{run_b}.csv", mime="text/csv",
                            icon=":material/download:")

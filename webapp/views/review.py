@@ -17,13 +17,15 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from core import mebin
+from core.config import MEBinConfig, RegionConfig
 from core.imageio import ImageReadError, read_gray, read_image
-from core.regions import RegionConfig, extract_regions
+from core.pipeline import recut_image
 from storage import BinarizationInput, ProjectInfo
-from webapp import jobs, state, widgets
+from webapp import intake, jobs, messages, navigation, widgets
 from webapp.worker import latest_maps
+from webapp.workspace import get_store
 
-store = state.get_store()
+store = get_store()
 DISPLAY_SIDE = 360  # pixels: small images are enlarged (nearest) so boxes and masks stay visible
 BOX_COLOR = (0, 200, 255)
 
@@ -100,7 +102,7 @@ def sweep_on_map_scale(record: dict[str, Any]) -> list[int]:
     settings = record.get("settings") or {}
     sweep = settings.get("sweep") or list(range(255, 0, -int(settings.get("sample_rate", 4))))
     s_min, s_max = int(settings.get("s_min", 0)), int(settings.get("s_max", 255))
-    return [int(t * (s_max - s_min) / 255 + s_min) for t in sweep]
+    return [mebin.to_map_scale(t, s_min, s_max) for t in sweep]
 
 
 def evidence_chart(record: dict[str, Any]) -> go.Figure:
@@ -148,19 +150,19 @@ def distribution_charts(binarizations: list[dict[str, Any]]) -> tuple[go.Figure,
 # ------------------------------------------------------------------------------ override
 
 
+def stored_mebin_config(settings: dict[str, Any]) -> MEBinConfig:
+    """The MEBin settings a stored binarization was made with (defaults for keys it lacks)."""
+    defaults = MEBinConfig()
+    return MEBinConfig(sample_rate=int(settings.get("sample_rate", defaults.sample_rate)),
+                       min_interval_len=int(settings.get("min_interval_len", defaults.min_interval_len)),
+                       erode=bool(settings.get("erode", defaults.erode)),
+                       kernel_size=int(settings.get("kernel_size", defaults.kernel_size)))
+
+
 def mask_at_threshold(map_u8: np.ndarray, threshold: int, settings: dict[str, Any]) -> tuple[np.ndarray, int]:
     """MEBin's final mask at a given threshold with the stored MEBin settings, and its component count."""
-    return mebin.mask_at_threshold(map_u8, threshold, erode=bool(settings.get("erode", True)),
-                                   kernel_size=int(settings.get("kernel_size", 6)))
-
-
-def mebin_normalized(map_u8: np.ndarray, settings: dict[str, Any]) -> np.ndarray:
-    """MEBin's normalized map (step 2) from the stored search range; region scores use it."""
-    s_min, s_max = int(settings.get("s_min", 0)), int(settings.get("s_max", 255))
-    if s_max <= s_min:
-        return np.zeros(map_u8.shape, np.float32)
-    values = (map_u8.astype(np.float32) - s_min) / (s_max - s_min) * 255.0
-    return np.where(map_u8 < s_min, 0.0, values).astype(np.float32)
+    config = stored_mebin_config(settings)
+    return mebin.mask_at_threshold(map_u8, threshold, erode=config.erode, kernel_size=config.kernel_size)
 
 
 def apply_threshold(project: ProjectInfo, record: dict[str, Any], image_path: str, map_u8: np.ndarray,
@@ -168,9 +170,9 @@ def apply_threshold(project: ProjectInfo, record: dict[str, Any], image_path: st
     """Store a new threshold for one image, re-crop it and replace its regions; returns the region count."""
     settings = dict(record.get("settings") or {})
     original = int(settings.get("mebin_threshold", record["threshold"]))
-    mask, count = mask_at_threshold(map_u8, threshold, settings)
-    image = read_image(image_path)
-    regions = extract_regions(record["image"], image, mebin_normalized(map_u8, settings), mask, count, RegionConfig())
+    search_range = (int(settings.get("s_min", 0)), int(settings.get("s_max", 255)))
+    mask, count, regions = recut_image(record["image"], read_image(image_path), map_u8, threshold, search_range,
+                                       stored_mebin_config(settings), RegionConfig())
     settings["mebin_threshold"] = original
     settings["source"] = "mebin" if reset else "override"
     store.record_binarizations(project.id, [BinarizationInput(
@@ -194,15 +196,18 @@ def maps_form(project: ProjectInfo, has_normal: bool) -> None:
         folder = st.text_input("Maps folder", value=maps_dir, key="maps_folder",
                                help="Maps (.npy, .tif, .png) named like the images, any size.")
         settings.update(map_source="import", maps_dir=folder.strip())
-        ready = bool(folder.strip())
+        problem = intake.check_maps_folder(folder) if folder.strip() else None
+        if problem:
+            st.error(problem, icon=":material/folder_off:")
+        ready = bool(folder.strip()) and problem is None
     else:
-        from core.detection.config import OFFLINE_BACKBONE, PAPER_BACKBONE
+        from core.detection.config import METHODS, OFFLINE_BACKBONE, PAPER_BACKBONE
 
         left, middle, right = st.columns(3)
-        methods = ["patchcore", "zero-shot"]
-        method = left.selectbox("Method", methods, index=0 if has_normal else 1, key="maps_method",
-                                help="PatchCore learns from the normal references; zero-shot compares the "
-                                     "images with each other (no references needed).")
+        method = left.selectbox("Method", list(METHODS), index=0, key="maps_method",
+                                help="auto: template comparison when every image has its own reference "
+                                     "(<id>_test with normal/<id>_temp), else PatchCore on the normal references, "
+                                     "else zero-shot (the images compared with each other).")
         backbone = middle.selectbox("Backbone", [OFFLINE_BACKBONE, PAPER_BACKBONE, "resnet18"], key="maps_backbone",
                                     help=f"'{OFFLINE_BACKBONE}' needs no download; timm names need their "
                                          "weights in the cache or a weights file.")
@@ -216,7 +221,7 @@ def maps_form(project: ProjectInfo, has_normal: bool) -> None:
     if st.button("Make maps and run MEBin", type="primary", disabled=not ready, key="maps_start",
                  icon=":material/play_arrow:"):
         run_id = jobs.start_job(store, project.id, jobs.DETECT, settings)
-        st.session_state["flash"] = f"Detection started (run #{run_id})."
+        messages.flash("success", f"Detection started (run #{run_id}).")
         st.rerun()
 
 
@@ -298,25 +303,23 @@ def override_form(project: ProjectInfo, record: dict[str, Any], image_path: str,
     if buttons.button("Apply and re-crop", key=f"{key}_apply", disabled=threshold == record["threshold"],
                    icon=":material/crop:"):
         n = apply_threshold(project, record, image_path, map_u8, int(threshold))
-        st.session_state["flash"] = f"{record['image']}: threshold {threshold}, {n} crop(s)."
+        messages.flash("success", f"{widgets.escape_markdown(record['image'])}: threshold {threshold}, {n} crop(s).")
         st.rerun()
     if settings.get("source") == "override" and buttons.button("Back to MEBin", key=f"{key}_reset",
                                                             icon=":material/undo:"):
         original = int(settings.get("mebin_threshold", record["threshold"]))
         apply_threshold(project, record, image_path, map_u8, original, reset=True)
         st.session_state.pop(key, None)
-        st.session_state["flash"] = f"{record['image']}: back to MEBin's threshold {original}."
+        messages.flash("success", f"{widgets.escape_markdown(record['image'])}: back to MEBin's threshold {original}.")
         st.rerun()
 
 
 # ------------------------------------------------------------------------------ page
 
 st.title("Detection & MEBin", anchor=False)
-project_id = state.select_project()
+project_id = navigation.select_project()
 project = store.get_project(project_id)
-flash = st.session_state.pop("flash", None)
-if flash:
-    st.success(flash, icon=":material/check_circle:")
+messages.show()
 
 images = {i.relpath: i for i in store.list_images(project.id)}
 has_normal = any(i.role == "normal" for i in images.values())

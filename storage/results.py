@@ -1,0 +1,395 @@
+"""A run's result: its clusters, each region's assignment, and the reads the app makes of them.
+
+Words: a cluster's `slot` is its column in the model's output (core's `cluster` index of
+`DiscoveryResult.cluster_names`); a cluster's `id` is its database row, unique over all runs.
+Assignments point at cluster ids; new clusters made by a split get new slots past the model's.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy.orm import Session
+
+from core.fusion import FusionConfig, fuse_image
+from storage import models as m
+from storage import workspace
+from storage.projects import image_row
+from storage.records import (
+    NORMAL_CLASS,
+    AssignedRegion,
+    AssignmentInput,
+    ClusterInfo,
+    ClusterInput,
+    ImageClass,
+    NotFound,
+    Page,
+    StorageError,
+    display_name,
+    palette_color,
+)
+from storage.maps import MapStore
+
+#: Fusion temperature of runs whose settings do not say (core's published default).
+DEFAULT_TAU = FusionConfig().tau
+
+
+class ResultStore(MapStore):
+    """Clusters and assignments of runs: writing a result and reading it back."""
+
+    def write_results(
+        self, run_id: int, clusters: Sequence[ClusterInput], assignments: Iterable[AssignmentInput]
+    ) -> list[ClusterInfo]:
+        """Write a run's clusters and region assignments atomically (all or nothing).
+
+        Replaces any previous result of the run (and its edit history). Unknown slots or region
+        ids of another project raise StorageError and nothing is written.
+        """
+        with self._session(write=True) as session:
+            run = self._get(session, m.Run, run_id, "run")
+            slots = [c.slot for c in clusters]
+            if len(set(slots)) != len(slots):
+                raise StorageError(f"run {run_id}: cluster slots must be unique, got {slots}")
+            session.execute(delete(m.Edit).where(m.Edit.run_id == run_id))
+            session.execute(delete(m.Assignment).where(m.Assignment.run_id == run_id))
+            session.execute(update(m.Cluster).where(m.Cluster.run_id == run_id).values(merged_into_id=None))
+            session.execute(delete(m.Cluster).where(m.Cluster.run_id == run_id))
+            rows = []
+            for c in clusters:
+                row = m.Cluster(
+                    run_id=run_id,
+                    slot=int(c.slot),
+                    name=c.name or None,
+                    color=c.color or palette_color(int(c.slot)),
+                    is_normal=bool(c.is_normal),
+                    engine_normal=bool(c.is_normal),
+                    version=1,
+                )
+                session.add(row)
+                rows.append(row)
+            session.flush()
+            by_slot = {r.slot: r.id for r in rows}
+            project_regions = set(
+                session.scalars(select(m.Region.id).where(m.Region.project_id == run.project_id)).all()
+            )
+            batch: list[dict[str, Any]] = []
+            seen: set[int] = set()
+            columns = sorted(by_slot)
+            for a in assignments:
+                if a.slot not in by_slot:
+                    raise StorageError(f"run {run_id}: assignment of region {a.region_id} to unknown slot {a.slot}")
+                if a.region_id not in project_regions:
+                    raise StorageError(f"run {run_id}: region {a.region_id} is not a region of project {run.project_id}")
+                if a.region_id in seen:
+                    raise StorageError(f"run {run_id}: region {a.region_id} is assigned twice")
+                seen.add(a.region_id)
+                probabilities = None
+                if a.probabilities is not None:
+                    probabilities = np.asarray(a.probabilities, dtype=np.float32).ravel()
+                    if columns != list(range(len(probabilities))):
+                        raise StorageError(
+                            f"run {run_id}: region {a.region_id} has {len(probabilities)} probabilities but the "
+                            f"run's cluster slots are {columns} (column j must be slot j)"
+                        )
+                cluster_id = by_slot[a.slot]
+                batch.append(
+                    {
+                        "run_id": run_id,
+                        "region_id": int(a.region_id),
+                        "cluster_id": cluster_id,
+                        "original_cluster_id": cluster_id,
+                        "confidence": float(a.confidence),
+                        "umap_x": None if a.umap_x is None else float(a.umap_x),
+                        "umap_y": None if a.umap_y is None else float(a.umap_y),
+                        "embedding": None
+                        if a.embedding is None
+                        else np.asarray(a.embedding, dtype=np.float32).ravel().tobytes(),
+                        "probabilities": None if probabilities is None else probabilities.tobytes(),
+                        "is_normal": False,
+                    }
+                )
+                if len(batch) >= workspace.INSERT_CHUNK:
+                    session.execute(insert(m.Assignment), batch)
+                    batch = []
+            if batch:
+                session.execute(insert(m.Assignment), batch)
+        return self.list_clusters(run_id)
+
+    # ------------------------------------------------------------ clusters
+    def _cluster_infos(self, session: Session, where: Any, assignment_where: Any) -> list[ClusterInfo]:
+        counts = (
+            select(
+                m.Assignment.cluster_id.label("cluster_id"),
+                func.count(m.Assignment.id).label("regions"),
+                func.count(func.distinct(m.Region.image_id)).label("images"),
+                func.avg(m.Assignment.confidence).label("mean_confidence"),
+            )
+            .join(m.Region, m.Region.id == m.Assignment.region_id)
+            .where(assignment_where)
+            .group_by(m.Assignment.cluster_id)
+            .subquery()
+        )
+        rows = session.execute(
+            select(m.Cluster, counts.c.regions, counts.c.images, counts.c.mean_confidence)
+            .outerjoin(counts, counts.c.cluster_id == m.Cluster.id)
+            .where(where)
+            .order_by(m.Cluster.slot)
+        ).all()
+        return [
+            ClusterInfo(
+                id=c.id,
+                run_id=c.run_id,
+                slot=c.slot,
+                name=c.name,
+                display_name=display_name(c.name, c.slot),
+                color=c.color,
+                is_normal=bool(c.is_normal),
+                merged_into_id=c.merged_into_id,
+                version=c.version,
+                region_count=int(regions or 0),
+                image_count=int(images or 0),
+                mean_confidence=None if mean is None else float(mean),
+            )
+            for c, regions, images, mean in rows
+        ]
+
+    def list_clusters(self, run_id: int, *, include_merged: bool = False) -> list[ClusterInfo]:
+        """Clusters of a run with counts, ordered by slot (merged-away ones hidden by default)."""
+        with self._session() as session:
+            where = m.Cluster.run_id == run_id
+            if not include_merged:
+                where = where & m.Cluster.merged_into_id.is_(None)
+            return self._cluster_infos(session, where, m.Assignment.run_id == run_id)
+
+    def get_cluster(self, cluster_id: int) -> ClusterInfo:
+        """One cluster with counts; NotFound if absent."""
+        with self._session() as session:
+            found = self._cluster_infos(session, m.Cluster.id == cluster_id, m.Assignment.cluster_id == cluster_id)
+            if not found:
+                raise NotFound(f"cluster {cluster_id} does not exist")
+            return found[0]
+
+    # ------------------------------------------------------------ assigned regions
+    def _assigned_query(self):  # type: ignore[no-untyped-def]
+        return (
+            select(m.Assignment, m.Region, m.Image.relpath, m.Cluster.name)
+            .join(m.Region, m.Region.id == m.Assignment.region_id)
+            .join(m.Image, m.Image.id == m.Region.image_id)
+            .join(m.Cluster, m.Cluster.id == m.Assignment.cluster_id)
+        )
+
+    def _assigned(self, a: m.Assignment, r: m.Region, relpath: str, cluster_name: str | None) -> AssignedRegion:
+        return AssignedRegion(
+            region=self._region_info(r, relpath),
+            run_id=a.run_id,
+            cluster_id=a.cluster_id,
+            cluster_name=cluster_name,
+            original_cluster_id=a.original_cluster_id,
+            confidence=a.confidence,
+            umap_x=a.umap_x,
+            umap_y=a.umap_y,
+            is_normal=bool(a.is_normal),
+        )
+
+    def cluster_regions(
+        self, cluster_id: int, *, offset: int = 0, limit: int = 50, order: str = "confidence"
+    ) -> Page:
+        """One page of a cluster's regions; order "confidence" (lowest first: most doubtful),
+        "-confidence", "score" (highest first) or "image"."""
+        orders = {
+            "confidence": (m.Assignment.confidence.asc(), m.Assignment.region_id),
+            "-confidence": (m.Assignment.confidence.desc(), m.Assignment.region_id),
+            "score": (m.Region.score.desc(), m.Assignment.region_id),
+            "image": (m.Image.relpath, m.Region.index),
+        }
+        if order not in orders:
+            raise StorageError(f"unknown order {order!r}; expected one of {sorted(orders)}")
+        offset, limit = max(0, int(offset)), max(0, int(limit))
+        with self._session() as session:
+            self._get(session, m.Cluster, cluster_id, "cluster")
+            total = session.scalar(select(func.count(m.Assignment.id)).where(m.Assignment.cluster_id == cluster_id))
+            rows = session.execute(
+                self._assigned_query()
+                .where(m.Assignment.cluster_id == cluster_id)
+                .order_by(*orders[order])
+                .offset(offset)
+                .limit(limit)
+            ).all()
+            return Page([self._assigned(*row) for row in rows], int(total or 0), offset, limit)
+
+    def image_assignments(self, run_id: int, relpath: str) -> list[AssignedRegion]:
+        """Regions of one image with their assignments in a run."""
+        with self._session() as session:
+            run = self._get(session, m.Run, run_id, "run")
+            image = image_row(session, run.project_id, relpath)
+            rows = session.execute(
+                self._assigned_query()
+                .where(m.Assignment.run_id == run_id, m.Region.image_id == image.id)
+                .order_by(m.Region.index)
+            ).all()
+            return [self._assigned(*row) for row in rows]
+
+    def run_assignments(self, run_id: int) -> list[AssignedRegion]:
+        """Every assigned region of a run, ordered by image relpath and region index."""
+        with self._session() as session:
+            self._get(session, m.Run, run_id, "run")
+            rows = session.execute(
+                self._assigned_query().where(m.Assignment.run_id == run_id).order_by(m.Image.relpath, m.Region.index)
+            ).all()
+            return [self._assigned(*row) for row in rows]
+
+    def umap_points(self, run_id: int) -> pd.DataFrame:
+        """One row per assigned region: region_id, image, x, y, cluster_id, cluster_name, color,
+        slot, confidence, score, is_normal (region or its cluster normal), crop_path."""
+        with self._session() as session:
+            rows = session.execute(
+                select(
+                    m.Assignment.region_id,
+                    m.Image.relpath,
+                    m.Assignment.umap_x,
+                    m.Assignment.umap_y,
+                    m.Assignment.cluster_id,
+                    m.Cluster.name,
+                    m.Cluster.color,
+                    m.Cluster.slot,
+                    m.Assignment.confidence,
+                    m.Region.score,
+                    m.Assignment.is_normal,
+                    m.Cluster.is_normal,
+                    m.Region.crop_path,
+                )
+                .join(m.Region, m.Region.id == m.Assignment.region_id)
+                .join(m.Image, m.Image.id == m.Region.image_id)
+                .join(m.Cluster, m.Cluster.id == m.Assignment.cluster_id)
+                .where(m.Assignment.run_id == run_id)
+                .order_by(m.Assignment.region_id)
+            ).all()
+        columns = ["region_id", "image", "x", "y", "cluster_id", "name", "color", "slot", "confidence", "score",
+                   "region_normal", "cluster_normal", "crop_path"]  # fmt: skip
+        frame = pd.DataFrame(rows, columns=columns)
+        frame["cluster_name"] = [display_name(row[5], row[7]) for row in rows]  # before pandas turns None into NaN
+        frame["is_normal"] = frame["region_normal"].astype(bool) | frame["cluster_normal"].astype(bool)
+        frame["crop_path"] = [self._absolute(row[12]) for row in rows]
+        frame["x"] = frame["x"].astype(float)
+        frame["y"] = frame["y"].astype(float)
+        return frame[["region_id", "image", "x", "y", "cluster_id", "cluster_name", "color", "slot", "confidence",
+                      "score", "is_normal", "crop_path"]]  # fmt: skip
+
+    def embeddings(self, run_id: int, region_ids: Sequence[int] | None = None) -> tuple[list[int], np.ndarray]:
+        """Stored embeddings (region ids, N x D float32) of a run's regions that have one."""
+        with self._session() as session:
+            query = select(m.Assignment.region_id, m.Assignment.embedding).where(
+                m.Assignment.run_id == run_id, m.Assignment.embedding.is_not(None)
+            )
+            if region_ids is not None:
+                query = query.where(m.Assignment.region_id.in_(list(region_ids)))
+            rows = session.execute(query.order_by(m.Assignment.region_id)).all()
+        if not rows:
+            return [], np.zeros((0, 0), dtype=np.float32)
+        return [r for r, _ in rows], np.stack([np.frombuffer(e, dtype=np.float32) for _, e in rows])
+
+    # ------------------------------------------------------------ image classes
+    def run_tau(self, run_id: int) -> float:
+        """The fusion temperature a run was made with (its settings' tau, else core's default)."""
+        tau = self.get_run(run_id).settings.get("tau")  # type: ignore[attr-defined]
+        return DEFAULT_TAU if tau is None else float(tau)
+
+    def image_classes(self, run_id: int, tau: float | None = None) -> list[ImageClass]:
+        """Image-level classes from the current (edited) assignments by core.fusion.fuse_image.
+
+        tau defaults to the run's own (run_tau). Each region votes with its stored probability
+        vector, its columns carried along the engineer's edits (see _current_vote); the fused
+        argmax wins (ties: the defect class with the lowest cluster id, normal last) and its
+        fused probability is the confidence. Unlabeled-role images without regions are
+        NORMAL_CLASS with confidence 1.
+        """
+        tau = self.run_tau(run_id) if tau is None else float(tau)
+        with self._session() as session:
+            run = self._get(session, m.Run, run_id, "run")
+            images = session.execute(
+                select(m.Image.id, m.Image.relpath, m.Image.gt_class, m.Image.role)
+                .where(m.Image.project_id == run.project_id)
+                .order_by(m.Image.relpath)
+            ).all()
+            clusters = {c.id: c for c in session.scalars(select(m.Cluster).where(m.Cluster.run_id == run_id))}
+            rows = session.execute(
+                select(
+                    m.Region.image_id,
+                    m.Region.area,
+                    m.Assignment.cluster_id,
+                    m.Assignment.original_cluster_id,
+                    m.Assignment.confidence,
+                    m.Assignment.probabilities,
+                    m.Assignment.is_normal,
+                )
+                .join(m.Region, m.Region.id == m.Assignment.region_id)
+                .where(m.Assignment.run_id == run_id)
+                .order_by(m.Region.image_id, m.Region.index)
+            ).all()
+        votes = _Votes(clusters)
+        per_image: dict[int, list[Any]] = defaultdict(list)
+        for row in rows:
+            per_image[row[0]].append(row)
+        out = []
+        for image_id, relpath, gt_class, role in images:
+            regions = per_image.get(image_id, [])
+            if not regions:
+                if role != "unlabeled":
+                    continue
+                out.append(ImageClass(image_id, relpath, None, NORMAL_CLASS, 1.0, 0, gt_class))
+                continue
+            region_votes = [votes.of(*row[2:]) for row in regions]
+            keys = sorted({k for vote in region_votes for k in vote if k is not None}) + [None]
+            matrix = np.array([[vote.get(k, 0.0) for k in keys] for vote in region_votes], dtype=np.float64)
+            fused = fuse_image(matrix, [max(int(row[1]), 0) for row in regions], tau)
+            best = int(np.flatnonzero(fused >= fused.max() - 1e-12)[0])
+            winner = keys[best]
+            name = NORMAL_CLASS if winner is None else display_name(clusters[winner].name, clusters[winner].slot)
+            out.append(ImageClass(image_id, relpath, winner, name, float(fused[best]), len(regions), gt_class))
+        return out
+
+
+class _Votes:
+    """A region's probability vector over the run's classes as they are now (edits applied).
+
+    Key None is NORMAL_CLASS, any other key a current cluster id. Columns of the stored vector
+    are the run's slots; a slot's mass goes to the cluster its own cluster was merged into
+    (NORMAL_CLASS when that cluster is marked normal). A region the engineer moved (or a split
+    put elsewhere) votes 1 for its cluster, a region marked normal votes 1 for NORMAL_CLASS,
+    and rows written before probabilities were stored vote their confidence for their cluster.
+    """
+
+    def __init__(self, clusters: dict[int, m.Cluster]) -> None:
+        self.clusters = clusters
+        self.by_slot = {c.slot: c.id for c in clusters.values()}
+
+    def current(self, cluster_id: int) -> int:
+        """The cluster a cluster now lives in, following merges."""
+        seen = set()
+        while self.clusters[cluster_id].merged_into_id is not None and cluster_id not in seen:
+            seen.add(cluster_id)
+            cluster_id = self.clusters[cluster_id].merged_into_id  # type: ignore[assignment]
+        return cluster_id
+
+    def key(self, cluster_id: int) -> int | None:
+        current = self.current(cluster_id)
+        return None if self.clusters[current].is_normal else current
+
+    def of(
+        self, cluster_id: int, original_id: int | None, confidence: float, probabilities: bytes | None, marked: bool
+    ) -> dict[int | None, float]:
+        if marked:
+            return {None: 1.0}
+        moved = original_id is None or self.current(original_id) != cluster_id
+        if probabilities is None or moved:
+            return {self.key(cluster_id): 1.0 if moved else float(confidence)}
+        vote: dict[int | None, float] = defaultdict(float)
+        for slot, p in enumerate(np.frombuffer(probabilities, dtype=np.float32)):
+            if p > 0 and slot in self.by_slot:
+                vote[self.key(self.by_slot[slot])] += float(p)
+        return vote

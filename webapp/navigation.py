@@ -1,0 +1,165 @@
+"""Which project and run a browser session shows: sidebar pickers kept in the page's URL.
+
+The project and the run live in st.session_state (pages set them) and in st.query_params
+(`?project=3&run=12`), and the page is the URL path, so a reload (F5) or a shared link shows the
+same project, run and page instead of whatever is newest. On a session's first run the URL wins;
+after that every picker writes the current choice back into the URL.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import streamlit as st
+
+from storage import DONE, ProjectInfo, RunInfo, Store
+from webapp import widgets
+from webapp.workspace import get_store
+
+#: URL query parameters of the current project and run.
+PROJECT_PARAM, RUN_PARAM = "project", "run"
+#: Session-state keys of the current project and run ids.
+PROJECT_KEY, RUN_KEY = "project_id", "run_id"
+#: Set once the session has read the project and run from its URL.
+RESTORED_KEY = "_navigation_restored_from_url"
+#: An id the URL asked for that does not exist (shown once in the sidebar).
+MISSING_KEY = "_navigation_missing_from_url"
+
+
+def _int_param(name: str) -> int | None:
+    value = st.query_params.get(name)
+    try:
+        return int(value) if value not in (None, "") else None
+    except (TypeError, ValueError):
+        return None
+
+
+def restore_from_url() -> None:
+    """On a session's first run, take the project and run from the URL (a reload or a shared link)."""
+    if st.session_state.get(RESTORED_KEY):
+        return
+    st.session_state[RESTORED_KEY] = True
+    project, run = _int_param(PROJECT_PARAM), _int_param(RUN_PARAM)
+    if project is not None:
+        st.session_state[PROJECT_KEY] = project
+        st.session_state[RUN_KEY] = run
+
+
+def _write_url() -> None:
+    """Put the current project and run into the URL (removing what is not chosen)."""
+    for param, key in ((PROJECT_PARAM, PROJECT_KEY), (RUN_PARAM, RUN_KEY)):
+        value = st.session_state.get(key)
+        if value is None:
+            if param in st.query_params:
+                del st.query_params[param]
+        elif st.query_params.get(param) != str(value):
+            st.query_params[param] = str(value)
+
+
+def current_project_id() -> int | None:
+    """The project chosen in this browser session (or its URL), if any."""
+    restore_from_url()
+    return st.session_state.get(PROJECT_KEY)
+
+
+def current_run_id() -> int | None:
+    """The run chosen in this browser session (or its URL), if any."""
+    restore_from_url()
+    return st.session_state.get(RUN_KEY)
+
+
+def set_project(project_id: int | None) -> None:
+    """Make a project current (and forget the run of the previous one); kept in the URL."""
+    restore_from_url()
+    if st.session_state.get(PROJECT_KEY) != project_id:
+        st.session_state[RUN_KEY] = None
+    st.session_state[PROJECT_KEY] = project_id
+    _write_url()
+
+
+def set_run(run_id: int | None) -> None:
+    """Make a run current; kept in the URL."""
+    restore_from_url()
+    st.session_state[RUN_KEY] = run_id
+    _write_url()
+
+
+def project_label(project: ProjectInfo) -> str:
+    """'name  (#id)' for pickers: two projects may share a name, never an id."""
+    return f"{project.name}  (#{project.id})"
+
+
+def select_project(required: bool = True) -> int | None:
+    """Sidebar project picker; returns the current project id.
+
+    With required=True and no project at all, shows a friendly pointer to the Projects page and
+    stops the page.
+    """
+    store = get_store()
+    projects = store.list_projects()
+    if not projects:
+        if required:
+            _stop_with_link("There is no project yet. Create one (or the one-click demo) on the Projects page.",
+                            "views/home.py", "Go to Projects", ":material/folder_open:")
+        return None
+    by_id = {p.id: p for p in projects}
+    return _sidebar_picker("Project", "project", by_id, current_project_id(), projects[-1].id, "sidebar_project",
+                           lambda pid: project_label(by_id[pid]), set_project)
+
+
+def _stop_with_link(message: str, page: str, label: str, icon: str) -> None:
+    """Say why this page cannot show anything yet, link to the page that fixes it, stop."""
+    st.info(message)
+    widgets.page_link(page, label, icon)
+    st.stop()
+
+
+def _sidebar_picker(label: str, what: str, by_id: dict[int, Any], current: int | None, fallback: int, key: str,
+                    format_func: Callable[[int], str], select: Callable[[int], None]) -> int:
+    """A sidebar selectbox mirroring a session-state id (which other pages may set); returns the id.
+
+    An id that no longer exists (an old link, a deleted project) is said once, then the fallback shows.
+    """
+    if current is not None and current not in by_id:
+        st.sidebar.warning(f"{what.capitalize()} #{current} (asked for by the link or the last page) is not available "
+                           f"here; showing #{fallback} instead.",
+                           icon=":material/link_off:")
+    if current not in by_id:
+        current = fallback
+    select(current)
+    if st.session_state.get(key) != current:
+        st.session_state[key] = current
+    st.sidebar.selectbox(label, list(by_id), format_func=format_func, key=key,
+                         on_change=lambda: select(st.session_state[key]))
+    return current
+
+
+def run_label(run: RunInfo) -> str:
+    """Short human label of a run for pickers."""
+    when = run.created_at.strftime("%Y-%m-%d %H:%M") if run.created_at else ""
+    classes = run.settings.get("classes", "auto")
+    retrain = " · retrained" if run.parent_run_id else ""
+    return f"Run #{run.id} · {when} · classes {classes}{retrain}"
+
+
+def finished_runs(store: Store, project_id: int) -> list[RunInfo]:
+    """Discovery runs of a project that finished with results, newest first."""
+    return store.list_runs(project_id, kind="discover", status=DONE)
+
+
+def select_run(project_id: int, required: bool = True) -> int | None:
+    """Sidebar picker of the project's finished discovery runs; returns the current run id.
+
+    With required=True and no finished run, points to the Discover page and stops the page.
+    """
+    store = get_store()
+    runs = finished_runs(store, project_id)
+    if not runs:
+        if required:
+            _stop_with_link("This project has no finished discovery run yet. Start one on the Discover page.",
+                            "views/discover.py", "Go to Discover", ":material/rocket_launch:")
+        return None
+    by_id = {r.id: r for r in runs}
+    return _sidebar_picker("Run", "finished run", by_id, current_run_id(), runs[0].id, "sidebar_run",
+                           lambda rid: run_label(by_id[rid]), set_run)

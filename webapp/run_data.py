@@ -1,0 +1,49 @@
+"""A run's data as the pages show it, cached by the run's *revision* (the versions of its clusters,
+bumped by every edit), so a rerun that did not change the run reuses the points, clusters and
+figure instead of re-querying 5,000 regions."""
+
+from __future__ import annotations
+
+import pandas as pd
+import plotly.graph_objects as go
+import streamlit as st
+
+from storage import ClusterInfo, ImageClass, Store
+from webapp.figures import umap_figure
+
+
+def run_revision(store: Store, run_id: int) -> tuple[tuple[int, int], ...]:
+    """A fingerprint of a run's edited state: every cluster's id and version.
+
+    Each edit (and each undo / redo) bumps the version of the clusters it touches, so the
+    fingerprint changes exactly when the plot, gallery or exports could change.
+    """
+    return tuple((c.id, c.version) for c in store.list_clusters(run_id, include_merged=True))
+
+
+@st.cache_resource(max_entries=16, show_spinner=False)
+def umap_points(_store: Store, store_url: str, run_id: int, revision: tuple) -> pd.DataFrame:
+    """UMAP points of a run (storage.umap_points), cached per revision; do not mutate."""
+    return _store.umap_points(run_id)
+
+
+@st.cache_resource(max_entries=16, show_spinner=False)
+def image_classes_of(_store: Store, store_url: str, run_id: int, revision: tuple) -> list[ImageClass]:
+    """Fused image-level classes of a run's current assignments, cached per revision."""
+    return _store.image_classes(run_id)
+
+
+@st.cache_resource(max_entries=16, show_spinner=False)
+def clusters_of(_store: Store, store_url: str, run_id: int, revision: tuple) -> list[ClusterInfo]:
+    """The run's live clusters with counts, cached per revision."""
+    return _store.list_clusters(run_id)
+
+
+@st.cache_resource(max_entries=8, show_spinner=False)
+def cached_umap_figure(_store: Store, store_url: str, run_id: int, revision: tuple,
+                       selected: tuple[int, ...] = ()) -> go.Figure:
+    """The UMAP figure of a run with its selection highlighted, built once per revision and
+    selection (the same object on every rerun that changes neither)."""
+    points = umap_points(_store, store_url, run_id, revision)
+    clusters = clusters_of(_store, store_url, run_id, revision)
+    return umap_figure(points, clusters, selected)

@@ -1,0 +1,88 @@
+"""The Explore selection: region ids in st.session_state, set by the UMAP chart, a cluster, an image
+or a clicked thumbnail, and read by the gallery, the edit forms and the Export page.
+
+The chart's on_select callback writes it, reading the chart's state as a mapping (so AppTest can
+set it); the figure shows it as `selectedpoints` so the highlight survives every rerun.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import streamlit as st
+
+#: Session-state key of the selected region ids (list[int]).
+SELECTION_KEY = "explore_selection"
+#: Where the selection came from ("plot", "cluster <name>", "image <path>").
+SELECTION_SOURCE_KEY = "explore_selection_source"
+#: Session-state key of the UMAP chart widget.
+CHART_KEY = "explore_umap"
+#: The chart selection adopted last (to tell a new chart selection from an old one).
+LAST_CHART_KEY = "explore_last_chart_selection"
+#: Gallery page index.
+PAGE_KEY = "explore_gallery_page"
+#: The region opened from the gallery (its crop, image and cluster are shown).
+FOCUS_KEY = "explore_focus_region"
+
+
+def region_ids_from_selection(state: Mapping[str, Any] | None) -> list[int]:
+    """Region ids of the points in a plotly chart state ({"selection": {"points": [...]}}).
+
+    Each point carries its region id as the first custom_data value; points without one are
+    ignored. custom_data sent as a numpy array reaches the browser as a typed array and comes back
+    as {"0": id, "1": ...}, so both forms are read. Order kept, no duplicates.
+    """
+    if not state:
+        return []
+    try:
+        points = state["selection"]["points"]
+    except (KeyError, TypeError):
+        return []
+    ids: dict[int, None] = {}
+    for point in points or []:
+        custom = point.get("customdata") if isinstance(point, Mapping) else None
+        if custom is None:
+            continue
+        if isinstance(custom, Mapping):  # a numpy custom_data array arrives as {"0": id, "1": ...}
+            custom = custom.get("0", custom.get(0))
+        value = custom[0] if isinstance(custom, (list, tuple)) and custom else custom
+        try:
+            ids[int(value)] = None
+        except (TypeError, ValueError):
+            continue
+    return list(ids)
+
+
+def selected_ids() -> list[int]:
+    """The current selection (region ids)."""
+    return list(st.session_state.get(SELECTION_KEY) or [])
+
+
+def set_selection(ids: Iterable[int], source: str) -> None:
+    """Replace the selection and go back to the first gallery page."""
+    st.session_state[SELECTION_KEY] = [int(i) for i in dict.fromkeys(ids)]
+    st.session_state[SELECTION_SOURCE_KEY] = source
+    st.session_state[PAGE_KEY] = 0
+
+
+def on_chart_select() -> None:
+    """on_select callback of the UMAP chart: its box / lasso / click selection becomes ours."""
+    ids = region_ids_from_selection(st.session_state.get(CHART_KEY))
+    st.session_state[LAST_CHART_KEY] = ids
+    set_selection(ids, "plot")
+
+
+def sync_chart_selection() -> None:
+    """Adopt a chart selection that reached session state without the callback (AppTest sets the
+    chart's state directly). An empty chart state is ignored: after an edit the figure changes
+    and the chart starts empty, which must not drop the engineer's selection."""
+    ids = region_ids_from_selection(st.session_state.get(CHART_KEY))
+    if ids and ids != st.session_state.get(LAST_CHART_KEY):
+        st.session_state[LAST_CHART_KEY] = ids
+        set_selection(ids, "plot")
+
+
+def clear_selection() -> None:
+    """Select nothing."""
+    set_selection([], "")
