@@ -16,6 +16,7 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from storage import ClusterInfo
+from storage.records import STATE_NO_ANOMALY
 from webapp.widgets import CHART_LAYOUT
 
 #: Trace name of regions marked normal by the engineer on the UMAP plot.
@@ -63,7 +64,7 @@ def umap_figure(points: pd.DataFrame, clusters: Sequence[ClusterInfo], selected:
     points = points[has_xy]
     chosen = set(int(i) for i in selected)
     cluster_normal = {c.id: c.is_normal for c in clusters}
-    none_found = points["no_anomaly"].astype(bool) if "no_anomaly" in points else pd.Series(False, index=points.index)
+    none_found = points["state"] == STATE_NO_ANOMALY
     region_normal = (points["is_normal"].astype(bool) & ~none_found
                      & ~points["cluster_id"].map(cluster_normal).fillna(False).astype(bool))
     hover = ("<b>%{customdata[3]}</b><br>region %{customdata[0]} · confidence %{customdata[1]:.2f}"

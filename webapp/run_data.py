@@ -44,21 +44,6 @@ def cached_umap_figure(_store: Store, store_url: str, run_id: int, revision: tup
                        selected: tuple[int, ...] = ()) -> go.Figure:
     """The UMAP figure of a run with its selection highlighted, built once per revision and
     selection (the same object on every rerun that changes neither)."""
-    points = with_states(umap_points(_store, store_url, run_id, revision),
-                         no_anomaly_ids(_store, store_url, run_id, revision))
+    points = umap_points(_store, store_url, run_id, revision)
     clusters = clusters_of(_store, store_url, run_id, revision)
     return umap_figure(points, clusters, selected)
-
-
-@st.cache_resource(max_entries=16, show_spinner=False)
-def no_anomaly_ids(_store: Store, store_url: str, run_id: int, revision: tuple) -> frozenset[int]:
-    """Regions of a run that stand for an image where MEBin found no anomaly: core makes one
-    whole-image region without a mask pixel (area 0) for such an image. Not a normal verdict."""
-    return frozenset(a.region.id for a in _store.run_assignments(run_id) if a.region.area == 0)
-
-
-def with_states(points: pd.DataFrame, none_found: frozenset[int]) -> pd.DataFrame:
-    """The run's points with a `no_anomaly` column (a copy: cached frames are never changed)."""
-    if "no_anomaly" in points:
-        return points
-    return points.assign(no_anomaly=points["region_id"].isin(none_found))

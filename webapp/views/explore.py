@@ -16,6 +16,7 @@ import pandas as pd
 import streamlit as st
 
 from storage import ClusterInfo, NotFound
+from storage.records import STATE_MARKED_NORMAL, STATE_NO_ANOMALY, STATE_NORMAL
 from webapp import messages, navigation, run_data, selection
 from webapp.workspace import get_store
 from webapp.gallery import THUMB_SIZE, draw_boxes, load_image, thumbnail, thumbnail_uri
@@ -40,8 +41,7 @@ messages.show()
 
 revision = run_data.run_revision(store, run_id)
 clusters: list[ClusterInfo] = run_data.clusters_of(store, store.url, run_id, revision)
-points = run_data.with_states(run_data.umap_points(store, store.url, run_id, revision),
-                             run_data.no_anomaly_ids(store, store.url, run_id, revision))
+points = run_data.umap_points(store, store.url, run_id, revision)
 seen_versions: dict[int, int] = dict(st.session_state.get(SEEN_KEY, {}).get(run_id, {}))
 by_cluster_id = {c.id: c for c in clusters}
 
@@ -77,15 +77,12 @@ def quoted(name: str) -> str:
     return f"“{escape_markdown(name)}”"
 
 
-def region_states(points: pd.DataFrame, clusters: list[ClusterInfo]) -> dict[str, int]:
-    """How many regions are marked normal by the engineer, predicted normal (in the engine's normal
-    cluster) and whole-image placeholders where no anomaly was found."""
-    normal_clusters = {c.id for c in clusters if c.is_normal}
-    in_normal = points["cluster_id"].isin(normal_clusters)
-    marked = points["region_normal"].astype(bool) if "region_normal" in points else points["is_normal"] & ~in_normal
-    none_found = points["no_anomaly"].astype(bool)
-    return {"marked": int((marked & ~none_found).sum()), "predicted": int((in_normal & ~marked & ~none_found).sum()),
-            "none_found": int(none_found.sum())}
+def region_states(points: pd.DataFrame) -> dict[str, int]:
+    """How many regions are marked normal by the engineer, predicted normal (the engine's normal
+    slot) and whole-image placeholders where no anomaly was found (storage's region_state)."""
+    counts = points["state"].value_counts()
+    return {"marked": int(counts.get(STATE_MARKED_NORMAL, 0)), "predicted": int(counts.get(STATE_NORMAL, 0)),
+            "none_found": int(counts.get(STATE_NO_ANOMALY, 0))}
 
 
 def state_cards(states: dict[str, int]) -> list[tuple[str, str, str]]:
@@ -185,7 +182,7 @@ if points.empty:
 populated = [c for c in clusters if c.region_count > 0]
 empty_clusters = len(clusters) - len(populated)
 named = sum(1 for c in populated if c.name and not c.is_normal)
-states = region_states(points, clusters)
+states = region_states(points)
 metric_cards([
     ("Regions", f"{len(points):,}", f"Anomaly regions of this run, in {points['image'].nunique():,} images."),
     ("Clusters", f"{len(populated)}", "Clusters holding regions (merged ones are hidden)."
@@ -216,7 +213,7 @@ if states["none_found"] and tools.button(f"Images with no anomaly found ({states
                                         icon=":material/image_search:", key="explore_select_none_found",
                                         help="Select the whole-image placeholders of images where MEBin found "
                                              "nothing, to look at them and move or mark them."):
-    selection.set_selection(points.loc[points["no_anomaly"], "region_id"].tolist(), "no anomaly found")
+    selection.set_selection(points.loc[points["state"] == STATE_NO_ANOMALY, "region_id"].tolist(), "no anomaly found")
     st.rerun()
 source = st.session_state.get(selection.SELECTION_SOURCE_KEY) or ""
 tools.caption(
@@ -262,7 +259,7 @@ def focused_region_panel() -> None:
     with st.container(border=True, key="explore_focus"):
         st.markdown(f"**Region #{int(focus)}** · {quoted(short(str(point['cluster_name']), 60))} · "
                     f"confidence {float(point['confidence']):.2f}"
-                    + (" · no anomaly found in this image" if bool(point["no_anomaly"]) else ""))
+                    + (" · no anomaly found in this image" if point["state"] == STATE_NO_ANOMALY else ""))
         crop_col, image_col = st.columns([1, 2])
         crop, mask = files_of(int(focus))
         crop_col.image(thumbnail(crop, mask, 256), caption="crop with its mask outline", width="stretch")
@@ -306,7 +303,7 @@ def gallery(shown_ids: list[int]) -> None:
                                type="tertiary", help=f"Open region #{int(region_id)} in its image ({name})"):
                     open_region(int(region_id))
                     st.rerun()
-                cell.caption("no anomaly found" if bool(point["no_anomaly"]) else escape_markdown(short(name, 14)))
+                cell.caption(STATE_NO_ANOMALY if point["state"] == STATE_NO_ANOMALY else escape_markdown(short(name, 14)))
 
 
 # ------------------------------------------------------------------------------ plot + panels
@@ -433,8 +430,8 @@ with tab_image:
         st.caption(f"Confidence {fused.confidence:.2f} · {plural(fused.region_count, 'region')}"
                    + (f" · ground truth: {escape_markdown(fused.gt_class)}" if fused.gt_class else ""))
     st.dataframe(
-        members[["region_id", "cluster_name", "confidence", "is_normal"]].rename(
-            columns={"region_id": "region", "cluster_name": "cluster", "is_normal": "normal"}),
+        members[["region_id", "cluster_name", "confidence", "state"]].rename(
+            columns={"region_id": "region", "cluster_name": "cluster"}),
         hide_index=True, width="stretch",
     )
     if st.button("Select this image's regions", key="explore_select_image", width="stretch"):
