@@ -295,7 +295,8 @@ def execute(store: Store, run_id: int) -> str:
     try:
         message = job(store, run, report)
         if run.kind != "discover":
-            store.finish_run(run_id, message=message, loss_history=report.loss_history or None)
+            store.finish_run(run_id, message=message, loss_history=report.loss_history or None,
+                             metrics=report.metrics)
         return "done"
     except JobCancelled:
         store.mark_cancelled(run_id, "cancelled by the engineer")

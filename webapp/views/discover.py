@@ -73,8 +73,9 @@ def settings_form(project: ProjectInfo, has_maps: bool, n_labels: int) -> dict[s
         guided = c.toggle("Mask-guided attention", value=DEFAULTS.train.guided, key="d_guided",
                           help="Off: the unguided ablation.")
         a, b, c = st.columns(3)
-        detector = a.selectbox("Detector (when maps are made)", ["auto", *METHODS], key="d_detector",
-                               help="auto: PatchCore with normal references, else zero-shot.")
+        detector = a.selectbox("Detector (when maps are made)", list(METHODS), key="d_detector",
+                               help="auto: template comparison when every image has its own "
+                               "reference, else PatchCore with normal references, else zero-shot.")
         binarizer = b.selectbox("Binarization", list(BINARIZERS), key="d_binarizer",
                                 help="MEBin (the method) or Otsu per map (ablation).")
         recompute = c.toggle("Make the maps again", value=not has_maps, disabled=not has_maps, key="d_recompute",

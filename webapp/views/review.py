@@ -201,13 +201,13 @@ def maps_form(project: ProjectInfo, has_normal: bool) -> None:
             st.error(problem, icon=":material/folder_off:")
         ready = bool(folder.strip()) and problem is None
     else:
-        from core.detection.config import OFFLINE_BACKBONE, PAPER_BACKBONE
+        from core.detection.config import METHODS, OFFLINE_BACKBONE, PAPER_BACKBONE
 
         left, middle, right = st.columns(3)
-        methods = ["patchcore", "zero-shot"]
-        method = left.selectbox("Method", methods, index=0 if has_normal else 1, key="maps_method",
-                                help="PatchCore learns from the normal references; zero-shot compares the "
-                                     "images with each other (no references needed).")
+        method = left.selectbox("Method", list(METHODS), index=0, key="maps_method",
+                                help="auto: template comparison when every image has its own reference "
+                                     "(<id>_test with normal/<id>_temp), else PatchCore on the normal references, "
+                                     "else zero-shot (the images compared with each other).")
         backbone = middle.selectbox("Backbone", [OFFLINE_BACKBONE, PAPER_BACKBONE, "resnet18"], key="maps_backbone",
                                     help=f"'{OFFLINE_BACKBONE}' needs no download; timm names need their "
                                          "weights in the cache or a weights file.")
@@ -356,6 +356,17 @@ widgets.metric_cards([
     ("Median threshold", int(np.median([b["threshold"] for b in with_anomaly])) if with_anomaly else "–"),
     ("Overrides", overrides, "thresholds set by hand on this page"),
 ])
+# What the built-in detector ran and how well its maps separate (stored with the detection run).
+finished = next((r for r in store.list_runs(project.id, kind=jobs.DETECT) if r.status == "done"), None)
+summary = ((finished.metrics or {}).get("detection") if finished is not None else None) or {}
+if summary.get("choice"):
+    st.caption(f"Detector: {summary['choice']}"
+               + (f"; backbone {summary['backbone']}" if summary.get("method") != "template" else ""))
+separation = summary.get("separation") or {}
+if separation.get("summary"):
+    st.caption(separation["summary"].capitalize())
+if separation.get("warning"):
+    st.warning(separation["warning"].capitalize(), icon=":material/warning:")
 threshold_figure, count_figure = distribution_charts(binarizations)
 left, right = st.columns(2)
 left.plotly_chart(threshold_figure, width="stretch", config={"displayModeBar": False}, key="thresholds_hist")
