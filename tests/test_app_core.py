@@ -128,6 +128,8 @@ def test_review_page_shows_maps_evidence_and_overrides_one_threshold(workspace, 
     assert after["counts"] == before["counts"]  # the evidence stays MEBin's
     assert workspace.image_regions(project.id, image)  # re-cropped and stored
     assert {m.label: m.value for m in at.metric}["Overrides"] == "1"
+    assert "wait for the next discovery run" in " ".join(i.value for i in at.info)
+    assert at.selectbox(key="review_image").value == image  # the page stays on the image it changed
 
 
 def test_discover_page_shows_live_progress_and_loss_and_a_finished_run(workspace, tmp_path):
