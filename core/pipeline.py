@@ -96,10 +96,12 @@ def run_detection(
     *,
     progress: Callable[[str, int, int], None] | None = None,
     cache_dir: Path | None = None,
+    summary: dict[str, Any] | None = None,
 ) -> dict[str, np.ndarray]:
     """Raw anomaly maps (float32 by image relpath) from the built-in detector (see detector_for).
 
-    progress(step, done, total) follows the detector's steps. Raises PipelineError when detection fails.
+    progress(step, done, total) follows the detector's steps. summary, when given, receives what
+    ran and why and the separation report (Detection.summary). Raises PipelineError when detection fails.
     """
     from core import detection
 
@@ -107,6 +109,8 @@ def run_detection(
         found = detection.detect(manifest, detector, device, progress=progress, cache_dir=cache_dir)
     except ValueError as error:  # DetectionError and bad settings: the message names the problem
         raise PipelineError(f"anomaly detection failed: {error}") from error
+    if summary is not None:
+        summary.update(found.summary())
     return {key: np.asarray(value, dtype=np.float32) for key, value in found.maps.items()}
 
 

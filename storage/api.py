@@ -6,8 +6,8 @@ thin front over the modules that hold each part:
 
 - storage.workspace   engine, sessions, paths inside the workspace, PNG writing
 - storage.projects    projects and their images
-- storage.maps        anomaly maps and MEBin binarizations
-- storage.regions     regions (crops) of the images
+- storage.regions     regions (crops) of the images, versioned per image
+- storage.maps        anomaly maps, MEBin binarizations (versioned) and threshold overrides
 - storage.runs        run lifecycle and progress
 - storage.results     a run's clusters and assignments, and the reads of them (image classes)
 - storage.edits       the engineer's cluster edits, each with its apply/revert pair
@@ -26,7 +26,6 @@ from storage.comparison import ComparisonStore
 from storage.edits import EditStore
 from storage.history import HistoryStore
 from storage.labels import LabelStore
-from storage.maps import MapStore
 from storage.projects import ProjectStore
 from storage.records import display_name, palette_color
 from storage.runs import RunStore
@@ -35,7 +34,7 @@ from storage.runs import RunStore
 WORKSPACE_ENV = "STUDIO_WORKSPACE"
 
 
-class Store(ProjectStore, MapStore, RunStore, EditStore, HistoryStore, LabelStore, ComparisonStore):
+class Store(ProjectStore, RunStore, EditStore, HistoryStore, LabelStore, ComparisonStore):
     """A workspace: one database plus a folder of crop and mask files (see the module list above)."""
 
 

@@ -15,13 +15,22 @@ from typing import Any
 import pandas as pd
 
 from storage.api import Store
-from storage.records import NORMAL_CLASS, AssignedRegion, ClusterInfo, display_name
+from storage.records import (
+    NO_ANOMALY_CLASS,
+    NORMAL_CLASS,
+    STATE_MARKED_NORMAL,
+    STATE_NO_ANOMALY,
+    STATE_NORMAL,
+    AssignedRegion,
+    ClusterInfo,
+    display_name,
+)
 
 #: First characters that make a spreadsheet cell a formula (OWASP CSV injection).
 FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
 REGION_COLUMNS = ["region_id", "image", "x0", "y0", "x1", "y1", "cluster_id", "class_name", "confidence",
-                  "anomaly_score", "area", "is_normal", "run_id"]  # fmt: skip
-IMAGE_COLUMNS = ["image", "class_name", "cluster_id", "confidence", "region_count", "run_id"]
+                  "anomaly_score", "area", "is_normal", "state", "run_id"]  # fmt: skip
+IMAGE_COLUMNS = ["image", "class_name", "cluster_id", "confidence", "region_count", "state", "run_id"]
 
 
 def neutralize_cell(value: Any) -> Any:
@@ -41,8 +50,11 @@ def neutralize_frame(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def region_class(item: AssignedRegion, clusters: dict[int, ClusterInfo]) -> str:
-    """The class of a region in exports: NORMAL_CLASS when it or its cluster is normal."""
+    """The class of a region in exports: NORMAL_CLASS when it or its cluster is normal,
+    NO_ANOMALY_CLASS for the whole-image placeholder of an image where MEBin found nothing."""
     cluster = clusters[item.cluster_id]
+    if item.state == STATE_NO_ANOMALY:  # the engineer's own mark would have made it "marked normal"
+        return NO_ANOMALY_CLASS
     if item.is_normal or cluster.is_normal:
         return NORMAL_CLASS
     return display_name(cluster.name, cluster.slot)
@@ -64,7 +76,8 @@ def regions_frame(store: Store, run_id: int) -> pd.DataFrame:
             "confidence": a.confidence,
             "anomaly_score": a.region.score,
             "area": a.region.area,
-            "is_normal": bool(a.is_normal or clusters[a.cluster_id].is_normal),
+            "is_normal": a.state in (STATE_NORMAL, STATE_MARKED_NORMAL),  # predicted or marked normal
+            "state": a.state,
             "run_id": run_id,
         }
         for a in store.run_assignments(run_id)
@@ -81,6 +94,7 @@ def images_frame(store: Store, run_id: int, tau: float | None = None) -> pd.Data
             "cluster_id": c.cluster_id,
             "confidence": c.confidence,
             "region_count": c.region_count,
+            "state": c.state,
             "run_id": run_id,
         }
         for c in store.image_classes(run_id, tau=tau)
@@ -117,17 +131,28 @@ def folder_name(class_name: str) -> str:
     return name[:120]
 
 
-def export_crops_zip(store: Store, run_id: int, path: Path | str, *, include_normal: bool = False) -> Path:
+def _kept(regions: pd.DataFrame, include_normal: bool, include_no_anomaly: bool) -> pd.DataFrame:
+    """The regions an export keeps: normal ones and no-anomaly placeholders only when asked."""
+    keep = pd.Series(True, index=regions.index)
+    if not include_normal:
+        keep &= ~regions["is_normal"].astype(bool)
+    if not include_no_anomaly:
+        keep &= regions["state"] != STATE_NO_ANOMALY
+    return regions[keep]
+
+
+def export_crops_zip(
+    store: Store, run_id: int, path: Path | str, *, include_normal: bool = False, include_no_anomaly: bool = False
+) -> Path:
     """Write a ZIP with one folder per class of crop PNGs (a labeled set for a classifier).
 
+    Whole-image placeholders (no anomaly found) go into their own folder when included.
     classes.csv inside maps each folder to the exact class name; crops.csv maps each file to
     its region, image and box.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    regions = regions_frame(store, run_id)
-    if not include_normal:
-        regions = regions[~regions["is_normal"]]
+    regions = _kept(regions_frame(store, run_id), include_normal, include_no_anomaly)
     crop_paths = {a.region.id: a.region.crop_path for a in store.run_assignments(run_id)}
     folders: dict[str, str] = {}
     used: set[str] = set()
@@ -156,12 +181,17 @@ def export_crops_zip(store: Store, run_id: int, path: Path | str, *, include_nor
     return path
 
 
-def coco_dict(store: Store, run_id: int, *, include_normal: bool = False) -> dict[str, Any]:
-    """COCO-style detection dict: images, annotations (bbox x, y, w, h) and categories by class name."""
+def coco_dict(
+    store: Store, run_id: int, *, include_normal: bool = False, include_no_anomaly: bool = False
+) -> dict[str, Any]:
+    """COCO-style detection dict: images, annotations (bbox x, y, w, h) and categories by class name.
+
+    Every image entry carries its state (defect, normal, marked normal, no anomaly found);
+    placeholders become annotations of category NO_ANOMALY_CLASS only when included.
+    """
     run = store.get_run(run_id)
-    regions = regions_frame(store, run_id)
-    if not include_normal:
-        regions = regions[~regions["is_normal"]]
+    regions = _kept(regions_frame(store, run_id), include_normal, include_no_anomaly)
+    image_states = {c.image: c.state for c in store.image_classes(run_id)}
     images = store.list_images(run.project_id)
     clusters = sorted(store.list_clusters(run_id), key=lambda c: c.slot)
     category_names: list[str] = []
@@ -178,7 +208,8 @@ def coco_dict(store: Store, run_id: int, *, include_normal: bool = False) -> dic
     return {
         "info": {"description": f"Defect Discovery Studio run {run_id}", "run_id": run_id},
         "images": [
-            {"id": im.id, "file_name": im.relpath, "width": im.width, "height": im.height}
+            {"id": im.id, "file_name": im.relpath, "width": im.width, "height": im.height,
+             "state": image_states.get(im.relpath)}
             for im in images
             if im.relpath in used_images or im.role == "unlabeled"
         ],
@@ -194,6 +225,7 @@ def coco_dict(store: Store, run_id: int, *, include_normal: bool = False) -> dic
                 "score": float(row.anomaly_score),
                 "confidence": float(row.confidence),
                 "cluster_id": int(row.cluster_id),
+                "state": row.state,
             }
             for row in regions.itertuples(index=False)
         ],
@@ -201,10 +233,12 @@ def coco_dict(store: Store, run_id: int, *, include_normal: bool = False) -> dic
     }
 
 
-def export_coco_json(store: Store, run_id: int, path: Path | str, *, include_normal: bool = False) -> Path:
+def export_coco_json(
+    store: Store, run_id: int, path: Path | str, *, include_normal: bool = False, include_no_anomaly: bool = False
+) -> Path:
     """Write the COCO-style JSON (UTF-8, names as given)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    data = coco_dict(store, run_id, include_normal=include_normal)
+    data = coco_dict(store, run_id, include_normal=include_normal, include_no_anomaly=include_no_anomaly)
     path.write_text(json.dumps(data, ensure_ascii=False, indent=1), encoding="utf-8")
     return path

@@ -22,6 +22,8 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
+    true,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -82,6 +84,8 @@ class AnomalyMap(Base):
 
 
 class Binarization(Base):
+    """MEBin's result for one image, one row per version; the current one feeds the next run."""
+
     __tablename__ = "binarizations"
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -93,11 +97,15 @@ class Binarization(Base):
     mask_path: Mapped[str | None] = mapped_column(Text)
     settings: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    version: Mapped[int] = mapped_column(Integer, default=1, server_default="1")  # 1, 2, ... per image
+    is_current: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
 
 
 class Region(Base):
+    """One crop of an image. A re-crop adds a new version; older ones stay while a run or label uses them."""
+
     __tablename__ = "regions"
-    __table_args__ = (UniqueConstraint("image_id", "index", name="uq_regions_image_index"),)
+    __table_args__ = (UniqueConstraint("image_id", "version", "index", name="uq_regions_image_version_index"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), index=True)
@@ -111,6 +119,8 @@ class Region(Base):
     score: Mapped[float] = mapped_column(Float)
     crop_path: Mapped[str | None] = mapped_column(Text)
     mask_path: Mapped[str | None] = mapped_column(Text)
+    version: Mapped[int] = mapped_column(Integer, default=1, server_default="1")  # crop set of its image
+    is_current: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())  # in the latest set
 
 
 class Run(Base):
@@ -139,6 +149,10 @@ class Run(Base):
 
 
 class Cluster(Base):
+    """A class of a run's result. `slot` is its column in the model's output (core's cluster
+    index into DiscoveryResult.cluster_names; a split adds slots past the model's); `id` is the
+    row, unique over all runs, and what assignments and edits refer to."""
+
     __tablename__ = "clusters"
     __table_args__ = (UniqueConstraint("run_id", "slot", name="uq_clusters_run_slot"),)
 
@@ -147,7 +161,8 @@ class Cluster(Base):
     slot: Mapped[int] = mapped_column(Integer)
     name: Mapped[str | None] = mapped_column(Text)
     color: Mapped[str] = mapped_column(String(32))
-    is_normal: Mapped[bool] = mapped_column(Boolean, default=False)
+    is_normal: Mapped[bool] = mapped_column(Boolean, default=False)  # normal now (engine slot or engineer)
+    engine_normal: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())  # the engine's normal slot
     merged_into_id: Mapped[int | None] = mapped_column(ForeignKey("clusters.id", ondelete="SET NULL"))
     version: Mapped[int] = mapped_column(Integer, nullable=False)
 
@@ -155,6 +170,9 @@ class Cluster(Base):
 
 
 class Assignment(Base):
+    """One region's place in one run: its cluster now (cluster_id, after edits) and the model's
+    (original_cluster_id), confidence, 2-D map point, embedding and probability vector."""
+
     __tablename__ = "assignments"
     __table_args__ = (
         UniqueConstraint("run_id", "region_id", name="uq_assignments_run_region"),

@@ -9,13 +9,36 @@ from typing import Any
 
 import numpy as np
 
+# The one name of the normal / false-detection class (exports, image classes, labels meaning
+# "labeled normal"), core's.
+from core.records import NORMAL_CLASS
+
 # Run status values.
 QUEUED, RUNNING, DONE, FAILED, CANCELLED = "queued", "running", "done", "failed", "cancelled"
 RUN_STATUSES = (QUEUED, RUNNING, DONE, FAILED, CANCELLED)
 # Label sources.
 SOURCE_ENGINEER, SOURCE_IMPORTED, SOURCE_GROUND_TRUTH = "engineer", "imported", "ground_truth"
-# Class name of regions that are normal / false detections, in exports and image classes.
-NORMAL_CLASS = "normal"
+#: Class name of whole-image placeholders: images where MEBin found nothing (region area 0).
+NO_ANOMALY_CLASS = "no anomaly found"
+# The state of a region (and an image) in a run; three kinds of "not a defect" kept apart.
+STATE_DEFECT = "defect"  # a defect class
+STATE_NORMAL = "normal"  # predicted normal: in the engine's normal slot
+STATE_MARKED_NORMAL = "marked normal"  # the engineer marked the region or its cluster normal
+STATE_NO_ANOMALY = NO_ANOMALY_CLASS  # MEBin found nothing: the whole-image placeholder
+STATES = (STATE_DEFECT, STATE_NORMAL, STATE_MARKED_NORMAL, STATE_NO_ANOMALY)
+
+
+def region_state(area: int, marked_normal: bool, cluster_normal: bool, engine_normal: bool) -> str:
+    """A region's state: the engineer's mark first, then "no anomaly found" (area 0), then its cluster's."""
+    if marked_normal:
+        return STATE_MARKED_NORMAL
+    if area == 0:
+        return STATE_NO_ANOMALY
+    if cluster_normal:
+        return STATE_NORMAL if engine_normal else STATE_MARKED_NORMAL
+    return STATE_DEFECT
+
+
 #: Cluster colors by slot (D3 category10 then its light variants): distinct on a scatter plot.
 PALETTE = (
     "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
@@ -107,6 +130,11 @@ class RegionInfo:
     crop_path: str | None  # absolute path of the crop PNG
     mask_path: str | None  # absolute path of the mask PNG
 
+    @property
+    def no_anomaly(self) -> bool:
+        """The whole-image placeholder of an image where MEBin found nothing (no mask pixel)."""
+        return self.area == 0
+
 
 @dataclass(frozen=True)
 class RunInfo:
@@ -136,7 +164,7 @@ class RunInfo:
 class ClusterInput:
     """One cluster of a run's result, as the pipeline writes it."""
 
-    slot: int  # model output index (0..C-1); the normal slot has is_normal=True
+    slot: int  # the cluster's column in the model output (0..C-1, core's cluster index); normal slot: is_normal
     name: str | None = None
     color: str = ""  # "#rrggbb"; empty -> a palette color by slot
     is_normal: bool = False
@@ -157,6 +185,8 @@ class AssignmentInput:
 
 @dataclass(frozen=True)
 class ClusterInfo:
+    """A cluster of a run: `id` the database id edits refer to, `slot` its model output column."""
+
     id: int
     run_id: int
     slot: int
@@ -166,9 +196,11 @@ class ClusterInfo:
     is_normal: bool
     merged_into_id: int | None
     version: int  # pass back as expected_version to detect concurrent edits
-    region_count: int
+    region_count: int  # every assigned region, placeholders included
     image_count: int
     mean_confidence: float | None
+    no_anomaly_count: int = 0  # of region_count: whole-image placeholders (no anomaly found)
+    engine_normal: bool = False  # the engine's normal slot (is_normal alone may be the engineer's mark)
 
 
 @dataclass(frozen=True)
@@ -184,6 +216,7 @@ class AssignedRegion:
     umap_x: float | None
     umap_y: float | None
     is_normal: bool  # the region itself is marked normal / false detection
+    state: str = STATE_DEFECT  # region_state(): defect, normal, marked normal or no anomaly found
 
 
 @dataclass(frozen=True)
@@ -198,11 +231,12 @@ class Page:
 class ImageClass:
     image_id: int
     image: str  # relpath
-    cluster_id: int | None  # None when the image is normal or has no region
-    class_name: str  # cluster display name, or NORMAL_CLASS
+    cluster_id: int | None  # None when the image is normal, has no region or no anomaly was found
+    class_name: str  # cluster display name, NORMAL_CLASS or NO_ANOMALY_CLASS
     confidence: float
     region_count: int
     gt_class: str | None
+    state: str = STATE_DEFECT  # defect, normal, marked normal (all its regions) or no anomaly found
 
 
 @dataclass(frozen=True)

@@ -13,15 +13,22 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import case, delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
-from core.fusion import FusionConfig, fuse_image
+from core.config import DiscoveryConfig
+from core.fusion import fuse_image
 from storage import models as m
 from storage import workspace
 from storage.projects import image_row
 from storage.records import (
+    NO_ANOMALY_CLASS,
     NORMAL_CLASS,
+    STATE_DEFECT,
+    STATE_MARKED_NORMAL,
+    STATE_NO_ANOMALY,
+    STATE_NORMAL,
+    STATES,
     AssignedRegion,
     AssignmentInput,
     ClusterInfo,
@@ -32,14 +39,15 @@ from storage.records import (
     StorageError,
     display_name,
     palette_color,
+    region_state,
 )
-from storage.regions import RegionStore
+from storage.maps import MapStore
 
 #: Fusion temperature of runs whose settings do not say (core's published default).
-DEFAULT_TAU = FusionConfig().tau
+DEFAULT_TAU = DiscoveryConfig().tau
 
 
-class ResultStore(RegionStore):
+class ResultStore(MapStore):
     """Clusters and assignments of runs: writing a result and reading it back."""
 
     def write_results(
@@ -67,6 +75,7 @@ class ResultStore(RegionStore):
                     name=c.name or None,
                     color=c.color or palette_color(int(c.slot)),
                     is_normal=bool(c.is_normal),
+                    engine_normal=bool(c.is_normal),
                     version=1,
                 )
                 session.add(row)
@@ -127,6 +136,7 @@ class ResultStore(RegionStore):
                 func.count(m.Assignment.id).label("regions"),
                 func.count(func.distinct(m.Region.image_id)).label("images"),
                 func.avg(m.Assignment.confidence).label("mean_confidence"),
+                func.sum(case((m.Region.area == 0, 1), else_=0)).label("no_anomaly"),
             )
             .join(m.Region, m.Region.id == m.Assignment.region_id)
             .where(assignment_where)
@@ -134,7 +144,7 @@ class ResultStore(RegionStore):
             .subquery()
         )
         rows = session.execute(
-            select(m.Cluster, counts.c.regions, counts.c.images, counts.c.mean_confidence)
+            select(m.Cluster, counts.c.regions, counts.c.images, counts.c.mean_confidence, counts.c.no_anomaly)
             .outerjoin(counts, counts.c.cluster_id == m.Cluster.id)
             .where(where)
             .order_by(m.Cluster.slot)
@@ -153,8 +163,10 @@ class ResultStore(RegionStore):
                 region_count=int(regions or 0),
                 image_count=int(images or 0),
                 mean_confidence=None if mean is None else float(mean),
+                no_anomaly_count=int(no_anomaly or 0),
+                engine_normal=bool(c.engine_normal),
             )
-            for c, regions, images, mean in rows
+            for c, regions, images, mean, no_anomaly in rows
         ]
 
     def list_clusters(self, run_id: int, *, include_merged: bool = False) -> list[ClusterInfo]:
@@ -176,13 +188,15 @@ class ResultStore(RegionStore):
     # ------------------------------------------------------------ assigned regions
     def _assigned_query(self):  # type: ignore[no-untyped-def]
         return (
-            select(m.Assignment, m.Region, m.Image.relpath, m.Cluster.name)
+            select(m.Assignment, m.Region, m.Image.relpath, m.Cluster.name, m.Cluster.is_normal, m.Cluster.engine_normal)
             .join(m.Region, m.Region.id == m.Assignment.region_id)
             .join(m.Image, m.Image.id == m.Region.image_id)
             .join(m.Cluster, m.Cluster.id == m.Assignment.cluster_id)
         )
 
-    def _assigned(self, a: m.Assignment, r: m.Region, relpath: str, cluster_name: str | None) -> AssignedRegion:
+    def _assigned(
+        self, a: m.Assignment, r: m.Region, relpath: str, cluster_name: str | None, cluster_normal: bool, engine_normal: bool
+    ) -> AssignedRegion:
         return AssignedRegion(
             region=self._region_info(r, relpath),
             run_id=a.run_id,
@@ -193,6 +207,7 @@ class ResultStore(RegionStore):
             umap_x=a.umap_x,
             umap_y=a.umap_y,
             is_normal=bool(a.is_normal),
+            state=region_state(r.area, bool(a.is_normal), bool(cluster_normal), bool(engine_normal)),
         )
 
     def cluster_regions(
@@ -233,18 +248,38 @@ class ResultStore(RegionStore):
             ).all()
             return [self._assigned(*row) for row in rows]
 
-    def run_assignments(self, run_id: int) -> list[AssignedRegion]:
-        """Every assigned region of a run, ordered by image relpath and region index."""
+    def run_assignments(self, run_id: int, state: str | None = None) -> list[AssignedRegion]:
+        """Every assigned region of a run (or those of one state), ordered by image relpath and region index."""
+        if state is not None and state not in STATES:
+            raise StorageError(f"unknown region state {state!r}; expected one of {STATES}")
         with self._session() as session:
             self._get(session, m.Run, run_id, "run")
             rows = session.execute(
                 self._assigned_query().where(m.Assignment.run_id == run_id).order_by(m.Image.relpath, m.Region.index)
             ).all()
-            return [self._assigned(*row) for row in rows]
+            items = [self._assigned(*row) for row in rows]
+        return items if state is None else [item for item in items if item.state == state]
+
+    def state_counts(self, run_id: int) -> dict[str, dict[str, int]]:
+        """Regions and images per state (defect, normal, marked normal, no anomaly found) in a run.
+
+        An image counts under its image_classes state, so the image counts add up to the images.
+        """
+        regions = {state: 0 for state in STATES}
+        for item in self.run_assignments(run_id):
+            regions[item.state] += 1
+        images = {state: 0 for state in STATES}
+        for image in self.image_classes(run_id):
+            images[image.state] += 1
+        return {state: {"regions": regions[state], "images": images[state]} for state in STATES}
+
+    def no_anomaly_images(self, run_id: int) -> list[ImageClass]:
+        """Images of a run where MEBin found nothing (only the whole-image placeholder), by relpath."""
+        return [image for image in self.image_classes(run_id) if image.state == STATE_NO_ANOMALY]
 
     def umap_points(self, run_id: int) -> pd.DataFrame:
         """One row per assigned region: region_id, image, x, y, cluster_id, cluster_name, color,
-        slot, confidence, score, is_normal (region or its cluster normal), crop_path."""
+        slot, confidence, score, is_normal (region or its cluster normal), crop_path, state (region_state)."""
         with self._session() as session:
             rows = session.execute(
                 select(
@@ -261,6 +296,8 @@ class ResultStore(RegionStore):
                     m.Assignment.is_normal,
                     m.Cluster.is_normal,
                     m.Region.crop_path,
+                    m.Region.area,
+                    m.Cluster.engine_normal,
                 )
                 .join(m.Region, m.Region.id == m.Assignment.region_id)
                 .join(m.Image, m.Image.id == m.Region.image_id)
@@ -269,15 +306,16 @@ class ResultStore(RegionStore):
                 .order_by(m.Assignment.region_id)
             ).all()
         columns = ["region_id", "image", "x", "y", "cluster_id", "name", "color", "slot", "confidence", "score",
-                   "region_normal", "cluster_normal", "crop_path"]  # fmt: skip
+                   "region_normal", "cluster_normal", "crop_path", "area", "engine_normal"]  # fmt: skip
         frame = pd.DataFrame(rows, columns=columns)
+        frame["state"] = [region_state(int(row[13]), bool(row[10]), bool(row[11]), bool(row[14])) for row in rows]
         frame["cluster_name"] = [display_name(row[5], row[7]) for row in rows]  # before pandas turns None into NaN
         frame["is_normal"] = frame["region_normal"].astype(bool) | frame["cluster_normal"].astype(bool)
         frame["crop_path"] = [self._absolute(row[12]) for row in rows]
         frame["x"] = frame["x"].astype(float)
         frame["y"] = frame["y"].astype(float)
         return frame[["region_id", "image", "x", "y", "cluster_id", "cluster_name", "color", "slot", "confidence",
-                      "score", "is_normal", "crop_path"]]  # fmt: skip
+                      "score", "is_normal", "crop_path", "state"]]  # fmt: skip
 
     def embeddings(self, run_id: int, region_ids: Sequence[int] | None = None) -> tuple[list[int], np.ndarray]:
         """Stored embeddings (region ids, N x D float32) of a run's regions that have one."""
@@ -300,6 +338,10 @@ class ResultStore(RegionStore):
 
     def image_classes(self, run_id: int, tau: float | None = None) -> list[ImageClass]:
         """Image-level classes from the current (edited) assignments by core.fusion.fuse_image.
+
+        Images whose regions are all whole-image placeholders are NO_ANOMALY_CLASS (state "no
+        anomaly found"), images whose regions the engineer all marked normal are NORMAL_CLASS
+        (state "marked normal"); the others are fused:
 
         tau defaults to the run's own (run_tau). Each region votes with its stored probability
         vector, its columns carried along the engineer's edits (see _current_vote); the fused
@@ -340,7 +382,13 @@ class ResultStore(RegionStore):
             if not regions:
                 if role != "unlabeled":
                     continue
-                out.append(ImageClass(image_id, relpath, None, NORMAL_CLASS, 1.0, 0, gt_class))
+                out.append(ImageClass(image_id, relpath, None, NORMAL_CLASS, 1.0, 0, gt_class, STATE_NORMAL))
+                continue
+            if all(row[6] for row in regions):  # the engineer marked every region normal
+                out.append(ImageClass(image_id, relpath, None, NORMAL_CLASS, 1.0, len(regions), gt_class, STATE_MARKED_NORMAL))
+                continue
+            if all(int(row[1]) == 0 for row in regions):  # only the placeholder: MEBin found nothing
+                out.append(ImageClass(image_id, relpath, None, NO_ANOMALY_CLASS, 1.0, len(regions), gt_class, STATE_NO_ANOMALY))
                 continue
             region_votes = [votes.of(*row[2:]) for row in regions]
             keys = sorted({k for vote in region_votes for k in vote if k is not None}) + [None]
@@ -349,7 +397,8 @@ class ResultStore(RegionStore):
             best = int(np.flatnonzero(fused >= fused.max() - 1e-12)[0])
             winner = keys[best]
             name = NORMAL_CLASS if winner is None else display_name(clusters[winner].name, clusters[winner].slot)
-            out.append(ImageClass(image_id, relpath, winner, name, float(fused[best]), len(regions), gt_class))
+            state = STATE_DEFECT if winner is not None else STATE_NORMAL
+            out.append(ImageClass(image_id, relpath, winner, name, float(fused[best]), len(regions), gt_class, state))
         return out
 
 

@@ -66,9 +66,12 @@ def test_patchcore_maps_cover_every_image_at_its_size(tiny, tmp_path):
 def test_patchcore_without_normal_images_says_use_zero_shot(tiny):
     only_unlabeled = type(tiny)(tiny.root, tiny.layout, tiny.unlabeled)
     with pytest.raises(DetectionError, match="zero-shot"):
-        detect(only_unlabeled, TINY, CPU)
+        detect(only_unlabeled, DetectorConfig(method="patchcore", image_size=64), CPU)
     zero_shot = detect(only_unlabeled, DetectorConfig(method="zero-shot", image_size=64), CPU)
     assert sorted(zero_shot.maps) == sorted(r.relpath for r in tiny.unlabeled)
+    # the default says up front that it falls back to zero-shot, and why
+    auto = detect(only_unlabeled, TINY, CPU)
+    assert auto.config.method == "zero-shot" and auto.choice.startswith("zero-shot: no normal reference images")
 
 
 def test_second_run_comes_from_the_cache(tiny, tmp_path):

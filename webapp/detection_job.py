@@ -83,12 +83,15 @@ def compute_maps(store: Store, project: ProjectInfo, manifest: Manifest, setting
     steps = StepSpan(*span)  # the detector's phases on one forward-only part of the bar
 
     def progress(stage: str, done: int, total: int) -> None:
-        report(steps.position(stage, done, total), "maps", f"{detector.method}: {stage} {done}/{total}")
+        report(steps.position(stage, done, total), "maps", f"{stage} {done}/{total}")
         report.check()
 
+    summary: dict[str, Any] = {}  # method and backbone as run, why, separation: kept with the run
     maps = run_detection(manifest, detector, resolve_device(config.device), progress=progress,
-                         cache_dir=store.project_dir(project.id) / "detection_cache")
-    return maps, f"built-in {detector.method}", []
+                         cache_dir=store.project_dir(project.id) / "detection_cache", summary=summary)
+    if isinstance(report, Reporter):
+        report.metrics = {"detection": summary}
+    return maps, f"built-in {summary.get('method', detector.method)}", []
 
 
 def save_maps(store: Store, project_id: int, maps: Mapping[str, np.ndarray], source: str) -> None:

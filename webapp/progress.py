@@ -34,6 +34,7 @@ DETECTOR_STEPS: dict[str, float] = {
     "fit: features of normal images": 0.30,
     "fit: coreset": 0.37,
     "predict: anomaly maps": 0.30,
+    "template: registered differences": 0.97,
     "zero-shot: features": 0.30,
     "zero-shot: mutual scoring": 0.67,
 }
@@ -123,6 +124,7 @@ class Reporter:
         self._last_write = 0.0
         self._last_stage: str | None = None
         self._last_poll = 0.0
+        self.metrics: dict[str, Any] | None = None  # a job's results kept with the run (detection summary)
 
     def __call__(self, progress: float, stage: str, message: str = "", *, force: bool = False) -> None:
         now = time.monotonic()

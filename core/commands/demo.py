@@ -30,11 +30,35 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="share of defective images with a second defect "
                         f"(default {defaults.two_defect_share})")
     parser.add_argument("--overwrite", action="store_true", help="replace a previous demo set in --out")
+    parser.add_argument("--hard", action="store_true",
+                        help="the hard detection set instead: textured tiles of several sizes under uneven light, "
+                             "subtle defects (core/hard_demo.py); --size is then the largest shorter side")
+
+
+def _run_hard(args: argparse.Namespace) -> int:
+    from core.hard_demo import HardDemoConfig, generate_hard_demo
+
+    try:
+        config = HardDemoConfig(seed=args.seed, min_side=max(48, min(128, args.size // 2)), max_side=args.size,
+                                n_train_good=args.train_good, n_test_good=args.test_good, n_per_class=args.per_class)
+    except ValueError as error:
+        raise UserError(str(error)) from error
+    start = time.perf_counter()
+    try:
+        root = generate_hard_demo(args.out, config, overwrite=args.overwrite)
+    except (FileExistsError, OSError) as error:
+        raise UserError(str(error)) from error
+    print(f"wrote the hard detection set to {root} in {time.perf_counter() - start:.1f} s: {config.n_train_good} "
+          f"train/good, {config.n_test_good} test/good, {config.n_per_class} per defect type "
+          f"({', '.join(config.defect_types)}), shorter sides {config.min_side}-{config.max_side} px, seed {config.seed}")
+    return 0
 
 
 def run(args: argparse.Namespace) -> int:
     from core.demo import DemoConfig, generate_demo
 
+    if args.hard:
+        return _run_hard(args)
     try:
         config = DemoConfig(seed=args.seed, image_size=args.size, n_train_good=args.train_good,
                             n_test_good=args.test_good, n_per_class=args.per_class,

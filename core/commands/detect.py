@@ -20,9 +20,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     defaults = DetectorConfig()
     parser.add_argument("--dataset", type=Path, required=True, help="data set folder (MVTec layout or plain folder)")
     parser.add_argument("--out", type=Path, required=True, help="output folder: maps/ and scores.csv")
-    parser.add_argument("--method", choices=METHODS, default=None,
-                        help="patchcore (needs normal images) or zero-shot; default: patchcore when the data "
-                             "set has normal images, else zero-shot")
+    parser.add_argument("--method", choices=METHODS, default=defaults.method,
+                        help="auto: template comparison when every image has its own reference "
+                             "(<id>_test.<ext> with normal/<id>_temp.<ext>, or --pairing), else patchcore when "
+                             "the data set has normal images, else zero-shot [auto]")
+    parser.add_argument("--pairing", type=Path, help="CSV with columns image,reference: each image's own reference")
     parser.add_argument("--backbone", default=defaults.backbone,
                         help=f"'{OFFLINE_BACKBONE}' (offline, no download) or a timm CNN name such as "
                              f"'{PAPER_BACKBONE}' (needs its weights cached or --weights) [{defaults.backbone}]")
@@ -39,7 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 class _Bar:
-    """One tqdm bar per stage, on stderr."""
+    """One tqdm bar per stage, on stderr (a terminal; logs and pipes get LineProgress instead)."""
 
     def __init__(self) -> None:
         self.stage: str | None = None
@@ -90,6 +92,9 @@ def detection_aurocs(manifest, maps: dict[str, np.ndarray]) -> dict[str, float]:
 def run(args: argparse.Namespace) -> int:
     from core.dataset import DatasetError, load_dataset
     from core.detection import DetectionError, DetectorConfig, detect, write_detection
+    from core.detection.detector import resolve_method
+    from core.detection.progress import LineProgress
+    from core.detection.separation import MIN_NORMAL_FOR_HOLDOUT
     from core.device import resolve_device
 
     try:
@@ -100,19 +105,23 @@ def run(args: argparse.Namespace) -> int:
         print(f"warning: skipped {problem}", file=sys.stderr)
     if not manifest.unlabeled:
         raise UserError(f"{args.dataset}: no images to inspect (only normal references were found)")
-    method = args.method or ("patchcore" if manifest.normal else "zero-shot")
     try:
-        config = DetectorConfig(method=method, backbone=args.backbone, weights=args.weights,
+        config = DetectorConfig(method=args.method, backbone=args.backbone, weights=args.weights, pairing=args.pairing,
                                 pretrained=not args.random_init, image_size=args.image_size,
                                 coreset_ratio=args.coreset_ratio, batch_size=args.batch_size)
         device = resolve_device(args.device)
     except ValueError as error:
         raise UserError(str(error)) from error
     cache_dir = None if args.no_cache else (args.cache or args.out / "cache")
-    print(f"detect: {method} with backbone {config.backbone} on {device}; {len(manifest.normal)} normal, "
-          f"{len(manifest.unlabeled)} images to inspect")
+    try:
+        method, _, choice = resolve_method(manifest, config)
+    except DetectionError as error:
+        raise UserError(str(error)) from error
+    print(f"detect: {choice}")
+    print(f"detect: {method}{'' if method == 'template' else f' with backbone {config.backbone}'} on {device}; "
+          f"{len(manifest.normal)} normal, {len(manifest.unlabeled)} images to inspect")
     started = time.perf_counter()
-    bar = _Bar()
+    bar = _Bar() if sys.stderr.isatty() else LineProgress(sys.stderr)
     try:
         detection = detect(manifest, config, device, progress=bar, cache_dir=cache_dir)
     except DetectionError as error:
@@ -126,6 +135,12 @@ def run(args: argparse.Namespace) -> int:
     print(f"maps: {len(detection.maps)} written to {args.out / 'maps'} ({len(detection.computed)} computed, "
           f"{len(detection.cached)} from the cache) in {time.perf_counter() - started:.1f} s; scores in "
           f"{args.out / 'scores.csv'}")
+    if detection.separation is not None:
+        print(detection.separation["summary"])
+        if detection.separation["warning"]:
+            print(f"warning: {detection.separation['warning']}")
+    elif method == "patchcore":
+        print(f"separation: not measured (fewer than {MIN_NORMAL_FOR_HOLDOUT} normal images to hold some out)")
     if manifest.has_ground_truth():
         aurocs = detection_aurocs(manifest, detection.maps)
         print(f"image AUROC {aurocs['image_auroc']:.3f}  pixel AUROC {aurocs['pixel_auroc']:.3f}")

@@ -10,20 +10,23 @@ from typing import Any
 OFFLINE_BACKBONE = "filterbank"
 #: Backbone of the PatchCore paper, the real-use choice when its weights are available.
 PAPER_BACKBONE = "wide_resnet50_2"
-METHODS = ("patchcore", "zero-shot")
+#: "auto": template when every image has its own reference, else patchcore with normal images, else zero-shot.
+METHODS = ("auto", "patchcore", "template", "zero-shot")
 
 
 @dataclass(frozen=True)
 class DetectorConfig:
     """How anomaly maps are computed. Defaults follow PatchCore (Roth et al., CVPR 2022) and MuSc."""
 
-    method: str = "patchcore"  # "patchcore" (needs normal images) or "zero-shot" (MuSc-style, none needed)
+    method: str = "auto"  # "auto", "patchcore" (needs normal images), "template" (one reference per image), "zero-shot"
     backbone: str = OFFLINE_BACKBONE  # "filterbank" (offline) or any timm CNN name, e.g. "wide_resnet50_2"
     weights: Path | None = None  # local .pth/.safetensors weights for a timm backbone
     pretrained: bool = True  # timm backbone: load pretrained weights (timm/HF cache); False = random init
     layers: tuple[int, int] = (2, 3)  # two intermediate feature stages (timm out_indices; layer2+layer3)
     embed_dim: int = 1024  # patch feature size after adaptive channel pooling (PatchCore: 1024)
     coreset_ratio: float = 0.1  # share of normal patches kept in the memory bank (PatchCore: 0.1)
+    coreset_max: int = 10_000  # most patches in the memory bank (bounds fit and predict time)
+    coreset_candidates: int = 60_000  # normal patches drawn at random before the greedy selection
     projection_dim: int = 128  # random projection size for coreset distances (PatchCore: 128)
     neighbourhood: int = 3  # local aggregation window, patches (PatchCore: 3x3)
     sigma: float = 4.0  # Gaussian smoothing of the map, in feature-input pixels (PatchCore: 4)
@@ -31,6 +34,11 @@ class DetectorConfig:
     batch_size: int = 8  # images per forward pass
     zero_shot_fraction: float = 0.3  # zero-shot: share of most similar other images averaged (MuSc: 30%)
     zero_shot_references: int = 64  # zero-shot: most other images each image is compared with
+    holdout_share: float = 0.1  # share of normal images held out to measure how well the maps separate
+    pairing: Path | None = None  # template: CSV file with columns image,reference (else paired by name)
+    template_smoothing: float = 1.0  # template: Gaussian smoothing of image and reference, pixels
+    template_tolerance: int = 1  # template: misalignment forgiven, pixels (neighbourhood min/max)
+    template_sigma: float = 4.0  # template: Gaussian smoothing of the difference map, pixels
     seed: int = 0  # coreset start and projection, reference sampling
 
     def __post_init__(self) -> None:
@@ -40,6 +48,11 @@ class DetectorConfig:
             raise ValueError(f"layers must name two feature stages, not {self.layers!r}")
         if not 0 < self.coreset_ratio <= 1:
             raise ValueError(f"coreset_ratio must be in (0, 1], not {self.coreset_ratio}")
+        if self.coreset_max < 1 or self.coreset_candidates < self.coreset_max:
+            raise ValueError(f"need 1 <= coreset_max <= coreset_candidates, not {self.coreset_max}, "
+                             f"{self.coreset_candidates}")
+        if not 0 <= self.holdout_share < 0.5:
+            raise ValueError(f"holdout_share must be in [0, 0.5), not {self.holdout_share}")
         if not 0 < self.zero_shot_fraction <= 1:
             raise ValueError(f"zero_shot_fraction must be in (0, 1], not {self.zero_shot_fraction}")
         if self.neighbourhood < 1 or self.neighbourhood % 2 == 0:
@@ -49,5 +62,6 @@ class DetectorConfig:
         """Plain JSON-able settings (paths as strings), e.g. for the cache key and run records."""
         values = asdict(self)
         values["weights"] = None if self.weights is None else str(self.weights)
+        values["pairing"] = None if self.pairing is None else str(self.pairing)
         values["layers"] = list(self.layers)
         return values

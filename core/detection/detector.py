@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import csv
+import json
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 
 import numpy as np
@@ -23,6 +24,8 @@ from core.detection.features import (
     to_input,
 )
 from core.detection.patchcore import PatchCore, patch_scores_to_maps
+from core.detection.separation import holdout_indices, separation_report
+from core.detection.template import PairingError, pair_by_name, read_pairing, template_map
 from core.detection.zero_shot import mutual_scores, reference_indices
 from core.imageio import ImageReadError, read_image
 from core.records import ImageRecord, Manifest
@@ -36,11 +39,19 @@ class Detection:
 
     maps: dict[str, np.ndarray]
     scores: dict[str, float]
-    config: DetectorConfig
+    config: DetectorConfig  # as run: method (and backbone) resolved, never "auto"
     computed: list[str] = field(default_factory=list)  # relpaths whose maps were computed in this call
     cached: list[str] = field(default_factory=list)  # relpaths whose maps came from the cache
     images_featurized: int = 0  # images passed through the backbone in this call
     timings: dict[str, float] = field(default_factory=dict)  # seconds per phase (fit, predict, ...)
+    choice: str = ""  # one line: which method and backbone ran, and why
+    separation: dict | None = None  # separation_report of inspected vs held-out normal images
+    held_out: list[str] = field(default_factory=list)  # normal relpaths kept out of the fit and scored
+
+    def summary(self) -> dict:
+        """What the run was, for records: method, backbone, the choice line and the separation."""
+        return {"method": self.config.method, "backbone": self.config.backbone, "choice": self.choice,
+                "separation": self.separation, "held_out": list(self.held_out)}
 
 
 def _notify(progress: Progress | None, stage: str, done: int, total: int) -> None:
@@ -103,8 +114,47 @@ def _to_image_maps(patch_scores: torch.Tensor, in_size: tuple[int, int], sizes: 
 def _settings(config: DetectorConfig, weights_hash: str | None) -> dict:
     settings = config.as_dict()
     settings.pop("batch_size")  # does not change the maps
+    settings.pop("pairing")  # the pairs themselves enter the content key
     settings["weights"] = weights_hash
     return settings
+
+
+def resolve_method(manifest: Manifest, config: DetectorConfig) -> tuple[str, dict[str, ImageRecord], str]:
+    """(method, template pairs, one-line reason): "auto" becomes template, patchcore or zero-shot."""
+    targets = manifest.unlabeled
+    pairs: dict[str, ImageRecord] = {}
+    source = "by name"
+    if config.method in ("auto", "template"):
+        if config.pairing is not None:
+            try:
+                pairs = read_pairing(Path(config.pairing), manifest)
+            except PairingError as error:
+                raise DetectionError(str(error)) from error
+            source = f"by {Path(config.pairing).name}"
+        else:
+            pairs = pair_by_name(targets, manifest.normal)
+    unpaired = [r.relpath for r in targets if r.relpath not in pairs]
+    if config.method == "template":
+        if unpaired:
+            raise DetectionError(
+                f"{manifest.root}: template comparison needs a reference for every image; {len(unpaired)} have "
+                f"none ({', '.join(unpaired[:3])}{' ...' if len(unpaired) > 3 else ''}); name them "
+                "<id>_test.<ext> with normal/<id>_temp.<ext>, or give a pairing CSV (columns image,reference)")
+        return "template", pairs, f"template comparison: every image has its own reference (paired {source})"
+    if config.method == "auto" and targets and not unpaired:
+        return "template", pairs, (f"template comparison: each of the {len(targets)} images has its own "
+                                   f"reference (paired {source}), so each is compared with its partner")
+    if config.method == "patchcore" and not manifest.normal:
+        raise DetectionError(
+            f"{manifest.root}: PatchCore needs normal (defect-free) reference images and this data set has none "
+            "(MVTec layout: train/good/; plain folder: a normal/ subfolder); use method 'zero-shot' instead")
+    if config.method in ("auto", "patchcore") and manifest.normal:
+        partners = f"; {len(pairs)} of {len(targets)} images have a partner by name" if pairs else ""
+        return "patchcore", {}, f"patchcore: learns {len(manifest.normal)} normal reference images{partners}"
+    if config.method == "auto":
+        return "zero-shot", {}, ("zero-shot: no normal reference images, so every image is compared with the "
+                                 "others (slower and weaker; add defect-free images in normal/ or train/good/)")
+    return "zero-shot", {}, "zero-shot: as asked"
 
 
 def detect(
@@ -116,75 +166,125 @@ def detect(
 ) -> Detection:
     """Anomaly maps (float32, image size, raw scores) and scores for every unlabeled image.
 
-    PatchCore learns from manifest.normal; zero-shot compares the images of the set with each
-    other (normal images, when present, join the references). With cache_dir, maps are reused
-    when the image content and everything the detector depends on are unchanged.
+    method "auto" compares each image with its own reference when every image has one (golden
+    template), else learns the normal images (PatchCore), else compares the images with each other
+    (zero-shot). A share of the normal images is held out of PatchCore's fit and scored, for the
+    separation report. With cache_dir, maps are reused when the image content and everything the
+    detector depends on are unchanged.
     """
     targets = manifest.unlabeled
-    if config.method == "patchcore" and not manifest.normal:
-        raise DetectionError(
-            f"{manifest.root}: PatchCore needs normal (defect-free) reference images and this data set has none "
-            "(MVTec layout: train/good/; plain folder: a normal/ subfolder); use method 'zero-shot' instead")
-    references = manifest.normal if config.method == "patchcore" else manifest.images
-    if config.method == "zero-shot" and len(references) < 2:
+    method, pairs, choice = resolve_method(manifest, config)
+    config = replace(config, method=method)
+    references = manifest.normal if method == "patchcore" else manifest.images
+    if method == "zero-shot" and len(references) < 2:
         raise DetectionError(f"{manifest.root}: zero-shot detection needs at least two images to compare")
+    if method == "template":
+        references = list({r.relpath: r for r in pairs.values()}.values())
     timings: dict[str, float] = {}
-    detection = Detection({}, {}, config, timings=timings)
+    detection = Detection({}, {}, config, timings=timings, choice=choice)
     if not targets:
         return detection
 
     started = time.perf_counter()
     hashes: dict[str, str] = {}
+    needed = {r.relpath: r for r in [*targets, *references]}
+    for done, record in enumerate(needed.values(), 1):
+        try:
+            hashes[record.relpath] = file_hash(record.path)
+        except OSError as error:
+            raise DetectionError(f"{record.path}: cannot be read ({error.strerror or error})") from error
+        _notify(progress, "hashing images", done, len(needed))
+    held_out: list[ImageRecord] = []
+    if method == "patchcore":
+        chosen = holdout_indices([hashes[r.relpath] for r in references], config.holdout_share, config.seed)
+        held_out = [references[i] for i in chosen]
+        references = [r for i, r in enumerate(references) if i not in set(chosen)]
+    detection.held_out = [r.relpath for r in held_out]
+    scored = [*targets, *held_out]
+    if method == "template":  # a map depends on the image and its own partner
+        hashes.update({r.relpath: settings_key({"pair": hashes[r.relpath]}, [hashes[pairs[r.relpath].relpath]])
+                       for r in targets})
     cache = None
     if cache_dir is not None:
-        needed = {r.relpath: r for r in [*targets, *references]}
-        for done, record in enumerate(needed.values(), 1):
-            try:
-                hashes[record.relpath] = file_hash(record.path)
-            except OSError as error:
-                raise DetectionError(f"{record.path}: cannot be read ({error.strerror or error})") from error
-            _notify(progress, "hashing images", done, len(needed))
         weights_hash = file_hash(Path(config.weights)) if config.weights and Path(config.weights).is_file() else None
-        key = settings_key(_settings(config, weights_hash), (hashes[r.relpath] for r in references))
-        cache = MapCache(Path(cache_dir), key)
+        context = [] if method == "template" else [hashes[r.relpath] for r in references]
+        cache = MapCache(Path(cache_dir), settings_key(_settings(config, weights_hash), context))
+    maps: dict[str, np.ndarray] = {}
     missing: list[ImageRecord] = []
-    for record in targets:
+    for record in scored:
         cached = cache.get(hashes[record.relpath]) if cache is not None else None
         if cached is None:
             missing.append(record)
         else:
-            detection.maps[record.relpath] = cached
+            maps[record.relpath] = cached
             detection.cached.append(record.relpath)
     timings["cache"] = time.perf_counter() - started
 
     if missing:
-        featurizer = _Featurizer(config, device)
-        if config.method == "patchcore":
-            computed = _run_patchcore(featurizer, references, missing, progress, timings)
+        if method == "template":
+            computed = _run_template(missing, pairs, config, progress, timings)
         else:
-            computed = _run_zero_shot(featurizer, references, missing, progress, timings)
+            featurizer = _Featurizer(config, device)
+            if method == "patchcore":
+                computed = _run_patchcore(featurizer, references, missing, progress, timings)
+            else:
+                computed = _run_zero_shot(featurizer, references, missing, progress, timings)
+            detection.images_featurized = featurizer.images
         for relpath, array in computed.items():
-            detection.maps[relpath] = array
+            maps[relpath] = array
             detection.computed.append(relpath)
             if cache is not None:
                 cache.put(hashes[relpath], array)
-        detection.images_featurized = featurizer.images
-    detection.maps = {r.relpath: detection.maps[r.relpath] for r in targets}
+    detection.maps = {r.relpath: maps[r.relpath] for r in targets}
     detection.scores = {relpath: float(array.max()) for relpath, array in detection.maps.items()}
+    detection.cached = [k for k in detection.cached if k in detection.maps]
+    detection.computed = [k for k in detection.computed if k in detection.maps]
+    if held_out:
+        detection.separation = separation_report(list(detection.scores.values()),
+                                                 [float(maps[r.relpath].max()) for r in held_out])
     return detection
+
+
+def _run_template(targets: Sequence[ImageRecord], pairs: dict[str, ImageRecord], config: DetectorConfig,
+                  progress: Progress | None, timings: dict[str, float]) -> dict[str, np.ndarray]:
+    started = time.perf_counter()
+    maps: dict[str, np.ndarray] = {}
+    _notify(progress, "template: registered differences", 0, len(targets))
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        def one(record: ImageRecord) -> tuple[str, np.ndarray]:
+            return record.relpath, template_map(_load(record), _load(pairs[record.relpath]),
+                                                config.template_smoothing, config.template_tolerance,
+                                                config.template_sigma)
+
+        for done, (relpath, array) in enumerate(pool.map(one, targets), 1):
+            maps[relpath] = array
+            _notify(progress, "template: registered differences", done, len(targets))
+    timings["fit"] = 0.0
+    timings["predict"] = time.perf_counter() - started
+    return maps
 
 
 def _run_patchcore(featurizer: _Featurizer, normal: Sequence[ImageRecord], targets: Sequence[ImageRecord],
                    progress: Progress | None, timings: dict[str, float]) -> dict[str, np.ndarray]:
     config = featurizer.config
     started = time.perf_counter()
-    patches = []
+    # Bounded memory: each image gives at most its share of the greedy's candidates (x2 for slack).
+    per_image = max(1, -(-2 * config.coreset_candidates // max(1, len(normal))))
+    generator = torch.Generator().manual_seed(config.seed + 2)
+    patches, total = [], 0
     for _, embeddings, _, _ in featurizer.batches(normal, progress, "fit: features of normal images"):
-        patches.append(embeddings.permute(0, 2, 3, 1).reshape(-1, embeddings.shape[1]))
+        for single in embeddings:
+            flat = single.permute(1, 2, 0).reshape(-1, embeddings.shape[1])
+            total += flat.shape[0]
+            if flat.shape[0] > per_image:
+                flat = flat[torch.randperm(flat.shape[0], generator=generator)[:per_image].sort().values]
+            patches.append(flat.clone())
     bank = torch.cat(patches)
-    model = PatchCore(config.coreset_ratio, config.projection_dim, config.seed)
+    model = PatchCore(config.coreset_ratio, config.projection_dim, config.seed, config.coreset_max,
+                      config.coreset_candidates)
     with torch.inference_mode():
-        model.fit(bank, progress=lambda done, total: _notify(progress, "fit: coreset", done, total))
+        model.fit(bank, progress=lambda done, count: _notify(progress, "fit: coreset", done, count),
+                  total_patches=total)
     timings["fit"] = time.perf_counter() - started
 
     started = time.perf_counter()
@@ -233,7 +333,8 @@ def map_relpath(image_relpath: str) -> str:
 
 
 def write_detection(detection: Detection, manifest: Manifest, out_dir: Path) -> None:
-    """Write DESIGN.md's contract: out_dir/maps/<relpath>.npy (float32, image size) and scores.csv."""
+    """Write DESIGN.md's contract: out_dir/maps/<relpath>.npy (float32, image size) and scores.csv,
+    plus out_dir/detection.json: method, backbone, why, and the separation report."""
     out_dir = Path(out_dir)
     ordered = [r.relpath for r in manifest.images if r.relpath in detection.maps]
     targets: dict[str, str] = {}
@@ -248,6 +349,7 @@ def write_detection(detection: Detection, manifest: Manifest, out_dir: Path) -> 
         path.parent.mkdir(parents=True, exist_ok=True)
         np.save(path, np.asarray(detection.maps[relpath], dtype=np.float32))
     out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "detection.json").write_text(json.dumps(detection.summary(), indent=2), encoding="utf-8")
     with open(out_dir / "scores.csv", "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(["image", "score"])

@@ -55,7 +55,7 @@ def greedy_coreset(
     # the picked index stays a tensor so that a GPU never waits on the host.
     squared = (projected * projected).sum(dim=1)
     nearest = squared - 2 * (projected @ projected[start]) + squared[start]
-    step = max(1, count // 50)
+    step = max(1, count // 1000)
     with _few_threads(features.device, projected.numel()):
         for index in range(1, count):
             pick = torch.argmax(nearest)
@@ -63,6 +63,8 @@ def greedy_coreset(
             torch.minimum(nearest, squared - 2 * (projected @ projected[pick]) + squared[pick], out=nearest)
             if progress is not None and index % step == 0:
                 progress(index, count)
+    if progress is not None:
+        progress(count, count)
     return chosen
 
 
@@ -79,15 +81,31 @@ def nearest_distances(queries: torch.Tensor, bank: torch.Tensor) -> torch.Tensor
 class PatchCore:
     """Memory bank of normal patch embeddings; scores patches by nearest-neighbour distance."""
 
-    def __init__(self, coreset_ratio: float = 0.1, projection_dim: int = 128, seed: int = 0) -> None:
+    def __init__(self, coreset_ratio: float = 0.1, projection_dim: int = 128, seed: int = 0,
+                 max_bank: int | None = None, candidates: int | None = None) -> None:
         self.coreset_ratio = coreset_ratio
         self.projection_dim = projection_dim
         self.seed = seed
+        self.max_bank = max_bank
+        self.candidates = candidates
         self.bank: torch.Tensor | None = None
 
-    def fit(self, patches: torch.Tensor, progress: Callable[[int, int], None] | None = None) -> PatchCore:
-        """patches: N x D normal patch embeddings; keeps a greedy coreset of them."""
-        count = max(1, int(round(patches.shape[0] * self.coreset_ratio)))
+    def fit(self, patches: torch.Tensor, progress: Callable[[int, int], None] | None = None,
+            total_patches: int | None = None) -> PatchCore:
+        """patches: N x D normal patch embeddings; keeps a greedy coreset of them.
+
+        Bounded: at most `candidates` patches (drawn at random) enter the greedy selection and at
+        most `max_bank` are kept, so fit time grows linearly with the normal images, not with their
+        square. total_patches: how many patches `patches` was drawn from (sets the coreset size).
+        """
+        total = total_patches or patches.shape[0]
+        count = max(1, int(round(total * self.coreset_ratio)))
+        if self.max_bank is not None:
+            count = min(count, self.max_bank)
+        if self.candidates is not None and patches.shape[0] > self.candidates:
+            generator = torch.Generator().manual_seed(self.seed + 1)
+            keep = torch.randperm(patches.shape[0], generator=generator)[:self.candidates]
+            patches = patches[keep.sort().values.to(patches.device)]
         chosen = greedy_coreset(patches, count, self.projection_dim, self.seed, progress)
         self.bank = patches[chosen].contiguous()
         return self

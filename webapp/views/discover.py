@@ -73,8 +73,9 @@ def settings_form(project: ProjectInfo, has_maps: bool, n_labels: int) -> dict[s
         guided = c.toggle("Mask-guided attention", value=DEFAULTS.train.guided, key="d_guided",
                           help="Off: the unguided ablation.")
         a, b, c = st.columns(3)
-        detector = a.selectbox("Detector (when maps are made)", ["auto", *METHODS], key="d_detector",
-                               help="auto: PatchCore with normal references, else zero-shot.")
+        detector = a.selectbox("Detector (when maps are made)", list(METHODS), key="d_detector",
+                               help="auto: template comparison when every image has its own "
+                               "reference, else PatchCore with normal references, else zero-shot.")
         binarizer = b.selectbox("Binarization", list(BINARIZERS), key="d_binarizer",
                                 help="MEBin (the method) or Otsu per map (ablation).")
         recompute = c.toggle("Make the maps again", value=not has_maps, disabled=not has_maps, key="d_recompute",
@@ -185,7 +186,7 @@ def runs_table(runs: list[RunInfo]) -> None:
         rows.append({
             "run": run.id, "status": run.status, "started": widgets.format_time(run.started_at or run.created_at),
             "duration": widgets.format_duration(widgets.run_elapsed(run)),
-            "classes": str(run.settings.get("classes", "auto")), "backbone": run.settings.get("backbone", ""),
+            "classes": widgets.classes_text(run), "backbone": run.settings.get("backbone", ""),
             "epochs": run.settings.get("epochs"),
             # A cancelled or failed run has no metrics: a dash, not "None".
             "image NMI": "–" if image.get("nmi") is None else f"{float(image['nmi']):.3f}",

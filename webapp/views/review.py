@@ -167,19 +167,29 @@ def mask_at_threshold(map_u8: np.ndarray, threshold: int, settings: dict[str, An
 
 def apply_threshold(project: ProjectInfo, record: dict[str, Any], image_path: str, map_u8: np.ndarray,
                     threshold: int, *, reset: bool = False) -> int:
-    """Store a new threshold for one image, re-crop it and replace its regions; returns the region count."""
+    """Record a threshold for one image with its re-cut regions as the image's new version, used by
+    the next discovery run (finished runs and their exports keep theirs); returns the region count."""
     settings = dict(record.get("settings") or {})
     original = int(settings.get("mebin_threshold", record["threshold"]))
     search_range = (int(settings.get("s_min", 0)), int(settings.get("s_max", 255)))
     mask, count, regions = recut_image(record["image"], read_image(image_path), map_u8, threshold, search_range,
                                        stored_mebin_config(settings), RegionConfig())
     settings["mebin_threshold"] = original
-    settings["source"] = "mebin" if reset else "override"
-    store.record_binarizations(project.id, [BinarizationInput(
+    store.record_threshold_override(project.id, BinarizationInput(
         relpath=record["image"], threshold=int(threshold), num_anomalies=count,
-        counts=list(record.get("counts") or []), mask=mask, settings=settings)])
-    store.record_regions(project.id, regions, replace=True)
+        counts=list(record.get("counts") or []), mask=mask, settings=settings), regions, reset=reset)
     return len(regions)
+
+
+def pending_overrides_note(project: ProjectInfo) -> None:
+    """Which overrides wait for the next discovery run (a finished run never changes)."""
+    pending = store.pending_overrides(project.id)
+    if not pending:
+        return
+    names = ", ".join(widgets.escape_markdown(b["image"]) for b in pending[:5]) + (" ..." if len(pending) > 5 else "")
+    st.info(f"{len(pending)} threshold override(s) wait for the next discovery run ({names}). Finished runs and "
+            "their exports keep the regions they had; start a run on Discover to use the new crops.",
+            icon=":material/schedule:")
 
 
 # ------------------------------------------------------------------------------ maps section
@@ -201,13 +211,13 @@ def maps_form(project: ProjectInfo, has_normal: bool) -> None:
             st.error(problem, icon=":material/folder_off:")
         ready = bool(folder.strip()) and problem is None
     else:
-        from core.detection.config import OFFLINE_BACKBONE, PAPER_BACKBONE
+        from core.detection.config import METHODS, OFFLINE_BACKBONE, PAPER_BACKBONE
 
         left, middle, right = st.columns(3)
-        methods = ["patchcore", "zero-shot"]
-        method = left.selectbox("Method", methods, index=0 if has_normal else 1, key="maps_method",
-                                help="PatchCore learns from the normal references; zero-shot compares the "
-                                     "images with each other (no references needed).")
+        method = left.selectbox("Method", list(METHODS), index=0, key="maps_method",
+                                help="auto: template comparison when every image has its own reference "
+                                     "(<id>_test with normal/<id>_temp), else PatchCore on the normal references, "
+                                     "else zero-shot (the images compared with each other).")
         backbone = middle.selectbox("Backbone", [OFFLINE_BACKBONE, PAPER_BACKBONE, "resnet18"], key="maps_backbone",
                                     help=f"'{OFFLINE_BACKBONE}' needs no download; timm names need their "
                                          "weights in the cache or a weights file.")
@@ -303,7 +313,8 @@ def override_form(project: ProjectInfo, record: dict[str, Any], image_path: str,
     if buttons.button("Apply and re-crop", key=f"{key}_apply", disabled=threshold == record["threshold"],
                    icon=":material/crop:"):
         n = apply_threshold(project, record, image_path, map_u8, int(threshold))
-        messages.flash("success", f"{widgets.escape_markdown(record['image'])}: threshold {threshold}, {n} crop(s).")
+        messages.flash("success", f"{widgets.escape_markdown(record['image'])}: threshold {threshold}, {n} crop(s), "
+                                  "recorded for the next discovery run; finished runs and their exports are unchanged.")
         st.rerun()
     if settings.get("source") == "override" and buttons.button("Back to MEBin", key=f"{key}_reset",
                                                             icon=":material/undo:"):
@@ -320,6 +331,7 @@ st.title("Detection & MEBin", anchor=False)
 project_id = navigation.select_project()
 project = store.get_project(project_id)
 messages.show()
+pending_overrides_note(project)
 
 images = {i.relpath: i for i in store.list_images(project.id)}
 has_normal = any(i.role == "normal" for i in images.values())
@@ -356,6 +368,17 @@ widgets.metric_cards([
     ("Median threshold", int(np.median([b["threshold"] for b in with_anomaly])) if with_anomaly else "–"),
     ("Overrides", overrides, "thresholds set by hand on this page"),
 ])
+# What the built-in detector ran and how well its maps separate (stored with the detection run).
+finished = next((r for r in store.list_runs(project.id, kind=jobs.DETECT) if r.status == "done"), None)
+summary = ((finished.metrics or {}).get("detection") if finished is not None else None) or {}
+if summary.get("choice"):
+    st.caption(f"Detector: {summary['choice']}"
+               + (f"; backbone {summary['backbone']}" if summary.get("method") != "template" else ""))
+separation = summary.get("separation") or {}
+if separation.get("summary"):
+    st.caption(separation["summary"].capitalize())
+if separation.get("warning"):
+    st.warning(separation["warning"].capitalize(), icon=":material/warning:")
 threshold_figure, count_figure = distribution_charts(binarizations)
 left, right = st.columns(2)
 left.plotly_chart(threshold_figure, width="stretch", config={"displayModeBar": False}, key="thresholds_hist")
@@ -380,6 +403,13 @@ elif order == "lowest threshold first":
     records.sort(key=lambda b: (b["threshold"], b["image"]))
 else:
     records.sort(key=lambda b: b["image"])
+# The image just worked on stays shown even when it no longer matches the filter (an override
+# may leave it without anomalies): the page never jumps to another image under its message.
+kept = st.session_state.get("review_image")
+all_records = {b["image"]: b for b in binarizations}
+if kept in all_records and all(b["image"] != kept for b in records):
+    records.insert(0, all_records[kept])
+    st.caption(f"{widgets.escape_markdown(kept)} no longer matches “{only}”; it stays shown until you pick another image.")
 if not records:
     widgets.empty_state("No image matches this filter", "Choose another filter above.", ":material/filter_alt_off:")
     st.stop()
