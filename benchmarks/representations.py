@@ -10,7 +10,8 @@ no annotation is a false detection and counts as class "normal") with two kinds 
 golden-template difference (each image against its own normal/<id>_temp.jpg, blurred; the
 built-in detector's template method when core.detection has one) and the annotated defect
 pixels (the differing pixels inside each annotated box: detection made perfect, only discovery
-judged). Below the table: region recall / precision of each extraction and the class count
+judged). The template column uses the built-in detector's template method (its own blurred
+difference as a stand-in where the detector lacks it). Below the table: region recall / precision of each extraction and the class count
 `--classes auto` estimates, per set. Each cell: NMI / F1 (mean over seeds).
 """
 
@@ -108,7 +109,7 @@ def deeppcb_set(root: Path, n_images: int, seed: int):
     if n_images and n_images < len(records):
         pick = np.random.default_rng(seed).choice(len(records), size=n_images, replace=False)
         records = [records[i] for i in sorted(pick)]
-    manifest = Manifest(manifest.root, manifest.layout, records, manifest.problems)
+    manifest = Manifest(manifest.root, manifest.layout, manifest.normal + records, manifest.problems)
     images = {r.relpath: read_image(r.path) for r in records}
     sizes = {key: image.shape[:2] for key, image in images.items()}
     truth = load_coco(find_annotations(root), sizes)
@@ -117,11 +118,18 @@ def deeppcb_set(root: Path, n_images: int, seed: int):
         gray = read_gray(record.path).astype(np.float32)
         template = template_of(record.path, Path(root))
         difference = np.abs(gray - read_gray(template).astype(np.float32)) if template else np.zeros_like(gray)
-        template_maps[record.relpath] = cv2.GaussianBlur(difference, (0, 0), 2.0)
+        template_maps[record.relpath] = cv2.GaussianBlur(difference, (0, 0), 2.0)  # used without the detector
         inside = np.zeros(gray.shape, bool)
         for annotation in truth.by_image.get(record.relpath, []):
             inside |= annotation.mask(gray.shape)
         annotated[record.relpath] = ((difference > 128) & inside).astype(np.float32)
+    try:  # the built-in detector's golden-template method, when this version has it
+        from core.detection import DetectorConfig, detect
+
+        found = detect(manifest, DetectorConfig(method="template"), "cpu").maps
+        template_maps = {key: np.asarray(value, np.float32) for key, value in found.items() if key in images}
+    except (ImportError, ValueError) as error:
+        print(f"built-in template detector not used ({error}); blurred template difference instead")
     return manifest, len(truth.annotations), {"template": template_maps, "annotated": annotated}
 
 

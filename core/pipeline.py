@@ -572,7 +572,10 @@ def run_discovery(
     started = stage("mebin")
     binarization = binarize_maps(map_set, config.mebin, config.binarizer, thresholds)
     found = sum(1 for b in binarization.values() if b.num_anomalies > 0)
-    if found == 0:
+    # Per-component extraction still finds the peaks of maps MEBin cannot calibrate (e.g. all
+    # maxima equal); only flat maps leave it nothing.
+    flat = not any(int(m.max()) > 0 for m in map_set.normalized.values())
+    if found == 0 and (config.regions.extraction == "reference" or flat):
         raise PipelineError(
             f"no anomalies found: {config.binarizer} found no anomalous region in any of the {len(map_set.keys)} "
             "maps (flat or all-alike maps); check the anomaly maps or give the detector normal reference images"
