@@ -76,7 +76,7 @@ class RegionConfig:
     keep: str = "reference"  # "reference": largest est_anomaly_num + 1 boxes; "all": every box
     extraction: str = "components"  # "components": one region per component; "reference": the paper's
     low_fraction: float = 0.5  # components: cut the map at this share of MEBin's threshold
-    relative_peak: float = 0.6  # components: keep those whose peak reaches this share of the strongest
+    relative_peak: float = 0.3  # components: keep those whose peak reaches this share of the strongest
     min_area: float = 2e-5  # components: smallest component, as a share of the image's pixels
     context: float = 0.5  # components: crop side = component's longer side * (1 + context)
     min_side: int = 24  # components: smallest crop side in pixels
