@@ -434,7 +434,7 @@ def test_whole_flow_in_a_browser(server, browser):
         placeholders = downloaded[downloaded["state"] == "no anomaly found"]
         assert len(placeholders) == none_found and set(placeholders["class_name"]) <= {"no anomaly found"}
         assert (placeholders["area"] == 0).all()  # one whole-image row per image where nothing was found
-        cards = page.locator('[data-testid="stMetric"]').filter(has_text="No anomaly found")
+        cards = page.locator('[data-testid="stMetric"]').filter(has_text="No anomaly")
         assert cards.first.locator('[data-testid="stMetricValue"]').inner_text().strip() == str(none_found)
 
         # 9. A shared link opens the same project, run and page in a fresh session.

@@ -55,8 +55,8 @@ metric_cards([
     ("Images", f"{len(images):,}"),
     ("Classes", f"{regions['class_name'].nunique() if len(regions) else 0}"),
     ("Marked normal", f"{state_count(STATE_MARKED_NORMAL):,}", "Regions you marked normal (class 'normal')."),
-    ("Predicted normal", f"{state_count(STATE_NORMAL):,}", "Regions in the model's normal cluster (class 'normal')."),
-    ("No anomaly found", f"{state_count(STATE_NO_ANOMALY):,}",
+    ("Model: normal", f"{state_count(STATE_NORMAL):,}", "Predicted normal: regions in the model's normal cluster (class 'normal')."),
+    ("No anomaly", f"{state_count(STATE_NO_ANOMALY):,}",
      f"Images where MEBin found nothing: one whole-image row each, class and state '{STATE_NO_ANOMALY}'."),
 ])
 
