@@ -141,3 +141,32 @@ def test_hybrid_estimate_and_grouping_work_with_a_timm_vit_base(tiny_set):
     assert embedding.shape[1] == 768
     probabilities, features, _ = grouped_probabilities("hybrid", embedding, descriptors, k)
     assert probabilities.shape == (len(regions), k + 1) and features.shape[1] == 768 + descriptors.shape[1]
+
+
+DEEPPCB = __import__("pathlib").Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "deeppcb"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (DEEPPCB / "annotations.json").is_file(), reason="DeepPCB not beside the repository")
+def test_deeppcb_works_as_a_plain_folder_with_annotations(tmp_path):
+    """Three DeepPCB images with their templates and the COCO file: region metrics through the CLI."""
+    import shutil
+    import subprocess
+    import sys
+
+    root = tmp_path / "pcb"
+    (root / "images").mkdir(parents=True)
+    (root / "normal").mkdir()
+    for number in ("00041200", "00041201", "00041202"):
+        shutil.copy(DEEPPCB / "images" / f"{number}_test.jpg", root / "images")
+        shutil.copy(DEEPPCB / "normal" / f"{number}_temp.jpg", root / "normal")
+    shutil.copy(DEEPPCB / "annotations.json", root)
+    out = tmp_path / "run"
+    done = subprocess.run([sys.executable, "-m", "core", "discover", "--dataset", str(root), "--out", str(out),
+                           "--classes", "3", "--epochs", "1", "--backbone", "vit_micro_scratch", "--quiet"],
+                          capture_output=True, text=True, cwd=__import__("pathlib").Path(__file__).resolve().parents[1])
+    assert done.returncode == 0, done.stderr
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["region"]["n"] >= 3 and metrics["region_coverage"]["annotations"] > 10
+    assert metrics["region_coverage"]["recall"] > 0.5
+    assert "annotated defects covered" in done.stdout

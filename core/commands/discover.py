@@ -267,10 +267,14 @@ def _print_summary(result: Any) -> None:
         return f"  {label:<16} {cells[0]:>6} {cells[1]:>6} {cells[2]:>6} {block['n']:>6}"
 
     print(f"  {'metrics':<16} {'NMI':>6} {'ARI':>6} {'F1':>6} {'n':>6}")
-    print(row("image", metrics["image"]))
-    print(row("region", metrics["region"]))
-    print(row("image with good", metrics["image_with_good"]))
-    normal = metrics["normal_images"]
+    for label, key in (("image", "image"), ("region", "region"), ("image with good", "image_with_good")):
+        if key in metrics:  # region-level truth (COCO) alone gives the region block only
+            print(row(label, metrics[key]))
+    coverage = metrics.get("region_coverage")
+    if coverage and coverage.get("recall") is not None:
+        print(f"  annotated defects covered by a region: {coverage['recall']:.1%} of {coverage['annotations']} "
+              f"({metrics.get('region_truth')})")
+    normal = metrics.get("normal_images") or {"n": 0}
     if normal["n"]:
         print(f"  normal test images predicted normal: {normal['share_predicted_normal']:.1%} of {normal['n']}")
 
