@@ -36,7 +36,7 @@ class DetectorConfig:
     batch_size: int = 8  # images per forward pass
     zero_shot_fraction: float = 0.3  # zero-shot: share of most similar other images averaged (MuSc: 30%)
     zero_shot_references: int = 64  # zero-shot: most other images each image is compared with
-    holdout_share: float = 0.1  # share of normal images held out to measure how well the maps separate
+    holdout_share: float = 0.1  # share of normal images held out (at most 50) to measure how well the maps separate
     pairing: Path | None = None  # template: CSV file with columns image,reference (else paired by name)
     template_smoothing: float = 1.0  # template: Gaussian smoothing of image and reference, pixels
     template_tolerance: int = 1  # template: misalignment forgiven, pixels (neighbourhood min/max)
