@@ -94,31 +94,25 @@ class HistoryStore(Workspace):
             if cluster is not None:
                 touch(cluster)
 
-    def undo(self, run_id: int) -> EditInfo:
-        """Revert the newest done edit of a run; NothingToUndo when there is none."""
+    def _step(self, run_id: int, forward: bool) -> EditInfo:
+        """Revert the newest done edit (forward False) or re-apply the oldest undone one."""
+        state, order = (UNDONE_EDIT, m.Edit.id.asc()) if forward else (DONE_EDIT, m.Edit.id.desc())
         with self._session(write=True) as session:
-            edit = session.scalar(
-                select(m.Edit).where(m.Edit.run_id == run_id, m.Edit.state == DONE_EDIT).order_by(m.Edit.id.desc()).limit(1)
-            )
+            edit = session.scalar(select(m.Edit).where(m.Edit.run_id == run_id, m.Edit.state == state).order_by(order).limit(1))
             if edit is None:
-                raise NothingToUndo(f"nothing to undo in run {run_id}")
-            self._replay(session, edit, forward=False)
-            edit.state = UNDONE_EDIT
+                raise NothingToUndo(f"nothing to {'redo' if forward else 'undo'} in run {run_id}")
+            self._replay(session, edit, forward=forward)
+            edit.state = DONE_EDIT if forward else UNDONE_EDIT
             session.flush()
             return edit_info(edit)
 
+    def undo(self, run_id: int) -> EditInfo:
+        """Revert the newest done edit of a run; NothingToUndo when there is none."""
+        return self._step(run_id, forward=False)
+
     def redo(self, run_id: int) -> EditInfo:
         """Re-apply the edit undone last; NothingToUndo when there is none."""
-        with self._session(write=True) as session:
-            edit = session.scalar(
-                select(m.Edit).where(m.Edit.run_id == run_id, m.Edit.state == UNDONE_EDIT).order_by(m.Edit.id.asc()).limit(1)
-            )
-            if edit is None:
-                raise NothingToUndo(f"nothing to redo in run {run_id}")
-            self._replay(session, edit, forward=True)
-            edit.state = DONE_EDIT
-            session.flush()
-            return edit_info(edit)
+        return self._step(run_id, forward=True)
 
     def can_undo(self, run_id: int) -> bool:
         """Whether undo(run_id) has an edit to revert."""

@@ -1,7 +1,7 @@
 """Region labels (engineer, imported, ground truth) and the labeled set a retraining run learns.
 
-`promote_to_labels` turns a run's named clusters into engineer labels; it is an edit of the
-run, undoable like the cluster edits.
+`promote_to_labels` turns a run's named clusters and the regions marked normal into engineer
+labels; it is an edit of the run, undoable like the cluster edits.
 """
 
 from __future__ import annotations
@@ -14,12 +14,16 @@ from sqlalchemy.orm import Session
 from storage import models as m
 from storage.history import log_edit, register
 from storage.records import (
+    NORMAL_CLASS,
     SOURCE_ENGINEER,
     SOURCE_GROUND_TRUTH,
     SOURCE_IMPORTED,
+    STATE_DEFECT,
+    STATE_MARKED_NORMAL,
     LabelInfo,
     NotFound,
     StorageError,
+    region_state,
 )
 from storage.workspace import Workspace, aware, chunks
 
@@ -92,7 +96,8 @@ class LabelStore(Workspace):
 
     def labeled_set(self, project_id: int) -> dict[int, str]:
         """region id -> class name for training: engineer labels win over imported ones
-        (ground-truth labels are for metrics and never included)."""
+        (ground-truth labels are for metrics and never included). NORMAL_CLASS means labeled
+        normal: the engine trains those regions as its normal class."""
         out: dict[int, str] = {}
         for label in self.list_labels(project_id, SOURCE_IMPORTED):
             out[label.region_id] = label.class_name
@@ -103,24 +108,32 @@ class LabelStore(Workspace):
     def promote_to_labels(
         self, run_id: int, cluster_ids: Sequence[int] | None = None, *, author: str | None = None
     ) -> int:
-        """Turn named clusters into engineer labels (region -> cluster name): the labeled set of
-        the next run. Normal clusters and normal-marked regions are skipped. Returns label count."""
+        """Turn the engineer's verdicts of a run into engineer labels: the labeled set of the next run.
+
+        A region of a named defect cluster gets the cluster's name; a region the engineer marked
+        normal, or one of a cluster the engineer marked normal, gets NORMAL_CLASS so the next run
+        learns it as normal. Left out: the engine's own normal slot (a prediction, not a verdict),
+        unnamed clusters, and whole-image placeholders (no anomaly found) not marked normal.
+        With cluster_ids only those clusters' regions. Returns the label count.
+        """
         with self._session(write=True) as session:
             run = self._get(session, m.Run, run_id, "run")
             query = (
-                select(m.Assignment.region_id, m.Cluster.name)
+                select(m.Assignment.region_id, m.Assignment.is_normal, m.Region.area, m.Cluster.name,
+                       m.Cluster.is_normal, m.Cluster.engine_normal)  # fmt: skip
                 .join(m.Cluster, m.Cluster.id == m.Assignment.cluster_id)
-                .where(
-                    m.Assignment.run_id == run_id,
-                    m.Assignment.is_normal.is_(False),
-                    m.Cluster.is_normal.is_(False),
-                    m.Cluster.name.is_not(None),
-                    m.Cluster.merged_into_id.is_(None),
-                )
+                .join(m.Region, m.Region.id == m.Assignment.region_id)
+                .where(m.Assignment.run_id == run_id, m.Cluster.merged_into_id.is_(None))
             )
             if cluster_ids is not None:
                 query = query.where(m.Cluster.id.in_(list(cluster_ids)))
-            wanted = dict(session.execute(query).all())
+            wanted: dict[int, str] = {}
+            for region_id, marked, area, name, cluster_normal, engine_normal in session.execute(query):
+                state = region_state(int(area), bool(marked), bool(cluster_normal), bool(engine_normal))
+                if state == STATE_MARKED_NORMAL:
+                    wanted[region_id] = NORMAL_CLASS
+                elif state == STATE_DEFECT and name is not None:
+                    wanted[region_id] = name
             if not wanted:
                 return 0
             before: dict[int, str] = {}

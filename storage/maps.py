@@ -164,7 +164,7 @@ class MapStore(RegionStore):
                 )
             )
         current = [b for b in self.list_binarizations(project_id)
-                   if b["settings"].get("source") == OVERRIDE and b["settings"].get("set_by") == "engineer"]  # fmt: skip
+                   if b["settings"].get("source") == OVERRIDE and b["settings"].get("set_by") != "run"]  # fmt: skip
         if started is None:
             return current
         return [b for b in current if aware(b["created_at"]) > aware(started)]  # type: ignore[operator]

@@ -149,6 +149,10 @@ class Run(Base):
 
 
 class Cluster(Base):
+    """A class of a run's result. `slot` is its column in the model's output (core's cluster
+    index into DiscoveryResult.cluster_names; a split adds slots past the model's); `id` is the
+    row, unique over all runs, and what assignments and edits refer to."""
+
     __tablename__ = "clusters"
     __table_args__ = (UniqueConstraint("run_id", "slot", name="uq_clusters_run_slot"),)
 
@@ -166,6 +170,9 @@ class Cluster(Base):
 
 
 class Assignment(Base):
+    """One region's place in one run: its cluster now (cluster_id, after edits) and the model's
+    (original_cluster_id), confidence, 2-D map point, embedding and probability vector."""
+
     __tablename__ = "assignments"
     __table_args__ = (
         UniqueConstraint("run_id", "region_id", name="uq_assignments_run_region"),

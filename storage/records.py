@@ -9,13 +9,15 @@ from typing import Any
 
 import numpy as np
 
+# The one name of the normal / false-detection class (exports, image classes, labels meaning
+# "labeled normal"), core's.
+from core.records import NORMAL_CLASS
+
 # Run status values.
 QUEUED, RUNNING, DONE, FAILED, CANCELLED = "queued", "running", "done", "failed", "cancelled"
 RUN_STATUSES = (QUEUED, RUNNING, DONE, FAILED, CANCELLED)
 # Label sources.
 SOURCE_ENGINEER, SOURCE_IMPORTED, SOURCE_GROUND_TRUTH = "engineer", "imported", "ground_truth"
-# Class name of regions that are normal / false detections, in exports and image classes.
-NORMAL_CLASS = "normal"
 #: Class name of whole-image placeholders: images where MEBin found nothing (region area 0).
 NO_ANOMALY_CLASS = "no anomaly found"
 # The state of a region (and an image) in a run; three kinds of "not a defect" kept apart.
@@ -162,7 +164,7 @@ class RunInfo:
 class ClusterInput:
     """One cluster of a run's result, as the pipeline writes it."""
 
-    slot: int  # model output index (0..C-1); the normal slot has is_normal=True
+    slot: int  # the cluster's column in the model output (0..C-1, core's cluster index); normal slot: is_normal
     name: str | None = None
     color: str = ""  # "#rrggbb"; empty -> a palette color by slot
     is_normal: bool = False
@@ -183,6 +185,8 @@ class AssignmentInput:
 
 @dataclass(frozen=True)
 class ClusterInfo:
+    """A cluster of a run: `id` the database id edits refer to, `slot` its model output column."""
+
     id: int
     run_id: int
     slot: int

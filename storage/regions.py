@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
-from core.records import Region
+from core.records import Region, region_key
 from storage import models as m
 from storage import workspace
 from storage.projects import image_ids, image_row
@@ -157,11 +157,11 @@ class RegionStore(Workspace):
             return [self._region_info(r, relpath) for r in session.scalars(query.order_by(m.Region.index))]
 
     def region_ids_by_key(self, project_id: int) -> dict[str, int]:
-        """Map Region.key ("<relpath>#<index>") -> id of the current regions."""
+        """Map core.records.region_key(image, index) -> id of the current regions."""
         with self._session() as session:
             rows = session.execute(
                 select(m.Image.relpath, m.Region.index, m.Region.id)
                 .join(m.Image, m.Image.id == m.Region.image_id)
                 .where(m.Region.project_id == project_id, m.Region.is_current.is_(True))
             ).all()
-            return {f"{relpath}#{index}": region_id for relpath, index, region_id in rows}
+            return {region_key(relpath, index): region_id for relpath, index, region_id in rows}

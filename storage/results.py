@@ -16,7 +16,8 @@ import pandas as pd
 from sqlalchemy import case, delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
-from core.fusion import FusionConfig, fuse_image
+from core.config import DiscoveryConfig
+from core.fusion import fuse_image
 from storage import models as m
 from storage import workspace
 from storage.projects import image_row
@@ -43,7 +44,7 @@ from storage.records import (
 from storage.maps import MapStore
 
 #: Fusion temperature of runs whose settings do not say (core's published default).
-DEFAULT_TAU = FusionConfig().tau
+DEFAULT_TAU = DiscoveryConfig().tau
 
 
 class ResultStore(MapStore):

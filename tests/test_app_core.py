@@ -128,6 +128,8 @@ def test_review_page_shows_maps_evidence_and_overrides_one_threshold(workspace, 
     assert after["counts"] == before["counts"]  # the evidence stays MEBin's
     assert workspace.image_regions(project.id, image)  # re-cropped and stored
     assert {m.label: m.value for m in at.metric}["Overrides"] == "1"
+    assert "wait for the next discovery run" in " ".join(i.value for i in at.info)
+    assert at.selectbox(key="review_image").value == image  # the page stays on the image it changed
 
 
 def test_discover_page_shows_live_progress_and_loss_and_a_finished_run(workspace, tmp_path):
@@ -310,3 +312,73 @@ def test_formatting_and_loss_frame():
     frame = figures.loss_frame([{"x": 1.0, "loss": 2.0, "total": 2.0, "rep": 1.5, "lr": 0.1, "epoch_done": True}])
     assert sorted(frame["term"]) == ["rep", "total"]
     assert figures.loss_chart([]) is None
+
+
+# ------------------------------------------------------------------------------ issue 11
+
+
+def test_the_url_keeps_project_and_run_and_a_link_opens_them(workspace, tmp_path):
+    root = generate_demo(tmp_path / "demo", DemoConfig(**TINY_DEMO))
+    first = intake.create_project(workspace, "first", intake.summarize_dataset(root))
+    second = intake.create_project(workspace, "second", intake.summarize_dataset(root))
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.query_params["project"] = str(first.id)  # a reload or a shared link of the first project
+    at.run()
+    at.switch_page("views/discover.py").run()
+    assert_clean(at)
+    assert at.selectbox(key="sidebar_project").value == first.id  # not the newest project
+    assert at.query_params["project"] == str(first.id)
+    at.selectbox(key="sidebar_project").set_value(second.id).run()
+    assert at.query_params["project"] == str(second.id)
+    # A link to a project that is gone says so and shows an existing one.
+    gone = AppTest.from_file(APP, default_timeout=60)
+    gone.query_params["project"] = "999"
+    gone.run()  # the Projects page
+    assert any("#999" in w.value for w in gone.sidebar.warning)
+    assert gone.query_params["project"] == str(second.id)
+
+
+def test_a_refused_zip_leaves_no_folder_and_a_maps_folder_is_checked_first(workspace, tmp_path):
+    with pytest.raises(uploads.UploadError):
+        uploads.extract_zip(io.BytesIO(b"plain text"), tmp_path / "uploads" / "a")
+    assert not (tmp_path / "uploads" / "a").exists()
+    assert "does not exist" in intake.check_maps_folder(tmp_path / "nowhere")
+    (tmp_path / "empty").mkdir()
+    assert "no map files" in intake.check_maps_folder(tmp_path / "empty")
+    root = generate_demo(tmp_path / "demo", DemoConfig(**TINY_DEMO))
+    assert intake.check_maps_folder(make_maps(root, tmp_path / "maps")) is None
+    project = intake.create_project(workspace, "p", intake.summarize_dataset(root))
+    at = open_page("views/review.py", project_id=project.id)
+    at.radio(key="maps_source").set_value("Import from a folder").run()
+    at.text_input(key="maps_folder").set_value(str(tmp_path / "nowhere")).run()
+    assert any("does not exist" in e.value for e in at.error)
+    assert at.button(key="maps_start").disabled  # no job starts for a folder that is not there
+    assert workspace.list_runs(project.id) == []
+
+
+def test_the_demo_is_offered_to_open_not_copied_silently(workspace):
+    at = open_page("views/home.py")
+    at.button(key="demo_create_welcome").click().run()
+    (demo,) = workspace.list_projects()
+    at = open_page("views/home.py")
+    assert at.button(key="demo_create_open").label == f"Open demo project #{demo.id}"
+    assert at.button(key="demo_create").label == "Create another demo project"
+    at.session_state["confirm_delete"] = demo.id
+    at.run()
+    assert any(f"#{demo.id}" in m.value for m in at.markdown)  # the delete dialog names the id
+
+
+def test_runs_table_shows_a_dash_for_missing_metrics_and_the_chosen_k(workspace, tmp_path):
+    root = generate_demo(tmp_path / "demo", DemoConfig(**TINY_DEMO))
+    project = intake.create_project(workspace, "p", intake.summarize_dataset(root))
+    cancelled = workspace.start_run(project.id, jobs.DISCOVER, {"classes": "auto"}, status=RUNNING)
+    workspace.mark_cancelled(cancelled.id)
+    done = workspace.start_run(project.id, jobs.DISCOVER, {"classes": "auto"}, status=RUNNING)
+    workspace.finish_run(done.id, metrics={"class_estimate": {"k": 4, "n_classes": 4, "confidence": 0.2,
+                                                              "sureness": "unsure", "description": "k=4 <-"}})
+    at = open_page("views/discover.py", project_id=project.id)
+    assert_clean(at)
+    table = at.dataframe[-1].value
+    assert list(table["image NMI"]) == ["–", "–"]  # not "None" for runs without metrics
+    assert set(table["classes"]) == {"auto", "auto → 4"}
+    assert any("K = 4" in m.value and "unsure" in m.value for m in at.markdown)

@@ -446,3 +446,75 @@ def test_export_page_offers_everything_or_the_selection(filled):
     assert values["Regions"] == "4"
     preview = at.dataframe[-1].value
     assert sorted(preview["region_id"]) == sorted(filled.region_ids[:4])
+
+
+# ------------------------------------------------------------------------------ issue 11
+
+
+def test_names_with_html_are_escaped_and_shortened_in_every_plot_label(filled):
+    store = filled.store
+    long_html = "<b>html</b> " + "x" * 150
+    store.rename_cluster(filled.cluster_ids[0], long_html)
+    figure = figures.umap_figure(store.umap_points(filled.run_id), store.list_clusters(filled.run_id))
+    names = [trace.name for trace in figure.data]
+    assert not any("<b>" in n for n in names) and any(n.startswith("&lt;b&gt;html&lt;/b&gt;") for n in names)
+    assert all(len(n) < 80 for n in names)  # the legend does not clip a 160-character name
+    assert "<b>html" not in str(figure.data[0].customdata)  # the hover shows it literally too
+    table = evaluation.evaluate_run(store, filled.run_id)["image"].confusion
+    confusion = figures.confusion_figure(table, "t")
+    labels = list(confusion.data[0].x) + list(confusion.layout.xaxis.ticktext)
+    assert labels and not any("<b>" in str(v) for v in labels)
+    assert confusion.layout.height >= 120 + 44 * len(table.index)  # rows keep their height
+    assert figures.plot_text("<b>html</b>", 8) == "&lt;b&gt;html…"  # cut before escaping, never mid-escape
+
+
+def test_the_plot_keeps_the_selection_highlighted(filled):
+    chosen = filled.region_ids[:3]
+    figure = figures.umap_figure(filled.store.umap_points(filled.run_id), filled.store.list_clusters(filled.run_id),
+                                 selected=chosen)
+    highlighted = sorted(int(trace.customdata[i][0]) for trace in figure.data for i in trace.selectedpoints)
+    assert highlighted == sorted(chosen)
+
+
+def test_clicking_a_thumbnail_opens_the_region_in_its_image(filled):
+    at = page("explore", filled, **{selection.SELECTION_KEY: filled.region_ids[:2]}).run()
+    target = filled.region_ids[1]
+    at.button(key=f"open_{target}").click().run()
+    no_exception(at)
+    assert f"Region #{target}" in texts(at)
+    assert any(f"region #{target} in red" in (img.caption or "") for e in at.get("image") for img in e.proto.imgs)
+
+
+def test_cards_count_clusters_with_regions_and_the_three_normal_states_apart(tmp_path, monkeypatch):
+    filled = fill_store(tmp_path)
+    store = filled.store
+    # A whole-image placeholder (area 0) of an image where MEBin found nothing, in its own run.
+    from core.records import Region as RegionRecord
+
+    image = store.list_images(filled.project_id)[0].relpath
+    blank = np.zeros((64, 64), dtype=np.uint8)
+    (placeholder,) = store.record_regions(filled.project_id, [RegionRecord(
+        image, 9, (0, 0, 64, 64), np.zeros((64, 64, 3), np.uint8), blank, 0, 0.0)],
+        replace=False)
+    run = store.start_run(filled.project_id, "discover", {"classes": 3}, status="running")
+    clusters = [ClusterInput(slot=s) for s in range(5)] + [ClusterInput(slot=5, is_normal=True)]
+    ids = filled.region_ids
+    assignments = [AssignmentInput(r, 0 if i < 6 else 1, 0.9, float(i), 0.0, None) for i, r in enumerate(ids[:-2])]
+    assignments += [AssignmentInput(ids[-2], 5, 0.8, 1.0, 1.0, None), AssignmentInput(ids[-1], 1, 0.7, 2.0, 1.0, None),
+                    AssignmentInput(placeholder.id, 5, 0.6, 3.0, 3.0, None)]
+    store.write_results(run.id, clusters, assignments)
+    store.finish_run(run.id)
+    store.mark_regions_normal(run.id, [ids[-1]])
+    monkeypatch.setenv("STUDIO_WORKSPACE", str(store.workspace))
+    st.cache_resource.clear()
+    at = AppTest.from_file(str(VIEWS / "explore.py"), default_timeout=60)
+    at.session_state["project_id"], at.session_state["run_id"] = filled.project_id, run.id
+    at.run()
+    no_exception(at)
+    values = {m.label: m.value for m in at.metric}
+    assert values["Clusters"] == "3"  # slots 0, 1 and the normal one hold regions; three are empty
+    assert values["Marked normal"] == "1" and values["Model: normal"] == "1" and values["No anomaly"] == "1"
+    at.button(key="explore_select_none_found").click().run()
+    assert at.session_state[selection.SELECTION_KEY] == [placeholder.id]
+    assert "no anomaly found" in texts(at)
+    store.close()

@@ -1,10 +1,13 @@
 """The whole Studio in a real browser: Debian's Chromium driven by Playwright.
 
 Starts `streamlit run webapp/app.py` on 127.0.0.1 (free port, temporary workspace, tiny demo),
-creates the demo project, runs a tiny discovery to the end on the Discover page, renames a
-cluster, merges two, undoes, marks one region (clicked on the UMAP plot) as normal, downloads
-the regions CSV and checks its rows against the database. Every page is screenshotted at
-1280x800 into tests/artifacts/screenshots/ (git-ignored). The server is always stopped.
+creates the demo project, makes its anomaly maps on the Detection page while reading the progress
+bar (it must never go back), runs a tiny discovery to the end on the Discover page, renames a
+cluster, merges two, undoes, marks one region (lassoed on the UMAP plot, which keeps it
+highlighted) as normal, retrains with "New classes to discover = auto" and follows it on the
+Labels page to its end, reloads pages and opens shared links (project, run and page kept),
+downloads the regions CSV and checks its rows against the database. Every page is screenshotted
+at 1440x900 into tests/artifacts/screenshots/ (git-ignored). The server is always stopped.
 """
 
 from __future__ import annotations
@@ -177,11 +180,12 @@ def lasso_one_point(page) -> None:
     """Draw a small lasso around the first point of the UMAP plot, away from its neighbours."""
     points = page.locator('[data-testid="stPlotlyChart"] .scatterlayer .trace .points path')
     points.first.wait_for()
-    centers = []
-    for i in range(points.count()):
-        box = points.nth(i).bounding_box()
-        if box:
-            centers.append((box["x"] + box["width"] / 2, box["y"] + box["height"] / 2))
+    page.wait_for_timeout(500)  # let a re-sent figure finish drawing
+    # All centers in one call: the plot may redraw between separate per-point queries.
+    centers = [tuple(c) for c in page.evaluate(
+        "() => [...document.querySelectorAll('[data-testid=\"stPlotlyChart\"] .scatterlayer .trace .points path')]"
+        ".map(p => p.getBoundingClientRect()).filter(r => r.width > 0)"
+        ".map(r => [r.x + r.width / 2, r.y + r.height / 2])")]
     assert centers, "the UMAP plot shows no point"
     # The point farthest from every other point, so a small lasso holds only it.
     def clearance(c):
@@ -197,20 +201,39 @@ def lasso_one_point(page) -> None:
 
 
 def gallery_region_ids(page) -> list[int]:
-    """Region ids of the gallery thumbnails (captions '#<id> · <confidence>')."""
-    captions = page.locator('[data-testid="stImageCaption"]').all_inner_texts()
-    return [int(m.group(1)) for c in captions if (m := re.match(r"#(\d+) ·", c.strip()))]
+    """Region ids of the gallery thumbnails (their open buttons read '#<id> · <confidence>')."""
+    labels = page.get_by_role("button", name=re.compile(r"^#\d+ · ")).all_inner_texts()
+    return [int(m.group(1)) for c in labels if (m := re.match(r"#(\d+) ·", c.strip()))]
+
+
+def progress_value(page) -> float | None:
+    """The value (0..100) of the first progress bar on the page, None when there is none."""
+    # One query: the bar may vanish (the job ended) between two separate ones.
+    value = page.evaluate("() => { const bar = document.querySelector('[data-testid=\"stProgress\"] "
+                          "[role=\"progressbar\"]'); return bar ? bar.getAttribute('aria-valuenow') : null; }")
+    return None if value is None else float(value)
+
+
+def dimmed_points(page) -> int:
+    """Points the UMAP plot draws dimmed (not selected): a selection is highlighted when > 0."""
+    return page.evaluate("() => [...document.querySelectorAll('[data-testid=\"stPlotlyChart\"] .scatterlayer "
+                         ".trace .points path')].filter(p => parseFloat(getComputedStyle(p).opacity) < 0.5).length")
 
 
 # ------------------------------------------------------------------------------ the flow
 
 
-def test_whole_flow_in_a_browser(server, browser):
+def open_store(workspace: Path):
     from storage import open_workspace
+
+    return open_workspace(workspace)
+
+
+def test_whole_flow_in_a_browser(server, browser):
     from storage.export import regions_frame
 
     url, workspace = server
-    page = browser.new_page(viewport={"width": 1280, "height": 800}, accept_downloads=True)
+    page = browser.new_page(viewport={"width": 1440, "height": 900}, accept_downloads=True)
     page.set_default_timeout(30_000)
     page.goto(url)
     settle(page)
@@ -221,35 +244,61 @@ def test_whole_flow_in_a_browser(server, browser):
     settle(page, 120)
     page.get_by_text("Demo project created").first.wait_for(timeout=120_000)
     shot(page, "01_projects")
+    # A second click offers to open the existing demo instead of copying it silently.
+    page.get_by_role("tab", name=re.compile("Demo")).click()
+    assert page.get_by_role("button", name=re.compile(r"^Open demo project #1")).count() >= 1
 
-    # 2. A tiny discovery through the Discover page, run to the end.
-    goto(page, "Discover")
-    page.get_by_text("Estimate the number of classes").click()
+    # 2. Anomaly maps on the Detection page: the progress bar only moves forward.
+    goto(page, "Detection & MEBin")
+    button(page, "Make maps and run MEBin").click()
+    values: list[float] = []
+    deadline = time.time() + DISCOVERY_TIMEOUT_S
+    while time.time() < deadline:
+        value = progress_value(page)
+        if value is not None:
+            values.append(value)
+        if page.get_by_text("Per image").count() and value is None:
+            break
+        page.wait_for_timeout(250)
     settle(page)
-    for label, value in (("Defect classes (K)", "3"), ("Epochs", "1")):
-        field = page.get_by_role("spinbutton", name=label, exact=True)
-        field.fill(value)
-        field.press("Enter")
-        settle(page)
-    choose(page, "Backbone", re.compile("vit_micro_scratch"))
-    button(page, "Start discovery").click()
-    settle(page)
-    page.get_by_role("button", name="Explore the clusters").wait_for(timeout=DISCOVERY_TIMEOUT_S * 1000)
-    shot(page, "03_discover")
+    assert values, "the Detection page showed no progress bar"
+    assert all(b >= a for a, b in zip(values, values[1:])), f"the progress bar went back: {values}"
+    page.get_by_role("heading", name="Per image").wait_for()
+    shot(page, "02_review")
 
-    store = open_workspace(workspace)
+    store = open_store(workspace)
     try:
         project = store.list_projects()[0]
+        detect_run = store.list_runs(project.id, kind="detect")[0]
+        assert detect_run.status == "done", detect_run.message
+        assert detect_run.progress == 1.0
+
+        # 3. A tiny discovery through the Discover page, run to the end.
+        goto(page, "Discover")
+        page.get_by_text("Estimate the number of classes").click()
+        settle(page)
+        for label, value in (("Defect classes (K)", "3"), ("Epochs", "1")):
+            field = page.get_by_role("spinbutton", name=label, exact=True)
+            field.fill(value)
+            field.press("Enter")
+            settle(page)
+        choose(page, "Backbone", re.compile("vit_micro_scratch"))
+        button(page, "Start discovery").click()
+        settle(page)
+        page.get_by_role("button", name="Explore the clusters").wait_for(timeout=DISCOVERY_TIMEOUT_S * 1000)
+        shot(page, "03_discover")
         run = store.list_runs(project.id, kind="discover", status="done")[0]
         clusters = [c for c in store.list_clusters(run.id) if c.region_count > 0 and not c.is_normal]
         assert clusters and sum(c.region_count for c in clusters) >= 2
 
-        # 3. Explore: rename a cluster (Enter submits the form).
+        # 4. Explore: the URL names project and run; rename a cluster (Enter submits the form).
         button(page, "Explore the clusters").click()
         settle(page)
         page.get_by_role("heading", name="Explore").first.wait_for()
         page.locator('[data-testid="stPlotlyChart"]').first.wait_for()
+        assert f"project={project.id}" in page.url and f"run={run.id}" in page.url, page.url
         shot(page, "04_explore")
+        page.get_by_role("tab", name="Clusters").click()
         if len(clusters) < 2:  # one epoch may leave a single cluster: split it to have two to merge
             split = page.locator('[data-testid="stForm"]').filter(has=page.get_by_text("Split a cluster"))
             choose(page, "Cluster", re.compile(re.escape(clusters[0].display_name) + r" \("), scope=split)
@@ -258,10 +307,11 @@ def test_whole_flow_in_a_browser(server, browser):
             page.get_by_text("into 2 clusters").first.wait_for()
             clusters = [c for c in store.list_clusters(run.id) if c.region_count > 0 and not c.is_normal]
             assert len(clusters) == 2
+            page.get_by_role("tab", name="Clusters").click()
         first, second = clusters[0], clusters[1]
         rename = page.locator('[data-testid="stForm"]').filter(has=page.get_by_text("Rename a cluster"))
         choose(page, "Cluster", re.compile(re.escape(first.display_name) + r" \("), scope=rename)
-        name_box = rename.get_by_role("textbox", name="New name (Enter to save; empty clears the name)", exact=True)
+        name_box = rename.get_by_role("textbox", name=re.compile(r"^New name \(up to 200 characters"))
         name_box.fill("deep scratch")
         name_box.press("Enter")
         settle(page)
@@ -269,6 +319,7 @@ def test_whole_flow_in_a_browser(server, browser):
         assert store.get_cluster(first.id).name == "deep scratch"
 
         # Merge two clusters, then undo the merge.
+        page.get_by_role("tab", name="Clusters").click()
         merge = page.locator('[data-testid="stForm"]').filter(has=page.get_by_text("Merge clusters"))
         choose(page, "Merge into (keeps its name)", re.compile("deep scratch"), scope=merge)
         choose(page, "Clusters to merge into it", re.compile(re.escape(second.display_name) + r" \("), scope=merge)
@@ -283,30 +334,88 @@ def test_whole_flow_in_a_browser(server, browser):
         assert store.get_cluster(second.id).merged_into_id is None
         assert store.get_cluster(first.id).name == "deep scratch"
 
-        # Lasso one point on the UMAP plot and mark that region as normal.
+        # Lasso one point on the UMAP plot and mark that region as normal; the plot keeps it highlighted.
         lasso_one_point(page)
         page.get_by_role("heading", name=re.compile(r"Selection · 1 region$")).wait_for()
         selected = gallery_region_ids(page)
         assert len(selected) == 1
-        page.get_by_role("tab", name=re.compile(r"Selected regions \(1\)")).click()
         button(page, "Mark normal").click()
         settle(page)
         page.get_by_text("Marked 1 region as normal").first.wait_for()
         marked = [a.region.id for a in store.run_assignments(run.id) if a.is_normal]
         assert marked == selected
+        assert dimmed_points(page) > 0, "after the rerun the plot lost the selection highlight"
+        # Clicking a thumbnail's label opens the region in its image.
+        page.get_by_role("button", name=re.compile(rf"^#{selected[0]} · ")).first.click()
+        settle(page)
+        page.get_by_text(f"Region #{selected[0]}", exact=False).first.wait_for()
         shot(page, "06_explore_selection")
 
-        # Every other page renders without a traceback and looks finished.
+        # 5. Reload (F5) keeps the project, the run and the page.
+        page.reload()
+        settle(page)
+        page.get_by_role("heading", name="Explore").first.wait_for()
+        assert f"project={project.id}" in page.url and f"run={run.id}" in page.url, page.url
+        assert "/explore" in page.url
+
+        # Images where MEBin found nothing are counted as their own state, not as normal.
+        none_found = len(store.run_assignments(run.id, state="no anomaly found"))
+        cards = page.locator('[data-testid="stMetric"]').filter(has_text="No anomaly")
+        assert cards.first.locator('[data-testid="stMetricValue"]').inner_text().strip() == str(none_found)
+
+        # 6. Override one image's threshold: the finished run and its CSV stay as they were, the
+        # page says the next run uses it.
+        before_csv = regions_frame(store, run.id).sort_values("region_id").reset_index(drop=True)
         goto(page, "Detection & MEBin")
-        shot(page, "02_review")
+        slider = page.get_by_role("slider").first
+        slider.scroll_into_view_if_needed()
+        slider.focus()
+        for _ in range(12):
+            slider.press("ArrowLeft")
+        settle(page)
+        button(page, "Apply and re-crop").click()
+        settle(page)
+        page.get_by_text("recorded for the next discovery run").first.wait_for()
+        page.get_by_text(re.compile(r"threshold override\(s\) wait for the next discovery run")).first.wait_for()
+        (overridden,) = store.threshold_overrides(project.id)
+        # The page still shows the image it changed (in the picker, the message and the captions).
+        assert page.get_by_text(overridden).count() >= 2
+        shot(page, "02b_review_override")
+        after_csv = regions_frame(store, run.id).sort_values("region_id").reset_index(drop=True)
+        pd.testing.assert_frame_equal(before_csv, after_csv)
+
+        # 7. Labels: name -> labeled set -> retrain with K = auto, followed here to its end.
         goto(page, "Labels & runs")
+        page.get_by_role("button", name=re.compile(r"^Add the \d+ named clusters? to the labeled set")).click()
+        settle(page)
+        page.get_by_text("regions are now labeled").first.wait_for()
+        form = page.locator('[data-testid="stForm"]').filter(has=page.get_by_text("New classes to discover"))
+        classes = form.get_by_role("textbox", name="New classes to discover")
+        classes.fill("auto")
+        epochs = form.get_by_role("spinbutton", name="Epochs")
+        epochs.fill("1")
+        button(page, "Start the new run", scope=form).click()
+        settle(page)
+        page.get_by_text(re.compile(r"Discovery run #\d+ is in progress|Last retraining run #\d+")).first.wait_for()
+        page.get_by_text(re.compile(r"Last retraining run #\d+")).first.wait_for(timeout=DISCOVERY_TIMEOUT_S * 1000)
+        settle(page)
+        retrain = store.list_runs(project.id, kind="discover")[0]
+        assert retrain.parent_run_id == run.id and retrain.settings["classes"] == "auto"
+        assert retrain.status == "done", retrain.message
+        page.get_by_text("chosen automatically").first.wait_for()
         shot(page, "07_labels")
+        # The next run used the override: its regions of that image are the image's current ones.
+        assert "threshold override" in (retrain.message or "")
+        current = sorted(r.box for r in store.image_regions(project.id, overridden))
+        assert sorted(r.box for r in store.list_regions(project.id, run_id=retrain.id) if r.image == overridden) == current
+
         goto(page, "Evaluate")
         shot(page, "08_evaluate")
 
-        # 4. Export the regions CSV and compare it with the database.
+        # 8. Export the regions CSV of the first run: the database's, unchanged by the override.
         goto(page, "Export")
         shot(page, "09_export")
+        assert f"run={run.id}" in page.url
         with page.expect_download() as download_info:
             button(page, "Download regions CSV").click()
         path = download_info.value.path()
@@ -320,6 +429,24 @@ def test_whole_flow_in_a_browser(server, browser):
         assert downloaded["confidence"].round(6).tolist() == expected["confidence"].round(6).tolist()
         assert downloaded.loc[downloaded["region_id"] == marked[0], "class_name"].item() == "normal"
         assert "deep scratch" in set(downloaded["class_name"])
+        assert downloaded[["region_id", "image", "x0", "y0", "x1", "y1"]].equals(
+            before_csv[["region_id", "image", "x0", "y0", "x1", "y1"]])  # the override changed nothing here
+        placeholders = downloaded[downloaded["state"] == "no anomaly found"]
+        assert len(placeholders) == none_found and set(placeholders["class_name"]) <= {"no anomaly found"}
+        assert (placeholders["area"] == 0).all()  # one whole-image row per image where nothing was found
+        cards = page.locator('[data-testid="stMetric"]').filter(has_text="No anomaly")
+        assert cards.first.locator('[data-testid="stMetricValue"]').inner_text().strip() == str(none_found)
+
+        # 9. A shared link opens the same project, run and page in a fresh session.
+        other = browser.new_page(viewport={"width": 1440, "height": 900})
+        try:
+            other.goto(f"{url}/evaluate?project={project.id}&run={run.id}")
+            settle(other)
+            other.get_by_role("heading", name="Evaluate").first.wait_for()
+            assert other.get_by_text(f"Run #{run.id} as it is now").count() >= 1
+            assert f"run={run.id}" in other.url
+        finally:
+            other.close()
     finally:
         store.close()
         page.close()

@@ -354,15 +354,17 @@ def test_labels_promote_and_labeled_set(store: Store, tmp_path: Path) -> None:
     one = [r for r, s in scenario.slots.items() if s == 1][0]
     store.mark_regions_normal(scenario.run_id, [one])
     count = store.promote_to_labels(scenario.run_id, [c1], author="ana")
-    assert count == sum(1 for s in scenario.slots.values() if s == 1) - 1
+    assert count == sum(1 for s in scenario.slots.values() if s == 1)  # the marked one is labeled normal
     engineer = {l.region_id: l for l in store.list_labels(scenario.project_id, "engineer")}
     for region_id, slot in scenario.slots.items():
         if slot == 2:
             assert engineer[region_id].class_name == "dent"
         elif slot == 1 and region_id != one:
             assert engineer[region_id].class_name == STRANGE_NAMES[1] and engineer[region_id].author == "ana"
+        elif region_id == one:
+            assert engineer[region_id].class_name == NORMAL_CLASS  # marked normal: learned as normal
         else:
-            assert region_id not in engineer  # normal clusters and normal-marked regions are no labels
+            assert region_id not in engineer  # the engine's normal slot is a prediction, not a label
     labeled = store.labeled_set(scenario.project_id)
     assert "gt" not in labeled.values()
     for region_id in imported:

@@ -88,3 +88,13 @@ def test_regions_nothing_uses_are_replaced_not_kept(store: Store, tmp_path: Path
     with store.engine.connect() as connection:  # the first version is gone, not kept beside it
         rows = connection.execute(sa.select(m.Region.area).where(m.Region.project_id == project.id)).scalars().all()
     assert rows == [16] and first[0].area == 9
+
+
+def test_an_override_recorded_the_older_way_is_pending_too(store: Store, tmp_path: Path) -> None:
+    """record_binarizations with source "override" (then record_regions) is an override as well."""
+    scenario = build_scenario(store, tmp_path, images=2, per_image=2)
+    before = store.run_regions(scenario.run_id)
+    store.record_binarizations(scenario.project_id, [BinarizationInput(IMAGE, 60, 1, settings={"source": "override"})])
+    store.record_regions(scenario.project_id, [square_region(IMAGE, 0, 16)])
+    assert store.run_regions(scenario.run_id) == before
+    assert [b["threshold"] for b in store.pending_overrides(scenario.project_id)] == [60]

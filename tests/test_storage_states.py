@@ -86,3 +86,29 @@ def test_exports_write_no_anomaly_found_as_its_own_value(store: Store, tmp_path:
              "classes.csv", "crops.csv"])
     with zipfile.ZipFile(export.export_crops_zip(store, run_id, tmp_path / "b.zip")) as archive:
         assert sorted(archive.namelist()) == ["classes.csv", "crops.csv"]
+
+
+def test_marked_normal_goes_back_into_the_labeled_set(store: Store, tmp_path: Path) -> None:
+    """The labeled set a retrain receives holds the engineer's normal verdicts as NORMAL_CLASS."""
+    records = make_dataset(tmp_path / "data", 4)
+    project = store.create_project("retrain", tmp_path / "data")
+    store.record_images(project.id, records)
+    regions = store.record_regions(project.id, [square_region(r.relpath, i, 9 + i, x0=8 * i)
+                                                for r in records if r.role == "unlabeled" for i in range(2)])
+    run = store.start_run(project.id, "discover", status="running")
+    slots = [0, 1, 2, 2, 1, 1, 2, 0]  # slot 0 the engine's normal slot, 1 "crack", 2 unnamed
+    clusters = {c.slot: c.id for c in store.write_results(
+        run.id, [ClusterInput(0, "normal / false detection", is_normal=True), ClusterInput(1, "crack"), ClusterInput(2)],
+        [AssignmentInput(r.id, s, 0.8) for r, s in zip(regions, slots)])}
+    store.finish_run(run.id)
+    marked = regions[1].id  # a "crack" that is a false detection
+    store.mark_regions_normal(run.id, [marked])
+    store.mark_cluster_normal(clusters[2])  # the unnamed cluster is all false detections
+    assert store.promote_to_labels(run.id) == 6
+    labeled = store.labeled_set(project.id)
+    expected = {r.id: ("crack" if s == 1 else NORMAL_CLASS) for r, s in zip(regions, slots) if s != 0}
+    expected[marked] = NORMAL_CLASS
+    assert labeled == expected
+    assert not {regions[0].id, regions[7].id} & set(labeled)  # the engine's own normal verdicts are no labels
+    store.undo(run.id)  # promote is an edit: undone, the labels go
+    assert store.labeled_set(project.id) == {}

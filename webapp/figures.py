@@ -16,10 +16,13 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from storage import ClusterInfo
+from storage.records import STATE_NO_ANOMALY
 from webapp.widgets import CHART_LAYOUT
 
 #: Trace name of regions marked normal by the engineer on the UMAP plot.
 NORMAL_TRACE = "marked normal by you"
+#: Trace name of whole-image placeholders of images where MEBin found no anomaly.
+NO_ANOMALY_TRACE = "no anomaly found (whole image)"
 #: Color of normal regions and normal clusters on the plot.
 NORMAL_COLOR = "#b0b7c3"
 #: Above this many points the scatter uses WebGL (Scattergl); below, SVG (crisper, any browser).
@@ -47,7 +50,8 @@ def _custom_data(part: pd.DataFrame, cluster_name: str) -> list[list[Any]]:
 
 def umap_figure(points: pd.DataFrame, clusters: Sequence[ClusterInfo], selected: Collection[int] = (),
                 height: int = 560) -> go.Figure:
-    """The UMAP scatter: one trace per cluster (its color), regions marked normal in one gray trace.
+    """The UMAP scatter: one trace per cluster (its color), regions marked normal in one gray trace,
+    whole-image placeholders of images with no anomaly found in one hollow trace.
 
     Every point carries [region id, confidence, image, cluster] as custom_data so a box / lasso
     selection reports region ids whatever trace the point is in. The `selected` region ids are
@@ -60,7 +64,9 @@ def umap_figure(points: pd.DataFrame, clusters: Sequence[ClusterInfo], selected:
     points = points[has_xy]
     chosen = set(int(i) for i in selected)
     cluster_normal = {c.id: c.is_normal for c in clusters}
-    region_normal = points["is_normal"].astype(bool) & ~points["cluster_id"].map(cluster_normal).fillna(False).astype(bool)
+    none_found = points["state"] == STATE_NO_ANOMALY
+    region_normal = (points["is_normal"].astype(bool) & ~none_found
+                     & ~points["cluster_id"].map(cluster_normal).fillna(False).astype(bool))
     hover = ("<b>%{customdata[3]}</b><br>region %{customdata[0]} · confidence %{customdata[1]:.2f}"
              "<br>%{customdata[2]}<br><i>click to see its crop beside the plot</i><extra></extra>")
 
@@ -75,7 +81,7 @@ def umap_figure(points: pd.DataFrame, clusters: Sequence[ClusterInfo], selected:
             unselected=dict(marker=dict(opacity=0.18)),
         ))
 
-    by_cluster = dict(tuple(points[~region_normal].groupby("cluster_id", sort=False)))
+    by_cluster = dict(tuple(points[~region_normal & ~none_found].groupby("cluster_id", sort=False)))
     for cluster in clusters:
         part = by_cluster.get(cluster.id)
         if part is None or part.empty:
@@ -88,6 +94,11 @@ def umap_figure(points: pd.DataFrame, clusters: Sequence[ClusterInfo], selected:
     if not normal.empty:
         add(normal, f"{NORMAL_TRACE} ({len(normal)})", NORMAL_TRACE,
             dict(color=NORMAL_COLOR, size=marker_size, symbol="x", opacity=0.9))
+    placeholders = points[none_found]
+    if not placeholders.empty:
+        add(placeholders, f"{NO_ANOMALY_TRACE} ({len(placeholders)})", NO_ANOMALY_TRACE,
+            dict(color="rgba(0,0,0,0)", size=marker_size + 1, symbol="circle-open", opacity=0.9,
+                 line=dict(width=1.5, color="#6b7280")))
     figure.update_layout(
         template="plotly_white", height=height, margin=dict(l=10, r=10, t=10, b=10),
         dragmode="lasso", uirevision="umap", clickmode="event+select",

@@ -108,12 +108,6 @@ def with_room_for_new_classes(config: DiscoveryConfig, labeled: Any, region_labe
     return replace(config, estimate=estimate)
 
 
-def threshold_overrides(store: Store, project_id: int) -> dict[str, int]:
-    """Thresholds the engineer set by hand on the Review page, by image relpath."""
-    return {b["image"]: int(b["threshold"]) for b in store.list_binarizations(project_id)
-            if (b.get("settings") or {}).get("source") == "override"}
-
-
 def run_discover(store: Store, run: RunInfo, report: Reporter) -> str:
     """The whole pipeline on the project's data; clusters and assignments written atomically."""
     from core.pipeline import DiscoveryCancelled, run_discovery
@@ -156,7 +150,7 @@ def run_discover(store: Store, run: RunInfo, report: Reporter) -> str:
                 report.add_loss(point)
         report(0.97 * event.overall, event.stage, event.message, force=bool(step and step.epoch_done))
 
-    overrides = threshold_overrides(store, project.id)
+    overrides = store.threshold_overrides(project.id)  # the engineer's, from the Detection page
     workdir = store.project_dir(project.id) / "runs" / str(run.id)
     try:
         result = run_discovery(manifest, config, maps=maps, labeled=labeled, region_labels=region_labels,

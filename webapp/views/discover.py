@@ -186,7 +186,7 @@ def runs_table(runs: list[RunInfo]) -> None:
         rows.append({
             "run": run.id, "status": run.status, "started": widgets.format_time(run.started_at or run.created_at),
             "duration": widgets.format_duration(widgets.run_elapsed(run)),
-            "classes": str(run.settings.get("classes", "auto")), "backbone": run.settings.get("backbone", ""),
+            "classes": widgets.classes_text(run), "backbone": run.settings.get("backbone", ""),
             "epochs": run.settings.get("epochs"),
             # A cancelled or failed run has no metrics: a dash, not "None".
             "image NMI": "–" if image.get("nmi") is None else f"{float(image['nmi']):.3f}",

@@ -16,6 +16,7 @@ import pandas as pd
 import streamlit as st
 
 from storage import ClusterInfo, NotFound
+from storage.records import STATE_MARKED_NORMAL, STATE_NO_ANOMALY, STATE_NORMAL
 from webapp import messages, navigation, run_data, selection
 from webapp.workspace import get_store
 from webapp.gallery import THUMB_SIZE, draw_boxes, load_image, thumbnail, thumbnail_uri
@@ -76,26 +77,23 @@ def quoted(name: str) -> str:
     return f"“{escape_markdown(name)}”"
 
 
-def region_states(points: pd.DataFrame, clusters: list[ClusterInfo]) -> dict[str, int]:
-    """How many regions are marked normal by the engineer, predicted normal (in the engine's normal
-    cluster) and whole-image placeholders where no anomaly was found."""
-    normal_clusters = {c.id for c in clusters if c.is_normal}
-    in_normal = points["cluster_id"].isin(normal_clusters)
-    marked = points["region_normal"].astype(bool) if "region_normal" in points else points["is_normal"] & ~in_normal
-    none_found = points["no_anomaly"].astype(bool) if "no_anomaly" in points else pd.Series(False, index=points.index)
-    return {"marked": int((marked & ~none_found).sum()), "predicted": int((in_normal & ~marked & ~none_found).sum()),
-            "none_found": int(none_found.sum())}
+def region_states(points: pd.DataFrame) -> dict[str, int]:
+    """How many regions are marked normal by the engineer, predicted normal (the engine's normal
+    slot) and whole-image placeholders where no anomaly was found (storage's region_state)."""
+    counts = points["state"].value_counts()
+    return {"marked": int(counts.get(STATE_MARKED_NORMAL, 0)), "predicted": int(counts.get(STATE_NORMAL, 0)),
+            "none_found": int(counts.get(STATE_NO_ANOMALY, 0))}
 
 
 def state_cards(states: dict[str, int]) -> list[tuple[str, str, str]]:
     """Metric cards of the three normal-like states, kept apart."""
     cards = [
         ("Marked normal", f"{states['marked']:,}", "Regions you marked normal (false detections of the detector)."),
-        ("Predicted normal", f"{states['predicted']:,}", "Regions the model put in its normal cluster."),
+        ("Model: normal", f"{states['predicted']:,}", "Predicted normal: regions the model put in its normal cluster."),
     ]
-    if states["none_found"]:
-        cards.append(("No anomaly found", f"{states['none_found']:,}",
-                      "Images where MEBin found no anomaly: shown as one whole-image placeholder each."))
+    cards.append(("No anomaly", f"{states['none_found']:,}",
+                  "Images where MEBin found no anomaly, each shown as one whole-image placeholder (hollow "
+                  "circles on the plot). Not a verdict that the part is normal: look at them."))
     return cards
 
 
@@ -184,7 +182,7 @@ if points.empty:
 populated = [c for c in clusters if c.region_count > 0]
 empty_clusters = len(clusters) - len(populated)
 named = sum(1 for c in populated if c.name and not c.is_normal)
-states = region_states(points, clusters)
+states = region_states(points)
 metric_cards([
     ("Regions", f"{len(points):,}", f"Anomaly regions of this run, in {points['image'].nunique():,} images."),
     ("Clusters", f"{len(populated)}", "Clusters holding regions (merged ones are hidden)."
@@ -211,6 +209,12 @@ if tools.button("Clear selection", icon=":material/deselect:", disabled=not sele
     selection.clear_selection()
     st.session_state.pop(selection.FOCUS_KEY, None)
     st.rerun()
+if states["none_found"] and tools.button(f"Images with no anomaly found ({states['none_found']})",
+                                        icon=":material/image_search:", key="explore_select_none_found",
+                                        help="Select the whole-image placeholders of images where MEBin found "
+                                             "nothing, to look at them and move or mark them."):
+    selection.set_selection(points.loc[points["state"] == STATE_NO_ANOMALY, "region_id"].tolist(), "no anomaly found")
+    st.rerun()
 source = st.session_state.get(selection.SELECTION_SOURCE_KEY) or ""
 tools.caption(
     f"**{len(selected):,} selected** ({escape_markdown(short(source, 60))})" if selected
@@ -219,13 +223,14 @@ tools.caption(
 
 
 @st.cache_resource(max_entries=4, show_spinner=False)
-def region_files(_store, store_url: str, project: int, revision: tuple) -> dict[int, tuple[str | None, str | None]]:
-    """region id -> (crop path, mask path) of a project, loaded once per run revision."""
-    return {r.id: (r.crop_path, r.mask_path) for r in _store.list_regions(project)}
+def region_files(_store, store_url: str, project: int, run: int, revision: tuple) -> dict[int, tuple[str | None, str | None]]:
+    """region id -> (crop path, mask path) of the regions this run assigned (as they were when it
+    ran: later re-crops make new versions), loaded once per run revision."""
+    return {r.id: (r.crop_path, r.mask_path) for r in _store.list_regions(project, run_id=run)}
 
 
 def files_of(region_id: int) -> tuple[str | None, str | None]:
-    files = region_files(store, store.url, project_id, revision)
+    files = region_files(store, store.url, project_id, run_id, revision)
     if region_id in files:
         return files[region_id]
     try:
@@ -252,12 +257,9 @@ def focused_region_panel() -> None:
     point = indexed.loc[focus]
     image_rel = str(point["image"])
     with st.container(border=True, key="explore_focus"):
-        head_cols = st.columns([4, 1], vertical_alignment="center")
-        head_cols[0].markdown(f"**Region #{int(focus)}** · {quoted(short(str(point['cluster_name']), 60))} · "
-                              f"confidence {float(point['confidence']):.2f}")
-        if head_cols[1].button("Close", key="explore_focus_close", icon=":material/close:"):
-            st.session_state.pop(selection.FOCUS_KEY, None)
-            st.rerun()
+        st.markdown(f"**Region #{int(focus)}** · {quoted(short(str(point['cluster_name']), 60))} · "
+                    f"confidence {float(point['confidence']):.2f}"
+                    + (" · no anomaly found in this image" if point["state"] == STATE_NO_ANOMALY else ""))
         crop_col, image_col = st.columns([1, 2])
         crop, mask = files_of(int(focus))
         crop_col.image(thumbnail(crop, mask, 256), caption="crop with its mask outline", width="stretch")
@@ -270,6 +272,9 @@ def focused_region_panel() -> None:
             labels = [f"#{a.region.id}" for a in boxes]
             image_col.image(draw_boxes(picture, [a.region.box for a in boxes], colors, labels),
                             caption=f"{image_rel} · region #{int(focus)} in red", width="stretch")
+        if st.button("Close", key="explore_focus_close", icon=":material/close:"):
+            st.session_state.pop(selection.FOCUS_KEY, None)
+            st.rerun()
 
 
 def gallery(shown_ids: list[int]) -> None:
@@ -298,7 +303,7 @@ def gallery(shown_ids: list[int]) -> None:
                                type="tertiary", help=f"Open region #{int(region_id)} in its image ({name})"):
                     open_region(int(region_id))
                     st.rerun()
-                cell.caption(escape_markdown(short(name, 14)))
+                cell.caption(STATE_NO_ANOMALY if point["state"] == STATE_NO_ANOMALY else escape_markdown(short(name, 14)))
 
 
 # ------------------------------------------------------------------------------ plot + panels
@@ -425,8 +430,8 @@ with tab_image:
         st.caption(f"Confidence {fused.confidence:.2f} · {plural(fused.region_count, 'region')}"
                    + (f" · ground truth: {escape_markdown(fused.gt_class)}" if fused.gt_class else ""))
     st.dataframe(
-        members[["region_id", "cluster_name", "confidence", "is_normal"]].rename(
-            columns={"region_id": "region", "cluster_name": "cluster", "is_normal": "normal"}),
+        members[["region_id", "cluster_name", "confidence", "state"]].rename(
+            columns={"region_id": "region", "cluster_name": "cluster"}),
         hide_index=True, width="stretch",
     )
     if st.button("Select this image's regions", key="explore_select_image", width="stretch"):

@@ -8,6 +8,7 @@ import io
 import pandas as pd
 import streamlit as st
 
+from storage.records import STATE_MARKED_NORMAL, STATE_NO_ANOMALY, STATE_NORMAL
 from webapp import downloads, navigation, run_data, selection
 from webapp.workspace import get_store
 from webapp.widgets import metric_cards
@@ -19,7 +20,9 @@ assert project_id is not None and run_id is not None
 
 st.title("Export", anchor=False)
 st.caption("Class names are written exactly as typed; cells a spreadsheet would run as a formula are "
-           "prefixed with an apostrophe. Regions marked normal get the class 'normal'.")
+           "prefixed with an apostrophe. Normal regions get the class 'normal' (the state column tells "
+           "yours from the model's); an image where no anomaly was found is one whole-image row of class "
+           "'no anomaly found'.")
 
 revision = run_data.run_revision(store, run_id)
 points = run_data.umap_points(store, store.url, run_id, revision)
@@ -40,11 +43,21 @@ regions_csv = downloads.cached_csv(store, store.url, "regions", run_id, revision
 images_csv = downloads.cached_csv(store, store.url, "images", run_id, revision, region_ids)
 regions = pd.read_csv(io.BytesIO(regions_csv))
 images = pd.read_csv(io.BytesIO(images_csv))
+
+
+def state_count(state: str) -> int:
+    """Rows of the regions CSV in one state (defect, normal, marked normal, no anomaly found)."""
+    return int((regions["state"] == state).sum()) if len(regions) else 0
+
+
 metric_cards([
     ("Regions", f"{len(regions):,}"),
     ("Images", f"{len(images):,}"),
     ("Classes", f"{regions['class_name'].nunique() if len(regions) else 0}"),
-    ("Marked normal", f"{int(regions['is_normal'].sum()) if len(regions) else 0:,}"),
+    ("Marked normal", f"{state_count(STATE_MARKED_NORMAL):,}", "Regions you marked normal (class 'normal')."),
+    ("Model: normal", f"{state_count(STATE_NORMAL):,}", "Predicted normal: regions in the model's normal cluster (class 'normal')."),
+    ("No anomaly", f"{state_count(STATE_NO_ANOMALY):,}",
+     f"Images where MEBin found nothing: one whole-image row each, class and state '{STATE_NO_ANOMALY}'."),
 ])
 
 st.subheader("Tables", anchor=False)

@@ -167,19 +167,29 @@ def mask_at_threshold(map_u8: np.ndarray, threshold: int, settings: dict[str, An
 
 def apply_threshold(project: ProjectInfo, record: dict[str, Any], image_path: str, map_u8: np.ndarray,
                     threshold: int, *, reset: bool = False) -> int:
-    """Store a new threshold for one image, re-crop it and replace its regions; returns the region count."""
+    """Record a threshold for one image with its re-cut regions as the image's new version, used by
+    the next discovery run (finished runs and their exports keep theirs); returns the region count."""
     settings = dict(record.get("settings") or {})
     original = int(settings.get("mebin_threshold", record["threshold"]))
     search_range = (int(settings.get("s_min", 0)), int(settings.get("s_max", 255)))
     mask, count, regions = recut_image(record["image"], read_image(image_path), map_u8, threshold, search_range,
                                        stored_mebin_config(settings), RegionConfig())
     settings["mebin_threshold"] = original
-    settings["source"] = "mebin" if reset else "override"
-    store.record_binarizations(project.id, [BinarizationInput(
+    store.record_threshold_override(project.id, BinarizationInput(
         relpath=record["image"], threshold=int(threshold), num_anomalies=count,
-        counts=list(record.get("counts") or []), mask=mask, settings=settings)])
-    store.record_regions(project.id, regions, replace=True)
+        counts=list(record.get("counts") or []), mask=mask, settings=settings), regions, reset=reset)
     return len(regions)
+
+
+def pending_overrides_note(project: ProjectInfo) -> None:
+    """Which overrides wait for the next discovery run (a finished run never changes)."""
+    pending = store.pending_overrides(project.id)
+    if not pending:
+        return
+    names = ", ".join(widgets.escape_markdown(b["image"]) for b in pending[:5]) + (" ..." if len(pending) > 5 else "")
+    st.info(f"{len(pending)} threshold override(s) wait for the next discovery run ({names}). Finished runs and "
+            "their exports keep the regions they had; start a run on Discover to use the new crops.",
+            icon=":material/schedule:")
 
 
 # ------------------------------------------------------------------------------ maps section
@@ -304,7 +314,8 @@ def override_form(project: ProjectInfo, record: dict[str, Any], image_path: str,
     if buttons.button("Apply and re-crop", key=f"{key}_apply", disabled=threshold == record["threshold"],
                    icon=":material/crop:"):
         n = apply_threshold(project, record, image_path, map_u8, int(threshold))
-        messages.flash("success", f"{widgets.escape_markdown(record['image'])}: threshold {threshold}, {n} crop(s).")
+        messages.flash("success", f"{widgets.escape_markdown(record['image'])}: threshold {threshold}, {n} crop(s), "
+                                  "recorded for the next discovery run; finished runs and their exports are unchanged.")
         st.rerun()
     if settings.get("source") == "override" and buttons.button("Back to MEBin", key=f"{key}_reset",
                                                             icon=":material/undo:"):
@@ -321,6 +332,7 @@ st.title("Detection & MEBin", anchor=False)
 project_id = navigation.select_project()
 project = store.get_project(project_id)
 messages.show()
+pending_overrides_note(project)
 
 images = {i.relpath: i for i in store.list_images(project.id)}
 has_normal = any(i.role == "normal" for i in images.values())
@@ -392,6 +404,13 @@ elif order == "lowest threshold first":
     records.sort(key=lambda b: (b["threshold"], b["image"]))
 else:
     records.sort(key=lambda b: b["image"])
+# The image just worked on stays shown even when it no longer matches the filter (an override
+# may leave it without anomalies): the page never jumps to another image under its message.
+kept = st.session_state.get("review_image")
+all_records = {b["image"]: b for b in binarizations}
+if kept in all_records and all(b["image"] != kept for b in records):
+    records.insert(0, all_records[kept])
+    st.caption(f"{widgets.escape_markdown(kept)} no longer matches “{only}”; it stays shown until you pick another image.")
 if not records:
     widgets.empty_state("No image matches this filter", "Choose another filter above.", ":material/filter_alt_off:")
     st.stop()
