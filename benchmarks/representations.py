@@ -10,7 +10,8 @@ no annotation is a false detection and counts as class "normal") with two kinds 
 golden-template difference (each image against its own normal/<id>_temp.jpg, blurred; the
 built-in detector's template method when core.detection has one) and the annotated defect
 pixels (the differing pixels inside each annotated box: detection made perfect, only discovery
-judged). Below the table: region recall / precision of each extraction and the class count
+judged). The template column uses the built-in detector's template method (its own blurred
+difference as a stand-in where the detector lacks it). Below the table: region recall / precision of each extraction and the class count
 `--classes auto` estimates, per set. Each cell: NMI / F1 (mean over seeds).
 """
 
@@ -31,9 +32,6 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
 from core.imageio import read_gray, read_image  # noqa: E402
-from core.maps import normalize_global, resize_to  # noqa: E402
-from core.metrics import cluster_metrics  # noqa: E402
-from core.records import GOOD  # noqa: E402
 
 #: Rows: key -> (shown name, extraction, binarizer, representation, guided training).
 ROWS = {
@@ -45,68 +43,34 @@ ROWS = {
 }
 
 
-def binarize_set(u8_maps: list[np.ndarray], binarizer: str) -> list:
-    """MEBin (the method) or Otsu per map (the ablation) over the globally normalized maps."""
-    from core import mebin
-
-    return mebin.binarize(u8_maps) if binarizer == "mebin" else mebin.binarize_otsu(u8_maps)
-
-
-def cut(keys, images, u8_maps, results, extraction: str) -> list:
-    """Regions of every image with the given extraction (same maps and thresholds)."""
+def row_config(base, row: str):
+    """The DiscoveryConfig of one row: extraction, binarizer, representation and guidance."""
     from core.config import RegionConfig
-    from core.regions import extract_regions
 
-    config = RegionConfig(extraction=extraction)
-    regions = []
-    for key, map_u8, result in zip(keys, u8_maps, results):
-        regions += extract_regions(key, images[key], result.normalized, result.mask, result.num_anomalies, config,
-                                   map_u8=map_u8, threshold=result.threshold)
-    return regions
+    _, extraction, binarizer, representation, guided = ROWS[row]
+    return replace(base, regions=RegionConfig(extraction=extraction), binarizer=binarizer,
+                   representation=representation, train=replace(base.train, guided=guided))
 
 
-def region_probabilities(regions, images, representation: str, k: int, guided: bool, model_config, train_config,
-                         device, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """(probabilities [N, 1 + K] with column 0 the normal slot, the representation grouped on)."""
-    from core.descriptors import combine, describe_regions
-    from core.grouping import fuse_representation, grouped_probabilities
-    from core.predict import region_probabilities as head_probabilities
+def estimate_and_coverage(manifest, maps, config, device) -> tuple[str, dict]:
+    """What `--classes auto` answers on the set (stage functions, no training) and region coverage per extraction."""
+    from core.config import RegionConfig
+    from core.pipeline import (binarize_maps, cut_regions, estimate_classes, plan_labels, prepare_maps,
+                               region_descriptors, region_truth_for)
 
-    scores = np.array([r.score for r in regions], np.float32)
-    embedding = logits = None
-    if representation != "descriptors":
-        from core.inference import infer
-        from core.train import TrainingData, train
-
-        data = TrainingData(crops=[r.image_crop for r in regions], masks=[r.mask_crop for r in regions],
-                            scores=scores, labels=np.full(len(regions), -1, np.int64), base_classes=[])
-        trained = train(data, k + 1, model_config, replace(train_config, guided=guided), device, seed=seed)
-        inference = infer(trained.model, data.crops, data.masks, device, guided=guided)
-        embedding, logits = inference.features, inference.logits
-    if representation == "vit":
-        return head_probabilities(logits, 0), fuse_representation("vit", embedding, None)
-    descriptors = combine(describe_regions(regions, images))
-    probabilities, features, _ = grouped_probabilities(representation, embedding, descriptors, k, scores=scores,
-                                                       seed=seed)
-    return probabilities, features
-
-
-def image_level(records, regions, probabilities: np.ndarray, tau: float = 100.0) -> dict:
-    """Image-level metrics over defective images: area-weighted fusion of their regions."""
-    from core.fusion import fuse_image
-
-    rows_of: dict[str, list[int]] = {}
-    for index, region in enumerate(regions):
-        rows_of.setdefault(region.image, []).append(index)
-    truth, predicted = [], []
-    for record in records:
-        if record.gt_class in (None, GOOD):
-            continue
-        rows = rows_of.get(record.relpath, [])
-        fused = fuse_image(probabilities[rows], [regions[i].area for i in rows], tau)
-        truth.append(record.gt_class)
-        predicted.append(int(fused.argmax()))
-    return cluster_metrics(truth, predicted)
+    map_set = prepare_maps(manifest.unlabeled, maps)
+    binarization = binarize_maps(map_set, config.mebin, config.binarizer)
+    coverage = {}
+    for extraction in ("reference", "components"):
+        regions = cut_regions(map_set, binarization, RegionConfig(extraction=extraction))
+        truth = region_truth_for(manifest, regions, map_set, config.ground_truth)
+        if truth is not None:
+            coverage[extraction] = truth.coverage
+    regions = cut_regions(map_set, binarization, config.regions)
+    plan = plan_labels(regions, None, None)
+    auto = replace(config, classes=None)
+    _, estimate = estimate_classes(regions, plan, auto, device, region_descriptors(regions, map_set, auto))
+    return estimate.summary(), coverage
 
 
 # ----------------------------------------------------------------------------------- sets
@@ -121,10 +85,8 @@ def demo_set(per_class: int, seed: int, device):
     temp = tempfile.mkdtemp(prefix="demo-")
     root = generate_demo(Path(temp) / "demo", DemoConfig(seed=seed, n_per_class=per_class))
     manifest = load_dataset(root)
-    records = manifest.unlabeled
-    images = {r.relpath: read_image(r.path) for r in records}
     maps = detect(manifest, DetectorConfig(method="patchcore"), device).maps
-    return records, images, {"built-in": {k: np.asarray(v, np.float32) for k, v in maps.items()}}
+    return manifest, {"built-in": {k: np.asarray(v, np.float32) for k, v in maps.items()}}
 
 
 def template_of(path: Path, root: Path) -> Path | None:
@@ -137,15 +99,17 @@ def template_of(path: Path, root: Path) -> Path | None:
 
 
 def deeppcb_set(root: Path, n_images: int, seed: int):
-    """DeepPCB as a plain folder: records, images, truth, sizes and the two kinds of maps."""
+    """DeepPCB as a plain folder (a seeded draw of its images): manifest and the two kinds of maps."""
     from core.coco import find_annotations, load_coco
     from core.dataset import load_dataset
+    from core.records import Manifest
 
     manifest = load_dataset(root)
     records = sorted(manifest.unlabeled, key=lambda r: r.relpath)
     if n_images and n_images < len(records):
         pick = np.random.default_rng(seed).choice(len(records), size=n_images, replace=False)
         records = [records[i] for i in sorted(pick)]
+    manifest = Manifest(manifest.root, manifest.layout, manifest.normal + records, manifest.problems)
     images = {r.relpath: read_image(r.path) for r in records}
     sizes = {key: image.shape[:2] for key, image in images.items()}
     truth = load_coco(find_annotations(root), sizes)
@@ -154,12 +118,19 @@ def deeppcb_set(root: Path, n_images: int, seed: int):
         gray = read_gray(record.path).astype(np.float32)
         template = template_of(record.path, Path(root))
         difference = np.abs(gray - read_gray(template).astype(np.float32)) if template else np.zeros_like(gray)
-        template_maps[record.relpath] = cv2.GaussianBlur(difference, (0, 0), 2.0)
+        template_maps[record.relpath] = cv2.GaussianBlur(difference, (0, 0), 2.0)  # used without the detector
         inside = np.zeros(gray.shape, bool)
         for annotation in truth.by_image.get(record.relpath, []):
             inside |= annotation.mask(gray.shape)
         annotated[record.relpath] = ((difference > 128) & inside).astype(np.float32)
-    return records, images, truth, sizes, {"template": template_maps, "annotated": annotated}
+    try:  # the built-in detector's golden-template method, when this version has it
+        from core.detection import DetectorConfig, detect
+
+        found = detect(manifest, DetectorConfig(method="template"), "cpu").maps
+        template_maps = {key: np.asarray(value, np.float32) for key, value in found.items() if key in images}
+    except (ImportError, ValueError) as error:
+        print(f"built-in template detector not used ({error}); blurred template difference instead")
+    return manifest, len(truth.annotations), {"template": template_maps, "annotated": annotated}
 
 
 # ----------------------------------------------------------------------------------- main
@@ -178,69 +149,51 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
 
-    from core.coco import match_regions, region_coverage
-    from core.descriptors import combine, describe_regions
+    from core.config import SCRATCH_EPOCHS, DiscoveryConfig, TrainConfig
     from core.device import resolve_device
-    from core.estimate import estimate_num_classes
-    from core.grouping import fuse_representation
-    from core.config import SCRATCH_EPOCHS, MGViTConfig, TrainConfig
+    from core.pipeline import run_discovery
 
     device = resolve_device(args.device)
-    model_config = MGViTConfig()
-    train_config = replace(TrainConfig(), epochs=args.epochs or SCRATCH_EPOCHS)
+    base = DiscoveryConfig(train=replace(TrainConfig(), epochs=args.epochs or SCRATCH_EPOCHS), device=str(device))
     rows = [r for r in args.rows.split(",") if r]
     wanted = [s for s in args.sets.split(",") if s]
-    sets = []  # (column name, records, images, maps, k, truth, sizes)
+    sets = []  # (column name, manifest, maps, k, metrics block)
     if "demo" in wanted:
         started = time.perf_counter()
-        records, images, maps = demo_set(args.per_class, 0, device)
-        print(f"demo: {len(records)} images, built-in detector maps in {time.perf_counter() - started:.0f} s", flush=True)
-        sets.append(("demo, image", records, images, maps["built-in"], 5, None, None))
+        manifest, maps = demo_set(args.per_class, 0, device)
+        print(f"demo: {len(manifest.unlabeled)} images, built-in detector maps in {time.perf_counter() - started:.0f} s",
+              flush=True)
+        sets.append(("demo, image", manifest, maps["built-in"], 5, "image"))
     if {"template", "annotated"} & set(wanted):
         if not args.deeppcb.is_dir():
             print(f"{args.deeppcb}: not there, DeepPCB columns left out")
         else:
-            records, images, truth, sizes, maps = deeppcb_set(args.deeppcb, args.pcb_images, 0)
-            print(f"DeepPCB: {len(records)} images, {len(truth.annotations)} annotated defects", flush=True)
+            manifest, n_defects, maps = deeppcb_set(args.deeppcb, args.pcb_images, 0)
+            print(f"DeepPCB: {len(manifest.unlabeled)} images, {n_defects} annotated defects", flush=True)
             for kind in ("template", "annotated"):
                 if kind in wanted:
-                    sets.append((f"DeepPCB {kind}, region", records, images, maps[kind], 6, truth, sizes))
+                    sets.append((f"DeepPCB {kind}, region", manifest, maps[kind], 6, "region"))
 
     table: dict[tuple[str, str], list[dict]] = {}
     notes = []
-    for column, records, images, raw, k, truth, sizes in sets:
-        keys = [r.relpath for r in records]
-        u8 = normalize_global([resize_to(raw[key], images[key].shape[:2]) for key in keys])
-        binarized = {b: binarize_set(u8, b) for b in {ROWS[r][2] for r in rows}}
+    for column, manifest, maps, k, level in sets:
         for row in rows:
-            _, extraction, binarizer, representation, guided = ROWS[row]
-            regions = cut(keys, images, u8, binarized[binarizer], extraction)
             for seed in range(args.seeds):
                 started = time.perf_counter()
-                probabilities, _ = region_probabilities(regions, images, representation, k, guided, model_config,
-                                                        train_config, device, seed)
-                predicted = probabilities.argmax(axis=1)
-                if truth is None:
-                    metrics = image_level(records, regions, probabilities)
-                else:
-                    matches = match_regions(regions, truth, sizes)
-                    metrics = cluster_metrics([m.gt for m in matches], list(predicted))
+                config = replace(row_config(base, row), classes=k, seed=seed)
+                result = run_discovery(manifest, config, maps=maps)
+                metrics = result.metrics[level]
                 table.setdefault((row, column), []).append(metrics)
-                print(f"  {column} | {ROWS[row][0]} seed {seed}: {len(regions)} regions, NMI {metrics['nmi']:.3f} "
+                print(f"  {column} | {ROWS[row][0]} seed {seed}: {len(result.regions)} regions, NMI {metrics['nmi']:.3f} "
                       f"ARI {metrics['ari']:.3f} F1 {metrics['f1']:.3f} ({time.perf_counter() - started:.0f} s)",
                       flush=True)
-        regions = cut(keys, images, u8, binarized.get("mebin") or binarize_set(u8, "mebin"), "components")
-        descriptors = combine(describe_regions(regions, images))
-        estimate = estimate_num_classes(fuse_representation("descriptors", None, descriptors),
-                                        scores=np.array([r.score for r in regions]))
-        line = f"{column}: --classes auto on the descriptors estimates {estimate.summary()} (truth {k})"
-        if truth is not None:
-            for extraction in ("reference", "components"):
-                found = cut(keys, images, u8, binarized.get("mebin") or binarize_set(u8, "mebin"), extraction)
-                coverage = region_coverage(match_regions(found, truth, sizes), truth, keys)
-                line += (f"; {extraction} extraction: {coverage['regions']} regions, recall {coverage['recall']:.1%},"
-                         f" precision {coverage['precision']:.1%}")
+        summary, coverage = estimate_and_coverage(manifest, maps, base, device)
+        line = f"{column}: --classes auto estimates {summary} (truth {k})"
+        for extraction, found in coverage.items():
+            line += (f"; {extraction} extraction: {found['regions']} regions, recall {found['recall']:.1%}, "
+                     f"precision {found['precision']:.1%}")
         notes.append(line)
+        print(line, flush=True)
 
     columns = [s[0] for s in sets]
     print()

@@ -330,3 +330,30 @@ def labeled_crops_from_coco(truth: CocoTruth, images: Mapping[str, np.ndarray], 
     if not crops:
         raise CocoError(f"{truth.source}: none of its annotated images could be read for a labeled set")
     return LabeledCrops(crops, masks, np.asarray(labels, dtype=np.int64), names)
+
+
+def labeled_crops_from_file(path: Path | str) -> Any:
+    """A COCO file as a labeled set; its images are found relative to the file's folder.
+
+    Raises CocoError naming the file when no annotated image can be read; images that cannot be
+    read are left out like the file's other problems.
+    """
+    from core.imageio import ImageReadError, image_size, read_image
+
+    path = Path(path)
+    try:
+        listed = json.loads(path.read_text(encoding="utf-8")).get("images") or []
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError) as error:
+        raise CocoError(f"{path}: cannot read the labeled set's annotations ({error})") from error
+    sizes: dict[str, tuple[int, int]] = {}
+    for entry in listed:
+        name = str(entry.get("file_name", "")) if isinstance(entry, dict) else ""
+        candidate = path.parent / name
+        if name and candidate.is_file():
+            try:
+                sizes[PurePosixPath(name.replace("\\", "/")).as_posix()] = image_size(candidate)
+            except ImageReadError:
+                continue
+    truth = load_coco(path, sizes)
+    images = {key: read_image(path.parent / key) for key in truth.by_image}
+    return labeled_crops_from_coco(truth, images)

@@ -19,14 +19,17 @@ from core.errors import UserError
 __all__ = [
     "AugmentConfig",
     "BINARIZERS",
+    "DescriptorConfig",
     "DetectorConfig",
     "DiscoveryConfig",
     "EXTRACTIONS",
     "EstimateConfig",
+    "GroupingConfig",
     "MEBinConfig",
     "MGViTConfig",
     "PredictConfig",
     "REAL_USE_BACKBONE",
+    "REPRESENTATIONS",
     "RegionConfig",
     "SCRATCH_BACKBONES",
     "SCRATCH_EPOCHS",
@@ -71,9 +74,9 @@ class RegionConfig:
     min_crop: float = 0.1  # smallest crop radius, relative to the image's longer side
     merge_distance: float = 0.01  # boxes closer than this (relative to the longer side) merge
     keep: str = "reference"  # "reference": largest est_anomaly_num + 1 boxes; "all": every box
-    extraction: str = "reference"  # "components": one region per component; "reference": the paper's
+    extraction: str = "components"  # "components": one region per component; "reference": the paper's
     low_fraction: float = 0.5  # components: cut the map at this share of MEBin's threshold
-    relative_peak: float = 0.6  # components: keep those whose peak reaches this share of the strongest
+    relative_peak: float = 0.3  # components: keep those whose peak reaches this share of the strongest
     min_area: float = 2e-5  # components: smallest component, as a share of the image's pixels
     context: float = 0.5  # components: crop side = component's longer side * (1 + context)
     min_side: int = 24  # components: smallest crop side in pixels
@@ -86,6 +89,48 @@ class RegionConfig:
             raise ValueError(f"keep must be 'reference' or 'all', not {self.keep!r}")
         if not 0 < self.low_fraction <= 1 or not 0 <= self.relative_peak <= 1:
             raise ValueError("low_fraction must be in (0, 1] and relative_peak in [0, 1]")
+
+
+# --------------------------------------------------------------- representation of a region
+
+#: What grouping works on: the paper's MGViT embedding and heads, fixed descriptors, or both.
+REPRESENTATIONS = ("vit", "descriptors", "hybrid")
+
+
+@dataclass(frozen=True)
+class DescriptorConfig:
+    """Sizes and group weights of the region descriptors (core.descriptors)."""
+
+    size: int = 32  # crops are resized to size x size for texture and HOG
+    ring: float = 0.25  # "around" = mask dilated by this share of its longer side (at least 2 px), minus the mask
+    hog_cells: int = 4  # HOG grid cells per side
+    hog_bins: int = 8  # HOG unsigned orientation bins
+    geometry: float = 1.0  # group weights after standardization (measured on DeepPCB: intensity and
+    intensity: float = 1.5  # surroundings carry most, HOG least: it is not rotation invariant)
+    texture: float = 0.7
+    hog: float = 0.2
+
+    def weight(self, group: str) -> float:
+        return float(getattr(self, group))
+
+
+@dataclass(frozen=True)
+class GroupingConfig:
+    """Settings of the spectral grouping and of the late fusion (core.grouping)."""
+
+    vit_weight: float = 0.5  # hybrid: weight of the embedding beside the descriptors (each unit variance)
+    neighbors: int = 15  # k of the nearest-neighbour graph (clamped to N - 1)
+    dimensions: int = 0  # spectral coordinates kept; 0 = as many as groups are sought
+    normal_score: float = 0.5  # a group whose mean anomaly score is below this may be the normal slot
+    normal_margin: float = 0.15  # ... when the next weakest group scores at least this much more
+    temperature: float = 0.5  # soft assignment: softmax(-distance^2 / (temperature * mean distance^2))
+    n_init: int = 10  # k-means restarts
+
+    def __post_init__(self) -> None:
+        if self.vit_weight < 0:
+            raise ValueError(f"vit_weight must be >= 0, got {self.vit_weight}")
+        if self.neighbors < 2 or self.dimensions < 0:
+            raise ValueError("neighbors must be at least 2 and dimensions at least 0")
 
 
 # ------------------------------------------------------------------------------ stage 4-5
@@ -236,6 +281,9 @@ SETTINGS_KEYS: dict[str, str] = {
     "seed": "DiscoveryConfig.seed, for every seeded stage",
     "device": "DiscoveryConfig.device",
     "binarizer": "DiscoveryConfig.binarizer",
+    "representation": "DiscoveryConfig.representation (vit, descriptors or hybrid)",
+    "extraction": "RegionConfig.extraction (components or reference)",
+    "ground_truth": "DiscoveryConfig.ground_truth (a COCO file; must exist)",
     "detector_method": "DetectorConfig.method",
     "detector_backbone": "DetectorConfig.backbone",
     "detector_weights": "DetectorConfig.weights",
@@ -274,6 +322,10 @@ class DiscoveryConfig:
     estimate: EstimateConfig = field(default_factory=EstimateConfig)  # class-count sweep
     detector: DetectorConfig = field(default_factory=DetectorConfig)  # built-in detector (its seed is `seed`)
     binarizer: str = "mebin"  # "mebin" (the method) or "otsu" (fixed per-map Otsu threshold)
+    representation: str = "hybrid"  # what grouping works on: "vit" (the paper), "descriptors", "hybrid"
+    descriptors: DescriptorConfig = field(default_factory=DescriptorConfig)  # fixed region descriptors
+    grouping: GroupingConfig = field(default_factory=GroupingConfig)  # spectral grouping, fusion weight
+    ground_truth: Path | None = None  # COCO annotations for region-level metrics [root/annotations.json]
     seed: int = 0  # seeds the detector, training, UMAP and the estimate
     device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:N" | "mps"
 
@@ -282,6 +334,8 @@ class DiscoveryConfig:
             raise SettingsError(f"binarizer must be one of {BINARIZERS}, not {self.binarizer!r}")
         if self.tau <= 0:
             raise SettingsError(f"tau must be positive, got {self.tau}")
+        if self.representation not in REPRESENTATIONS:
+            raise SettingsError(f"representation must be one of {REPRESENTATIONS}, not {self.representation!r}")
 
     @classmethod
     def from_settings(cls, settings: Mapping[str, Any]) -> DiscoveryConfig:
@@ -368,6 +422,17 @@ class DiscoveryConfig:
             values["device"] = str(settings["device"])
         if _given(settings, "binarizer"):
             values["binarizer"] = str(settings["binarizer"])
+        if _given(settings, "representation"):
+            values["representation"] = str(settings["representation"])
+        if _given(settings, "extraction"):
+            if settings["extraction"] not in EXTRACTIONS:
+                raise SettingsError(f"extraction must be one of {EXTRACTIONS}, not {settings['extraction']!r}")
+            values["regions"] = RegionConfig(extraction=str(settings["extraction"]))
+        if _given(settings, "ground_truth"):
+            truth = Path(settings["ground_truth"]).expanduser()
+            if not truth.is_file():
+                raise SettingsError(f"{truth}: ground-truth file does not exist")
+            values["ground_truth"] = truth
         return cls(**values)
 
     def to_settings(self) -> dict[str, Any]:
@@ -392,6 +457,9 @@ class DiscoveryConfig:
             "seed": self.seed,
             "device": self.device,
             "binarizer": self.binarizer,
+            "representation": self.representation,
+            "extraction": self.regions.extraction,
+            "ground_truth": None if self.ground_truth is None else str(self.ground_truth),
             "detector_method": self.detector.method,
             "detector_backbone": self.detector.backbone,
             "detector_weights": None if self.detector.weights is None else str(self.detector.weights),

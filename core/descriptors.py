@@ -18,13 +18,15 @@ few seconds on two cores).
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
+
+from core.config import DescriptorConfig
+from core.mebin import _available_cores
 
 __all__ = ["DESCRIPTOR_GROUPS", "DescriptorConfig", "Descriptors", "combine", "describe", "describe_regions"]
 
@@ -41,23 +43,6 @@ _INTENSITY = ["inside_mean", "around_mean", "contrast", "inside_spread", "around
 _SECTORS = 16
 
 
-@dataclass(frozen=True)
-class DescriptorConfig:
-    """Sizes and group weights of the region descriptors."""
-
-    size: int = 32  # crops are resized to size x size for texture and HOG
-    ring: float = 0.25  # "around" = mask dilated by this share of its longer side (at least 2 px), minus the mask
-    hog_cells: int = 4  # HOG grid cells per side
-    hog_bins: int = 8  # HOG unsigned orientation bins
-    geometry: float = 1.0  # group weights after standardization (measured on DeepPCB: intensity and
-    intensity: float = 1.5  # surroundings carry most, HOG least: it is not rotation invariant)
-    texture: float = 0.7
-    hog: float = 0.2
-
-    def weight(self, group: str) -> float:
-        return float(getattr(self, group))
-
-
 @dataclass
 class Descriptors:
     """Raw descriptor matrix [N, D] and the column slice of every group."""
@@ -68,13 +53,6 @@ class Descriptors:
 
     def group(self, name: str) -> np.ndarray:
         return self.values[:, self.groups[name]]
-
-
-def _available_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
 
 
 # ------------------------------------------------------------------------------ geometry

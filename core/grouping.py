@@ -22,31 +22,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from core.config import REPRESENTATIONS, GroupingConfig
+
 __all__ = ["LABELED_NORMAL", "REPRESENTATIONS", "GroupingConfig", "Grouping", "fuse_representation",
            "group_regions", "grouped_probabilities", "spectral_coordinates"]
-
-#: Representations a run can group regions on.
-REPRESENTATIONS = ("vit", "descriptors", "hybrid")
-
-
-@dataclass(frozen=True)
-class GroupingConfig:
-    """Settings of the spectral grouping and of the late fusion."""
-
-    vit_weight: float = 0.5  # hybrid: weight of the embedding beside the descriptors (each unit variance)
-    neighbors: int = 15  # k of the nearest-neighbour graph (clamped to N - 1)
-    dimensions: int = 0  # spectral coordinates kept; 0 = as many as groups are sought
-    normal_score: float = 0.5  # a group whose mean anomaly score is below this may be the normal slot
-    normal_margin: float = 0.15  # ... when the next weakest group scores at least this much more
-    temperature: float = 0.5  # soft assignment: softmax(-distance^2 / (temperature * mean distance^2))
-    n_init: int = 10  # k-means restarts
-
-    def __post_init__(self) -> None:
-        if self.vit_weight < 0:
-            raise ValueError(f"vit_weight must be >= 0, got {self.vit_weight}")
-        if self.neighbors < 2 or self.dimensions < 0:
-            raise ValueError("neighbors must be at least 2 and dimensions at least 0")
-
 
 @dataclass
 class Grouping:

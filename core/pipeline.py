@@ -22,7 +22,7 @@ from core.errors import UserError
 from core.estimate import ClassEstimate, estimate_num_classes
 from core.fusion import fuse_image
 from core.mebin import MEBinResult
-from core.records import ImageRecord, Manifest, Region
+from core.records import NORMAL_CLASS, ImageRecord, Manifest, Region
 from core.results import (
     DiscoveryResult,
     ImageResult,
@@ -51,6 +51,8 @@ __all__ = [
     "predict",
     "prepare_maps",
     "recut_image",
+    "region_descriptors",
+    "region_truth_for",
     "run_detection",
     "run_discovery",
     "train_model",
@@ -172,15 +174,26 @@ def cut_regions(
     binarization: Mapping[str, MEBinResult],
     config: RegionConfig,
     progress: Callable[[int, int], None] | None = None,
+    exact: Sequence[str] = (),
 ) -> list[Region]:
-    """Anomaly-centred crops of every image from its mask; progress(images done, total)."""
+    """Anomaly-centred crops of every image from its mask; progress(images done, total).
+
+    exact: images whose threshold an engineer set; per-component extraction cuts them exactly
+    there (no lower cut), so "nothing above t" stays nothing.
+    """
     from core.regions import extract_regions
 
+    # Per-component extraction in an image where MEBin found no stable threshold cuts at the set's
+    # median threshold, so noise in a defect-free image does not become regions.
+    found = [int(b.threshold) for b in binarization.values() if b.threshold < 255]
+    fallback = int(np.median(found)) if found else 255
     regions: list[Region] = []
     for index, key in enumerate(maps.keys):
         result = binarization[key]
-        regions += extract_regions(key, maps.images[key], result.normalized, result.mask, result.num_anomalies, config,
-                                   map_u8=maps.normalized[key], threshold=result.threshold)
+        threshold = result.threshold if result.threshold < 255 else fallback
+        regions += extract_regions(key, maps.images[key], result.normalized, result.mask, result.num_anomalies,
+                                   replace(config, low_fraction=1.0) if key in exact else config,
+                                   map_u8=maps.normalized[key], threshold=threshold)
         if progress is not None:
             progress(index + 1, len(maps.keys))
     return regions
@@ -212,53 +225,77 @@ def recut_image(
 def plan_labels(
     regions: Sequence[Region], labeled: LabeledCrops | None, region_labels: Mapping[str, str] | None
 ) -> LabelPlan:
-    """Base classes from an imported labeled set and from names given to regions (gone regions noted)."""
+    """Base classes from an imported labeled set and from names given to regions (gone regions noted).
+
+    A region labeled NORMAL_CLASS is labeled normal (index LABELED_NORMAL): it seeds the normal /
+    false-detection slot, it is not a base class.
+    """
+    from core.grouping import LABELED_NORMAL
+
     existing = {r.key for r in regions}
     unknown = [k for k in (region_labels or {}) if k not in existing]
     problems = []
     if unknown:
         problems.append(f"{len(unknown)} labeled region(s) no longer exist and were ignored: {', '.join(unknown[:5])}")
     kept = {k: v for k, v in (region_labels or {}).items() if k in existing}
-    base_classes: list[str] = list(labeled.base_classes) if labeled is not None else []
-    for name in sorted(set(kept.values())):
+    base_classes: list[str] = [c for c in (labeled.base_classes if labeled is not None else []) if c != NORMAL_CLASS]
+    for name in sorted(set(kept.values()) - {NORMAL_CLASS}):
         if name not in base_classes:
             base_classes.append(name)
-    index = np.array([base_classes.index(kept[r.key]) if r.key in kept else -1 for r in regions], dtype=np.int64)
+    index = np.array([LABELED_NORMAL if kept.get(r.key) == NORMAL_CLASS else
+                      base_classes.index(kept[r.key]) if r.key in kept else -1 for r in regions], dtype=np.int64)
     return LabelPlan(base_classes, kept, index, problems)
 
 
-def estimate_classes(
-    regions: Sequence[Region], labels: LabelPlan, config: DiscoveryConfig, device: torch.device | str
-) -> tuple[int, ClassEstimate | None]:
-    """K, the number of novel defect classes: config.classes, or estimated from backbone features.
+def region_descriptors(regions: Sequence[Region], maps: MapSet, config: DiscoveryConfig) -> np.ndarray | None:
+    """Standardized, group-weighted descriptors of the regions; None for the paper's "vit" path."""
+    if config.representation == "vit" or not regions:
+        return None
+    from core.descriptors import combine, describe_regions
 
-    Raises PipelineError when the estimate finds one class only or K exceeds the unlabeled regions.
+    return combine(describe_regions(regions, maps.images, config.descriptors), config.descriptors)
+
+
+def estimate_classes(
+    regions: Sequence[Region], labels: LabelPlan, config: DiscoveryConfig, device: torch.device | str,
+    descriptors: np.ndarray | None = None,
+) -> tuple[int, ClassEstimate | None]:
+    """K, the number of novel defect classes: config.classes, or estimated on the run's representation.
+
+    The estimate never fails a run: it answers the best-supported K (at least 2 novel classes
+    beside the named ones) and how sure it is. Raises PipelineError when K exceeds the unlabeled
+    regions.
     """
+    from core.grouping import fuse_representation
+
     estimate = None
     if config.classes is None:
-        from core.inference import backbone_features
+        embedding = None
+        if config.representation != "descriptors":
+            from core.inference import backbone_features
 
-        features = backbone_features([r.image_crop for r in regions], [r.mask_crop for r in regions],
-                                     config.model, device, seed=config.seed, guided=config.train.guided)
+            embedding = backbone_features([r.image_crop for r in regions], [r.mask_crop for r in regions],
+                                          config.model, device, seed=config.seed, guided=config.train.guided)
+        features = fuse_representation(config.representation, embedding, descriptors, config.grouping.vit_weight)
         # Whole-image regions where nothing was found (no mask pixel) say nothing about defect classes.
         found_mask = np.array([r.area > 0 for r in regions])
+        scores = np.array([r.score for r in regions], dtype=np.float64)
         if found_mask.sum() >= 3:
-            features = features[found_mask]
-        estimate = estimate_num_classes(features, config.estimate, seed=config.seed)
-        n_novel = estimate.k - (len(labels.base_classes) if labels.include_base else 0)
-        if n_novel < 2:
-            raise PipelineError(
-                "the regions look like a single class (" + estimate.describe().replace("\n", "; ")
-                + "); pass --classes K to split them anyway"
-            )
+            features, scores = features[found_mask], scores[found_mask]
+        estimate = estimate_num_classes(features, config.estimate, scores=scores, seed=config.seed)
+        named = len(labels.base_classes) if labels.include_base else 0
+        n_novel = max(2, estimate.k - named)
     else:
         n_novel = int(config.classes)
-    unlabeled_regions = int((labels.region_label_index < 0).sum())
+    unlabeled_regions = int((labels.region_label_index == -1).sum())
     if n_novel > unlabeled_regions:
-        raise PipelineError(
-            f"--classes {n_novel} is larger than the number of regions found ({unlabeled_regions}); "
-            "ask for fewer classes or add images"
-        )
+        if config.classes is None:
+            n_novel = max(1, unlabeled_regions)
+        else:
+            raise PipelineError(
+                f"--classes {n_novel} is larger than the number of regions found ({unlabeled_regions}); "
+                "ask for fewer classes or add images"
+            )
     return n_novel, estimate
 
 
@@ -284,6 +321,10 @@ def train_model(
     masks = [r.mask_crop for r in regions]
     targets = labels.region_label_index.copy()
     scores = np.array([r.score for r in regions], dtype=np.float32)
+    # Regions labeled normal: pseudo-label correction with score 0 pulls them into the normal slot.
+    marked_normal = targets < -1
+    scores[marked_normal] = 0.0
+    targets[marked_normal] = -1
     if labeled is not None and len(labeled.crops):
         crops = list(labeled.crops) + crops
         masks = list(labeled.masks) + masks
@@ -308,10 +349,16 @@ def predict(
     config: DiscoveryConfig,
     device: torch.device | str,
     ground_truth: Mapping[str, str | None] | None = None,
+    descriptors: np.ndarray | None = None,
+    region_truth: Mapping[str, str] | None = None,
 ) -> Prediction:
     """Region probabilities, classes and 2-D map coordinates; image classes by area-weighted fusion.
 
-    ground_truth: image key -> ground-truth class, copied onto the results for the metrics.
+    With the "descriptors" or "hybrid" representation the novel classes come from spectral
+    grouping on it (core.grouping) instead of the classifier heads, and the embedding stored
+    and drawn (UMAP, "split") is that representation. Regions labeled normal go to the normal slot.
+    ground_truth: image key -> ground-truth class, copied onto the results for the metrics;
+    region_truth: region key -> class from region-level annotations (COCO), which wins when given.
     """
     from core.inference import infer
     from core.predict import predict_regions
@@ -321,19 +368,41 @@ def predict(
     predict_config = config.predict
     if labels.include_base != predict_config.include_base:
         predict_config = replace(predict_config, include_base=labels.include_base)
-    predictions = predict_regions(inference.features, inference.logits, len(labels.base_classes),
-                                  labels.base_classes, predict_config, seed=config.seed)
+    embedding = inference.features
+    if config.representation != "vit":
+        from core.grouping import grouped_probabilities
+
+        if descriptors is None:
+            descriptors = region_descriptors(regions, maps, config)
+        probabilities, embedding, _ = grouped_probabilities(
+            config.representation, inference.features, descriptors, inference.logits.shape[1]
+            - len(labels.base_classes) - 1, scores=np.array([r.score for r in regions]),
+            labels=labels.region_label_index, base_classes=labels.base_classes,
+            include_base=predict_config.include_base, config=config.grouping, seed=config.seed)
+        # stored and drawn like the CLS feature: L2-normalized rows ("split" and UMAP work on them)
+        embedding = embedding / np.maximum(np.linalg.norm(embedding, axis=1, keepdims=True), 1e-12)
+        predictions = predict_regions(embedding, inference.logits, len(labels.base_classes), labels.base_classes,
+                                      predict_config, seed=config.seed, probabilities=probabilities)
+    else:
+        predictions = predict_regions(embedding, inference.logits, len(labels.base_classes),
+                                      labels.base_classes, predict_config, seed=config.seed)
+        marked = labels.region_label_index < -1
+        if marked.any():  # the engineer's word wins: regions labeled normal are predicted normal
+            predictions.probabilities[marked] = np.eye(predictions.probabilities.shape[1])[predictions.normal_class]
+            predictions.classes[marked] = predictions.normal_class
+            predictions.confidence[marked] = 1.0
     truth = ground_truth or {}
+    regional = region_truth or {}
     region_results = [
         RegionResult(
             region=region,
             cluster=int(predictions.classes[index]),
             confidence=float(predictions.confidence[index]),
             probabilities=predictions.probabilities[index],
-            embedding=inference.features[index],
+            embedding=embedding[index],
             umap_x=float(predictions.coordinates[index, 0]),
             umap_y=float(predictions.coordinates[index, 1]),
-            gt=truth.get(region.image),
+            gt=regional.get(region.key, truth.get(region.image)),
             label=labels.region_labels.get(region.key),
         )
         for index, region in enumerate(regions)
@@ -357,13 +426,60 @@ def predict(
 
 
 def compute_metrics(
-    images: Sequence[ImageResult], regions: Sequence[RegionResult], normal_cluster: int
+    images: Sequence[ImageResult], regions: Sequence[RegionResult], normal_cluster: int,
+    region_truth: RegionTruth | None = None,
 ) -> dict[str, Any] | None:
-    """metrics.json of the run (core.metrics.discovery_metrics); None without ground truth."""
-    from core.metrics import discovery_metrics
+    """metrics.json of the run (core.metrics.discovery_metrics); None without ground truth.
 
-    return discovery_metrics([i.gt for i in images], [i.cluster for i in images],
-                             [r.gt for r in regions], [r.cluster for r in regions], normal_cluster)
+    With region-level truth (COCO annotations) the `region` block is computed from it over every
+    region (a region on no annotation is class NORMAL_CLASS), and `region_coverage` says how
+    many annotated defects some region covers; the source file is named in `region_truth`.
+    """
+    from core.metrics import cluster_metrics, discovery_metrics
+
+    metrics = discovery_metrics([i.gt for i in images], [i.cluster for i in images],
+                                [r.gt for r in regions], [r.cluster for r in regions], normal_cluster)
+    if region_truth is None:
+        return metrics
+    metrics = dict(metrics or {})
+    truth = [region_truth.classes[r.key] for r in regions]
+    block: dict[str, Any] = cluster_metrics(truth, [r.cluster for r in regions]) if truth else {
+        "nmi": None, "ari": None, "f1": None}
+    block = {k: (None if v is None or not np.isfinite(v) else float(v)) for k, v in block.items()}
+    block["n"] = len(truth)
+    metrics["region"] = block
+    metrics["region_coverage"] = region_truth.coverage
+    metrics["region_truth"] = str(region_truth.source)
+    metrics["region_classes"] = sorted(set(truth))
+    return metrics
+
+
+class RegionTruth:
+    """Region-level ground truth of one run from COCO annotations: class per region and coverage."""
+
+    def __init__(self, source: Path, classes: dict[str, str], coverage: dict[str, Any], problems: str) -> None:
+        self.source = source
+        self.classes = classes  # region key -> category name or NORMAL_CLASS
+        self.coverage = coverage  # core.coco.region_coverage
+        self.problems = problems  # one message naming what in the file was left out ("" when nothing)
+
+
+def region_truth_for(manifest: Manifest, regions: Sequence[Region], maps: MapSet,
+                     explicit: Path | None = None) -> RegionTruth | None:
+    """Match the regions to COCO annotations (explicit file, or annotations.json at the root); None without."""
+    from core.coco import CocoError, find_annotations, load_coco, match_regions, region_coverage
+
+    try:
+        path = find_annotations(manifest.root, explicit)
+        if path is None:
+            return None
+        sizes = {key: image.shape[:2] for key, image in maps.images.items()}
+        truth = load_coco(path, sizes)
+    except CocoError as error:
+        raise PipelineError(str(error)) from error
+    matches = match_regions(regions, truth, sizes)
+    return RegionTruth(path, {m.region: m.gt for m in matches}, region_coverage(matches, truth, maps.keys),
+                       truth.problem_summary())
 
 
 # ------------------------------------------------------------------------------- the run
@@ -456,7 +572,10 @@ def run_discovery(
     started = stage("mebin")
     binarization = binarize_maps(map_set, config.mebin, config.binarizer, thresholds)
     found = sum(1 for b in binarization.values() if b.num_anomalies > 0)
-    if found == 0:
+    # Per-component extraction still finds the peaks of maps MEBin cannot calibrate (e.g. all
+    # maxima equal); only flat maps leave it nothing.
+    flat = not any(int(m.max()) > 0 for m in map_set.normalized.values())
+    if found == 0 and (config.regions.extraction == "reference" or flat):
         raise PipelineError(
             f"no anomalies found: {config.binarizer} found no anomalous region in any of the {len(map_set.keys)} "
             "maps (flat or all-alike maps); check the anomaly maps or give the detector normal reference images"
@@ -466,16 +585,21 @@ def run_discovery(
 
     started = stage("regions")
     regions = cut_regions(map_set, binarization, config.regions,
-                          progress=lambda done, total: report("regions", done / total))
+                          progress=lambda done, total: report("regions", done / total), exact=list(thresholds or {}))
     timings["regions"] = time.perf_counter() - started
     report.finish("regions", f"{len(regions)} regions")
     labels = plan_labels(regions, labeled, region_labels)
     problems += labels.problems
+    region_truth = region_truth_for(manifest, regions, map_set, config.ground_truth)
+    if region_truth is not None and region_truth.problems:
+        problems.append(region_truth.problems)
+    descriptors = region_descriptors(regions, map_set, config)
+    timings["regions"] = time.perf_counter() - started
 
     started = stage("estimate")
     if config.classes is None:
         report("estimate", 0.0, "estimating the number of classes")
-    n_novel, estimate = estimate_classes(regions, labels, config, device)
+    n_novel, estimate = estimate_classes(regions, labels, config, device, descriptors)
     timings["estimate"] = time.perf_counter() - started
     report.finish("estimate", f"K = {n_novel}" + (" (estimated)" if estimate else ""))
 
@@ -494,13 +618,14 @@ def run_discovery(
     started = time.perf_counter()
     report("prediction", 0.0, "predicting")
     ground_truth = {r.relpath: r.gt_class for r in records}
-    predicted = predict(trained.model, regions, map_set, binarization, labels, config, device, ground_truth)
+    predicted = predict(trained.model, regions, map_set, binarization, labels, config, device, ground_truth,
+                        descriptors, None if region_truth is None else region_truth.classes)
     problems += predicted.notes
     timings["prediction"] = time.perf_counter() - started
     report.finish("prediction", f"{len(predicted.regions)} regions, {len(predicted.images)} images classified")
 
     started = time.perf_counter()
-    metrics = compute_metrics(predicted.images, predicted.regions, predicted.normal_cluster)
+    metrics = compute_metrics(predicted.images, predicted.regions, predicted.normal_cluster, region_truth)
     timings["metrics"] = time.perf_counter() - started
     report.finish("metrics", "metrics computed" if metrics else "no ground truth: no metrics")
 

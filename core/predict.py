@@ -140,14 +140,21 @@ def predict_regions(
     base_classes: Sequence[str] = (),
     config: PredictConfig = PredictConfig(),
     seed: int = 0,
+    probabilities: np.ndarray | None = None,
 ) -> Predictions:
-    """Probabilities, class, confidence and 2-D coordinates of every region."""
+    """Probabilities, class, confidence and 2-D coordinates of every region.
+
+    probabilities: given by a grouping on another representation (core.grouping), in the same
+    column order; None = softmax of the heads' logits (the paper).
+    """
     logits = np.asarray(logits)
     if len(features) != len(logits):
         raise ValueError(f"{len(features)} feature rows but {len(logits)} logit rows")
     if len(base_classes) != n_base:
         raise ValueError(f"{n_base} base classes expected, {len(base_classes)} names given")
-    probabilities = region_probabilities(logits, n_base, config.temperature, config.include_base)
+    if probabilities is None:
+        probabilities = region_probabilities(logits, n_base, config.temperature, config.include_base)
+    probabilities = np.asarray(probabilities, dtype=np.float64)
     n_novel = logits.shape[1] - n_base
     names = class_names(n_novel, base_classes, config.include_base)
     classes = probabilities.argmax(axis=1).astype(np.int64)

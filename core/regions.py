@@ -101,7 +101,7 @@ def component_boxes(map_u8: np.ndarray, threshold: int, config: RegionConfig = R
     if peak == 0:
         return []
     main = int(threshold) if threshold < 255 else peak // 2
-    cut = min(int(main * config.low_fraction), peak - 1)
+    cut = int(main * config.low_fraction)
     count, labels, stats, _ = cv2.connectedComponentsWithStats((map_u8 > cut).astype(np.uint8), connectivity=8)
     if count <= 1:
         return []

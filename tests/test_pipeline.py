@@ -175,7 +175,8 @@ def test_auto_classes_reports_its_evidence(tiny_set):
     assert estimate is not None and estimate.table
     assert result.n_novel == estimate.k >= 2
     assert len(result.cluster_names) == estimate.k + 1
-    assert estimate.n_samples == sum(r.region.area > 0 for r in result.regions)
+    # regions with a mask, less likely false detections (score < EstimateConfig.min_score) when enough remain
+    assert 3 <= estimate.n_samples <= sum(r.region.area > 0 for r in result.regions)
 
 
 @pytest.mark.slow

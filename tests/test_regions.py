@@ -62,7 +62,7 @@ def test_extract_regions_crops_area_and_score():
     mask = _mask((50, 50), (10, 10, 15, 15))  # half resolution: resized nearest to 100 x 100
     score_map = np.zeros((100, 100), np.uint8)
     score_map[25, 25] = 204
-    (region,) = extract_regions("a.png", image, score_map, mask, 1)
+    (region,) = extract_regions("a.png", image, score_map, mask, 1, RegionConfig(extraction="reference"))
     x0, y0, x1, y1 = region.box
     assert region.image_crop.shape == (y1 - y0, x1 - x0, 3)
     assert np.array_equal(region.image_crop, image[y0:y1, x0:x1])

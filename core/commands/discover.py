@@ -19,7 +19,15 @@ from typing import Any
 
 import numpy as np
 
-from core.config import BINARIZERS, SCRATCH_EPOCHS, DetectorConfig, DiscoveryConfig, TrainConfig
+from core.config import (
+    BINARIZERS,
+    EXTRACTIONS,
+    REPRESENTATIONS,
+    SCRATCH_EPOCHS,
+    DetectorConfig,
+    DiscoveryConfig,
+    TrainConfig,
+)
 from core.detection.config import METHODS
 from core.errors import UserError
 
@@ -59,9 +67,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"how maps become masks [{DiscoveryConfig.binarizer}]")
     parser.add_argument("--tau", type=float, default=DiscoveryConfig.tau,
                         help=f"area-weighted fusion temperature [{DiscoveryConfig.tau:g}]")
+    parser.add_argument("--representation", choices=REPRESENTATIONS, default=DiscoveryConfig.representation,
+                        help="what regions are grouped on: vit (the paper: MGViT embedding and heads), descriptors "
+                             f"(fixed mask/contrast/texture descriptors) or hybrid (both) [{DiscoveryConfig.representation}]")
+    parser.add_argument("--extraction", choices=EXTRACTIONS, default="components",
+                        help="regions: components (every defect its own region) or reference (the paper's MEBin "
+                             "main elements) [components]")
+    parser.add_argument("--ground-truth", type=Path,
+                        help="COCO annotations for region-level metrics [DATASET/annotations.json when present]")
     parser.add_argument("--unguided", action="store_true", help="plain attention instead of mask-guided (ablation)")
     parser.add_argument("--labels", type=Path,
-                        help="imported labeled set: a folder per class of crops (optional <crop>_mask.png)")
+                        help="imported labeled set: a folder per class of crops (optional <crop>_mask.png), or a "
+                             "COCO annotations .json (its images relative to the file) whose categories become classes")
     parser.add_argument("--region-labels", type=Path,
                         help="CSV with columns region,class naming regions of this data set (become base classes)")
     parser.add_argument("--save-crops", action="store_true", help="also write every crop under out/crops/<cluster>/")
@@ -118,6 +135,9 @@ def _config(args: argparse.Namespace) -> DiscoveryConfig:
         "seed": args.seed,
         "detector_method": args.detector,
         "binarizer": args.binarizer,
+        "representation": args.representation,
+        "extraction": args.extraction,
+        "ground_truth": args.ground_truth,
         "tau": args.tau,
         "guided": False if args.unguided else None,
         "device": args.device,
@@ -269,7 +289,12 @@ def run(args: argparse.Namespace) -> int:
     if rank_device is not None:
         config = replace(config, device=str(rank_device))
     maps = _load_maps(manifest, args.maps) if args.maps is not None else None
-    labeled = load_labeled_crops(args.labels) if args.labels is not None else None
+    if args.labels is not None and args.labels.suffix.lower() == ".json":
+        from core.coco import labeled_crops_from_file
+
+        labeled = labeled_crops_from_file(args.labels)
+    else:
+        labeled = load_labeled_crops(args.labels) if args.labels is not None else None
     region_labels = _region_labels(args.region_labels) if args.region_labels is not None else None
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,143 @@
+"""Discovery on the hybrid / descriptor representations, COCO region metrics and marked-normal regions."""
+
+import json
+
+import numpy as np
+import pytest
+
+from core.config import DiscoveryConfig, MGViTConfig, TrainConfig
+from core.dataset import load_dataset
+from core.demo import generate_demo, gt_masks_to_maps
+from core.grouping import LABELED_NORMAL
+from core.imageio import read_gray
+from core.pipeline import cut_regions, binarize_maps, plan_labels, prepare_maps, run_discovery, train_model
+from core.records import GOOD, NORMAL_CLASS
+
+TINY = DiscoveryConfig(
+    model=MGViTConfig(backbone="vit_micro_scratch"),
+    train=TrainConfig(epochs=1, batch_size=8, proj_hidden=64, proj_out=32, n_heads=2),
+    classes=3,
+    device="cpu",
+)
+
+
+def _coco_from_masks(manifest) -> dict:
+    """annotations.json at the root: one box per defect image, its category the class folder."""
+    names = sorted({r.gt_class for r in manifest.unlabeled if r.gt_class != GOOD})
+    images, annotations = [], []
+    for number, record in enumerate(manifest.unlabeled, start=1):
+        images.append({"id": number, "file_name": record.relpath})
+        if record.gt_mask_path is None:
+            continue
+        ys, xs = np.nonzero(read_gray(record.gt_mask_path))
+        if len(xs):
+            annotations.append({"id": len(annotations) + 1, "image_id": number,
+                                "category_id": names.index(record.gt_class) + 1,
+                                "bbox": [int(xs.min()), int(ys.min()), int(np.ptp(xs)) + 1, int(np.ptp(ys)) + 1]})
+    return {"images": images, "annotations": annotations,
+            "categories": [{"id": i + 1, "name": n} for i, n in enumerate(names)]}
+
+
+@pytest.fixture(scope="module")
+def tiny_set(tmp_path_factory):
+    root = generate_demo(tmp_path_factory.mktemp("demo") / "set", image_size=64, n_train_good=3, n_test_good=2,
+                         n_per_class=3, defect_types=("scratch", "hole", "stain"))
+    manifest = load_dataset(root)
+    (root / "annotations.json").write_text(json.dumps(_coco_from_masks(manifest)))
+    masks = [read_gray(r.gt_mask_path) if r.gt_mask_path else np.zeros(r.size, np.uint8) for r in manifest.unlabeled]
+    maps = dict(zip([r.relpath for r in manifest.unlabeled], gt_masks_to_maps(masks, sigma=2.0)))
+    return manifest, maps
+
+
+@pytest.fixture(scope="module")
+def hybrid_result(tiny_set):
+    manifest, maps = tiny_set
+    return run_discovery(manifest, TINY, maps=maps)
+
+
+@pytest.mark.slow
+def test_hybrid_discovery_is_deterministic_on_cpu(tiny_set, hybrid_result):
+    manifest, maps = tiny_set
+    again = run_discovery(manifest, TINY, maps=maps)
+    assert [r.cluster for r in again.regions] == [r.cluster for r in hybrid_result.regions]
+    assert np.allclose([r.embedding for r in again.regions], [r.embedding for r in hybrid_result.regions], atol=1e-4)
+    width = hybrid_result.regions[0].embedding.shape[0]
+    assert width > 32  # the stored embedding is the hybrid representation (MGViT CLS + descriptors)
+    for region in hybrid_result.regions:
+        assert region.probabilities.shape == (4,) and region.probabilities.sum() == pytest.approx(1.0)
+
+
+@pytest.mark.slow
+def test_region_metrics_come_from_the_coco_file(tiny_set, hybrid_result):
+    metrics = hybrid_result.metrics
+    assert metrics["region_truth"].endswith("annotations.json")
+    assert metrics["region"]["n"] == len(hybrid_result.regions)
+    assert set(metrics["region_classes"]) <= {"scratch", "hole", "stain", NORMAL_CLASS}
+    coverage = metrics["region_coverage"]
+    assert coverage["annotations"] == 9 and coverage["recall"] >= 0.8
+    on_defects = [r for r in hybrid_result.regions if r.gt != NORMAL_CLASS]
+    assert on_defects and all(r.gt in ("scratch", "hole", "stain") for r in on_defects)
+
+
+def test_marked_normal_region_is_labeled_normal_in_the_next_training(tiny_set, monkeypatch):
+    manifest, maps = tiny_set
+    map_set = prepare_maps(manifest.unlabeled, maps)
+    regions = cut_regions(map_set, binarize_maps(map_set, TINY.mebin), TINY.regions)
+    marked, named = regions[0].key, regions[1].key
+    plan = plan_labels(regions, None, {marked: NORMAL_CLASS, named: "dent"})
+    assert plan.base_classes == ["dent"]  # normal is the normal slot, never a base class
+    assert plan.region_label_index[0] == LABELED_NORMAL and plan.region_label_index[1] == 0
+    seen = {}
+
+    def fake_train(data, n_classes, *args, **kwargs):  # record what training is given, train nothing
+        seen["data"] = data
+        raise RuntimeError("stop")
+
+    monkeypatch.setattr("core.train.train", fake_train)
+    with pytest.raises(RuntimeError, match="stop"):
+        train_model(regions, plan, None, 2, TINY, "cpu")
+    data = seen["data"]
+    assert data.labels[0] == -1 and data.scores[0] == 0.0  # fully corrected into the normal slot
+    assert data.labels[1] == 0 and data.base_classes == ["dent"]
+
+
+@pytest.mark.slow
+def test_marked_normal_region_comes_back_normal(tiny_set, hybrid_result):
+    manifest, maps = tiny_set
+    marked = hybrid_result.regions[0].key
+    result = run_discovery(manifest, TINY, maps=maps, region_labels={marked: NORMAL_CLASS})
+    region = next(r for r in result.regions if r.key == marked)
+    assert region.cluster == result.normal_cluster and region.confidence == pytest.approx(1.0)
+    assert NORMAL_CLASS not in result.base_classes
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("representation", ["descriptors", "vit"])
+def test_other_representations_and_auto_classes_never_fail(tiny_set, representation):
+    manifest, maps = tiny_set
+    from dataclasses import replace
+
+    result = run_discovery(manifest, replace(TINY, representation=representation, classes=None), maps=maps)
+    assert result.estimate is not None and result.n_novel >= 2
+    assert 0.0 <= result.estimate.confidence <= 1.0 and result.estimate.summary()
+
+
+def test_hybrid_estimate_and_grouping_work_with_a_timm_vit_base(tiny_set):
+    """A randomly initialised timm ViT-B (the DINO architecture, 768-d) through the hybrid representation."""
+    manifest, maps = tiny_set
+    from dataclasses import replace
+
+    from core.grouping import grouped_probabilities
+    from core.inference import backbone_features
+    from core.pipeline import estimate_classes, region_descriptors
+
+    config = replace(TINY, model=MGViTConfig(backbone="vit_base_patch16_224", input_size=32), classes=None)
+    map_set = prepare_maps(manifest.unlabeled, maps)
+    regions = cut_regions(map_set, binarize_maps(map_set, config.mebin), config.regions)
+    descriptors = region_descriptors(regions, map_set, config)
+    k, estimate = estimate_classes(regions, plan_labels(regions, None, None), config, "cpu", descriptors)
+    assert k >= 2 and estimate is not None
+    embedding = backbone_features([r.image_crop for r in regions], [r.mask_crop for r in regions], config.model, "cpu")
+    assert embedding.shape[1] == 768
+    probabilities, features, _ = grouped_probabilities("hybrid", embedding, descriptors, k)
+    assert probabilities.shape == (len(regions), k + 1) and features.shape[1] == 768 + descriptors.shape[1]
