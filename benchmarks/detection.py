@@ -1,14 +1,23 @@
-"""Built-in detector: images/s for fit and predict, and AUROCs on the demo set, per method,
-backbone and device. The baseline is a randomly initialised timm CNN (the other way to get
-features without downloading weights), measured in the same run beside the offline filter bank.
+"""Built-in detector per method on three sets, in one run: image and pixel AUROC, fit and predict
+time, peak memory; plus the fit time of `detect` with defaults on many references of the hard set.
 
-    python benchmarks/detection.py                 # default demo set (256 px), CPU and GPU if present
-    python benchmarks/detection.py --quick         # small set, for a first look
+Sets: the demo (core/demo.py, easy), the hard synthetic set (core/hard_demo.py: textured tiles,
+uneven light, subtle defects) and DeepPCB (real boards; every image is defective, so only pixel
+AUROC against the annotated boxes, box interiors counted as defect pixels, and the share of boxes
+found at a 1% pixel false-positive rate). Methods: PatchCore on the offline filter bank (the
+baseline, today's default), golden-template comparison (sets with one reference per image) and
+zero-shot (no references). Each row runs in its own process so its peak memory is its own.
+
+    python benchmarks/detection.py                      # all sets and methods
+    python benchmarks/detection.py --quick              # small sets, for a first look
+    python benchmarks/detection.py --scale-refs 800     # + fit time with 800 hard-set references
 """
 
 from __future__ import annotations
 
 import argparse
+import multiprocessing
+import resource
 import sys
 import tempfile
 import time
@@ -22,59 +31,108 @@ from core.commands.detect import detection_aurocs  # noqa: E402
 from core.dataset import load_dataset  # noqa: E402
 from core.demo import generate_demo  # noqa: E402
 from core.detection import DetectorConfig, detect  # noqa: E402
+from core.detection.boxes import box_scores, read_coco_boxes  # noqa: E402
+from core.hard_demo import generate_hard_demo  # noqa: E402
 from core.records import Manifest  # noqa: E402
 
+_REPO = Path(__file__).resolve().parents[1]
+#: ../shared beside the clone; a worktree one level deeper finds it two levels up.
+DEEPPCB = next((p for p in (_REPO.parent / "shared" / "datasets" / "deeppcb",
+                            _REPO.parent.parent / "shared" / "datasets" / "deeppcb") if p.is_dir()),
+               _REPO.parent / "shared" / "datasets" / "deeppcb")
 
-def _measure(manifest: Manifest, config: DetectorConfig, device: torch.device) -> dict[str, float]:
-    if config.method == "zero-shot":  # the unsupervised setting: no normal images at all
+
+def _deeppcb(count: int, method: str) -> Manifest:
+    """The first `count` DeepPCB images; template: their own templates; else all 500 templates as references."""
+    manifest = load_dataset(DEEPPCB)
+    targets = sorted(manifest.unlabeled, key=lambda r: r.relpath)[:count]
+    if method == "template":
+        ids = {Path(r.relpath).stem.replace("_test", "") for r in targets}
+        normal = [r for r in manifest.normal if Path(r.relpath).stem.replace("_temp", "") in ids]
+    elif method == "zero-shot":
+        normal = []
+    else:  # the templates of other boards are normal references of the same product
+        normal = [r for r in manifest.normal if r not in targets]
+    return Manifest(manifest.root, manifest.layout, targets + normal)
+
+
+def _row(job: tuple[str, str, str, dict], queue: multiprocessing.Queue) -> None:
+    set_name, root, method, settings = job
+    torch.set_num_threads(settings.pop("threads", 1))
+    count = settings.pop("count", 0)
+    manifest = _deeppcb(count, method) if set_name == "DeepPCB" else load_dataset(root)
+    if method == "zero-shot":
         manifest = Manifest(manifest.root, manifest.layout, manifest.unlabeled)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+    config = DetectorConfig(method=method, **settings)
     started = time.perf_counter()
-    detection = detect(manifest, config, device)
+    detection = detect(manifest, config, torch.device("cpu"))
     total = time.perf_counter() - started
-    fit_images = len(manifest.normal) if config.method == "patchcore" else len(manifest.images)
-    aurocs = detection_aurocs(manifest, detection.maps)
-    return {
-        "fit_ips": fit_images / max(detection.timings.get("fit", 0.0), 1e-9),
-        "predict_ips": len(detection.maps) / max(detection.timings.get("predict", 0.0), 1e-9),
-        "total_s": total,
-        **aurocs,
-    }
+    if set_name == "DeepPCB":
+        scores = box_scores(detection.maps, read_coco_boxes(DEEPPCB / "annotations.json"))
+        quality = {"image_auroc": float("nan"), "pixel_auroc": scores["pixel_auroc"], "recall": scores["defect_recall"]}
+    else:
+        quality = {**detection_aurocs(manifest, detection.maps), "recall": float("nan")}
+    separation = detection.separation["auroc"] if detection.separation else float("nan")
+    queue.put({**quality, "fit_s": detection.timings.get("fit", 0.0), "predict_s": detection.timings.get("predict", 0.0),
+               "total_s": total, "images": len(detection.maps), "scored": len(detection.maps) + len(detection.held_out), "separation": separation,
+               "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "choice": detection.choice})
+
+
+def _run(job: tuple[str, str, str, dict]) -> dict:
+    context = multiprocessing.get_context("spawn")
+    queue = context.Queue()
+    process = context.Process(target=_row, args=(job, queue))
+    process.start()
+    result = queue.get()
+    process.join()
+    return result
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="160 px demo, 20 normal, 4 per class")
-    parser.add_argument("--image-size", type=int, default=224, help="feature input size [224]")
-    parser.add_argument("--devices", default="auto", help="comma list: cpu,cuda; auto = cpu and cuda if present")
-    parser.add_argument("--methods", default="patchcore,zero-shot")
-    parser.add_argument("--backbones", default="filterbank,resnet18", help="resnet18 runs randomly initialised")
-    parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
+    parser.add_argument("--quick", action="store_true", help="small sets (demo 160 px, hard set 60 refs, 20 DeepPCB)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per row [1]")
+    parser.add_argument("--deeppcb", type=int, default=100, help="DeepPCB images to inspect [100]")
+    parser.add_argument("--zero-shot", action="store_true", help="also zero-shot rows (slow on a CPU)")
+    parser.add_argument("--scale-refs", type=int, default=0,
+                        help="also time `detect` defaults with this many hard-set references (e.g. 800)")
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else []) if args.devices == "auto" else args.devices.split(",")
-    demo = dict(image_size=160, n_train_good=20, n_test_good=8, n_per_class=4) if args.quick else {}
+    demo_size = dict(image_size=160, n_train_good=20, n_test_good=8, n_per_class=4) if args.quick else {}
+    hard_size = dict(n_train_good=60, n_test_good=12, n_per_class=6) if args.quick else {}
+    deeppcb = 20 if args.quick else args.deeppcb
+    offline = dict(backbone="filterbank", threads=args.threads)
 
     with tempfile.TemporaryDirectory() as folder:
-        root = generate_demo(Path(folder) / "demo", seed=0, **demo)
-        manifest = load_dataset(root)
-        print(f"demo set: {len(manifest.normal)} normal, {len(manifest.unlabeled)} to inspect "
-              f"({sum(r.gt_class != 'good' for r in manifest.unlabeled)} defective); feature input {args.image_size} px; "
-              f"torch threads {torch.get_num_threads()}")
-        header = f"{'method':10s} {'backbone':18s} {'device':6s} {'fit img/s':>10s} {'pred img/s':>10s} {'total s':>8s} {'image AUROC':>11s} {'pixel AUROC':>11s}"
+        demo = str(generate_demo(Path(folder) / "demo", seed=0, **demo_size))
+        hard = str(generate_hard_demo(Path(folder) / "hard", seed=0, **hard_size))
+        jobs = [("demo", demo, "patchcore", offline), ("hard", hard, "patchcore", offline)]
+        if DEEPPCB.is_dir():
+            jobs += [("DeepPCB", "", "patchcore", {**offline, "count": deeppcb}),
+                     ("DeepPCB", "", "template", {"count": deeppcb, "threads": args.threads})]
+        if args.zero_shot:
+            jobs += [("demo", demo, "zero-shot", dict(offline, image_size=128)),
+                     ("hard", hard, "zero-shot", dict(offline, image_size=128))]
+        print(f"torch threads per row {args.threads}; demo {demo_size or 'default'}; hard set {hard_size or 'default'}; "
+              f"DeepPCB {deeppcb} images ({'found' if DEEPPCB.is_dir() else 'absent'}); pixel AUROC on DeepPCB "
+              "counts box interiors as defect pixels; recall = boxes found at 1% pixel false positives")
+        header = (f"{'set':8s} {'method':10s} {'backbone':11s} {'image AUROC':>11s} {'pixel AUROC':>11s} {'recall':>6s} "
+                  f"{'separation':>10s} {'fit s':>7s} {'predict s':>9s} {'images':>6s} {'peak MiB':>8s}")
         print(header)
         print("-" * len(header))
-        for method in args.methods.split(","):
-            for backbone in args.backbones.split(","):
-                config = DetectorConfig(method=method, backbone=backbone, pretrained=False, image_size=args.image_size,
-                                        embed_dim=1024)
-                label = backbone if backbone == "filterbank" else f"{backbone} (random)"
-                for name in devices:
-                    row = _measure(manifest, config, torch.device(name))
-                    print(f"{method:10s} {label:18s} {name:6s} {row['fit_ips']:10.1f} {row['predict_ips']:10.1f} "
-                          f"{row['total_s']:8.1f} {row['image_auroc']:11.3f} {row['pixel_auroc']:11.3f}", flush=True)
+        for job in jobs:
+            row = _run((job[0], job[1], job[2], dict(job[3])))
+            backbone = "-" if job[2] == "template" else job[3].get("backbone", "auto")
+            print(f"{job[0]:8s} {job[2]:10s} {backbone:11s} {row['image_auroc']:11.3f} {row['pixel_auroc']:11.3f} "
+                  f"{row['recall']:6.3f} {row['separation']:10.2f} {row['fit_s']:7.1f} {row['predict_s']:9.1f} "
+                  f"{row['images']:6d} {row['peak_mib']:8.0f}", flush=True)
+        if args.scale_refs:
+            many = str(generate_hard_demo(Path(folder) / "many", seed=1, n_train_good=args.scale_refs,
+                                          n_test_good=5, n_per_class=1))
+            row = _run(("hard", many, "patchcore", dict(offline)))
+            print(f"\n`detect` defaults (filterbank PatchCore, bounded coreset) with {args.scale_refs} hard-set "
+                  f"references of 128-320 px, {args.threads} thread(s): fit {row['fit_s']:.1f} s, predict "
+                  f"{row['predict_s'] / max(row['scored'], 1):.2f} s per scored image ({row['scored']} with the held-out "
+                  f"normals), peak {row['peak_mib']:.0f} MiB")
 
 
 if __name__ == "__main__":

@@ -517,4 +517,8 @@ def test_cards_count_clusters_with_regions_and_the_three_normal_states_apart(tmp
     at.button(key="explore_select_none_found").click().run()
     assert at.session_state[selection.SELECTION_KEY] == [placeholder.id]
     assert "no anomaly found" in texts(at)
+    figure = figures.umap_figure(store.umap_points(run.id), store.list_clusters(run.id))
+    (rings,) = [t for t in figure.data if t.name.startswith(figures.NO_ANOMALY_TRACE)]
+    assert [int(c[0]) for c in rings.customdata] == [placeholder.id]
+    assert rings.marker.symbol == "circle-open" and "rgba(0,0,0,0)" not in str(rings.marker.color)  # visible
     store.close()

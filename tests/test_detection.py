@@ -1,6 +1,7 @@
 """The built-in detector: PatchCore and zero-shot maps, weights files, cache, output contract, CLI."""
 
 import csv
+import json
 
 import numpy as np
 import pytest
@@ -155,6 +156,9 @@ def test_cli_writes_maps_scores_and_aurocs(tiny, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "image AUROC" in out and "pixel AUROC" in out
     assert (tmp_path / "out" / "scores.csv").is_file()
+    summary = json.loads((tmp_path / "out" / "detection.json").read_text(encoding="utf-8"))
+    assert summary["method"] == "patchcore" and summary["choice"].startswith("patchcore: learns 4 normal")
+    assert "separation: not measured (fewer than 10 normal images" in out
     assert len(list((tmp_path / "out" / "maps").rglob("*.npy"))) == len(tiny.unlabeled)
     code = main(["detect", "--dataset", str(tiny.root), "--out", str(tmp_path / "out"),
                  "--backbone", "resnet10t", "--weights", str(tmp_path / "missing.pth")])

@@ -68,6 +68,7 @@ def test_separation_report_both_ways():
     assert holdout_indices(["a"] * 9, 0.1, 0) == []  # too few references: none held out
     held = holdout_indices([f"h{i}" for i in range(40)], 0.1, 0)
     assert len(held) == 4 and held == holdout_indices([f"h{i}" for i in range(40)], 0.1, 0)
+    assert len(holdout_indices([f"h{i}" for i in range(800)], 0.1, 0)) == 50  # bounded cost
 
 
 def test_detect_holds_out_normals_and_reports(small_demo, tmp_path):

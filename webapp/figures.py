@@ -97,8 +97,8 @@ def umap_figure(points: pd.DataFrame, clusters: Sequence[ClusterInfo], selected:
     placeholders = points[none_found]
     if not placeholders.empty:
         add(placeholders, f"{NO_ANOMALY_TRACE} ({len(placeholders)})", NO_ANOMALY_TRACE,
-            dict(color="rgba(0,0,0,0)", size=marker_size + 1, symbol="circle-open", opacity=0.9,
-                 line=dict(width=1.5, color="#6b7280")))
+            # an open symbol is drawn in the marker color: gray rings, visible on the plot and the legend
+            dict(color="#6b7280", size=marker_size + 1, symbol="circle-open", opacity=0.9, line=dict(width=1.5)))
     figure.update_layout(
         template="plotly_white", height=height, margin=dict(l=10, r=10, t=10, b=10),
         dragmode="lasso", uirevision="umap", clickmode="event+select",

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from core.errors import UserError
 
@@ -35,43 +37,43 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "subtle defects (core/hard_demo.py); --size is then the largest shorter side")
 
 
-def _run_hard(args: argparse.Namespace) -> int:
-    from core.hard_demo import HardDemoConfig, generate_hard_demo
-
+def _configure(make: Callable[..., Any], **values: Any) -> Any:
+    """A generator's settings from the arguments; a bad value becomes a one-line UserError."""
     try:
-        config = HardDemoConfig(seed=args.seed, min_side=max(48, min(128, args.size // 2)), max_side=args.size,
-                                n_train_good=args.train_good, n_test_good=args.test_good, n_per_class=args.per_class)
+        return make(**values)
     except ValueError as error:
         raise UserError(str(error)) from error
+
+
+def _generate(generate: Callable[..., Path], args: argparse.Namespace, config: Any) -> tuple[Path, float]:
+    """Write the set; (root, seconds). A folder that must not be overwritten becomes a UserError."""
     start = time.perf_counter()
     try:
-        root = generate_hard_demo(args.out, config, overwrite=args.overwrite)
+        return generate(args.out, config, overwrite=args.overwrite), time.perf_counter() - start
     except (FileExistsError, OSError) as error:
         raise UserError(str(error)) from error
-    print(f"wrote the hard detection set to {root} in {time.perf_counter() - start:.1f} s: {config.n_train_good} "
-          f"train/good, {config.n_test_good} test/good, {config.n_per_class} per defect type "
-          f"({', '.join(config.defect_types)}), shorter sides {config.min_side}-{config.max_side} px, seed {config.seed}")
-    return 0
 
 
 def run(args: argparse.Namespace) -> int:
     from core.demo import DemoConfig, generate_demo
 
     if args.hard:
-        return _run_hard(args)
-    try:
-        config = DemoConfig(seed=args.seed, image_size=args.size, n_train_good=args.train_good,
-                            n_test_good=args.test_good, n_per_class=args.per_class,
-                            two_defect_share=args.two_defect_share)
-    except ValueError as error:
-        raise UserError(str(error)) from error
-    start = time.perf_counter()
-    try:
-        root = generate_demo(args.out, config, overwrite=args.overwrite)
-    except (FileExistsError, OSError) as error:
-        raise UserError(str(error)) from error
+        from core.hard_demo import HardDemoConfig, generate_hard_demo
+
+        hard = _configure(HardDemoConfig, seed=args.seed, min_side=max(48, min(128, args.size // 2)),
+                          max_side=args.size, n_train_good=args.train_good, n_test_good=args.test_good,
+                          n_per_class=args.per_class)
+        root, seconds = _generate(generate_hard_demo, args, hard)
+        print(f"wrote the hard detection set to {root} in {seconds:.1f} s: {hard.n_train_good} train/good, "
+              f"{hard.n_test_good} test/good, {hard.n_per_class} per defect type ({', '.join(hard.defect_types)}), "
+              f"shorter sides {hard.min_side}-{hard.max_side} px, seed {hard.seed}")
+        return 0
+    config = _configure(DemoConfig, seed=args.seed, image_size=args.size, n_train_good=args.train_good,
+                        n_test_good=args.test_good, n_per_class=args.per_class,
+                        two_defect_share=args.two_defect_share)
+    root, seconds = _generate(generate_demo, args, config)
     n_defective = config.n_per_class * len(config.defect_types)
-    print(f"wrote the demo data set to {root} in {time.perf_counter() - start:.1f} s: "
+    print(f"wrote the demo data set to {root} in {seconds:.1f} s: "
           f"{config.n_train_good} train/good, {config.n_test_good} test/good, {n_defective} defective "
           f"({', '.join(config.defect_types)}), {config.image_size} px, seed {config.seed}")
     return 0

@@ -26,8 +26,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "the data set has normal images, else zero-shot [auto]")
     parser.add_argument("--pairing", type=Path, help="CSV with columns image,reference: each image's own reference")
     parser.add_argument("--backbone", default=defaults.backbone,
-                        help=f"'{OFFLINE_BACKBONE}' (offline, no download) or a timm CNN name such as "
-                             f"'{PAPER_BACKBONE}' (needs its weights cached or --weights) [{defaults.backbone}]")
+                        help=f"auto: '{PAPER_BACKBONE}' when its pretrained weights are in the timm/Hugging Face "
+                             f"cache (or --weights is given), else '{OFFLINE_BACKBONE}' (offline, no download); or "
+                             f"name a timm CNN (downloaded once when not cached) [{defaults.backbone}]")
     parser.add_argument("--weights", type=Path, help="local .pth or .safetensors weights for a timm backbone")
     parser.add_argument("--random-init", action="store_true", help="timm backbone without pretrained weights")
     parser.add_argument("--image-size", type=int, default=defaults.image_size,
@@ -92,6 +93,7 @@ def detection_aurocs(manifest, maps: dict[str, np.ndarray]) -> dict[str, float]:
 def run(args: argparse.Namespace) -> int:
     from core.dataset import DatasetError, load_dataset
     from core.detection import DetectionError, DetectorConfig, detect, write_detection
+    from core.detection.backbones import resolve_backbone
     from core.detection.detector import resolve_method
     from core.detection.progress import LineProgress
     from core.detection.separation import MIN_NORMAL_FOR_HOLDOUT
@@ -117,8 +119,9 @@ def run(args: argparse.Namespace) -> int:
         method, _, choice = resolve_method(manifest, config)
     except DetectionError as error:
         raise UserError(str(error)) from error
-    print(f"detect: {choice}")
-    print(f"detect: {method}{'' if method == 'template' else f' with backbone {config.backbone}'} on {device}; "
+    backbone, why = resolve_backbone(config)
+    print(f"detect: {choice}" + ("" if method == "template" else f"; {why}"))
+    print(f"detect: {method}{'' if method == 'template' else f' with backbone {backbone}'} on {device}; "
           f"{len(manifest.normal)} normal, {len(manifest.unlabeled)} images to inspect")
     started = time.perf_counter()
     bar = _Bar() if sys.stderr.isatty() else LineProgress(sys.stderr)

@@ -7,7 +7,7 @@ write_detection writes the maps and scores as DESIGN.md's `detect` contract says
 
 from typing import Any
 
-from core.detection.config import METHODS, OFFLINE_BACKBONE, PAPER_BACKBONE, DetectorConfig
+from core.detection.config import AUTO_BACKBONE, METHODS, OFFLINE_BACKBONE, PAPER_BACKBONE, DetectorConfig
 from core.detection.importer import IMPORT_EXTENSIONS, MapImport, MapImportError, import_maps
 
 #: Names that need torch, imported on first use so that importing maps stays light.
@@ -29,6 +29,7 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "AUTO_BACKBONE",
     "IMPORT_EXTENSIONS",
     "METHODS",
     "OFFLINE_BACKBONE",

@@ -8,6 +8,8 @@ from typing import Any
 
 #: Backbone that needs no download: a fixed multi-scale filter bank (see features.FilterBank).
 OFFLINE_BACKBONE = "filterbank"
+#: Pretrained backbone when its weights are here (cache or --weights), else the offline one.
+AUTO_BACKBONE = "auto"
 #: Backbone of the PatchCore paper, the real-use choice when its weights are available.
 PAPER_BACKBONE = "wide_resnet50_2"
 #: "auto": template when every image has its own reference, else patchcore with normal images, else zero-shot.
@@ -19,7 +21,7 @@ class DetectorConfig:
     """How anomaly maps are computed. Defaults follow PatchCore (Roth et al., CVPR 2022) and MuSc."""
 
     method: str = "auto"  # "auto", "patchcore" (needs normal images), "template" (one reference per image), "zero-shot"
-    backbone: str = OFFLINE_BACKBONE  # "filterbank" (offline) or any timm CNN name, e.g. "wide_resnet50_2"
+    backbone: str = AUTO_BACKBONE  # "auto", "filterbank" (offline) or any timm CNN name, e.g. "wide_resnet50_2"
     weights: Path | None = None  # local .pth/.safetensors weights for a timm backbone
     pretrained: bool = True  # timm backbone: load pretrained weights (timm/HF cache); False = random init
     layers: tuple[int, int] = (2, 3)  # two intermediate feature stages (timm out_indices; layer2+layer3)
@@ -34,7 +36,7 @@ class DetectorConfig:
     batch_size: int = 8  # images per forward pass
     zero_shot_fraction: float = 0.3  # zero-shot: share of most similar other images averaged (MuSc: 30%)
     zero_shot_references: int = 64  # zero-shot: most other images each image is compared with
-    holdout_share: float = 0.1  # share of normal images held out to measure how well the maps separate
+    holdout_share: float = 0.1  # share of normal images held out (at most 50) to measure how well the maps separate
     pairing: Path | None = None  # template: CSV file with columns image,reference (else paired by name)
     template_smoothing: float = 1.0  # template: Gaussian smoothing of image and reference, pixels
     template_tolerance: int = 1  # template: misalignment forgiven, pixels (neighbourhood min/max)

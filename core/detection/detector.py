@@ -14,6 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from core.detection.backbones import resolve_backbone
 from core.detection.cache import MapCache, file_hash, settings_key
 from core.detection.config import DetectorConfig
 from core.detection.features import (
@@ -174,6 +175,10 @@ def detect(
     """
     targets = manifest.unlabeled
     method, pairs, choice = resolve_method(manifest, config)
+    if method != "template":
+        backbone, why = resolve_backbone(config)
+        config = replace(config, backbone=backbone)
+        choice = f"{choice}; {why}"
     config = replace(config, method=method)
     references = manifest.normal if method == "patchcore" else manifest.images
     if method == "zero-shot" and len(references) < 2:

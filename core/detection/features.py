@@ -4,6 +4,7 @@ locally aware patch embedding (neighbourhood pooling, deeper stage upsampled, ch
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
@@ -12,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from core.detection.config import OFFLINE_BACKBONE, DetectorConfig
+from core.detection.config import AUTO_BACKBONE, OFFLINE_BACKBONE, DetectorConfig
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -157,6 +158,10 @@ def _create_timm(config: DetectorConfig) -> nn.Module:
 
 def build_feature_extractor(config: DetectorConfig, device: torch.device) -> nn.Module:
     """The backbone named by config, in eval mode on device; forward(images in 0..1) -> 2 maps."""
+    if config.backbone == AUTO_BACKBONE:
+        from core.detection.backbones import resolve_backbone
+
+        config = replace(config, backbone=resolve_backbone(config)[0])
     if config.backbone == OFFLINE_BACKBONE:
         if config.weights is not None:
             raise DetectionError(f"the {OFFLINE_BACKBONE!r} backbone has no weights; drop --weights or name a timm backbone")

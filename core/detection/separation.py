@@ -15,6 +15,8 @@ import numpy as np
 LOW_AUROC = 0.65
 #: Fewest normal references for which some are held out (the rest must still fit the detector).
 MIN_NORMAL_FOR_HOLDOUT = 10
+#: Most normal references held out (each is scored like an inspected image, which costs time).
+MAX_HELD_OUT = 50
 
 
 def holdout_indices(content_hashes: Sequence[str], share: float, seed: int) -> list[int]:
@@ -22,7 +24,7 @@ def holdout_indices(content_hashes: Sequence[str], share: float, seed: int) -> l
     count = len(content_hashes)
     if share <= 0 or count < MIN_NORMAL_FOR_HOLDOUT:
         return []
-    held = max(2, int(round(share * count)))
+    held = min(MAX_HELD_OUT, max(2, int(round(share * count))))
     order = sorted(range(count), key=lambda i: content_hashes[i])
     rng = np.random.default_rng(seed + 7919)
     return sorted(order[i] for i in rng.permutation(count)[:held])

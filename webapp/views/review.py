@@ -211,16 +211,17 @@ def maps_form(project: ProjectInfo, has_normal: bool) -> None:
             st.error(problem, icon=":material/folder_off:")
         ready = bool(folder.strip()) and problem is None
     else:
-        from core.detection.config import METHODS, OFFLINE_BACKBONE, PAPER_BACKBONE
+        from core.detection.config import AUTO_BACKBONE, METHODS, OFFLINE_BACKBONE, PAPER_BACKBONE
 
         left, middle, right = st.columns(3)
         method = left.selectbox("Method", list(METHODS), index=0, key="maps_method",
                                 help="auto: template comparison when every image has its own reference "
                                      "(<id>_test with normal/<id>_temp), else PatchCore on the normal references, "
                                      "else zero-shot (the images compared with each other).")
-        backbone = middle.selectbox("Backbone", [OFFLINE_BACKBONE, PAPER_BACKBONE, "resnet18"], key="maps_backbone",
-                                    help=f"'{OFFLINE_BACKBONE}' needs no download; timm names need their "
-                                         "weights in the cache or a weights file.")
+        backbone = middle.selectbox("Backbone", [AUTO_BACKBONE, OFFLINE_BACKBONE, PAPER_BACKBONE, "resnet18"], key="maps_backbone",
+                                    help=f"auto: {PAPER_BACKBONE} when its weights are cached (or a weights "
+                                         f"file is given), else '{OFFLINE_BACKBONE}', which needs no download; "
+                                         "timm names need their weights in the cache or a weights file.")
         device = right.selectbox("Device", ["auto", "cpu", "cuda"], key="maps_device")
         weights = st.text_input("Backbone weights file (optional)", key="maps_weights")
         settings.update(map_source="builtin", detector_method=method, detector_backbone=backbone,

@@ -1,0 +1,54 @@
+"""`--backbone auto`: the pretrained backbone when its weights are here, else offline, said in one line."""
+
+import pytest
+import torch
+
+from core.cli import main
+from core.dataset import load_dataset
+from core.demo import generate_demo
+from core.detection import DetectorConfig, detect
+from core.detection.backbones import cached_weights, resolve_backbone
+from core.detection.config import OFFLINE_BACKBONE, PAPER_BACKBONE
+
+
+@pytest.fixture
+def empty_caches(tmp_path, monkeypatch):
+    """No weights anywhere and no network: empty timm/HF/torch caches, hub offline."""
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "torch"))
+    import huggingface_hub.constants as constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
+    return tmp_path / "hf"
+
+
+def test_auto_falls_back_offline_and_says_why(empty_caches, tmp_path, capsys):
+    assert cached_weights(PAPER_BACKBONE) is None
+    backbone, why = resolve_backbone(DetectorConfig())
+    assert backbone == OFFLINE_BACKBONE and "no pretrained wide_resnet50_2 weights" in why
+    root = generate_demo(tmp_path / "demo", image_size=64, n_train_good=4, n_test_good=1, n_per_class=1,
+                         defect_types=("hole",))
+    detection = detect(load_dataset(root), DetectorConfig(image_size=64), torch.device("cpu"))
+    assert detection.config.backbone == OFFLINE_BACKBONE and "(offline)" in detection.choice
+    assert detection.summary()["backbone"] == OFFLINE_BACKBONE
+    assert main(["detect", "--dataset", str(root), "--out", str(tmp_path / "out"), "--image-size", "64"]) == 0
+    first_line = capsys.readouterr().out.splitlines()[0]
+    assert first_line.startswith("detect: patchcore: learns 4 normal reference images; backbone filterbank (offline)")
+
+
+def test_auto_takes_the_pretrained_backbone_from_the_cache(empty_caches):
+    snapshot = empty_caches / "models--timm--wide_resnet50_2.racm_in1k" / "snapshots" / "abc123"
+    snapshot.mkdir(parents=True)
+    (snapshot / "model.safetensors").write_bytes(b"weights")
+    (empty_caches / "models--timm--wide_resnet50_2.racm_in1k" / "refs").mkdir()
+    (empty_caches / "models--timm--wide_resnet50_2.racm_in1k" / "refs" / "main").write_text("abc123")
+    assert cached_weights(PAPER_BACKBONE) == snapshot / "model.safetensors"
+    backbone, why = resolve_backbone(DetectorConfig())
+    assert backbone == PAPER_BACKBONE and "in the cache" in why
+
+
+def test_auto_with_a_weights_file_uses_the_paper_backbone(tmp_path):
+    backbone, why = resolve_backbone(DetectorConfig(weights=tmp_path / "w.pth"))
+    assert backbone == PAPER_BACKBONE and "w.pth" in why
+    assert resolve_backbone(DetectorConfig(backbone="resnet18"))[0] == "resnet18"
