@@ -60,21 +60,14 @@ def baseline_whole_images(manifest, model_config, device, k: int, seed: int) -> 
 
 
 def defect_regions(manifest, maps: dict, config) -> tuple[list, list]:
-    """Defective test records and their regions: the same normalization, MEBin and crops as discovery."""
-    from core.maps import normalize_global, resize_to
-    from core.mebin import binarize
-    from core.regions import extract_regions
+    """Defective test records and their regions: discovery's own maps, binarization and crop stages."""
+    from core.pipeline import binarize_maps, cut_regions, prepare_maps
 
-    records = manifest.unlabeled
-    images = {r.relpath: read_image(r.path) for r in records}
-    normalized = normalize_global([resize_to(maps[r.relpath], images[r.relpath].shape[:2]) for r in records])
-    results = binarize(normalized)
-    regions = []
-    for record, result in zip(records, results):
-        if record.gt_class != GOOD:
-            regions += extract_regions(record.relpath, images[record.relpath], result.normalized, result.mask,
-                                       result.num_anomalies, config.regions)
-    return [r for r in records if r.gt_class != GOOD], regions
+    prepared = prepare_maps(manifest.unlabeled, maps)
+    binarization = binarize_maps(prepared, config.mebin, config.binarizer)
+    defective = [r for r in manifest.unlabeled if r.gt_class != GOOD]
+    keys = {r.relpath for r in defective}
+    return defective, [r for r in cut_regions(prepared, binarization, config.regions) if r.image in keys]
 
 
 def image_votes(records, regions, region_probabilities: np.ndarray, tau: float) -> tuple[list, list]:

@@ -81,7 +81,8 @@ def _load_with_images(maps_dir: Path, images_dir: Path) -> tuple[dict[str, np.nd
 def run(args: argparse.Namespace) -> int:
     from core.mebin import binarize
     from core.config import RegionConfig
-    from core.regions import extract_regions
+    from core.pipeline import cut_regions
+    from core.results import MapSet
 
     started = time.perf_counter()
     if args.images is not None:
@@ -106,24 +107,27 @@ def run(args: argparse.Namespace) -> int:
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     config = RegionConfig(keep="all" if args.keep_all else "reference")
+    images: dict[str, np.ndarray] = {}
+    for key in keys:
+        # Without images the map itself is the canvas: boxes are in map pixels.
+        images[key] = (read_image(image_paths[key]) if key in image_paths
+                       else np.repeat(normalized[keys.index(key)][:, :, None], 3, axis=2))
+    binarization = dict(zip(keys, results))
+    # The same crops as discovery: one stage function, whatever the extraction setting.
+    regions = cut_regions(MapSet(keys, images, dict(zip(keys, normalized))), binarization, config)
     rows = []
     for key, result in zip(keys, results):
         stem = Path(key).with_suffix("").as_posix()
         write_image(out / "masks" / f"{stem}.png", result.mask)
+    for region in regions:
+        key, result = region.image, binarization[region.image]
+        stem = Path(key).with_suffix("").as_posix()
+        x0, y0, x1, y1 = region.box
         if key in image_paths:
-            image = read_image(image_paths[key])
-            score_map = result.normalized
-        else:
-            # Without images the map itself is the canvas: boxes are in map pixels.
-            image = np.repeat(normalized[keys.index(key)][:, :, None], 3, axis=2)
-            score_map = result.normalized
-        for region in extract_regions(key, image, score_map, result.mask, result.num_anomalies, config):
-            x0, y0, x1, y1 = region.box
-            if key in image_paths:
-                write_image(out / "crops" / f"{stem}_{region.index}.png", region.image_crop)
-                write_image(out / "crops" / f"{stem}_{region.index}_mask.png", region.mask_crop)
-            rows.append([key, region.index, x0, y0, x1, y1, region.area, f"{region.score:.6f}",
-                         result.threshold, result.num_anomalies])
+            write_image(out / "crops" / f"{stem}_{region.index}.png", region.image_crop)
+            write_image(out / "crops" / f"{stem}_{region.index}_mask.png", region.mask_crop)
+        rows.append([key, region.index, x0, y0, x1, y1, region.area, f"{region.score:.6f}",
+                     result.threshold, result.num_anomalies])
     with open(out / "regions.csv", "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(REGION_COLUMNS)
