@@ -55,8 +55,9 @@ def row_config(base, row: str):
 def estimate_and_coverage(manifest, maps, config, device) -> tuple[str, dict]:
     """What `--classes auto` answers on the set (stage functions, no training) and region coverage per extraction."""
     from core.config import RegionConfig
-    from core.pipeline import (binarize_maps, cut_regions, estimate_classes, plan_labels, prepare_maps,
-                               region_descriptors, region_truth_for)
+    from core.labels import plan_labels
+    from core.pipeline import binarize_maps, cut_regions, estimate_classes, prepare_maps, region_descriptors
+    from core.region_truth import region_truth_for
 
     map_set = prepare_maps(manifest.unlabeled, maps)
     binarization = binarize_maps(map_set, config.mebin, config.binarizer)

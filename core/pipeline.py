@@ -1,8 +1,10 @@
 """The discovery pipeline: maps -> MEBin -> regions -> estimate -> MGViT training -> prediction -> metrics.
 
 One public function per stage (detector_for + run_detection, prepare_maps, binarize_maps, cut_regions,
-plan_labels, estimate_classes, train_model, predict, compute_metrics); `run_discovery` is their
-composition with progress, timings and cancellation. The CLI, the app's job runner and its
+region_descriptors, estimate_classes, train_model, predict, compute_metrics); `run_discovery` is their
+composition with progress, timings and cancellation. Beside them: label planning (core.labels),
+region-level truth (core.region_truth), progress and cancel (core.progress), one image recut at an
+engineer's threshold (core.regions.recut_image), the errors (core.errors). The CLI, the app's job runner and its
 Review page call these functions, so every stage runs one way. Knows nothing of Streamlit or SQL.
 """
 
@@ -18,11 +20,14 @@ import numpy as np
 
 from core.config import DetectorConfig, DiscoveryConfig, MEBinConfig, RegionConfig
 from core.dataset import LabeledCrops
-from core.errors import UserError
+from core.errors import PipelineError
 from core.estimate import ClassEstimate, estimate_num_classes
 from core.fusion import fuse_image
 from core.mebin import MEBinResult
-from core.records import NORMAL_CLASS, ImageRecord, Manifest, Region
+from core.labels import plan_labels
+from core.progress import StageReporter, check_cancel
+from core.records import ImageRecord, Manifest, Region
+from core.region_truth import RegionTruth, region_metrics, region_truth_for
 from core.results import (
     DiscoveryResult,
     ImageResult,
@@ -39,44 +44,18 @@ if TYPE_CHECKING:
     from core.train import DiscoveryModel, TrainProgress, TrainResult
 
 __all__ = [
-    "DiscoveryCancelled",
-    "PipelineError",
-    "STAGES",
     "binarize_maps",
     "compute_metrics",
     "cut_regions",
     "detector_for",
     "estimate_classes",
-    "plan_labels",
     "predict",
     "prepare_maps",
-    "recut_image",
     "region_descriptors",
-    "region_truth_for",
     "run_detection",
     "run_discovery",
     "train_model",
 ]
-
-#: Stages in order, with their share of the overall progress bar.
-STAGES: dict[str, float] = {
-    "maps": 0.10,
-    "mebin": 0.04,
-    "regions": 0.04,
-    "estimate": 0.04,
-    "training": 0.70,
-    "prediction": 0.06,
-    "metrics": 0.02,
-}
-
-
-class PipelineError(UserError):
-    """Input the pipeline cannot work with; the message says what is wrong and what to do."""
-
-
-class DiscoveryCancelled(Exception):
-    """Raised when should_cancel() turns true between stages (before a model exists)."""
-
 
 # --------------------------------------------------------------------------------- stages
 
@@ -199,54 +178,6 @@ def cut_regions(
     return regions
 
 
-def recut_image(
-    key: str,
-    image: np.ndarray,
-    map_u8: np.ndarray,
-    threshold: int,
-    search_range: tuple[int, int],
-    mebin: MEBinConfig,
-    regions: RegionConfig,
-) -> tuple[np.ndarray, int, list[Region]]:
-    """One image at a threshold an engineer chose: (mask, component count, its crops).
-
-    map_u8 is the image's globally normalized map, search_range MEBin's (s_min, s_max) of its set,
-    so region scores match those of a full run.
-    """
-    from core.mebin import mask_at_threshold, normalize_to_range
-    from core.regions import extract_regions
-
-    mask, count = mask_at_threshold(map_u8, threshold, erode=mebin.erode, kernel_size=mebin.kernel_size)
-    normalized = normalize_to_range(map_u8, *search_range)
-    return mask, count, extract_regions(key, image, normalized, mask, count, regions, map_u8=map_u8,
-                                        threshold=int(threshold))
-
-
-def plan_labels(
-    regions: Sequence[Region], labeled: LabeledCrops | None, region_labels: Mapping[str, str] | None
-) -> LabelPlan:
-    """Base classes from an imported labeled set and from names given to regions (gone regions noted).
-
-    A region labeled NORMAL_CLASS is labeled normal (index LABELED_NORMAL): it seeds the normal /
-    false-detection slot, it is not a base class.
-    """
-    from core.grouping import LABELED_NORMAL
-
-    existing = {r.key for r in regions}
-    unknown = [k for k in (region_labels or {}) if k not in existing]
-    problems = []
-    if unknown:
-        problems.append(f"{len(unknown)} labeled region(s) no longer exist and were ignored: {', '.join(unknown[:5])}")
-    kept = {k: v for k, v in (region_labels or {}).items() if k in existing}
-    base_classes: list[str] = [c for c in (labeled.base_classes if labeled is not None else []) if c != NORMAL_CLASS]
-    for name in sorted(set(kept.values()) - {NORMAL_CLASS}):
-        if name not in base_classes:
-            base_classes.append(name)
-    index = np.array([LABELED_NORMAL if kept.get(r.key) == NORMAL_CLASS else
-                      base_classes.index(kept[r.key]) if r.key in kept else -1 for r in regions], dtype=np.int64)
-    return LabelPlan(base_classes, kept, index, problems)
-
-
 def region_descriptors(regions: Sequence[Region], maps: MapSet, config: DiscoveryConfig) -> np.ndarray | None:
     """Standardized, group-weighted descriptors of the regions; None for the paper's "vit" path."""
     if config.representation == "vit" or not regions:
@@ -315,22 +246,10 @@ def train_model(
 
     workdir: where training keeps its resumable checkpoint (training.pt).
     """
-    from core.train import TrainingData, train
+    from core.labels import training_data
+    from core.train import train
 
-    crops = [r.image_crop for r in regions]
-    masks = [r.mask_crop for r in regions]
-    targets = labels.region_label_index.copy()
-    scores = np.array([r.score for r in regions], dtype=np.float32)
-    # Regions labeled normal: pseudo-label correction with score 0 pulls them into the normal slot.
-    marked_normal = targets < -1
-    scores[marked_normal] = 0.0
-    targets[marked_normal] = -1
-    if labeled is not None and len(labeled.crops):
-        crops = list(labeled.crops) + crops
-        masks = list(labeled.masks) + masks
-        targets = np.concatenate([np.asarray(labeled.labels, dtype=np.int64), targets])
-        scores = np.concatenate([np.ones(len(labeled.crops), np.float32), scores])
-    data = TrainingData(crops=crops, masks=masks, scores=scores, labels=targets, base_classes=labels.base_classes)
+    data = training_data(regions, labels, labeled)
     checkpoint = None
     if workdir is not None:
         Path(workdir).mkdir(parents=True, exist_ok=True)
@@ -435,76 +354,16 @@ def compute_metrics(
     region (a region on no annotation is class NORMAL_CLASS), and `region_coverage` says how
     many annotated defects some region covers; the source file is named in `region_truth`.
     """
-    from core.metrics import cluster_metrics, discovery_metrics
+    from core.metrics import discovery_metrics
 
     metrics = discovery_metrics([i.gt for i in images], [i.cluster for i in images],
                                 [r.gt for r in regions], [r.cluster for r in regions], normal_cluster)
     if region_truth is None:
         return metrics
-    metrics = dict(metrics or {})
-    truth = [region_truth.classes[r.key] for r in regions]
-    block: dict[str, Any] = cluster_metrics(truth, [r.cluster for r in regions]) if truth else {
-        "nmi": None, "ari": None, "f1": None}
-    block = {k: (None if v is None or not np.isfinite(v) else float(v)) for k, v in block.items()}
-    block["n"] = len(truth)
-    metrics["region"] = block
-    metrics["region_coverage"] = region_truth.coverage
-    metrics["region_truth"] = str(region_truth.source)
-    metrics["region_classes"] = sorted(set(truth))
-    return metrics
-
-
-class RegionTruth:
-    """Region-level ground truth of one run from COCO annotations: class per region and coverage."""
-
-    def __init__(self, source: Path, classes: dict[str, str], coverage: dict[str, Any], problems: str) -> None:
-        self.source = source
-        self.classes = classes  # region key -> category name or NORMAL_CLASS
-        self.coverage = coverage  # core.coco.region_coverage
-        self.problems = problems  # one message naming what in the file was left out ("" when nothing)
-
-
-def region_truth_for(manifest: Manifest, regions: Sequence[Region], maps: MapSet,
-                     explicit: Path | None = None) -> RegionTruth | None:
-    """Match the regions to COCO annotations (explicit file, or annotations.json at the root); None without."""
-    from core.coco import CocoError, find_annotations, load_coco, match_regions, region_coverage
-
-    try:
-        path = find_annotations(manifest.root, explicit)
-        if path is None:
-            return None
-        sizes = {key: image.shape[:2] for key, image in maps.images.items()}
-        truth = load_coco(path, sizes)
-    except CocoError as error:
-        raise PipelineError(str(error)) from error
-    matches = match_regions(regions, truth, sizes)
-    return RegionTruth(path, {m.region: m.gt for m in matches}, region_coverage(matches, truth, maps.keys),
-                       truth.problem_summary())
+    return {**(metrics or {}), **region_metrics(regions, region_truth)}
 
 
 # ------------------------------------------------------------------------------- the run
-
-
-class _Reporter:
-    def __init__(self, callback: Callable[[PipelineProgress], None] | None) -> None:
-        self.callback = callback
-        self.done = 0.0  # overall share of finished stages
-
-    def __call__(self, stage: str, fraction: float, message: str = "", train: TrainProgress | None = None) -> None:
-        if self.callback is None:
-            return
-        fraction = float(min(max(fraction, 0.0), 1.0))
-        overall = min(1.0, self.done + STAGES[stage] * fraction)
-        self.callback(PipelineProgress(stage, fraction, overall, message, train))
-
-    def finish(self, stage: str, message: str = "") -> None:
-        self(stage, 1.0, message)
-        self.done += STAGES[stage]
-
-
-def _check_cancel(should_cancel: Callable[[], bool] | None, stage: str) -> None:
-    if should_cancel is not None and should_cancel():
-        raise DiscoveryCancelled(f"cancelled before {stage}")
 
 
 def run_discovery(
@@ -530,7 +389,7 @@ def run_discovery(
     """
     from core.device import resolve_device
 
-    report = _Reporter(progress)
+    report = StageReporter(progress)
     timings: dict[str, float] = {}
     problems: list[str] = [str(p) for p in manifest.problems]
     try:
@@ -552,7 +411,7 @@ def run_discovery(
         )
 
     def stage(name: str) -> float:
-        _check_cancel(should_cancel, name)
+        check_cancel(should_cancel, name)
         return time.perf_counter()
 
     started = stage("maps")

@@ -10,6 +10,8 @@ Two extractions, chosen by `RegionConfig.extraction`:
   holds at least `min_area` of the image) becomes a region with its own pixels as the mask and a
   crop that follows its size (`context` around it, at least `min_side` pixels). Where MEBin finds
   no stable threshold, the image's own peak sets the cut, so a weak defect still gets a region.
+
+`recut_image` redoes one image at a threshold an engineer chose (MEBin's mask at t, then its crops).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from core.config import RegionConfig
+from core.config import MEBinConfig, RegionConfig
 from core.records import Region
 
 Box = tuple[int, int, int, int]  # x0, y0, x1, y1 (exclusive)
@@ -171,3 +173,25 @@ def extract_regions(
             )
         )
     return regions
+
+
+def recut_image(
+    key: str,
+    image: np.ndarray,
+    map_u8: np.ndarray,
+    threshold: int,
+    search_range: tuple[int, int],
+    mebin: MEBinConfig,
+    regions: RegionConfig,
+) -> tuple[np.ndarray, int, list[Region]]:
+    """One image at a threshold an engineer chose: (mask, component count, its crops).
+
+    map_u8 is the image's globally normalized map, search_range MEBin's (s_min, s_max) of its set,
+    so region scores match those of a full run.
+    """
+    from core.mebin import mask_at_threshold, normalize_to_range
+
+    mask, count = mask_at_threshold(map_u8, threshold, erode=mebin.erode, kernel_size=mebin.kernel_size)
+    normalized = normalize_to_range(map_u8, *search_range)
+    return mask, count, extract_regions(key, image, normalized, mask, count, regions, map_u8=map_u8,
+                                        threshold=int(threshold))

@@ -64,7 +64,7 @@ class Prediction:
 class PipelineProgress:
     """One progress report: the stage, how far it is, how far the whole run is."""
 
-    stage: str  # one of STAGES
+    stage: str  # one of core.progress.STAGES
     fraction: float  # 0..1 within the stage
     overall: float  # 0..1 over the whole run
     message: str = ""

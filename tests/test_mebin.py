@@ -10,13 +10,8 @@ import numpy as np
 import pytest
 
 from core.config import MEBinConfig
-from core.mebin import (
-    _level_counts,
-    _stable_interval_kernel,
-    binarize,
-    binarize_reference,
-    stable_interval,
-)
+from core.mebin import binarize, binarize_reference, stable_interval
+from core.mebin_kernels import level_counts, stable_interval_kernel
 
 # ----------------------------------------------------------------------------- map generators
 
@@ -161,7 +156,7 @@ def test_level_counts_equal_opencv_labelling_at_every_level():
     for generator in GENERATORS:
         image = (generator(rng, 37, 53) * 255 / max(1e-6, generator(rng, 37, 53).max())).clip(0, 255)
         image = image.astype(np.uint8)
-        counts = _level_counts(image, 0)
+        counts = level_counts(image, 0)
         for level in range(0, 256, 5):
             labels, _ = cv2.connectedComponents((image >= level).astype(np.uint8), connectivity=8)
             assert counts[level] == labels - 1, level
@@ -208,7 +203,7 @@ def test_stable_interval_follows_the_reference_rule_including_ties():
         min_len = int(rng.integers(1, 6))
         expected = _reference_style_interval(counts, min_len)
         assert stable_interval(counts, min_len) == expected
-        value, start, end = _stable_interval_kernel(np.array(counts, np.int64), min_len)
+        value, start, end = stable_interval_kernel(np.array(counts, np.int64), min_len)
         assert (None if start < 0 else (value, (start, end))) == expected
 
 

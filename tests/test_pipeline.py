@@ -8,14 +8,11 @@ import pytest
 from core.config import DiscoveryConfig, MGViTConfig, TrainConfig
 from core.dataset import DatasetError, load_dataset, load_labeled_crops
 from core.demo import generate_demo, gt_masks_to_maps
+from core.errors import DiscoveryCancelled, PipelineError
 from core.imageio import read_gray
-from core.pipeline import (
-    STAGES,
-    DiscoveryCancelled,
-    PipelineError,
-    run_discovery,
-)
+from core.pipeline import run_discovery
 from core.predict import NORMAL_CLASS_NAME
+from core.progress import STAGES
 
 TINY = DiscoveryConfig(
     model=MGViTConfig(backbone="vit_micro_scratch"),

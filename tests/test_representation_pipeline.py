@@ -10,7 +10,8 @@ from core.dataset import load_dataset
 from core.demo import generate_demo, gt_masks_to_maps
 from core.grouping import LABELED_NORMAL
 from core.imageio import read_gray
-from core.pipeline import cut_regions, binarize_maps, plan_labels, prepare_maps, run_discovery, train_model
+from core.labels import plan_labels
+from core.pipeline import binarize_maps, cut_regions, prepare_maps, run_discovery, train_model
 from core.records import GOOD, NORMAL_CLASS
 
 TINY = DiscoveryConfig(

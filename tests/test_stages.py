@@ -6,20 +6,14 @@ import pytest
 from core.config import DiscoveryConfig, MEBinConfig, RegionConfig
 from core.dataset import load_dataset
 from core.demo import generate_demo, gt_masks_to_maps
+from core.errors import PipelineError
 from core.imageio import read_gray
+from core.labels import plan_labels
 from core.mebin import search_range
 from core.metrics import discovery_metrics, protocol_levels
-from core.pipeline import (
-    PipelineError,
-    binarize_maps,
-    compute_metrics,
-    cut_regions,
-    estimate_classes,
-    plan_labels,
-    prepare_maps,
-    recut_image,
-)
+from core.pipeline import binarize_maps, compute_metrics, cut_regions, estimate_classes, prepare_maps
 from core.records import GOOD, region_key
+from core.regions import recut_image
 from core.results import ImageResult, RegionResult
 
 

@@ -110,7 +110,8 @@ def with_room_for_new_classes(config: DiscoveryConfig, labeled: Any, region_labe
 
 def run_discover(store: Store, run: RunInfo, report: Reporter) -> str:
     """The whole pipeline on the project's data; clusters and assignments written atomically."""
-    from core.pipeline import DiscoveryCancelled, run_discovery
+    from core.errors import DiscoveryCancelled
+    from core.pipeline import run_discovery
 
     project = store.get_project(run.project_id)
     settings = run.settings

@@ -19,7 +19,7 @@ import streamlit as st
 from core import mebin
 from core.config import MEBinConfig, RegionConfig
 from core.imageio import ImageReadError, read_gray, read_image
-from core.pipeline import recut_image
+from core.regions import recut_image
 from storage import BinarizationInput, ProjectInfo
 from webapp import intake, jobs, messages, navigation, widgets
 from webapp.worker import latest_maps

@@ -1,0 +1,62 @@
+"""The run's labels: base classes from an imported labeled set and from names an engineer gave regions."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from core.dataset import LabeledCrops
+from core.records import NORMAL_CLASS, Region
+from core.results import LabelPlan
+
+if TYPE_CHECKING:
+    from core.train import TrainingData
+
+__all__ = ["plan_labels", "training_data"]
+
+
+def plan_labels(
+    regions: Sequence[Region], labeled: LabeledCrops | None, region_labels: Mapping[str, str] | None
+) -> LabelPlan:
+    """Base classes from an imported labeled set and from names given to regions (gone regions noted).
+
+    A region labeled NORMAL_CLASS is labeled normal (index LABELED_NORMAL): it seeds the normal /
+    false-detection slot, it is not a base class.
+    """
+    from core.grouping import LABELED_NORMAL
+
+    existing = {r.key for r in regions}
+    unknown = [k for k in (region_labels or {}) if k not in existing]
+    problems = []
+    if unknown:
+        problems.append(f"{len(unknown)} labeled region(s) no longer exist and were ignored: {', '.join(unknown[:5])}")
+    kept = {k: v for k, v in (region_labels or {}).items() if k in existing}
+    base_classes: list[str] = [c for c in (labeled.base_classes if labeled is not None else []) if c != NORMAL_CLASS]
+    for name in sorted(set(kept.values()) - {NORMAL_CLASS}):
+        if name not in base_classes:
+            base_classes.append(name)
+    index = np.array([LABELED_NORMAL if kept.get(r.key) == NORMAL_CLASS else
+                      base_classes.index(kept[r.key]) if r.key in kept else -1 for r in regions], dtype=np.int64)
+    return LabelPlan(base_classes, kept, index, problems)
+
+
+def training_data(regions: Sequence[Region], labels: LabelPlan, labeled: LabeledCrops | None) -> TrainingData:
+    """What the model trains on: the imported labeled crops first, then the run's regions with their plan labels."""
+    from core.train import TrainingData
+
+    crops = [r.image_crop for r in regions]
+    masks = [r.mask_crop for r in regions]
+    targets = labels.region_label_index.copy()
+    scores = np.array([r.score for r in regions], dtype=np.float32)
+    # Regions labeled normal: pseudo-label correction with score 0 pulls them into the normal slot.
+    marked_normal = targets < -1
+    scores[marked_normal] = 0.0
+    targets[marked_normal] = -1
+    if labeled is not None and len(labeled.crops):
+        crops = list(labeled.crops) + crops
+        masks = list(labeled.masks) + masks
+        targets = np.concatenate([np.asarray(labeled.labels, dtype=np.int64), targets])
+        scores = np.concatenate([np.ones(len(labeled.crops), np.float32), scores])
+    return TrainingData(crops=crops, masks=masks, scores=scores, labels=targets, base_classes=labels.base_classes)
