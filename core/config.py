@@ -257,13 +257,14 @@ class PredictConfig:
 
 @dataclass(frozen=True)
 class EstimateConfig:
-    """Settings of the class-count estimate."""
+    """Settings of the class-count estimate (eigengap of the kNN graph, core.estimate)."""
 
     k_min: int = 2  # smallest number of classes tried
     k_max: int = 12  # largest number of classes tried (clamped to the number of samples - 1)
-    n_init: int = 10  # k-means restarts per k
-    max_samples: int = 4000  # subsample larger sets (silhouette is quadratic in N)
-    min_score: float = 0.5  # regions with anomaly score below this are left out when enough remain
+    neighbors: int = 15  # k of the nearest-neighbour graph, as the grouping's (GroupingConfig.neighbors)
+    references: int = 3  # shuffled references whose eigengaps are subtracted
+    max_samples: int = 3000  # subsample larger sets (eigenvalues of an N x N sparse graph)
+    min_score: float = 0.0  # regions with anomaly score below this are left out when enough remain (0: none)
 
 
 # ------------------------------------------------------------------------------ the whole run
