@@ -1,23 +1,25 @@
-"""Discovery quality against k-means baselines and ablations, one table, image level.
+"""Discovery quality: one table, rows = how regions are represented, columns = data sets.
 
-    python benchmarks/quality.py [--dataset DIR] [--per-class 60] [--epochs N] [--seeds 1] [--device auto]
+    python benchmarks/quality.py [--sets demo,template,annotated] [--rows paper,descriptors,hybrid,unguided,otsu]
+                                 [--pcb-images 0] [--per-class 14] [--dataset DIR] [--seeds 1] [--baselines crops,...]
 
-On the demo set (generated on the fly by core.demo) or any MVTec-layout folder. The generated
-demo has --per-class defective images per type (default 60: 300 defective images). The app's
-one-click demo keeps 14 per type to stay quick, but 70 images are too few to tell methods apart:
-the NMI of a random 5-way labeling of 70 images is 0.08 +- 0.03 (0.02 +- 0.006 for 300), and
-seed-to-seed spread is of the same size as the differences being measured. Rows:
-  k-means on untrained backbone features of whole images
-  k-means on untrained backbone features of the crops (same maps, MEBin and regions as discovery)
-  full discovery (built-in detector maps, MEBin, mask-guided MGViT)
-  discovery without mask guidance
-  discovery with Otsu instead of MEBin
-  discovery with the ground-truth masks as maps
-  supervised reference: the same MGViT trained with the true classes of half the images, scored on
-  the other half (not a discovery method; how far the backbone gets on this data when told)
-NMI / ARI / F1 over the defective test images (ground truth not "good"), as metrics.json's
-"image" block. The baselines get K and are run on the defective images only (an advantage the
-discovery does not have: it sees every test image, normal ones included, and K + 1 slots).
+Rows: the paper's path (MEBin, reference crops, mask-guided MGViT and its heads), descriptors
+only (no MGViT is trained), hybrid (MGViT embedding beside the descriptors), and the unguided
+and Otsu ablations of the hybrid. Columns:
+
+- demo: the generated demo (or --dataset, an MVTec-layout folder) with the built-in detector's
+  maps; image level over the defective images, K = its number of defect types;
+- DeepPCB, template: the built-in detector's golden-template maps; region level through the
+  COCO annotations (a region on no annotated box is a false detection, class "normal"), K = 6;
+- DeepPCB, annotated: the differing pixels inside each annotated box as the maps (detection made
+  perfect, only discovery judged). The paper's MEBin finds no stable threshold on such binary
+  maps; a row it refuses prints "refused".
+
+Each cell: NMI / ARI / F1 (mean over seeds). Below the table, per set: the K that `--classes auto`
+estimates with the descriptors and the hybrid representation, and the region recall (share of
+annotated defects some region covers) and precision of each extraction. --baselines adds, on the
+demo column only: k-means on untrained backbone features of whole images or of the crops, and a
+supervised 2-fold reference (the same MGViT trained with the true classes of half the images).
 """
 
 from __future__ import annotations
@@ -33,41 +35,118 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
-from core.dataset import load_dataset  # noqa: E402
-from core.device import resolve_device  # noqa: E402
 from core.imageio import read_gray, read_image  # noqa: E402
 from core.metrics import cluster_metrics  # noqa: E402
 from core.records import GOOD  # noqa: E402
+
+#: Rows: key -> (shown name, extraction, binarizer, representation, guided training).
+ROWS = {
+    "paper": ("paper-MGViT", "reference", "mebin", "vit", True),
+    "descriptors": ("descriptors only", "components", "mebin", "descriptors", True),
+    "hybrid": ("hybrid", "components", "mebin", "hybrid", True),
+    "unguided": ("hybrid, unguided", "components", "mebin", "hybrid", False),
+    "otsu": ("hybrid, Otsu", "components", "otsu", "hybrid", True),
+}
+BASELINES = ("whole", "crops", "supervised")
+
+
+def row_config(base, row: str):
+    """The DiscoveryConfig of one row: extraction, binarizer, representation and guidance."""
+    _, extraction, binarizer, representation, guided = ROWS[row]
+    return replace(base, regions=replace(base.regions, extraction=extraction), binarizer=binarizer,
+                   representation=representation, train=replace(base.train, guided=guided))
+
+
+def estimates_and_coverage(manifest, maps, base, device) -> tuple[dict, dict]:
+    """What `--classes auto` answers (descriptors, hybrid; no training) and each extraction's coverage."""
+    from core.config import RegionConfig
+    from core.pipeline import (binarize_maps, cut_regions, estimate_classes, plan_labels, prepare_maps,
+                               region_descriptors, region_truth_for)
+
+    map_set = prepare_maps(manifest.unlabeled, maps)
+    binarization = binarize_maps(map_set, base.mebin, base.binarizer)
+    coverage = {}
+    for extraction in ("reference", "components"):
+        regions = cut_regions(map_set, binarization, RegionConfig(extraction=extraction))
+        truth = region_truth_for(manifest, regions, map_set, base.ground_truth)
+        if truth is not None:
+            coverage[extraction] = truth.coverage
+    regions = cut_regions(map_set, binarization, base.regions)
+    plan = plan_labels(regions, None, None)
+    estimates = {}
+    for representation in ("descriptors", "hybrid"):
+        auto = replace(base, classes=None, representation=representation)
+        _, estimate = estimate_classes(regions, plan, auto, device, region_descriptors(regions, map_set, auto))
+        estimates[representation] = estimate
+    return estimates, coverage
+
+
+# ----------------------------------------------------------------------------------- sets
+
+
+def demo_set(dataset: Path | None, per_class: int, seed: int, device):
+    """The demo (generated unless a folder is given) and its built-in detector maps."""
+    from core.dataset import load_dataset
+    from core.demo import DemoConfig, generate_demo
+    from core.detection import DetectorConfig, detect
+
+    if dataset is None:
+        dataset = generate_demo(Path(tempfile.mkdtemp(prefix="demo-")) / "demo", DemoConfig(seed=seed, n_per_class=per_class))
+    manifest = load_dataset(dataset)
+    method = "patchcore" if manifest.normal else "zero-shot"
+    maps = detect(manifest, DetectorConfig(method=method), device).maps
+    return manifest, {k: np.asarray(v, np.float32) for k, v in maps.items()}
+
+
+def template_of(path: Path, root: Path) -> Path | None:
+    """DeepPCB's golden template of a tested image: normal/<id>_temp.jpg beside images/<id>_test.jpg."""
+    stem = path.stem[:-5] if path.stem.endswith("_test") else path.stem
+    for candidate in (root / "normal" / f"{stem}_temp{path.suffix}", root / "normal" / path.name):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def deeppcb_set(root: Path, n_images: int, seed: int):
+    """DeepPCB as a plain folder (all images, or a seeded draw): manifest, defect count and both kinds of maps."""
+    from core.coco import find_annotations, load_coco
+    from core.dataset import load_dataset
+    from core.detection import DetectorConfig, detect
+    from core.records import Manifest
+
+    manifest = load_dataset(root)
+    records = sorted(manifest.unlabeled, key=lambda r: r.relpath)
+    if n_images and n_images < len(records):
+        pick = np.random.default_rng(seed).choice(len(records), size=n_images, replace=False)
+        records = [records[i] for i in sorted(pick)]
+    manifest = Manifest(manifest.root, manifest.layout, manifest.normal + records, manifest.problems)
+    sizes = {r.relpath: read_image(r.path).shape[:2] for r in records}
+    truth = load_coco(find_annotations(root), sizes)
+    annotated = {}
+    for record in records:
+        gray = read_gray(record.path).astype(np.float32)
+        template = template_of(record.path, Path(root))
+        difference = np.abs(gray - read_gray(template).astype(np.float32)) if template else np.zeros_like(gray)
+        inside = np.zeros(gray.shape, bool)
+        for annotation in truth.by_image.get(record.relpath, []):
+            inside |= annotation.mask(gray.shape)
+        annotated[record.relpath] = ((difference > 128) & inside).astype(np.float32)
+    found = detect(manifest, DetectorConfig(method="template"), "cpu").maps
+    template_maps = {key: np.asarray(value, np.float32) for key, value in found.items() if key in sizes}
+    n_defects = sum(len(truth.by_image.get(r.relpath, [])) for r in records)
+    return manifest, n_defects, {"template": template_maps, "annotated": annotated}
+
+
+# ------------------------------------------------------------------------------ baselines
 
 
 def kmeans_labels(features: np.ndarray, k: int, seed: int) -> np.ndarray:
     from sklearn.cluster import KMeans
 
     return KMeans(n_clusters=k, n_init=10, random_state=seed).fit_predict(features)
-
-
-def baseline_whole_images(manifest, model_config, device, k: int, seed: int) -> dict:
-    """k-means on the CLS features of whole defective images (all-ones mask: nothing hidden)."""
-    from core.inference import backbone_features
-
-    records = [r for r in manifest.unlabeled if r.gt_class != GOOD]
-    images = [read_image(r.path) for r in records]
-    masks = [np.full(i.shape[:2], 255, np.uint8) for i in images]
-    features = backbone_features(images, masks, model_config, device, seed=seed, guided=False)
-    return cluster_metrics([r.gt_class for r in records], kmeans_labels(features, k, seed))
-
-
-def defect_regions(manifest, maps: dict, config) -> tuple[list, list]:
-    """Defective test records and their regions: discovery's own maps, binarization and crop stages."""
-    from core.pipeline import binarize_maps, cut_regions, prepare_maps
-
-    prepared = prepare_maps(manifest.unlabeled, maps)
-    binarization = binarize_maps(prepared, config.mebin, config.binarizer)
-    defective = [r for r in manifest.unlabeled if r.gt_class != GOOD]
-    keys = {r.relpath for r in defective}
-    return defective, [r for r in cut_regions(prepared, binarization, config.regions) if r.image in keys]
 
 
 def image_votes(records, regions, region_probabilities: np.ndarray, tau: float) -> tuple[list, list]:
@@ -83,15 +162,17 @@ def image_votes(records, regions, region_probabilities: np.ndarray, tau: float) 
     return truth, predicted
 
 
-def baseline_crops(records, regions, config, device, k: int, seed: int) -> dict:
-    """k-means on CLS features of the crops of defective images; image = area-weighted vote."""
-    from core.inference import backbone_features
+def defect_regions(manifest, maps: dict, config) -> tuple[list, list]:
+    """Defective test records and their regions: discovery's own maps, binarization and crop stages."""
+    from core.pipeline import binarize_maps, cut_regions, prepare_maps
 
-    features = backbone_features([r.image_crop for r in regions], [r.mask_crop for r in regions], config.model,
-                                 device, seed=seed, guided=True)
-    labels = kmeans_labels(features, k, seed)
-    truth, predicted = image_votes(records, regions, np.eye(k)[labels], config.tau)
-    return cluster_metrics(truth, predicted)
+    prepared = prepare_maps(manifest.unlabeled, maps)
+    binarization = binarize_maps(prepared, config.mebin, config.binarizer)
+    defective = [r for r in manifest.unlabeled if r.gt_class != GOOD]
+    keys = {r.relpath for r in defective}
+    regions = [r for r in cut_regions(prepared, binarization, config.regions) if r.image in keys]
+    covered = {r.image for r in regions}
+    return [r for r in defective if r.relpath in covered], regions
 
 
 def two_folds(records, seed: int) -> dict[str, int]:
@@ -105,17 +186,24 @@ def two_folds(records, seed: int) -> dict[str, int]:
     return fold_of
 
 
-def supervised_reference(records, regions, config, device, seed: int) -> dict:
-    """The same MGViT and training with the true classes of half the defective images, scored on the other half.
+def baseline(name: str, manifest, maps, config, device, k: int, seed: int) -> dict:
+    """One demo baseline: k-means on whole images or crops, or the supervised 2-fold reference."""
+    from core.inference import backbone_features
 
-    Two folds (images split per class, seeded); training is the product's labeled regime (every crop
-    labeled, the classes as base classes) with the run's backbone, epochs and augmentations; held-out
-    images are classified by the area-weighted vote of their crops' class probabilities. Not a
-    discovery method: it shows how far this backbone gets on this data even when told the answers.
-    Not a strict bound either: discovery trains on all images (transductively), this on half.
-    """
-    from core.predict import region_probabilities
+    if name == "whole":
+        records = [r for r in manifest.unlabeled if r.gt_class != GOOD]
+        images = [read_image(r.path) for r in records]
+        masks = [np.full(i.shape[:2], 255, np.uint8) for i in images]
+        features = backbone_features(images, masks, config.model, device, seed=seed, guided=False)
+        return cluster_metrics([r.gt_class for r in records], kmeans_labels(features, k, seed))
+    records, regions = defect_regions(manifest, maps, config)
+    if name == "crops":
+        features = backbone_features([r.image_crop for r in regions], [r.mask_crop for r in regions],
+                                     config.model, device, seed=seed, guided=True)
+        truth, predicted = image_votes(records, regions, np.eye(k)[kmeans_labels(features, k, seed)], config.tau)
+        return cluster_metrics(truth, predicted)
     from core.inference import infer
+    from core.predict import region_probabilities
     from core.train import TrainingData, train
 
     names = sorted({r.gt_class for r in records})
@@ -128,146 +216,133 @@ def supervised_reference(records, regions, config, device, seed: int) -> dict:
         data = TrainingData(
             crops=[regions[i].image_crop for i in train_rows], masks=[regions[i].mask_crop for i in train_rows],
             scores=np.ones(len(train_rows), np.float32),
-            labels=np.array([class_of[regions[i].image] for i in train_rows], np.int64), base_classes=names,
-        )
+            labels=np.array([class_of[regions[i].image] for i in train_rows], np.int64), base_classes=names)
         trained = train(data, 1, config.model, config.train, device, seed=seed)
         inference = infer(trained.model, [regions[i].image_crop for i in test_rows],
                           [regions[i].mask_crop for i in test_rows], device, guided=config.train.guided)
         probabilities = region_probabilities(inference.logits[:, :len(names)], 0, config.predict.temperature)
         held_out = [r for r in records if fold_of[r.relpath] == fold]
-        fold_truth, fold_predicted = image_votes(held_out, [regions[i] for i in test_rows], probabilities,
-                                                 config.tau)
+        fold_truth, fold_predicted = image_votes(held_out, [regions[i] for i in test_rows], probabilities, config.tau)
         truth += fold_truth
         predicted += [names[p] for p in fold_predicted]
     return cluster_metrics(truth, predicted)
 
 
-def gt_maps(manifest) -> dict:
-    maps = {}
-    for record in manifest.unlabeled:
-        if record.gt_mask_path is not None:
-            maps[record.relpath] = read_gray(record.gt_mask_path).astype(np.float32)
-        else:
-            maps[record.relpath] = np.zeros(record.size, np.float32)
-    return maps
+# ----------------------------------------------------------------------------------- main
+
+
+def _cell(runs: list[dict] | str | None) -> str:
+    if runs is None:
+        return "not run"
+    if isinstance(runs, str):
+        return runs
+    return " / ".join(f"{np.mean([r[m] for r in runs]):.3f}" for m in ("nmi", "ari", "f1"))
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dataset", type=Path, help="MVTec-layout folder (default: the demo set, generated)")
-    parser.add_argument("--per-class", type=int, default=60,
-                        help="generated demo only: defective images per defect type [60; the app's demo has 14]")
-    parser.add_argument("--demo-seed", type=int, default=0, help="generated demo only: its seed [0]")
-    parser.add_argument("--epochs", type=int, help="training epochs [SCRATCH_EPOCHS for scratch backbones]")
-    parser.add_argument("--backbone", default=None, help="MGViT backbone [vit_tiny_scratch]")
-    parser.add_argument("--weights", type=Path, help="local backbone weights")
-    parser.add_argument("--classes", type=int, help="K [number of ground-truth defect classes]")
-    parser.add_argument("--seeds", type=int, default=1, help="training seeds per row (mean and spread shown) [1]")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--rows", default="all", help="comma list of: whole,crops,full,unguided,otsu,gt,supervised [all]")
+    parser.add_argument("--sets", default="demo,template,annotated", help="comma list of demo,template,annotated")
+    parser.add_argument("--rows", default=",".join(ROWS), help=f"comma list of rows [{','.join(ROWS)}]")
+    parser.add_argument("--baselines", default="", help=f"demo only, comma list of {','.join(BASELINES)} [none]")
+    parser.add_argument("--dataset", type=Path, help="MVTec-layout folder for the demo column (default: generated)")
+    parser.add_argument("--per-class", type=int, default=14, help="generated demo: defective images per type [14]")
+    parser.add_argument("--deeppcb", type=Path, default=ROOT.parent / "shared" / "datasets" / "deeppcb",
+                        help="DeepPCB folder (images/, normal/, annotations.json) [../shared/datasets/deeppcb]")
+    parser.add_argument("--pcb-images", type=int, default=0, help="DeepPCB images drawn (0 = all 500) [0]")
+    parser.add_argument("--epochs", type=int, help="training epochs [the backbone's recommended]")
+    parser.add_argument("--backbone", help="MGViT backbone [vit_tiny_scratch]")
+    parser.add_argument("--weights", type=Path, help="local backbone weights (e.g. DINO)")
+    parser.add_argument("--seeds", type=int, default=1)
+    parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
 
-    from core.detection import DetectorConfig, detect
     from core.config import DiscoveryConfig, MGViTConfig, TrainConfig, recommended_epochs
-    from core.pipeline import run_discovery
+    from core.device import resolve_device
+    from core.pipeline import PipelineError, run_discovery
 
     device = resolve_device(args.device)
-    temp = None
-    if args.dataset is None:
-        from core.demo import DemoConfig, generate_demo
-
-        temp = tempfile.TemporaryDirectory()
-        started = time.perf_counter()
-        root = generate_demo(Path(temp.name) / "demo", DemoConfig(seed=args.demo_seed, n_per_class=args.per_class))
-        print(f"demo set generated in {time.perf_counter() - started:.1f} s: {root}")
-    else:
-        root = args.dataset
-    manifest = load_dataset(root)
-    classes = sorted({r.gt_class for r in manifest.unlabeled if r.gt_class not in (None, GOOD)})
-    k = args.classes or len(classes)
     model = MGViTConfig()
     if args.backbone:
         model = replace(model, backbone=args.backbone)
     if args.weights:
         model = replace(model, weights=args.weights)
-    epochs = args.epochs or recommended_epochs(model)
-    config = DiscoveryConfig(model=model, train=replace(TrainConfig(), epochs=epochs), classes=k,
-                             device=str(device))
-    n_defective = sum(r.gt_class not in (None, GOOD) for r in manifest.unlabeled)
-    print(f"data set: {len(manifest.unlabeled)} test images ({n_defective} defective, {len(classes)} classes: "
-          f"{', '.join(classes)}), {len(manifest.normal)} normal references; K = {k}; backbone {model.backbone}, "
-          f"{epochs} epochs, device {device}, {args.seeds} seed(s)")
+    base = DiscoveryConfig(model=model, train=replace(TrainConfig(), epochs=args.epochs or recommended_epochs(model)),
+                           device=str(device))
+    rows = [r for r in args.rows.split(",") if r]
+    wanted = [s for s in args.sets.split(",") if s]
+    sets = []  # (column name, manifest, maps, k, metrics level)
+    demo = None
+    if "demo" in wanted:
+        started = time.perf_counter()
+        manifest, maps = demo_set(args.dataset, args.per_class, 0, device)
+        classes = sorted({r.gt_class for r in manifest.unlabeled if r.gt_class not in (None, GOOD)})
+        print(f"demo: {len(manifest.unlabeled)} images, {len(classes)} defect types, built-in detector maps in "
+              f"{time.perf_counter() - started:.0f} s", flush=True)
+        demo = (manifest, maps, len(classes))
+        sets.append((f"demo ({len(manifest.unlabeled)}), image", manifest, maps, len(classes), "image"))
+    if {"template", "annotated"} & set(wanted):
+        if not args.deeppcb.is_dir():
+            print(f"{args.deeppcb}: not there, DeepPCB columns left out")
+        else:
+            started = time.perf_counter()
+            manifest, n_defects, maps = deeppcb_set(args.deeppcb, args.pcb_images, 0)
+            print(f"DeepPCB: {len(manifest.unlabeled)} images, {n_defects} annotated defects, maps in "
+                  f"{time.perf_counter() - started:.0f} s", flush=True)
+            for kind in ("template", "annotated"):
+                if kind in wanted:
+                    sets.append((f"DeepPCB {kind} ({len(manifest.unlabeled)}), region", manifest, maps[kind], 6,
+                                 "region"))
 
-    rows = {"whole", "crops", "full", "unguided", "otsu", "gt", "supervised"} if args.rows == "all" else set(args.rows.split(","))
-    started = time.perf_counter()
-    detection = detect(manifest, DetectorConfig(method="patchcore" if manifest.normal else "zero-shot"), device)
-    maps = detection.maps
-    print(f"built-in detector maps in {time.perf_counter() - started:.1f} s")
+    table: dict[tuple[str, str], list[dict] | str] = {}
+    notes = []
+    for column, manifest, maps, k, level in sets:
+        for row in rows:
+            for seed in range(args.seeds):
+                started = time.perf_counter()
+                config = replace(row_config(base, row), classes=k, seed=seed)
+                try:
+                    result = run_discovery(manifest, config, maps=maps)
+                except PipelineError as error:
+                    table[(row, column)] = "refused"
+                    print(f"  {column} | {ROWS[row][0]}: refused ({error})", flush=True)
+                    break
+                metrics = result.metrics[level]
+                runs = table.setdefault((row, column), [])
+                assert isinstance(runs, list)
+                runs.append(metrics)
+                print(f"  {column} | {ROWS[row][0]} seed {seed}: {len(result.regions)} regions, NMI {metrics['nmi']:.3f} "
+                      f"ARI {metrics['ari']:.3f} F1 {metrics['f1']:.3f} ({time.perf_counter() - started:.0f} s)",
+                      flush=True)
+        estimates, coverage = estimates_and_coverage(manifest, maps, base, device)
+        line = f"{column} (truth K = {k}): --classes auto " + ", ".join(
+            f"{name} {estimate.k} ({estimate.sureness}, {estimate.confidence:.2f})" for name, estimate in estimates.items())
+        for extraction, found in coverage.items():
+            line += (f"; {extraction} extraction: {found['regions']} regions, recall {found['recall']:.1%}, "
+                     f"precision {found['precision']:.1%}")
+        notes.append(line)
+        print(line, flush=True)
 
-    table: list[tuple[str, list[dict], float]] = []
-
-    def record(name: str, runs: list[dict], seconds: float) -> None:
-        table.append((name, runs, seconds))
-        mean = {m: np.mean([r[m] for r in runs]) for m in ("nmi", "ari", "f1")}
-        print(f"  {name}: NMI {mean['nmi']:.3f} ARI {mean['ari']:.3f} F1 {mean['f1']:.3f} ({seconds:.0f} s)",
-              flush=True)
-
-    seeds = list(range(args.seeds))
-    cut: list[tuple[list, list]] = []
-
-    def defects() -> tuple[list, list]:
-        """Defective records and their regions, cut once for every row and seed that needs them."""
-        if not cut:
-            cut.append(defect_regions(manifest, maps, config))
-        return cut[0]
-
-    if "whole" in rows:
-        t = time.perf_counter()
-        record("k-means, whole images", [baseline_whole_images(manifest, model, device, k, s) for s in seeds],
-               time.perf_counter() - t)
-    if "crops" in rows:
-        t = time.perf_counter()
-        record("k-means, crops", [baseline_crops(*defects(), config, device, k, s) for s in seeds],
-               time.perf_counter() - t)
-
-    variants = {
-        "full": ("discovery (MEBin, guided)", config, maps),
-        "unguided": ("discovery, unguided", replace(config, train=replace(config.train, guided=False)), maps),
-        "otsu": ("discovery, Otsu", replace(config, binarizer="otsu"), maps),
-        "gt": ("discovery, gt masks as maps", config, gt_maps(manifest)),
-    }
-    extra: dict[str, list[dict]] = {}
-    for key, (name, variant, variant_maps) in variants.items():
-        if key not in rows:
-            continue
-        t = time.perf_counter()
-        runs = []
-        for seed in seeds:
-            seeded = replace(variant, seed=seed)
-            result = run_discovery(manifest, seeded, maps=variant_maps)
-            runs.append(result.metrics["image"])
-            extra.setdefault(name, []).append(result.metrics)
-        record(name, runs, time.perf_counter() - t)
-
-    if "supervised" in rows:
-        t = time.perf_counter()
-        record("supervised 2-fold (reference)",
-               [supervised_reference(*defects(), config, device, s) for s in seeds], time.perf_counter() - t)
-
+    columns = [s[0] for s in sets]
+    width = max([32] + [len(c) + 2 for c in columns])
     print()
-    print(f"{'method (image level, defective images)':<40} {'NMI':>13} {'ARI':>13} {'F1':>13} {'time s':>7}")
-    for name, runs, seconds in table:
-        cells = []
-        for metric in ("nmi", "ari", "f1"):
-            values = np.array([r[metric] for r in runs], dtype=float)
-            cells.append(f"{values.mean():.3f}" + (f" ±{values.std():.3f}" if len(values) > 1 else "       "))
-        print(f"{name:<40} {cells[0]:>13} {cells[1]:>13} {cells[2]:>13} {seconds:>7.0f}")
-    for name, metrics in extra.items():
-        normal = np.mean([m["normal_images"]["share_predicted_normal"] or 0 for m in metrics])
-        with_good = np.mean([m["image_with_good"]["nmi"] for m in metrics])
-        print(f"  {name}: normal test images predicted normal {normal:.0%}; NMI with good as a class {with_good:.3f}")
-    if temp is not None:
-        temp.cleanup()
+    print(f"{'NMI / ARI / F1':<20}" + "".join(f"{c:>{width}}" for c in columns))
+    for row in rows:
+        print(f"{ROWS[row][0]:<20}" + "".join(f"{_cell(table.get((row, c))):>{width}}" for c in columns))
+    print()
+    for line in notes:
+        print(line)
+
+    chosen = [b for b in args.baselines.split(",") if b]
+    if chosen and demo is not None:
+        manifest, maps, k = demo
+        config = replace(base, classes=k)
+        print()
+        print(f"{'method (image level, demo)':<32}{'NMI / ARI / F1':>{width}}")
+        for name in chosen:
+            runs = [baseline(name, manifest, maps, config, device, k, seed) for seed in range(args.seeds)]
+            label = {"whole": "k-means, whole images", "crops": "k-means, crops",
+                     "supervised": "supervised 2-fold (reference)"}[name]
+            print(f"{label:<32}{_cell(runs):>{width}}", flush=True)
     return 0
 
 
