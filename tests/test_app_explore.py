@@ -404,6 +404,29 @@ def test_evaluate_page_without_ground_truth_says_so(tmp_path, monkeypatch):
     assert "No ground truth" in texts(at)
 
 
+def test_evaluate_page_shows_region_truth_and_coverage_without_image_classes(tmp_path, monkeypatch):
+    """A plain folder with COCO annotations: no image classes, region-level metrics, confusion and recall."""
+    from core.records import ImageRecord as Record
+    from storage import SOURCE_GROUND_TRUTH
+
+    bare = fill_store(tmp_path)
+    images = bare.store.list_images(bare.project_id)
+    bare.store.record_images(bare.project_id, [Record(tmp_path / "data" / i.relpath, i.relpath, i.role, None)
+                                               for i in images], compute_hash=False)
+    assignments = bare.store.run_assignments(bare.run_id)
+    truth = {a.region.id: ("open" if i % 2 else "short") for i, a in enumerate(assignments)}
+    bare.store.set_labels(bare.project_id, truth, source=SOURCE_GROUND_TRUTH)
+    result = evaluation.evaluate_run(bare.store, bare.run_id)
+    assert "image" not in result and result["region"].n == len(truth)
+    assert sorted(result["region"].confusion.index) == ["open", "short"]
+    monkeypatch.setenv("STUDIO_WORKSPACE", str(bare.store.workspace))
+    st.cache_resource.clear()
+    at = page("evaluate", bare).run()
+    no_exception(at)
+    assert "No ground truth" not in texts(at) and any("Region level" in s.value for s in at.subheader)
+    assert {m.label for m in at.metric} >= {"NMI", "ARI", "F1"}
+
+
 # ------------------------------------------------------------------------------ export
 
 

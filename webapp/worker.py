@@ -25,7 +25,7 @@ import numpy as np
 from core.config import DiscoveryConfig
 from core.dataset import load_dataset, load_labeled_crops
 from core.records import region_key
-from storage import QUEUED, AssignmentInput, ClusterInput, RunInfo, Store, open_workspace
+from storage import QUEUED, SOURCE_GROUND_TRUTH, AssignmentInput, ClusterInput, RunInfo, Store, open_workspace
 from webapp.detection_job import (
     binarization_inputs,
     compute_maps,
@@ -176,6 +176,9 @@ def run_discover(store: Store, run: RunInfo, report: Reporter) -> str:
     store.record_binarizations(project.id, with_search_range(
         binarization_inputs(result.binarization, config.mebin, source=config.binarizer), result.normalized_maps))
     ids = store_regions(store, project.id, [r.region for r in result.regions])
+    if (result.metrics or {}).get("region_truth"):  # COCO region truth: kept for the Evaluate page
+        store.set_labels(project.id, {ids[r.region.key]: str(r.gt) for r in result.regions if r.gt},
+                         source=SOURCE_GROUND_TRUTH)
     clusters = []
     for slot, name in enumerate(result.cluster_names):
         if slot == result.normal_cluster:

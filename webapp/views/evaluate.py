@@ -1,8 +1,10 @@
-"""Evaluate: when the data set has ground-truth classes, how well the clusters match them.
+"""Evaluate: when the data set has ground truth, how well the clusters match it.
 
 NMI, ARI and Hungarian-matched F1 at image and region level, over the defective images as in
 metrics.json, for the run's current (edited) classes, with confusion matrices; and the metrics
-each finished run recorded when it ended, side by side.
+each finished run recorded when it ended, side by side. Ground truth is the image classes
+(MVTec layout) and, where the data set has COCO annotations, the region-level truth the run
+matched (a region on no annotation is "normal"), with how many annotated defects got a region.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import math
 import pandas as pd
 import streamlit as st
 
+from storage import SOURCE_GROUND_TRUTH
 from webapp import evaluation, figures, navigation, run_data
 from webapp.workspace import get_store
 from webapp.widgets import empty_state, metric_cards
@@ -23,11 +26,13 @@ assert project_id is not None and run_id is not None
 
 st.title("Evaluate", anchor=False)
 
-has_truth = any(image.gt_class for image in store.list_images(project_id, role="unlabeled"))
+region_truth = bool(store.list_labels(project_id, SOURCE_GROUND_TRUTH))
+has_truth = region_truth or any(image.gt_class for image in store.list_images(project_id, role="unlabeled"))
 if not has_truth:
     empty_state("No ground truth in this project",
-                "Metrics need ground-truth classes: the MVTec layout's test/<class>/ folders. "
-                "A plain folder of images has none, which is the normal case in production.",
+                "Metrics need ground-truth classes: the MVTec layout's test/<class>/ folders, or COCO "
+                "annotations (annotations.json at the data set's root). A plain folder of images has none, "
+                "which is the normal case in production.",
                 icon=":material/rule:")
     st.stop()
 
@@ -48,6 +53,18 @@ def number(value: float | None) -> str:
 
 st.caption(f"Run #{run_id} as it is now, with your names, merges and corrections. Computed over the "
            "defective images (ground truth not 'good') and their regions.")
+if region_truth:
+    st.caption("Region level: each region takes the class of the annotated defect it overlaps most (COCO "
+               "annotations); a region on no annotation is a false detection, class 'normal'.")
+coverage = (store.get_run(run_id).metrics or {}).get("region_coverage")
+if isinstance(coverage, dict) and coverage.get("annotations"):
+    st.subheader("Annotated defects found", anchor=False)
+    metric_cards([
+        ("Recall", f"{coverage['recall']:.1%}", "Share of the annotated defects some region covers."),
+        ("Precision", f"{coverage['precision']:.1%}" if coverage.get("precision") is not None else "–",
+         "Share of the regions that lie on an annotated defect."),
+        ("Regions", f"{coverage['regions']:,}", f"{coverage['covered']:,} of {coverage['annotations']:,} defects covered."),
+    ])
 if not levels:
     empty_state("Nothing to evaluate", "No defective image with ground truth has a region in this run.")
 for name in ("image", "region"):
