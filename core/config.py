@@ -77,6 +77,9 @@ class RegionConfig:
     extraction: str = "components"  # "components": one region per component; "reference": the paper's
     low_fraction: float = 0.5  # components: cut the map at this share of MEBin's threshold
     relative_peak: float = 0.3  # components: keep those whose peak reaches this share of the strongest
+    join_distance: float = 0.01  # components: parts closer than this (share of the longer side) are one region
+    mask_fraction: float = 0.6  # components: a region's mask = its pixels at or above this share of its own peak
+    noise_z: float = 8.0  # components: the cut never goes below the set's map background + noise_z robust spreads
     min_area: float = 2e-5  # components: smallest component, as a share of the image's pixels
     context: float = 0.5  # components: crop side = component's longer side * (1 + context)
     min_side: int = 24  # components: smallest crop side in pixels
@@ -89,6 +92,8 @@ class RegionConfig:
             raise ValueError(f"keep must be 'reference' or 'all', not {self.keep!r}")
         if not 0 < self.low_fraction <= 1 or not 0 <= self.relative_peak <= 1:
             raise ValueError("low_fraction must be in (0, 1] and relative_peak in [0, 1]")
+        if self.noise_z < 0 or self.join_distance < 0 or not 0 <= self.mask_fraction <= 1:
+            raise ValueError("noise_z and join_distance must be >= 0 and mask_fraction in [0, 1]")
 
 
 # --------------------------------------------------------------- representation of a region
@@ -252,13 +257,14 @@ class PredictConfig:
 
 @dataclass(frozen=True)
 class EstimateConfig:
-    """Settings of the class-count estimate."""
+    """Settings of the class-count estimate (eigengap of the kNN graph, core.estimate)."""
 
     k_min: int = 2  # smallest number of classes tried
     k_max: int = 12  # largest number of classes tried (clamped to the number of samples - 1)
-    n_init: int = 10  # k-means restarts per k
-    max_samples: int = 4000  # subsample larger sets (silhouette is quadratic in N)
-    min_score: float = 0.5  # regions with anomaly score below this are left out when enough remain
+    neighbors: int = 15  # k of the nearest-neighbour graph, as the grouping's (GroupingConfig.neighbors)
+    references: int = 3  # shuffled references whose eigengaps are subtracted
+    max_samples: int = 3000  # subsample larger sets (eigenvalues of an N x N sparse graph)
+    min_score: float = 0.0  # regions with anomaly score below this are left out when enough remain (0: none)
 
 
 # ------------------------------------------------------------------------------ the whole run

@@ -1,12 +1,17 @@
 """Estimating the number of novel classes from a representation of the regions (we guess it).
 
-A silhouette sweep corrected for its bias toward few clusters: for every k in a range, k-means
-on the representation (the run's: MGViT embedding, descriptors or both) is scored by its mean
-silhouette minus the silhouette k-means reaches on a shuffled reference (every column permuted
-on its own: same values, no joint structure). The k with the most support wins; how far it
-stands above the other candidates is its confidence. The estimate never fails a run: with too
-little evidence it answers the smallest useful k (2) with confidence 0 and says why. The whole
-table is kept as evidence, so the app and the CLI can show why that k was chosen.
+The grouping (core.grouping) is spectral, so the estimate reads the same graph: the symmetric
+k-nearest-neighbour graph of the representation (the run's: MGViT embedding, descriptors or
+both) and the smallest eigenvalues of its normalized Laplacian. k well-separated groups give k
+eigenvalues near 0 and then a jump (the eigengap); the k with the largest gap, less the gap a
+shuffled reference reaches at that k (every column permuted on its own: same values, no joint
+structure), has the most support. How far it stands above the other candidates is its
+confidence. The estimate never fails a run: with too little evidence it answers the smallest
+useful k (2) with confidence 0 and says why. The whole table is kept as evidence, so the app and
+the CLI can show why that k was chosen.
+
+Measured (descriptors, 100 DeepPCB images, 6 defect types): the eigengap gives 5 on both the
+built-in detector's maps and the annotated pixels, where a k-means silhouette sweep gave 3.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ class ClassEstimate:
     k: int  # the estimate (at least 2)
     method: str  # how it was chosen
     n_samples: int  # regions the sweep ran on
-    table: list[dict[str, float]] = field(default_factory=list)  # per k: silhouette, reference, support
+    table: list[dict[str, float]] = field(default_factory=list)  # per k: eigenvalue, gap, reference, support
     note: str = ""  # why the sweep could not run, when it could not
     confidence: float = 0.0  # 0..1: how clearly k beats the other candidates
 
@@ -54,19 +59,41 @@ class ClassEstimate:
         lines = [f"estimated k = {self.k} by {self.method} on {self.n_samples} regions: {self.summary()}"]
         for row in self.table:
             mark = "  <-" if int(row["k"]) == self.k else ""
-            lines.append(f"  k={int(row['k']):3d}  silhouette={row['silhouette']:.4f}  "
+            lines.append(f"  k={int(row['k']):3d}  eigengap={row['gap']:.4f}  "
                          f"shuffled={row['reference']:.4f}  support={row['support']:.4f}{mark}")
         return "\n".join(lines)
 
 
 def _confidence(table: list[dict[str, float]], k: int) -> float:
-    """How far the chosen k's support stands above the best non-neighbouring k, scaled to 0..1."""
+    """How far the chosen k's support stands above the next best k, relative to it: 0..1."""
     best = next(row["support"] for row in table if int(row["k"]) == k)
-    others = [row["support"] for row in table if abs(int(row["k"]) - k) > 1]
+    others = [row["support"] for row in table if int(row["k"]) != k]
     if not others:
         return 0.5
-    margin = best - max(others)
-    return float(np.clip(margin / 0.05, 0.0, 1.0))
+    if best <= 0:
+        return 0.0
+    return float(np.clip((best - max(others)) / best, 0.0, 1.0))
+
+
+def _eigenvalues(features: np.ndarray, neighbors: int, count: int) -> np.ndarray:
+    """The `count` smallest eigenvalues of the normalized Laplacian of the symmetric kNN graph."""
+    from scipy.sparse import identity
+    from scipy.sparse.csgraph import laplacian
+    from scipy.sparse.linalg import eigsh
+    from sklearn.neighbors import kneighbors_graph
+
+    n = len(features)
+    graph = kneighbors_graph(features, n_neighbors=int(max(2, min(neighbors, n - 1))), include_self=False)
+    graph = 0.5 * (graph + graph.T)
+    lap = laplacian(graph, normed=True)
+    count = min(count, n)
+    if n <= 300 or count >= n - 1:
+        values = np.linalg.eigvalsh(lap.toarray())[:count]
+    else:  # the largest of 2I - L are the smallest of L
+        shifted = 2.0 * identity(n, format="csr") - lap
+        values = 2.0 - eigsh(shifted, k=count, which="LA", tol=1e-6,
+                             v0=np.ones(n) / np.sqrt(n))[0]
+    return np.sort(np.clip(values, 0.0, 2.0))
 
 
 def estimate_num_classes(
@@ -79,12 +106,9 @@ def estimate_num_classes(
     """Estimate how many groups the representation [N, D] holds; never fails for lack of evidence.
 
     `scores` (anomaly score per region, 0..1) lets the sweep ignore likely false detections
-    when more than k_min regions score min_score or more. Fewer than three distinct rows give
-    k = 2 with confidence 0 and a note.
+    when more than k_min regions score min_score or more (min_score 0: none left out). Fewer
+    than three distinct rows give k = 2 with confidence 0 and a note.
     """
-    from sklearn.cluster import KMeans
-    from sklearn.metrics import silhouette_score
-
     features = np.asarray(features, dtype=np.float64)
     if features.ndim != 2:
         raise ValueError(f"features must be [N, D], got shape {features.shape}")
@@ -108,26 +132,21 @@ def estimate_num_classes(
                              note=f"only {distinct} distinct regions: the smallest useful count, 2, is assumed")
     k_max = min(config.k_max, distinct - 1)
     k_min = min(config.k_min, k_max)
-    references = [np.stack([rng.permutation(column) for column in features.T], axis=1) for _ in range(3)]
+    values = _eigenvalues(features, config.neighbors, k_max + 1)
+    shuffled = [_eigenvalues(np.stack([rng.permutation(column) for column in features.T], axis=1),
+                             config.neighbors, k_max + 1) for _ in range(config.references)]
     table = []
     for k in range(k_min, k_max + 1):
-        labels = KMeans(n_clusters=k, n_init=config.n_init, random_state=seed).fit_predict(features)
-        if len(np.unique(labels)) < 2:
-            continue
-        silhouette = float(silhouette_score(features, labels))
-        shuffled = []
-        for reference in references:
-            reference_labels = KMeans(n_clusters=k, n_init=max(1, config.n_init // 3),
-                                      random_state=seed).fit_predict(reference)
-            if len(np.unique(reference_labels)) > 1:
-                shuffled.append(float(silhouette_score(reference, reference_labels)))
-        reference_score = float(np.mean(shuffled)) if shuffled else 0.0
-        table.append({"k": float(k), "silhouette": silhouette, "reference": reference_score,
-                      "support": silhouette - reference_score})
+        if k >= len(values):
+            break
+        gap = float(values[k] - values[k - 1])
+        reference = float(np.mean([v[k] - v[k - 1] for v in shuffled if len(v) > k])) if shuffled else 0.0
+        table.append({"k": float(k), "eigenvalue": float(values[k - 1]), "gap": gap, "reference": reference,
+                      "support": gap - reference})
     if not table:
         return ClassEstimate(k=2, method="no split found", n_samples=n, confidence=0.0,
-                             note="k-means found a single group: the smallest useful count, 2, is assumed")
-    best = max(table, key=lambda row: (round(row["support"], 3), -row["k"]))
+                             note="the graph shows no group structure: the smallest useful count, 2, is assumed")
+    best = max(table, key=lambda row: (round(row["support"], 4), -row["k"]))
     k = int(best["k"])
-    return ClassEstimate(k=k, method="silhouette against a shuffled reference (k-means)", n_samples=n,
+    return ClassEstimate(k=k, method="eigengap of the kNN graph against a shuffled reference", n_samples=n,
                          table=table, confidence=_confidence(table, k))

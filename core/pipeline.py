@@ -161,8 +161,9 @@ def cut_regions(
     exact: images whose threshold an engineer set; per-component extraction cuts them exactly
     there (no lower cut), so "nothing above t" stays nothing.
     """
-    from core.regions import extract_regions
+    from core.regions import extract_regions, noise_floor
 
+    floor = noise_floor([maps.normalized[k] for k in maps.keys], config.noise_z) if config.extraction == "components" else 0.0
     # Per-component extraction in an image where MEBin found no stable threshold cuts at the set's
     # median threshold, so noise in a defect-free image does not become regions.
     found = [int(b.threshold) for b in binarization.values() if b.threshold < 255]
@@ -172,8 +173,8 @@ def cut_regions(
         result = binarization[key]
         threshold = result.threshold if result.threshold < 255 else fallback
         regions += extract_regions(key, maps.images[key], result.normalized, result.mask, result.num_anomalies,
-                                   replace(config, low_fraction=1.0) if key in exact else config,
-                                   map_u8=maps.normalized[key], threshold=threshold)
+                                   replace(config, low_fraction=1.0, mask_fraction=0.0) if key in exact else config,
+                                   map_u8=maps.normalized[key], threshold=threshold, floor=floor)
         if progress is not None:
             progress(index + 1, len(maps.keys))
     return regions
@@ -261,7 +262,7 @@ def train_model(
 
 
 def predict(
-    model: DiscoveryModel,
+    model: DiscoveryModel | None,
     regions: Sequence[Region],
     maps: MapSet,
     binarization: Mapping[str, MEBinResult],
@@ -271,6 +272,7 @@ def predict(
     ground_truth: Mapping[str, str | None] | None = None,
     descriptors: np.ndarray | None = None,
     region_truth: Mapping[str, str] | None = None,
+    n_novel: int | None = None,
 ) -> Prediction:
     """Region probabilities, classes and 2-D map coordinates; image classes by area-weighted fusion.
 
@@ -279,32 +281,41 @@ def predict(
     and drawn (UMAP, "split") is that representation. Regions labeled normal go to the normal slot.
     ground_truth: image key -> ground-truth class, copied onto the results for the metrics;
     region_truth: region key -> class from region-level annotations (COCO), which wins when given.
+    model None (the "descriptors" representation trains none): n_novel novel classes are grouped.
     """
-    from core.inference import infer
     from core.predict import predict_regions
 
-    inference = infer(model, [r.image_crop for r in regions], [r.mask_crop for r in regions], device,
-                      guided=config.train.guided)
+    if model is None:
+        if config.representation != "descriptors" or n_novel is None:
+            raise ValueError("without a model, prediction needs the descriptors representation and n_novel")
+        features = None
+        logits = np.zeros((len(regions), len(labels.base_classes) + n_novel + 1), np.float32)
+    else:
+        from core.inference import infer
+
+        inference = infer(model, [r.image_crop for r in regions], [r.mask_crop for r in regions], device,
+                          guided=config.train.guided)
+        features, logits = inference.features, inference.logits
     predict_config = config.predict
     if labels.include_base != predict_config.include_base:
         predict_config = replace(predict_config, include_base=labels.include_base)
-    embedding = inference.features
+    embedding = features
     if config.representation != "vit":
         from core.grouping import grouped_probabilities
 
         if descriptors is None:
             descriptors = region_descriptors(regions, maps, config)
         probabilities, embedding, _ = grouped_probabilities(
-            config.representation, inference.features, descriptors, inference.logits.shape[1]
+            config.representation, features, descriptors, logits.shape[1]
             - len(labels.base_classes) - 1, scores=np.array([r.score for r in regions]),
             labels=labels.region_label_index, base_classes=labels.base_classes,
             include_base=predict_config.include_base, config=config.grouping, seed=config.seed)
         # stored and drawn like the CLS feature: L2-normalized rows ("split" and UMAP work on them)
         embedding = embedding / np.maximum(np.linalg.norm(embedding, axis=1, keepdims=True), 1e-12)
-        predictions = predict_regions(embedding, inference.logits, len(labels.base_classes), labels.base_classes,
+        predictions = predict_regions(embedding, logits, len(labels.base_classes), labels.base_classes,
                                       predict_config, seed=config.seed, probabilities=probabilities)
     else:
-        predictions = predict_regions(embedding, inference.logits, len(labels.base_classes),
+        predictions = predict_regions(embedding, logits, len(labels.base_classes),
                                       labels.base_classes, predict_config, seed=config.seed)
         marked = labels.region_label_index < -1
         if marked.any():  # the engineer's word wins: regions labeled normal are predicted normal
@@ -470,16 +481,23 @@ def run_discovery(
         done = step.epoch * step.steps_per_epoch + step.step
         report("training", done / total, f"epoch {step.epoch + 1}/{step.epochs} loss {step.loss:.4f}", train=step)
 
-    trained = train_model(regions, labels, labeled, n_novel, config, device, progress=on_train,
-                          should_cancel=should_cancel, workdir=workdir)
+    if config.representation == "descriptors":  # grouping uses no embedding: nothing to train
+        from core.train import TrainResult
+
+        trained = TrainResult(model=None, history=[], cancelled=False, epochs_done=0)
+        report.finish("training", "no training: the descriptors representation uses no MGViT")
+    else:
+        trained = train_model(regions, labels, labeled, n_novel, config, device, progress=on_train,
+                              should_cancel=should_cancel, workdir=workdir)
+        report.finish("training", f"{trained.epochs_done} epochs" + (" (cancelled)" if trained.cancelled else ""))
     timings["training"] = time.perf_counter() - started
-    report.finish("training", f"{trained.epochs_done} epochs" + (" (cancelled)" if trained.cancelled else ""))
 
     started = time.perf_counter()
     report("prediction", 0.0, "predicting")
     ground_truth = {r.relpath: r.gt_class for r in records}
     predicted = predict(trained.model, regions, map_set, binarization, labels, config, device, ground_truth,
-                        descriptors, None if region_truth is None else region_truth.classes)
+                        descriptors, None if region_truth is None else region_truth.classes,
+                        n_novel=n_novel)
     problems += predicted.notes
     timings["prediction"] = time.perf_counter() - started
     report.finish("prediction", f"{len(predicted.regions)} regions, {len(predicted.images)} images classified")

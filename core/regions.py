@@ -7,14 +7,20 @@ Two extractions, chosen by `RegionConfig.extraction`:
 - "components" (default): every defect its own region. MEBin's threshold is the start; the map
   is cut again lower (`low_fraction` of that threshold) without erosion, and every 8-connected
   component whose peak reaches `relative_peak` of the image's strongest component (and that
-  holds at least `min_area` of the image) becomes a region with its own pixels as the mask and a
-  crop that follows its size (`context` around it, at least `min_side` pixels). Where MEBin finds
-  no stable threshold, the image's own peak sets the cut, so a weak defect still gets a region.
+  holds at least `min_area` of the image) becomes a region with a crop that follows its size
+  (`context` around it, at least `min_side` pixels). Its mask is its pixels at or above
+  `mask_fraction` of its own peak (smooth maps spread a defect into a wide blob). Parts closer
+  than `join_distance` of the image side are one region (a broken trace, a dotted scratch). The
+  cut never goes below the set's map background (`noise_floor`: median + `noise_z` robust
+  spreads), so a detector's noise floor does not become regions. Where MEBin finds no stable
+  threshold, the set's median threshold stands in (core.pipeline.cut_regions).
 
 `recut_image` redoes one image at a threshold an engineer chose (MEBin's mask at t, then its crops).
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import cv2
 import numpy as np
@@ -89,7 +95,22 @@ def crop_boxes(mask: np.ndarray, num_anomalies: int, config: RegionConfig = Regi
     return boxes
 
 
-def component_boxes(map_u8: np.ndarray, threshold: int, config: RegionConfig = RegionConfig()
+def _label_stats(labels: np.ndarray, count: int) -> np.ndarray:
+    """[count, 5] x, y, width, height, area of every label (cv2's CC_STAT layout); empty labels get zeros."""
+    ys, xs = np.nonzero(labels)
+    ids = labels[ys, xs]
+    stats = np.zeros((count, 5), np.int64)
+    x0 = np.full(count, np.iinfo(np.int64).max); y0 = x0.copy()
+    x1 = np.full(count, -1, np.int64); y1 = x1.copy()
+    np.minimum.at(x0, ids, xs); np.minimum.at(y0, ids, ys)
+    np.maximum.at(x1, ids, xs); np.maximum.at(y1, ids, ys)
+    area = np.bincount(ids, minlength=count)
+    present = area > 0
+    stats[present] = np.stack([x0, y0, x1 - x0 + 1, y1 - y0 + 1, area], axis=1)[present]
+    return stats
+
+
+def component_boxes(map_u8: np.ndarray, threshold: int, config: RegionConfig = RegionConfig(), floor: float = 0.0
                     ) -> list[tuple[Box, np.ndarray]]:
     """Per-component regions of one map: (square crop box, the component's 0/255 mask in it), strongest first.
 
@@ -103,8 +124,15 @@ def component_boxes(map_u8: np.ndarray, threshold: int, config: RegionConfig = R
     if peak == 0:
         return []
     main = int(threshold) if threshold < 255 else peak // 2
-    cut = int(main * config.low_fraction)
-    count, labels, stats, _ = cv2.connectedComponentsWithStats((map_u8 > cut).astype(np.uint8), connectivity=8)
+    cut = max(int(main * config.low_fraction), int(floor))
+    above = (map_u8 > cut).astype(np.uint8)
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(above, connectivity=8)
+    join = int(round(config.join_distance * max(height, width)))
+    if join > 0 and count > 2:  # components closer than `join` pixels are one defect: one region, their pixels the mask
+        grown = cv2.dilate(above, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * join + 1, 2 * join + 1)))
+        count, joined = cv2.connectedComponents(grown, connectivity=8)
+        labels = np.where(above > 0, joined, 0).astype(np.int32)
+        stats = _label_stats(labels, count)
     if count <= 1:
         return []
     peaks = np.zeros(count, np.int64)
@@ -119,8 +147,25 @@ def component_boxes(map_u8: np.ndarray, threshold: int, config: RegionConfig = R
         x, y, w, h = (int(v) for v in stats[i, :4])
         side = max(config.min_side, int(round(max(w, h) * (1 + config.context))))
         box = square_box(x + w / 2, y + h / 2, (side + 1) // 2, height, width)
-        out.append((box, np.where(labels[box[1]:box[3], box[0]:box[2]] == i, 255, 0).astype(np.uint8)))
+        x0, y0, x1, y1 = box
+        inside = (labels[y0:y1, x0:x1] == i) & (map_u8[y0:y1, x0:x1] >= config.mask_fraction * peaks[i])
+        out.append((box, np.where(inside, 255, 0).astype(np.uint8)))
     return out
+
+
+def noise_floor(maps: Sequence[np.ndarray], noise_z: float) -> float:
+    """The set's map background on the 0..255 scale raised by noise_z robust spreads.
+
+    median + noise_z * 1.4826 * MAD over the pixels of every map (every second row and column;
+    the MAD at least one level of the uint8 scale). Defects are a small share of the pixels, so
+    this is what a defect-free surface reaches; components must rise above it.
+    """
+    if not len(maps):
+        return 0.0
+    pixels = np.concatenate([np.asarray(m)[::2, ::2].ravel() for m in maps]).astype(np.float32)
+    median = float(np.median(pixels))
+    mad = max(float(np.median(np.abs(pixels - median))), 1.0)
+    return median + noise_z * 1.4826 * mad
 
 
 def extract_regions(
@@ -133,6 +178,7 @@ def extract_regions(
     *,
     map_u8: np.ndarray | None = None,
     threshold: int | None = None,
+    floor: float = 0.0,
 ) -> list[Region]:
     """Cut the anomaly-centred regions of one image.
 
@@ -155,7 +201,7 @@ def extract_regions(
             raise ValueError("the components extraction needs the uint8 map and MEBin's threshold")
         if map_u8.shape != (height, width):
             map_u8 = cv2.resize(map_u8, (width, height), interpolation=cv2.INTER_LINEAR)
-        found = component_boxes(map_u8, threshold, config)
+        found = component_boxes(map_u8, threshold, config, floor)
         pieces = found or [((0, 0, width, height), np.zeros((height, width), np.uint8))]
     else:
         pieces = [(box, mask[box[1]:box[3], box[0]:box[2]].copy()) for box in crop_boxes(mask, num_anomalies, config)]
@@ -183,15 +229,17 @@ def recut_image(
     search_range: tuple[int, int],
     mebin: MEBinConfig,
     regions: RegionConfig,
+    *,
+    floor: float = 0.0,
 ) -> tuple[np.ndarray, int, list[Region]]:
     """One image at a threshold an engineer chose: (mask, component count, its crops).
 
     map_u8 is the image's globally normalized map, search_range MEBin's (s_min, s_max) of its set,
-    so region scores match those of a full run.
+    so region scores match those of a full run; floor the set's noise floor (noise_floor) the run cut with.
     """
     from core.mebin import mask_at_threshold, normalize_to_range
 
     mask, count = mask_at_threshold(map_u8, threshold, erode=mebin.erode, kernel_size=mebin.kernel_size)
     normalized = normalize_to_range(map_u8, *search_range)
     return mask, count, extract_regions(key, image, normalized, mask, count, regions, map_u8=map_u8,
-                                        threshold=int(threshold))
+                                        threshold=int(threshold), floor=floor)

@@ -125,7 +125,7 @@ class DiscoveryResult:
     metrics: dict[str, Any] | None  # DESIGN.md metrics.json content; None without ground truth
     timings: dict[str, float]  # seconds per stage
     estimate: ClassEstimate | None  # how K was estimated (None when given)
-    model: DiscoveryModel
+    model: DiscoveryModel | None  # None: the descriptors representation trains no model
     train_result: TrainResult  # history, epochs_done
     cancelled: bool = False  # training was cancelled; predictions come from the partial model
     problems: list[str] = field(default_factory=list)  # files left out, labels ignored, deviations: with reasons

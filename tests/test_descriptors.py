@@ -107,3 +107,16 @@ def test_empty_mask_and_tiny_crop_do_not_break():
     masks = [np.zeros((5, 7), np.uint8), np.zeros((40, 30), np.uint8)]
     raw = describe(crops, masks)
     assert np.isfinite(raw.values).all() and raw.values.shape[0] == 2
+
+
+def test_worker_processes_give_the_same_descriptors(monkeypatch):
+    """Large sets are described in forked processes, chunk by chunk: the same values as one process."""
+    import core.descriptors as descriptors
+
+    rng = np.random.default_rng(1)
+    masks = [_disc(), _line(), _ring(), _edge_blob(), np.zeros((64, 64), np.uint8)] * 4
+    crops = [np.dstack([rng.integers(0, 255, (64, 64), dtype=np.uint8)] * 3) for _ in masks]
+    one = describe(crops, masks, workers=1)
+    monkeypatch.setattr(descriptors, "_MIN_CHUNK", 5)
+    many = describe(crops, masks, workers=3)
+    assert np.array_equal(one.values, many.values) and one.groups == many.groups

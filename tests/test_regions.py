@@ -122,3 +122,28 @@ def test_components_need_the_map_and_threshold_and_check_settings():
         extract_regions("a.png", np.zeros((200, 200, 3), np.uint8), array.astype(np.float32), array, 1, COMPONENTS)
     with pytest.raises(ValueError, match="extraction must be one of"):
         RegionConfig(extraction="everything")
+
+
+def test_components_join_close_parts_drop_the_noise_floor_and_tighten_blobs():
+    """Parts closer than join_distance are one region; the cut never reaches the set's background."""
+    from core.regions import component_boxes, noise_floor
+
+    field = np.full((200, 200), 10, np.uint8)  # a detector's noise floor
+    field[50:54, 40:60] = 200  # a broken trace: two parts 3 px apart ...
+    field[50:54, 63:80] = 200
+    field[150:154, 150:154] = 14  # ... and a faint bump just above the background
+    joined = component_boxes(field, 100, RegionConfig(join_distance=0.02, relative_peak=0.0))
+    assert len(joined) == 1 and np.count_nonzero(joined[0][1]) == 4 * 20 + 4 * 17
+    apart = component_boxes(field, 100, RegionConfig(join_distance=0.0, relative_peak=0.0))
+    assert len(apart) == 2
+    floor = noise_floor([field], RegionConfig().noise_z)
+    assert 10 < floor < 200
+    low = RegionConfig(low_fraction=0.01, relative_peak=0.0, join_distance=0.0)
+    assert len(component_boxes(field, 100, low, floor)) == 2  # the bump is left out ...
+    assert len(component_boxes(np.maximum(field, 11), 100, low, 0.0)) == 1  # ... a cut below it takes the whole image
+    blob = np.zeros((100, 100), np.uint8)
+    yy, xx = np.mgrid[:100, :100]
+    blob[:] = np.clip(200 * np.exp(-((yy - 50) ** 2 + (xx - 50) ** 2) / 200.0), 0, 255).astype(np.uint8)
+    wide = component_boxes(blob, 40, RegionConfig(mask_fraction=0.0))[0][1]
+    tight = component_boxes(blob, 40, RegionConfig(mask_fraction=0.6))[0][1]
+    assert 0 < np.count_nonzero(tight) < 0.5 * np.count_nonzero(wide)

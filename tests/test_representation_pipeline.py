@@ -112,6 +112,9 @@ def test_other_representations_and_auto_classes_never_fail(tiny_set, representat
     result = run_discovery(manifest, replace(TINY, representation=representation, classes=None), maps=maps)
     assert result.estimate is not None and result.n_novel >= 2
     assert 0.0 <= result.estimate.confidence <= 1.0 and result.estimate.summary()
+    if representation == "descriptors":  # nothing uses an embedding: no MGViT is trained
+        assert result.model is None and result.train_result.epochs_done == 0
+        assert len(result.regions[0].embedding) == result.regions[0].embedding.shape[0] > 0
 
 
 def test_hybrid_estimate_and_grouping_work_with_a_timm_vit_base(tiny_set):

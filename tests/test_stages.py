@@ -13,7 +13,7 @@ from core.mebin import search_range
 from core.metrics import discovery_metrics, protocol_levels
 from core.pipeline import binarize_maps, compute_metrics, cut_regions, estimate_classes, prepare_maps
 from core.records import GOOD, region_key
-from core.regions import recut_image
+from core.regions import noise_floor, recut_image
 from core.results import ImageResult, RegionResult
 
 
@@ -69,10 +69,11 @@ def test_recut_image_reproduces_the_regions_of_the_run(tiny):
     assert {r.image for r in regions} == set(maps.keys)  # every image gets at least one crop
     assert all(r.key == region_key(r.image, r.index) for r in regions)
     span = search_range(list(maps.normalized.values()))
+    floor = noise_floor(list(maps.normalized.values()), RegionConfig().noise_z)
     for key in maps.keys:
         result = binarization[key]
         mask, count, again = recut_image(key, maps.images[key], maps.normalized[key], result.threshold, span,
-                                         MEBinConfig(), RegionConfig())
+                                         MEBinConfig(), RegionConfig(), floor=floor)
         if result.threshold < 255:
             assert np.array_equal(mask, result.mask) and count == result.num_anomalies
         mine = [r for r in regions if r.image == key]

@@ -129,9 +129,14 @@ def binarization_inputs(results: Mapping[str, Any], config: MEBinConfig, source:
 
 
 def with_search_range(inputs: list[BinarizationInput], uint8_maps: Mapping[str, np.ndarray]) -> list[BinarizationInput]:
-    """Add MEBin's search range (s_min, s_max of the per-map maxima) so one map can be re-cropped."""
+    """Add MEBin's search range (s_min, s_max of the per-map maxima) and the set's noise floor
+    (core.regions.noise_floor) so one map can be re-cropped as the run cut it."""
+    from core.config import RegionConfig
+    from core.regions import noise_floor
+
     s_min, s_max = search_range(list(uint8_maps.values())) if uint8_maps else (0, 0)
-    return [replace(i, settings={**i.settings, "s_min": s_min, "s_max": s_max}) for i in inputs]
+    floor = noise_floor(list(uint8_maps.values()), RegionConfig().noise_z) if uint8_maps else 0.0
+    return [replace(i, settings={**i.settings, "s_min": s_min, "s_max": s_max, "noise_floor": floor}) for i in inputs]
 
 
 def store_regions(store: Store, project_id: int, regions: Sequence[Region]) -> dict[str, int]:

@@ -168,8 +168,9 @@ def run_discover(store: Store, run: RunInfo, report: Reporter) -> str:
 
     checkpoint = workdir / "model.pt"
     try:
-        save_checkpoint(checkpoint, result.train_result, {"run_id": run.id, "cluster_names": result.cluster_names},
-                        model_config=config.model, train_config=config.train)
+        if result.train_result.model is not None:  # the descriptors representation trains none
+            save_checkpoint(checkpoint, result.train_result, {"run_id": run.id, "cluster_names": result.cluster_names},
+                            model_config=config.model, train_config=config.train)
     except OSError as error:
         raise RuntimeError(f"the trained model could not be saved to {checkpoint}: {error}") from error
     store.record_binarizations(project.id, with_search_range(

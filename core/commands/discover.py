@@ -317,9 +317,10 @@ def run(args: argparse.Namespace) -> int:
 
     started = time.perf_counter()
     write_results(result, out, save_crops=args.save_crops)
-    save_checkpoint(out / "model.pt", result.train_result, extra={
-        "cluster_names": result.cluster_names, "normal_cluster": result.normal_cluster,
-        "n_novel": result.n_novel, "tau": config.tau, "guided": config.train.guided})
+    if result.train_result.model is not None:  # the descriptors representation trains none
+        save_checkpoint(out / "model.pt", result.train_result, extra={
+            "cluster_names": result.cluster_names, "normal_cluster": result.normal_cluster,
+            "n_novel": result.n_novel, "tau": config.tau, "guided": config.train.guided})
     (out / "run.json").write_text(json.dumps(_run_json(result, config, args), indent=2, default=str) + "\n",
                                   encoding="utf-8")
     for problem in result.problems:

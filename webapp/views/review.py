@@ -173,7 +173,8 @@ def apply_threshold(project: ProjectInfo, record: dict[str, Any], image_path: st
     original = int(settings.get("mebin_threshold", record["threshold"]))
     search_range = (int(settings.get("s_min", 0)), int(settings.get("s_max", 255)))
     mask, count, regions = recut_image(record["image"], read_image(image_path), map_u8, threshold, search_range,
-                                       stored_mebin_config(settings), RegionConfig())
+                                       stored_mebin_config(settings), RegionConfig(),
+                                       floor=float(settings.get("noise_floor", 0.0)))
     settings["mebin_threshold"] = original
     store.record_threshold_override(project.id, BinarizationInput(
         relpath=record["image"], threshold=int(threshold), num_anomalies=count,
