@@ -41,7 +41,8 @@ from core.results import (
 if TYPE_CHECKING:
     import torch
 
-    from core.train import DiscoveryModel, TrainProgress, TrainResult
+    from core.heads import DiscoveryModel
+    from core.train import TrainProgress, TrainResult
 
 __all__ = [
     "binarize_maps",
