@@ -231,6 +231,15 @@ def baseline(name: str, manifest, maps, config, device, k: int, seed: int) -> di
 # ----------------------------------------------------------------------------------- main
 
 
+def _deeppcb_default() -> Path:
+    """shared/datasets/deeppcb in the nearest folder above the repository that has it (worktrees sit deeper)."""
+    for parent in ROOT.parents:
+        candidate = parent / "shared" / "datasets" / "deeppcb"
+        if candidate.is_dir():
+            return candidate
+    return ROOT.parent / "shared" / "datasets" / "deeppcb"
+
+
 def _cell(runs: list[dict] | str | None) -> str:
     if runs is None:
         return "not run"
@@ -246,8 +255,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--baselines", default="", help=f"demo only, comma list of {','.join(BASELINES)} [none]")
     parser.add_argument("--dataset", type=Path, help="MVTec-layout folder for the demo column (default: generated)")
     parser.add_argument("--per-class", type=int, default=14, help="generated demo: defective images per type [14]")
-    parser.add_argument("--deeppcb", type=Path, default=ROOT.parent / "shared" / "datasets" / "deeppcb",
-                        help="DeepPCB folder (images/, normal/, annotations.json) [../shared/datasets/deeppcb]")
+    parser.add_argument("--deeppcb", type=Path, default=_deeppcb_default(),
+                        help="DeepPCB folder (images/, normal/, annotations.json) [shared/datasets/deeppcb in a "
+                             "folder above the repository]")
     parser.add_argument("--pcb-images", type=int, default=0, help="DeepPCB images drawn (0 = all 500) [0]")
     parser.add_argument("--epochs", type=int, help="training epochs [the backbone's recommended]")
     parser.add_argument("--backbone", help="MGViT backbone [vit_tiny_scratch]")

@@ -48,12 +48,9 @@ def training_data(regions: Sequence[Region], labels: LabelPlan, labeled: Labeled
 
     crops = [r.image_crop for r in regions]
     masks = [r.mask_crop for r in regions]
+    # Regions labeled normal keep LABELED_NORMAL: training takes the normal slot as their target.
     targets = labels.region_label_index.copy()
     scores = np.array([r.score for r in regions], dtype=np.float32)
-    # Regions labeled normal: pseudo-label correction with score 0 pulls them into the normal slot.
-    marked_normal = targets < -1
-    scores[marked_normal] = 0.0
-    targets[marked_normal] = -1
     if labeled is not None and len(labeled.crops):
         crops = list(labeled.crops) + crops
         masks = list(labeled.masks) + masks

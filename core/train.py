@@ -23,6 +23,7 @@ from torch import nn
 from core.augment import augment_views, prepare_crops, stored_size
 from core.checkpoint import model_payload, restore_training, write_checkpoint
 from core.config import AugmentConfig, MGViTConfig, TrainConfig, is_scratch
+from core.grouping import LABELED_NORMAL
 from core.distributed import all_reduce_mean, world, wrap_for_training
 from core.heads import DiscoveryModel, build_model
 from core.losses import LossWeights, discovery_loss, teacher_temperature
@@ -33,7 +34,8 @@ __all__ = ["EpochResult", "TrainLoop", "TrainProgress", "TrainResult", "Training
 
 @dataclass
 class TrainingData:
-    """Crops to train on. labels: -1 = unlabeled, else an index into base_classes."""
+    """Crops to train on. labels: -1 = unlabeled, LABELED_NORMAL = labeled normal (the normal /
+    false-detection slot: its teacher target is that slot), else an index into base_classes."""
 
     crops: list[np.ndarray]  # HxWx3 uint8
     masks: list[np.ndarray]  # HxW uint8 0/255
@@ -51,8 +53,9 @@ class TrainingData:
                 f"{len(self.scores)} scores, {len(self.labels)} labels"
             )
         labels = np.asarray(self.labels)
-        if labels.size and (labels.max() >= len(self.base_classes) or labels.min() < -1):
-            raise ValueError(f"labels must be -1 or in 0..{len(self.base_classes) - 1} (base classes {self.base_classes})")
+        if labels.size and (labels.max() >= len(self.base_classes) or labels.min() < LABELED_NORMAL):
+            raise ValueError(f"labels must be -1, {LABELED_NORMAL} (normal) or in 0..{len(self.base_classes) - 1} "
+                             f"(base classes {self.base_classes})")
 
 
 @dataclass
@@ -298,6 +301,11 @@ def train(
     model = build_model(model_config, config, n_base, n_novel, data.base_classes, device, seed)
     images_u8, masks_u8 = prepare_crops(data.crops, data.masks, stored_size(model.backbone.input_size, config.augment))
     labels_np = np.asarray(data.labels, dtype=np.int64)
+    scores_np = np.asarray(data.scores, dtype=np.float32).copy()
+    normal = labels_np == LABELED_NORMAL
+    if normal.any():  # labeled normal: pseudo-label correction at full weight (w = offset - score = 1)
+        scores_np[normal] = config.plc_offset - 1.0 if config.plc else 0.0
+        labels_np = np.where(normal, -1, labels_np)
 
     optimizer_name, start_lr, grad_clip = resolve_optimizer(config, is_scratch(model_config))
     if optimizer_name == "sgd":
@@ -323,7 +331,7 @@ def train(
         model=model, module=wrap_for_training(model, device, world_size), optimizer=optimizer, config=config,
         weights=weights, images_u8=images_u8.to(device), masks_u8=masks_u8.to(device),
         labels=torch.from_numpy(labels_np).to(device), labels_np=labels_np,
-        scores=torch.from_numpy(np.asarray(data.scores, dtype=np.float32)).to(device), seed=seed,
+        scores=torch.from_numpy(scores_np).to(device), seed=seed,
         start_lr=start_lr, grad_clip=grad_clip,
         steps_per_epoch=len(_batches(_epoch_order(labels_np, 0, seed), config.batch_size, rank, world_size)),
         rank=rank, world_size=world_size, use_amp=config.amp_bf16 and device.type == "cuda",

@@ -89,7 +89,8 @@ def test_marked_normal_region_is_labeled_normal_in_the_next_training(tiny_set):
     assert plan.base_classes == ["dent"]  # normal is the normal slot, never a base class
     assert plan.region_label_index[0] == LABELED_NORMAL and plan.region_label_index[1] == 0
     data = training_data(regions, plan, None)  # what train_model hands to training
-    assert data.labels[0] == -1 and data.scores[0] == 0.0  # fully corrected into the normal slot
+    assert data.labels[0] == LABELED_NORMAL  # labeled normal: the normal slot is its training target
+    data.validate()
     assert data.labels[1] == 0 and data.base_classes == ["dent"]
 
 
