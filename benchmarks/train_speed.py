@@ -20,15 +20,16 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from core.augment import augment_views, stored_size  # noqa: E402
-from core.losses import LossWeights, discovery_loss  # noqa: E402
+from core.augment import stored_size  # noqa: E402
 from core.config import MGViTConfig  # noqa: E402
+from core.heads import DiscoveryModel  # noqa: E402
+from core.losses import LossWeights  # noqa: E402
 from core.mgvit import build_mgvit  # noqa: E402
-from core.train import DiscoveryModel  # noqa: E402
+from core.train import train_step  # noqa: E402
 
 
 def make_step(model: DiscoveryModel, device: torch.device, batch: int, amp: bool):
-    """A closure running one full training step on a fixed synthetic batch."""
+    """A closure running one full training step (core.train.train_step) on a fixed synthetic batch."""
     size = model.backbone.input_size
     side = stored_size(size)
     generator = torch.Generator().manual_seed(0)
@@ -40,17 +41,12 @@ def make_step(model: DiscoveryModel, device: torch.device, batch: int, amp: bool
     scores = torch.full((batch,), 0.8, device=device)
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.01, momentum=0.9)
 
+    weights = LossWeights()
+
     def step() -> float:
-        views = [augment_views(images, masks, size, generator) for _ in range(2)]
-        x = torch.cat([views[0][0], views[1][0]])
-        m = torch.cat([views[0][1], views[1][1]])
-        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
-            _, projections, logits = model(x, m, guided=True)
-        loss, _, _ = discovery_loss(projections.float(), logits.float(), labels, scores, 0, 0.07, LossWeights())
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        return float(loss.detach())
+        terms, _ = train_step(model, optimizer, images, masks, labels, scores, n_base=model.n_base, input_size=size,
+                              teacher_temp=0.07, weights=weights, generator=generator, use_amp=amp)
+        return terms["total"]
 
     return step
 

@@ -41,7 +41,8 @@ from core.results import (
 if TYPE_CHECKING:
     import torch
 
-    from core.train import DiscoveryModel, TrainProgress, TrainResult
+    from core.heads import DiscoveryModel
+    from core.train import TrainProgress, TrainResult
 
 __all__ = [
     "binarize_maps",
@@ -483,7 +484,8 @@ def run_discovery(
     if config.representation == "descriptors":  # grouping uses no embedding: nothing to train
         from core.train import TrainResult
 
-        trained = TrainResult(model=None, history=[], cancelled=False, epochs_done=0)
+        trained = TrainResult(model=None, history=[], cancelled=False, epochs_done=0, model_config=config.model,
+                              train_config=config.train)
         report.finish("training", "no training: the descriptors representation uses no MGViT")
     else:
         trained = train_model(regions, labels, labeled, n_novel, config, device, progress=on_train,

@@ -12,7 +12,8 @@ from core.mebin import MEBinResult
 from core.records import Region
 
 if TYPE_CHECKING:
-    from core.train import DiscoveryModel, TrainProgress, TrainResult
+    from core.heads import DiscoveryModel
+    from core.train import TrainProgress, TrainResult
 
 __all__ = [
     "DiscoveryResult",

@@ -1,31 +1,34 @@
-"""Teacher-student training of the discovery model (METHOD.md stage 5) and inference.
+"""Teacher-student training of the discovery model (METHOD.md stage 5).
 
-DiscoveryModel = MGViT backbone + projector MLP (contrastive learning) + n_heads cosine
-classifiers on the L2-normalized [CLS] feature, each with n_base + n_novel outputs (base classes
-first; the first novel output is the reserved normal / false-detection slot). One regime covers
-all uses: TrainingData.labels is -1 for every unlabeled crop, a base-class index otherwise.
+`train` runs the whole training (model, optimizer, resume, epochs, per-epoch checkpoint);
+`train_one_epoch` runs one epoch of steps; `train_step` is one step (two augmented views,
+forward, every loss term, backward, optimizer step), which benchmarks/train_speed.py times.
+One regime covers all uses: TrainingData.labels is -1 for every unlabeled crop, a base-class
+index otherwise. The model is in core.heads, checkpoints in core.checkpoint, DDP helpers in
+core.distributed. Same data, configs and seed give the same weights.
 """
 
 from __future__ import annotations
 
 import math
-import os
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from core.augment import augment_views, prepare_crops, stored_size
-from core.losses import LossWeights, discovery_loss, teacher_temperature
+from core.checkpoint import model_payload, restore_training, write_checkpoint
 from core.config import AugmentConfig, MGViTConfig, TrainConfig, is_scratch
-from core.mgvit import MGViT, build_mgvit
+from core.distributed import all_reduce_mean, world, wrap_for_training
+from core.heads import DiscoveryModel, build_model
+from core.losses import LossWeights, discovery_loss, teacher_temperature
 
-CHECKPOINT_FORMAT = "defect-discovery-model-1"
+__all__ = ["EpochResult", "TrainLoop", "TrainProgress", "TrainResult", "TrainingData", "resolve_optimizer", "train",
+           "train_one_epoch", "train_step"]
 
 
 @dataclass
@@ -67,108 +70,17 @@ class TrainProgress:
     epoch_done: bool = False  # True on the end-of-epoch report, whose losses are epoch means
 
 
-class CosineClassifier(nn.Module):
-    """Weight-normalized linear layer without bias, weight norm fixed at 1: logits are cosines."""
-
-    def __init__(self, in_features: int, out_features: int) -> None:
-        super().__init__()
-        self.weight = nn.Parameter(torch.empty(out_features, in_features))
-        nn.init.trunc_normal_(self.weight, std=0.02)
-
-    def forward(self, normalized: torch.Tensor) -> torch.Tensor:
-        return normalized @ F.normalize(self.weight, dim=1).T
-
-
-def _projector(in_dim: int, hidden: int, out: int, layers: int) -> nn.Sequential:
-    dims = [in_dim] + [hidden] * (max(1, layers) - 1) + [out]
-    modules: list[nn.Module] = []
-    for index in range(len(dims) - 1):
-        modules.append(nn.Linear(dims[index], dims[index + 1]))
-        if index < len(dims) - 2:
-            modules.append(nn.GELU())
-    for module in modules:
-        if isinstance(module, nn.Linear):
-            nn.init.trunc_normal_(module.weight, std=0.02)
-            nn.init.zeros_(module.bias)
-    return nn.Sequential(*modules)
-
-
-class DiscoveryModel(nn.Module):
-    """MGViT + projector + cosine heads; .best_head picks the head used for prediction."""
-
-    def __init__(
-        self,
-        backbone: MGViT,
-        n_base: int,
-        n_novel: int,
-        base_classes: Sequence[str],
-        n_heads: int = 4,
-        proj_hidden: int = 2048,
-        proj_out: int = 256,
-        proj_layers: int = 3,
-    ) -> None:
-        super().__init__()
-        self.backbone = backbone
-        self.n_base = int(n_base)
-        self.n_novel = int(n_novel)
-        self.base_classes = list(base_classes)
-        dim = backbone.embed_dim
-        self.projector = _projector(dim, proj_hidden, proj_out, proj_layers)
-        self.heads = nn.ModuleList([CosineClassifier(dim, self.n_base + self.n_novel) for _ in range(n_heads)])
-        self.best_head = 0
-
-    @property
-    def n_outputs(self) -> int:
-        """Outputs of every head: base classes, then the normal slot and the novel classes."""
-        return self.n_base + self.n_novel
-
-    def forward(
-        self, images: torch.Tensor, masks: torch.Tensor, guided: bool = True
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """-> (CLS features [B, D], projections [B, proj_out], logits of every head [H, B, C])."""
-        features = self.backbone(images, masks, guided=guided)
-        normalized = F.normalize(features, dim=1)
-        projections = self.projector(features)
-        logits = torch.stack([head(normalized) for head in self.heads])
-        return features, projections, logits
-
-
 @dataclass
 class TrainResult:
     model: DiscoveryModel
     history: list[dict[str, float]]  # per-epoch means of the loss terms (+ lr, teacher_temp, seconds)
     cancelled: bool
     epochs_done: int
+    model_config: MGViTConfig  # the settings it was trained with (written into its checkpoint)
+    train_config: TrainConfig
 
 
-# ---------------------------------------------------------------- distributed (torchrun) support
-
-
-def init_distributed_from_env() -> torch.device | None:
-    """Call once at the CLI edge: under torchrun with WORLD_SIZE > 1, join the process group and
-    return this rank's device (cuda:LOCAL_RANK, or cpu with gloo). Returns None when not distributed."""
-    import torch.distributed as dist
-
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return None
-    if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
-    if torch.cuda.is_available():
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        torch.cuda.set_device(device)
-        return device
-    return torch.device("cpu")
-
-
-def _world() -> tuple[int, int]:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-# ---------------------------------------------------------------- training
+# ---------------------------------------------------------------- optimizer, schedule, sample order
 
 
 def _param_groups(module: nn.Module, weight_decay: float) -> list[dict]:
@@ -214,58 +126,149 @@ def _epoch_order(labels: np.ndarray, epoch: int, seed: int) -> torch.Tensor:
     return torch.randperm(n, generator=generator)
 
 
-def _batches(order: torch.Tensor, batch_size: int, rank: int, world: int) -> list[torch.Tensor]:
+def _batches(order: torch.Tensor, batch_size: int, rank: int, world_size: int) -> list[torch.Tensor]:
     n = len(order)
-    if n <= batch_size * world:
-        size = max(1, n // world)
-        batches = [order[: size * world]]
+    if n <= batch_size * world_size:
+        size = max(1, n // world_size)
+        batches = [order[: size * world_size]]
     else:
         size = batch_size
-        usable = (n // (batch_size * world)) * batch_size * world  # drop the ragged tail
-        batches = list(order[:usable].split(batch_size * world))
-    return [batch[rank::world] for batch in batches]
+        usable = (n // (batch_size * world_size)) * batch_size * world_size  # drop the ragged tail
+        batches = list(order[:usable].split(batch_size * world_size))
+    return [batch[rank::world_size] for batch in batches]
 
 
-def _save(path: Path, payload: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + ".tmp")
-    torch.save(payload, temporary)
-    os.replace(temporary, path)
+# ---------------------------------------------------------------- one step, one epoch
 
 
-def _model_payload(model: DiscoveryModel, model_config: MGViTConfig, train_config: TrainConfig) -> dict:
-    config = asdict(model_config)
-    config["weights"] = str(config["weights"]) if config["weights"] is not None else None
-    return {
-        "format": CHECKPOINT_FORMAT,
-        "model_config": config,
-        "train_config": asdict(train_config),
-        "n_base": model.n_base,
-        "n_novel": model.n_novel,
-        "base_classes": list(model.base_classes),
-        "best_head": int(model.best_head),
-        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-    }
+def train_step(
+    module: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    images_u8: torch.Tensor,
+    masks_u8: torch.Tensor,
+    labels: torch.Tensor,
+    scores: torch.Tensor,
+    *,
+    n_base: int,
+    input_size: int,
+    teacher_temp: float,
+    weights: LossWeights,
+    generator: torch.Generator,
+    augment: AugmentConfig = AugmentConfig(),
+    guided: bool = True,
+    use_amp: bool = False,
+    grad_clip: float | None = None,
+) -> tuple[dict[str, float], torch.Tensor]:
+    """One training step on one batch of stored uint8 crops: -> (loss terms, per-head loss).
+
+    Two augmented views per crop (drawn from `generator`), forward through `module` (the model or
+    its DDP wrapper; bf16 autocast when use_amp), every loss term, backward, clipping, optimizer step.
+    The learning rate is the caller's (set on the optimizer's groups).
+    """
+    device = images_u8.device
+    views = [augment_views(images_u8, masks_u8, input_size, generator, augment) for _ in range(2)]
+    images = torch.cat([views[0][0], views[1][0]])
+    masks = torch.cat([views[0][1], views[1][1]])
+    with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
+        _, projections, logits = module(images, masks, guided=guided)
+    loss, terms, per_head = discovery_loss(
+        projections.float(), logits.float(), labels, scores, n_base, teacher_temp, weights
+    )
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if grad_clip is not None:
+        torch.nn.utils.clip_grad_norm_(module.parameters(), grad_clip)
+    optimizer.step()
+    return terms, per_head
 
 
-def _build_model(
-    model_config: MGViTConfig, train_config: TrainConfig, n_base: int, n_novel: int, base_classes: Sequence[str],
-    device: torch.device, seed: int,
-) -> DiscoveryModel:
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        backbone = build_mgvit(model_config, "cpu")
-        model = DiscoveryModel(
-            backbone,
-            n_base,
-            n_novel,
-            base_classes,
-            train_config.n_heads,
-            train_config.proj_hidden,
-            train_config.proj_out,
-            train_config.proj_layers,
+@dataclass
+class TrainLoop:
+    """What every epoch of one training shares: the model, its optimizer, the schedule, the data on the device."""
+
+    model: DiscoveryModel
+    module: nn.Module  # the model, or its DDP wrapper (core.distributed.wrap_for_training)
+    optimizer: torch.optim.Optimizer
+    config: TrainConfig
+    weights: LossWeights
+    images_u8: torch.Tensor  # [N, 3, S, S] stored crops on the device
+    masks_u8: torch.Tensor  # [N, 1, S, S]
+    labels: torch.Tensor  # [N] int64 on the device
+    labels_np: np.ndarray  # the same labels, for the sample order
+    scores: torch.Tensor  # [N] float32 on the device
+    seed: int
+    start_lr: float
+    grad_clip: float | None
+    steps_per_epoch: int
+    rank: int = 0
+    world_size: int = 1
+    use_amp: bool = False
+
+
+@dataclass
+class EpochResult:
+    """What one epoch did: summed loss terms and per-head losses over its finished steps."""
+
+    sums: dict[str, float]
+    head_sum: torch.Tensor
+    steps_done: int
+    n_batches: int
+    cancelled: bool
+    lr: float | None  # learning rate of the last step (None when no step ran)
+    teacher_temp: float
+
+
+def train_one_epoch(
+    loop: TrainLoop,
+    epoch: int,
+    *,
+    progress: Callable[[TrainProgress], None] | None = None,
+    should_cancel: Callable[[], bool] | None = None,
+    started: float | None = None,
+) -> EpochResult:
+    """One epoch of steps in the seeded sample order; stops before a step when should_cancel() is true.
+
+    progress gets a TrainProgress after every step (on rank 0); started: perf_counter of the training start.
+    """
+    config = loop.config
+    started = time.perf_counter() if started is None else started
+    loop.model.train()
+    teacher_temp = teacher_temperature(
+        epoch, config.epochs, config.teacher_temp_start, config.teacher_temp_end, config.teacher_warmup_epochs
+    )
+    view_generator = torch.Generator().manual_seed(loop.seed * 1_000_003 + epoch * 104_729 + 1 + loop.rank)
+    batches = _batches(_epoch_order(loop.labels_np, epoch, loop.seed), config.batch_size, loop.rank, loop.world_size)
+    total_steps = loop.steps_per_epoch * config.epochs
+    input_size = loop.model.backbone.input_size
+    device = loop.images_u8.device
+    sums: dict[str, float] = {}
+    head_sum = torch.zeros(config.n_heads)
+    steps_done, cancelled, lr = 0, False, None
+    for step, batch in enumerate(batches, start=1):
+        if should_cancel is not None and should_cancel():
+            cancelled = True
+            break
+        lr = _lr_at(epoch * loop.steps_per_epoch + step - 1, total_steps, loop.start_lr, config.lr_floor)
+        for group in loop.optimizer.param_groups:
+            group["lr"] = lr
+        batch = batch.to(device)
+        terms, per_head = train_step(
+            loop.module, loop.optimizer, loop.images_u8[batch], loop.masks_u8[batch], loop.labels[batch],
+            loop.scores[batch], n_base=loop.model.n_base, input_size=input_size, teacher_temp=teacher_temp,
+            weights=loop.weights, generator=view_generator, augment=config.augment, guided=config.guided,
+            use_amp=loop.use_amp, grad_clip=loop.grad_clip,
         )
-    return model.to(device)
+        steps_done = step
+        for key, value in terms.items():
+            sums[key] = sums.get(key, 0.0) + value
+        head_sum += per_head
+        if progress is not None and loop.rank == 0:
+            progress(TrainProgress(epoch, config.epochs, step, len(batches), terms["total"], terms, lr,
+                                   time.perf_counter() - started))
+    return EpochResult(sums, head_sum, steps_done, len(batches), cancelled, lr, teacher_temp)
+
+
+# ---------------------------------------------------------------- the whole training
 
 
 def train(
@@ -282,23 +285,19 @@ def train(
 ) -> TrainResult:
     """Train the discovery model on crops; n_novel includes the normal slot (first novel output).
 
-    seed: seeds the initialization, the sample order and the augmentation.
+    seed: seeds the initialization, the sample order and the augmentation. checkpoint_path: where
+    each finished epoch is saved (rank 0; a failed save raises); resume: continue from it.
     """
     data.validate()
     if n_novel < 1:
         raise ValueError("n_novel must be >= 1 (the normal / false-detection slot counts)")
     device = torch.device(device)
     config = train_config
-    rank, world = _world()
+    rank, world_size = world()
     n_base = len(data.base_classes)
-    model = _build_model(model_config, config, n_base, n_novel, data.base_classes, device, seed)
-    model.model_config, model.train_config = model_config, config
-    input_size = model.backbone.input_size
-    images_u8, masks_u8 = prepare_crops(data.crops, data.masks, stored_size(input_size, config.augment))
-    images_u8, masks_u8 = images_u8.to(device), masks_u8.to(device)
+    model = build_model(model_config, config, n_base, n_novel, data.base_classes, device, seed)
+    images_u8, masks_u8 = prepare_crops(data.crops, data.masks, stored_size(model.backbone.input_size, config.augment))
     labels_np = np.asarray(data.labels, dtype=np.int64)
-    labels_all = torch.from_numpy(labels_np).to(device)
-    scores_all = torch.from_numpy(np.asarray(data.scores, dtype=np.float32)).to(device)
 
     optimizer_name, start_lr, grad_clip = resolve_optimizer(config, is_scratch(model_config))
     if optimizer_name == "sgd":
@@ -313,155 +312,44 @@ def train(
         sup_con_temp=config.sup_con_temp,
         plc_offset=config.plc_offset if config.plc else None,
     )
-    steps_per_epoch = len(_batches(_epoch_order(labels_np, 0, seed), config.batch_size, rank, world))
-    total_steps = steps_per_epoch * config.epochs
     history: list[dict[str, float]] = []
     start_epoch = 0
-    head_losses = torch.zeros(config.n_heads)
-    if resume and checkpoint_path is not None and Path(checkpoint_path).is_file():
-        saved = torch.load(str(checkpoint_path), map_location="cpu", weights_only=True)
-        state = saved.get("train_state")
-        if state is not None:
-            try:
-                model.load_state_dict(saved["state_dict"])
-                optimizer.load_state_dict(state["optimizer"])
-            except (RuntimeError, ValueError, KeyError) as error:
-                raise ValueError(
-                    f"checkpoint {checkpoint_path} was written by a different training (other backbone, classes "
-                    f"or heads); delete it or train without resume ({type(error).__name__})"
-                ) from error
-            start_epoch = int(state["epoch"])
-            history = list(state["history"])
-            model.best_head = int(saved.get("best_head", 0))
+    if resume and checkpoint_path is not None:
+        restored = restore_training(Path(checkpoint_path), model, optimizer)
+        if restored is not None:
+            start_epoch, history = restored
 
-    step_module: nn.Module = model
-    if world > 1:
-        step_module = nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None
-        )
-    use_amp = config.amp_bf16 and device.type == "cuda"
+    loop = TrainLoop(
+        model=model, module=wrap_for_training(model, device, world_size), optimizer=optimizer, config=config,
+        weights=weights, images_u8=images_u8.to(device), masks_u8=masks_u8.to(device),
+        labels=torch.from_numpy(labels_np).to(device), labels_np=labels_np,
+        scores=torch.from_numpy(np.asarray(data.scores, dtype=np.float32)).to(device), seed=seed,
+        start_lr=start_lr, grad_clip=grad_clip,
+        steps_per_epoch=len(_batches(_epoch_order(labels_np, 0, seed), config.batch_size, rank, world_size)),
+        rank=rank, world_size=world_size, use_amp=config.amp_bf16 and device.type == "cuda",
+    )
     started = time.perf_counter()
     cancelled = False
-    epoch = start_epoch
     for epoch in range(start_epoch, config.epochs):
-        model.train()
-        teacher_temp = teacher_temperature(
-            epoch, config.epochs, config.teacher_temp_start, config.teacher_temp_end, config.teacher_warmup_epochs
-        )
-        view_generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch * 104_729 + 1 + rank)
-        batches = _batches(_epoch_order(labels_np, epoch, seed), config.batch_size, rank, world)
-        sums: dict[str, float] = {}
-        head_sum = torch.zeros(config.n_heads)
-        for step, batch in enumerate(batches, start=1):
-            if should_cancel is not None and should_cancel():
-                cancelled = True
-                break
-            lr = _lr_at(epoch * steps_per_epoch + step - 1, total_steps, start_lr, config.lr_floor)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            batch = batch.to(device)
-            views = [augment_views(images_u8[batch], masks_u8[batch], input_size, view_generator, config.augment) for _ in range(2)]
-            images = torch.cat([views[0][0], views[1][0]])
-            masks = torch.cat([views[0][1], views[1][1]])
-            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
-                _, projections, logits = step_module(images, masks, guided=config.guided)
-            loss, terms, per_head = discovery_loss(
-                projections.float(), logits.float(), labels_all[batch], scores_all[batch], n_base, teacher_temp, weights
-            )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if grad_clip is not None:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-            optimizer.step()
-            for key, value in terms.items():
-                sums[key] = sums.get(key, 0.0) + value
-            head_sum += per_head
-            if progress is not None and rank == 0:
-                progress(TrainProgress(epoch, config.epochs, step, len(batches), terms["total"], terms, lr,
-                                       time.perf_counter() - started))
-        done_steps = step if not cancelled else step - 1
-        if done_steps > 0:
-            head_losses = _all_reduce_mean(head_sum / done_steps, device, world)
+        done = train_one_epoch(loop, epoch, progress=progress, should_cancel=should_cancel, started=started)
+        if done.steps_done > 0:
+            head_losses = all_reduce_mean(done.head_sum / done.steps_done, device, world_size)
             if bool((head_losses != 0).any()):
                 model.best_head = int(torch.argmin(head_losses))
-        if cancelled:
+        if done.cancelled:
+            cancelled = True
             break
-        means = {key: value / max(1, done_steps) for key, value in sums.items()}
-        means.update(lr=lr, teacher_temp=teacher_temp, seconds=time.perf_counter() - started)
+        means = {key: value / max(1, done.steps_done) for key, value in done.sums.items()}
+        means.update(lr=done.lr, teacher_temp=done.teacher_temp, seconds=time.perf_counter() - started)
         history.append(means)
         if progress is not None and rank == 0:
-            progress(TrainProgress(epoch, config.epochs, done_steps, len(batches), means.get("total", float("nan")),
-                                   means, lr, time.perf_counter() - started, epoch_done=True))
+            progress(TrainProgress(epoch, config.epochs, done.steps_done, done.n_batches,
+                                   means.get("total", float("nan")), means, done.lr, time.perf_counter() - started,
+                                   epoch_done=True))
         if checkpoint_path is not None and rank == 0:
-            payload = _model_payload(model, model_config, config)
+            payload = model_payload(model, model_config, config)
             payload["train_state"] = {"epoch": epoch + 1, "optimizer": optimizer.state_dict(), "history": history}
-            _save(Path(checkpoint_path), payload)
+            write_checkpoint(Path(checkpoint_path), payload)
     model.eval()
-    return TrainResult(model=model, history=history, cancelled=cancelled, epochs_done=len(history))
-
-
-def _all_reduce_mean(values: torch.Tensor, device: torch.device, world: int) -> torch.Tensor:
-    if world <= 1:
-        return values
-    import torch.distributed as dist
-
-    tensor = values.to(device)
-    dist.all_reduce(tensor)
-    return (tensor / world).cpu()
-
-
-# ---------------------------------------------------------------- checkpoints
-
-
-def save_checkpoint(path: Path | str, result_or_model: TrainResult | DiscoveryModel, extra: dict | None = None,
-                    model_config: MGViTConfig | None = None, train_config: TrainConfig | None = None) -> None:
-    """Write a self-contained checkpoint (configs + weights + extra) that load_checkpoint reloads."""
-    model = result_or_model.model if isinstance(result_or_model, TrainResult) else result_or_model
-    model_config = model_config or getattr(model, "model_config", None)
-    train_config = train_config or getattr(model, "train_config", None)
-    if model_config is None or train_config is None:
-        raise ValueError("save_checkpoint needs the model's configs (models from train() carry them)")
-    payload = _model_payload(model, model_config, train_config)
-    if isinstance(result_or_model, TrainResult):
-        payload["history"] = result_or_model.history
-    payload["extra"] = dict(extra or {})
-    _save(Path(path), payload)
-
-
-def _config_from(cls: type, values: dict):
-    known = {f for f in cls.__dataclass_fields__}
-    values = {k: v for k, v in values.items() if k in known}
-    if cls is TrainConfig and isinstance(values.get("augment"), dict):
-        augment = dict(values["augment"])
-        for key in ("crop_scale", "crop_ratio", "blur_sigma"):
-            if key in augment:
-                augment[key] = tuple(augment[key])
-        values["augment"] = AugmentConfig(**augment)
-    if cls is MGViTConfig and values.get("weights") is not None:
-        values["weights"] = Path(values["weights"])
-    return cls(**values)
-
-
-def load_checkpoint(path: Path | str, device: torch.device | str = "cpu") -> tuple[DiscoveryModel, dict]:
-    """Rebuild a DiscoveryModel from a checkpoint of save_checkpoint (or train's epoch checkpoint).
-
-    Returns (model in eval mode, extra dict). The backbone is rebuilt from its config without
-    reading the original weight file again (the checkpoint holds all weights).
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    try:
-        saved = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise ValueError(f"cannot read checkpoint {path}: {type(error).__name__}: {error}") from error
-    if not isinstance(saved, dict) or saved.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path} is not a discovery model checkpoint")
-    model_config = _config_from(MGViTConfig, saved["model_config"])
-    train_config = _config_from(TrainConfig, saved["train_config"])
-    rebuild = MGViTConfig(**{**asdict(model_config), "weights": None, "pretrained": False})
-    model = _build_model(rebuild, train_config, saved["n_base"], saved["n_novel"], saved["base_classes"], torch.device("cpu"), 0)
-    model.load_state_dict(saved["state_dict"])
-    model.best_head = int(saved["best_head"])
-    model.model_config, model.train_config = model_config, train_config
-    return model.to(device).eval(), dict(saved.get("extra", {}))
+    return TrainResult(model=model, history=history, cancelled=cancelled, epochs_done=len(history),
+                       model_config=model_config, train_config=config)

@@ -61,7 +61,7 @@ def _check_outputs(out: Path, manifest, n_columns: int) -> None:
     run = json.loads((out / "run.json").read_text())
     assert len(run["cluster_names"]) == n_columns and run["normal_cluster"] == 0
 
-    from core.train import load_checkpoint
+    from core.checkpoint import load_checkpoint
 
     model, extra = load_checkpoint(out / "model.pt")
     assert model.n_novel == n_columns and extra["cluster_names"] == run["cluster_names"]

@@ -6,15 +6,10 @@ import numpy as np
 import pytest
 import torch
 
+from core.checkpoint import load_checkpoint, save_checkpoint
 from core.config import MGViTConfig, TrainConfig
 from core.inference import infer
-from core.train import (
-    TrainingData,
-    TrainProgress,
-    load_checkpoint,
-    save_checkpoint,
-    train,
-)
+from core.train import TrainingData, TrainProgress, train
 
 MODEL = MGViTConfig(backbone="vit_micro_scratch")  # 32 px, patch 8, dim 32, depth 2
 TINY = TrainConfig(epochs=1, batch_size=8, n_heads=2, proj_hidden=64, proj_out=32)

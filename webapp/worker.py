@@ -164,7 +164,7 @@ def run_discover(store: Store, run: RunInfo, report: Reporter) -> str:
 
     report(0.97, "saving", "writing results", force=True)
     # The model first: a run whose checkpoint cannot be written fails before any result is stored.
-    from core.train import save_checkpoint
+    from core.checkpoint import save_checkpoint
 
     checkpoint = workdir / "model.pt"
     try:

@@ -283,7 +283,8 @@ def run(args: argparse.Namespace) -> int:
     from core.dataset import load_labeled_crops
     from core.mgvit import WeightsError
     from core.pipeline import run_discovery
-    from core.train import init_distributed_from_env, save_checkpoint
+    from core.checkpoint import save_checkpoint
+    from core.distributed import init_distributed_from_env
 
     manifest = _load_manifest(args.dataset)
     config = _config(args)
