@@ -4,8 +4,9 @@ time, peak memory; plus the fit time of `detect` with defaults on many reference
 Sets: the demo (core/demo.py, easy), the hard synthetic set (core/hard_demo.py: textured tiles,
 uneven light, subtle defects) and DeepPCB (real boards; every image is defective, so only pixel
 AUROC against the annotated boxes, box interiors counted as defect pixels, and the share of boxes
-found at a 1% pixel false-positive rate). Methods: PatchCore on the offline filter bank (the
-baseline, today's default), golden-template comparison (sets with one reference per image) and
+found at a 1% pixel false-positive rate). Methods: the learned detector (fitted to the normal
+images, no weights; the offline default), PatchCore on the offline filter bank (the earlier
+default), golden-template comparison (sets with one reference per image) and
 zero-shot (no references). Each row runs in its own process so its peak memory is its own.
 
     python benchmarks/detection.py                      # all sets and methods
@@ -105,9 +106,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         demo = str(generate_demo(Path(folder) / "demo", seed=0, **demo_size))
         hard = str(generate_hard_demo(Path(folder) / "hard", seed=0, **hard_size))
-        jobs = [("demo", demo, "patchcore", offline), ("hard", hard, "patchcore", offline)]
+        learned = dict(threads=args.threads)
+        jobs = [("demo", demo, "learned", learned), ("demo", demo, "patchcore", offline),
+                ("hard", hard, "learned", learned), ("hard", hard, "patchcore", offline)]
         if DEEPPCB.is_dir():
-            jobs += [("DeepPCB", "", "patchcore", {**offline, "count": deeppcb}),
+            jobs += [("DeepPCB", "", "learned", {**learned, "count": deeppcb}),
+                     ("DeepPCB", "", "patchcore", {**offline, "count": deeppcb}),
                      ("DeepPCB", "", "template", {"count": deeppcb, "threads": args.threads})]
         if args.zero_shot:
             jobs += [("demo", demo, "zero-shot", dict(offline, image_size=128)),
@@ -121,18 +125,20 @@ def main() -> None:
         print("-" * len(header))
         for job in jobs:
             row = _run((job[0], job[1], job[2], dict(job[3])))
-            backbone = "-" if job[2] == "template" else job[3].get("backbone", "auto")
+            backbone = job[3].get("backbone", "-")
             print(f"{job[0]:8s} {job[2]:10s} {backbone:11s} {row['image_auroc']:11.3f} {row['pixel_auroc']:11.3f} "
                   f"{row['recall']:6.3f} {row['separation']:10.2f} {row['fit_s']:7.1f} {row['predict_s']:9.1f} "
                   f"{row['images']:6d} {row['peak_mib']:8.0f}", flush=True)
         if args.scale_refs:
             many = str(generate_hard_demo(Path(folder) / "many", seed=1, n_train_good=args.scale_refs,
                                           n_test_good=5, n_per_class=1))
-            row = _run(("hard", many, "patchcore", dict(offline)))
-            print(f"\n`detect` defaults (filterbank PatchCore, bounded coreset) with {args.scale_refs} hard-set "
-                  f"references of 128-320 px, {args.threads} thread(s): fit {row['fit_s']:.1f} s, predict "
-                  f"{row['predict_s'] / max(row['scored'], 1):.2f} s per scored image ({row['scored']} with the held-out "
-                  f"normals), peak {row['peak_mib']:.0f} MiB")
+            print()
+            for method, settings in (("learned", learned), ("patchcore", offline)):
+                row = _run(("hard", many, method, dict(settings)))
+                print(f"{method} ({'the offline default' if method == 'learned' else 'filter bank'}) with "
+                      f"{args.scale_refs} hard-set references of 128-320 px, {args.threads} thread(s): fit "
+                      f"{row['fit_s']:.1f} s, predict {row['predict_s'] / max(row['scored'], 1):.2f} s per scored image "
+                      f"({row['scored']} with the held-out normals), peak {row['peak_mib']:.0f} MiB", flush=True)
 
 
 if __name__ == "__main__":

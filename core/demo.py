@@ -10,15 +10,16 @@ from __future__ import annotations
 
 import shutil
 import zlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
 
 from core.demo_scene import RENDERERS, blur, build_scene, finish
-from core.records import GOOD
+from core.records import GOOD, ImageRecord
 
 #: Defect types the generator can draw, in their default order.
 DEFECT_TYPES = ("scratch", "hole", "stain", "crack", "chipped_edge")
@@ -119,7 +120,7 @@ def render_sample(kind: str, index: int, config: DemoConfig = DemoConfig(), *, s
     return DemoSample(image, mask, clean, kind, n_defects)
 
 
-def _write_png(path: Path, array: np.ndarray) -> None:
+def write_png(path: Path, array: np.ndarray) -> None:
     if array.ndim == 3:
         array = cv2.cvtColor(array, cv2.COLOR_RGB2BGR)
     ok, encoded = cv2.imencode(".png", array, [cv2.IMWRITE_PNG_COMPRESSION, 3])
@@ -154,7 +155,24 @@ Folder names are ground truth for metrics only; the discovery itself never reads
 """
 
 
-def _prepare_folder(root: Path, overwrite: bool) -> None:
+def with_settings(config: Any, settings: Mapping[str, object], caller: str) -> Any:
+    """A generator's config with keyword overrides of its fields; TypeError naming unknown ones."""
+    known = {f.name for f in fields(config)}
+    unknown = sorted(set(settings) - known)
+    if unknown:
+        raise TypeError(f"{caller} got unknown settings {unknown}; known: {sorted(known)}")
+    return replace(config, **settings)
+
+
+def set_layout(config: Any) -> list[tuple[str, str, int]]:
+    """(split, kind, index) of every image of a set: train/good, test/good, then each defect type."""
+    jobs = [("train", GOOD, i) for i in range(config.n_train_good)]
+    jobs += [("test", GOOD, i) for i in range(config.n_test_good)]
+    jobs += [("test", kind, i) for kind in config.defect_types for i in range(config.n_per_class)]
+    return jobs
+
+
+def prepare_folder(root: Path, overwrite: bool) -> None:
     if root.exists() and not root.is_dir():
         raise FileExistsError(f"{root}: exists and is not a folder")
     if root.is_dir() and any(root.iterdir()):
@@ -179,17 +197,11 @@ def generate_demo(root: Path | str, config: DemoConfig | None = None, *, overwri
     Settings come from `config`, with keyword overrides of its fields (e.g. seed=1, image_size=64).
     root must be new or empty; overwrite=True replaces a previous demo set, never other files.
     """
-    known = {f.name for f in fields(DemoConfig)}
-    unknown = sorted(set(settings) - known)
-    if unknown:
-        raise TypeError(f"generate_demo got unknown settings {unknown}; known: {sorted(known)}")
-    config = replace(config or DemoConfig(), **settings)  # type: ignore[arg-type]
+    config = with_settings(config or DemoConfig(), settings, "generate_demo")
     root = Path(root).expanduser()
-    _prepare_folder(root, overwrite)
+    prepare_folder(root, overwrite)
 
-    jobs: list[tuple[str, str, int]] = [("train", GOOD, i) for i in range(config.n_train_good)]
-    jobs += [("test", GOOD, i) for i in range(config.n_test_good)]
-    jobs += [("test", kind, i) for kind in config.defect_types for i in range(config.n_per_class)]
+    jobs = set_layout(config)
     for split, kind, _ in jobs:
         (root / split / kind).mkdir(parents=True, exist_ok=True)
         if kind != GOOD:
@@ -197,9 +209,9 @@ def generate_demo(root: Path | str, config: DemoConfig | None = None, *, overwri
     for split, kind, index in jobs:
         sample = render_sample(kind, index, config, split=split, with_clean=False)
         stem = f"{index:03d}"
-        _write_png(root / split / kind / f"{stem}.png", sample.image)
+        write_png(root / split / kind / f"{stem}.png", sample.image)
         if kind != GOOD:
-            _write_png(root / "ground_truth" / kind / f"{stem}_mask.png", sample.mask)
+            write_png(root / "ground_truth" / kind / f"{stem}_mask.png", sample.mask)
     (root / "README.txt").write_text(_readme(config), encoding="utf-8")
     return root
 
@@ -222,3 +234,11 @@ def gt_masks_to_maps(masks: Sequence[np.ndarray], sigma: float = 3.0, noise: flo
         background = np.abs(blur(rng.normal(0, 1, binary.shape).astype(np.float32), 1.0)) * noise * 2.0
         maps.append((smooth + background).astype(np.float32))
     return maps
+
+
+def maps_from_ground_truth(records: Sequence[ImageRecord], sigma: float = 2.0) -> dict[str, np.ndarray]:
+    """gt_masks_to_maps over a manifest's records (no mask: a defect-free image), keyed by relpath."""
+    from core.imageio import read_gray
+
+    masks = [read_gray(r.gt_mask_path) if r.gt_mask_path else np.zeros(r.size, np.uint8) for r in records]
+    return dict(zip([r.relpath for r in records], gt_masks_to_maps(masks, sigma=sigma)))

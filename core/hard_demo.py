@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Callable
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from core.demo import _prepare_folder, _write_png
+from core.demo import prepare_folder, set_layout, with_settings, write_png
 from core.records import GOOD
 
 #: Defect types of the hard set, in their default order.
@@ -290,24 +290,17 @@ def render_hard_sample(kind: str, index: int, config: HardDemoConfig = HardDemoC
 def generate_hard_demo(root: Path | str, config: HardDemoConfig | None = None, *, overwrite: bool = False,
                        **settings: object) -> Path:
     """Write the hard set under root (MVTec AD layout) and return root; settings override config."""
-    known = {f.name for f in fields(HardDemoConfig)}
-    unknown = sorted(set(settings) - known)
-    if unknown:
-        raise TypeError(f"generate_hard_demo got unknown settings {unknown}; known: {sorted(known)}")
-    config = replace(config or HardDemoConfig(), **settings)  # type: ignore[arg-type]
+    config = with_settings(config or HardDemoConfig(), settings, "generate_hard_demo")
     root = Path(root).expanduser()
-    _prepare_folder(root, overwrite)
-    jobs = [("train", GOOD, i) for i in range(config.n_train_good)]
-    jobs += [("test", GOOD, i) for i in range(config.n_test_good)]
-    jobs += [("test", kind, i) for kind in config.defect_types for i in range(config.n_per_class)]
-    for split, kind, index in jobs:
+    prepare_folder(root, overwrite)
+    for split, kind, index in set_layout(config):
         folder = root / split / kind
         folder.mkdir(parents=True, exist_ok=True)
         image, mask = render_hard_sample(kind, index, config, split=split)
-        _write_png(folder / f"{index:03d}.png", image)
+        write_png(folder / f"{index:03d}.png", image)
         if kind != GOOD:
             (root / "ground_truth" / kind).mkdir(parents=True, exist_ok=True)
-            _write_png(root / "ground_truth" / kind / f"{index:03d}_mask.png", mask)
+            write_png(root / "ground_truth" / kind / f"{index:03d}_mask.png", mask)
     (root / "README.txt").write_text(
         f"{HARD_README_MARKER}\n\nMade by `python -m core demo --hard` (core/hard_demo.py), seed {config.seed}; "
         f"shorter sides {config.min_side}-{config.max_side} px, aspect up to 1.8.\n"

@@ -43,12 +43,17 @@ def read_map_file(path: Path | str) -> np.ndarray:
 
 
 def _read_tiff(path: Path) -> np.ndarray:
+    """tifffile (float maps), else OpenCV; when both fail the error names both causes."""
     try:
         import tifffile
 
         return tifffile.imread(str(path))
-    except Exception:  # noqa: BLE001 - fall back to OpenCV for what tifffile cannot read
-        return read_gray(path)
+    except Exception as tiff_error:  # noqa: BLE001 - fall back to OpenCV for what tifffile cannot read
+        try:
+            return read_gray(path)
+        except ImageReadError as error:
+            raise ImageReadError(path, f"{error.reason} (tifffile: {type(tiff_error).__name__}: {tiff_error})") \
+                from tiff_error
 
 
 def check_finite(array: np.ndarray, name: str) -> None:

@@ -64,7 +64,7 @@ __all__ = [
 def detector_for(manifest: Manifest, detector: DetectorConfig, seed: int) -> DetectorConfig:
     """The detector a run uses: seeded with the run's seed; zero-shot when the set has no normal references."""
     detector = replace(detector, seed=seed)
-    if not manifest.normal and detector.method == "patchcore":
+    if not manifest.normal and detector.method in ("patchcore", "learned"):
         detector = replace(detector, method="zero-shot")
     return detector
 

@@ -5,6 +5,7 @@ Entry point: `storage.open_workspace(path_or_url) -> Store` (see storage/api.py)
 """
 
 from storage.api import Store, open_workspace
+from storage.db import DATABASE_URL_ENV, WORKSPACE_ENV, environment
 from storage.records import (
     CANCELLED,
     DONE,
@@ -40,6 +41,9 @@ from storage.records import (
 
 __all__ = [
     "CANCELLED",
+    "DATABASE_URL_ENV",
+    "WORKSPACE_ENV",
+    "environment",
     "DONE",
     "FAILED",
     "NORMAL_CLASS",

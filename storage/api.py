@@ -18,7 +18,6 @@ thin front over the modules that hold each part:
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from storage import db
@@ -31,7 +30,7 @@ from storage.records import display_name, palette_color
 from storage.runs import RunStore
 
 #: Environment variable naming the workspace folder when open_workspace is given only a URL.
-WORKSPACE_ENV = "STUDIO_WORKSPACE"
+WORKSPACE_ENV = db.WORKSPACE_ENV
 
 
 class Store(ProjectStore, RunStore, EditStore, HistoryStore, LabelStore, ComparisonStore):
@@ -42,12 +41,13 @@ def open_workspace(workspace: Path | str, database_url: str | None = None, *, mi
     """Open (creating if needed) a workspace folder and its database, upgraded to the newest schema.
 
     `workspace` is the folder holding crops, masks and (by default) studio.sqlite; a string
-    containing "://" is taken as a database URL, with files under $STUDIO_WORKSPACE or ./workspace.
-    The database is `database_url`, else $STUDIO_DATABASE_URL, else SQLite in the folder.
+    containing "://" is taken as a database URL, with files under ./workspace. The database is
+    `database_url`, else SQLite in the folder. The environment is read by the caller
+    (`storage.db.environment`), never here.
     """
     if isinstance(workspace, str) and "://" in workspace:
         database_url = workspace
-        workspace = os.environ.get(WORKSPACE_ENV, "workspace")
+        workspace = "workspace"
     folder = Path(workspace).expanduser().resolve()
     folder.mkdir(parents=True, exist_ok=True)
     url = db.resolve_database_url(folder, database_url)

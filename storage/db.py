@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 
+#: Environment variable naming the workspace folder (SQLite file, crops, demo data); default ./workspace.
+WORKSPACE_ENV = "STUDIO_WORKSPACE"
 #: Environment variable naming any SQLAlchemy URL to use instead of the workspace's SQLite file.
 DATABASE_URL_ENV = "STUDIO_DATABASE_URL"
 #: File name of the default SQLite database inside a workspace folder.
@@ -18,13 +21,21 @@ SQLITE_BUSY_TIMEOUT_MS = 30_000
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 
 
+def environment(environ: Mapping[str, str] | None = None) -> tuple[Path, str | None]:
+    """(workspace folder, database URL or None) from $STUDIO_WORKSPACE and $STUDIO_DATABASE_URL.
+
+    The one place the Studio reads them: a process entry (the app's get_store, the worker's main)
+    calls it and passes the values down; storage itself never reads the environment.
+    """
+    environ = os.environ if environ is None else environ
+    workspace = Path(environ.get(WORKSPACE_ENV, "").strip() or "workspace").expanduser().resolve()
+    return workspace, environ.get(DATABASE_URL_ENV, "").strip() or None
+
+
 def resolve_database_url(workspace: Path, database_url: str | None = None) -> str:
-    """The URL to use: the explicit one, else $STUDIO_DATABASE_URL, else SQLite in the workspace."""
+    """The URL to use: the given one, else the SQLite file in the workspace."""
     if database_url:
         return database_url
-    from_env = os.environ.get(DATABASE_URL_ENV, "").strip()
-    if from_env:
-        return from_env
     return f"sqlite:///{(Path(workspace) / SQLITE_FILE).resolve().as_posix()}"
 
 

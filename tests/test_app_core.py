@@ -27,7 +27,7 @@ def workspace(tmp_path, monkeypatch):
     """An empty workspace the app opens through STUDIO_WORKSPACE (tiny demo size)."""
     folder = tmp_path / "workspace"
     monkeypatch.setenv(workspace_module.WORKSPACE_ENV, str(folder))
-    monkeypatch.delenv(workspace_module.DATABASE_ENV, raising=False)
+    monkeypatch.delenv(workspace_module.DATABASE_URL_ENV, raising=False)
     monkeypatch.setenv(intake.DEMO_SIZE_ENV, "tiny")
     store = open_workspace(folder)
     yield store

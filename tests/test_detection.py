@@ -132,7 +132,7 @@ def demo(tmp_path_factory):
 
 @pytest.mark.slow
 def test_offline_patchcore_finds_the_demo_defects(demo):
-    detection = detect(demo, DetectorConfig(), CPU)
+    detection = detect(demo, DetectorConfig(method="patchcore", backbone="filterbank"), CPU)
     aurocs = detection_aurocs(demo, detection.maps)
     print("offline PatchCore on the demo set:", aurocs)
     assert aurocs["image_auroc"] >= 0.90

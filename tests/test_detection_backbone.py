@@ -9,6 +9,7 @@ from core.demo import generate_demo
 from core.detection import DetectorConfig, detect
 from core.detection.backbones import cached_weights, resolve_backbone
 from core.detection.config import OFFLINE_BACKBONE, PAPER_BACKBONE
+from core.detection.learned import MIN_REFERENCES
 
 
 @pytest.fixture
@@ -34,7 +35,9 @@ def test_auto_falls_back_offline_and_says_why(empty_caches, tmp_path, capsys):
     assert detection.summary()["backbone"] == OFFLINE_BACKBONE
     assert main(["detect", "--dataset", str(root), "--out", str(tmp_path / "out"), "--image-size", "64"]) == 0
     first_line = capsys.readouterr().out.splitlines()[0]
-    assert first_line.startswith("detect: patchcore: learns 4 normal reference images; backbone filterbank (offline)")
+    assert first_line.startswith("detect: patchcore: learns 4 normal reference images; the learned detector needs "
+                                 f"at least {MIN_REFERENCES}")
+    assert "backbone filterbank (offline)" in first_line
 
 
 def test_auto_takes_the_pretrained_backbone_from_the_cache(empty_caches):

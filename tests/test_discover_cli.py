@@ -11,8 +11,8 @@ import pytest
 
 from core.cli import main
 from core.dataset import load_dataset
-from core.demo import generate_demo, gt_masks_to_maps
-from core.imageio import read_gray, read_image, write_image
+from core.demo import generate_demo, maps_from_ground_truth
+from core.imageio import read_image, write_image
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--backbone", "vit_micro_scratch", "--epochs", "1", "--batch-size", "8", "--device", "cpu", "--quiet"]
@@ -24,9 +24,8 @@ def tiny(tmp_path_factory):
     root = generate_demo(base / "set", image_size=64, n_train_good=4, n_test_good=2, n_per_class=3,
                          defect_types=("scratch", "hole", "stain"))
     manifest = load_dataset(root)
-    masks = [read_gray(r.gt_mask_path) if r.gt_mask_path else np.zeros(r.size, np.uint8) for r in manifest.unlabeled]
-    for record, array in zip(manifest.unlabeled, gt_masks_to_maps(masks, sigma=2.0)):
-        path = base / "maps" / Path(record.relpath).with_suffix(".npy")
+    for relpath, array in maps_from_ground_truth(manifest.unlabeled).items():
+        path = base / "maps" / Path(relpath).with_suffix(".npy")
         path.parent.mkdir(parents=True, exist_ok=True)
         np.save(path, array)
     return root, base / "maps", manifest

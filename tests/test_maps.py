@@ -48,3 +48,10 @@ def test_bad_map_files_name_the_file(tmp_path):
 
 def test_resize_to():
     assert resize_to(np.ones((2, 3)), (4, 6)).shape == (4, 6)
+
+
+def test_an_unreadable_tiff_map_names_both_readers_causes(tmp_path):
+    bad = tmp_path / "map.tif"
+    bad.write_bytes(b"not a tiff at all")
+    with pytest.raises(ImageReadError, match=r"map\.tif: .*tifffile: "):
+        read_map_file(bad)

@@ -7,9 +7,8 @@ import pytest
 
 from core.config import DiscoveryConfig, MGViTConfig, TrainConfig
 from core.dataset import DatasetError, load_dataset, load_labeled_crops
-from core.demo import generate_demo, gt_masks_to_maps
+from core.demo import generate_demo, maps_from_ground_truth
 from core.errors import DiscoveryCancelled, PipelineError
-from core.imageio import read_gray
 from core.pipeline import run_discovery
 from core.predict import NORMAL_CLASS_NAME
 from core.progress import STAGES
@@ -27,9 +26,7 @@ def tiny_set(tmp_path_factory):
     root = generate_demo(tmp_path_factory.mktemp("demo") / "set", image_size=64, n_train_good=3, n_test_good=3,
                          n_per_class=3, defect_types=("scratch", "hole", "stain"))
     manifest = load_dataset(root)
-    masks = [read_gray(r.gt_mask_path) if r.gt_mask_path else np.zeros(r.size, np.uint8) for r in manifest.unlabeled]
-    maps = dict(zip([r.relpath for r in manifest.unlabeled], gt_masks_to_maps(masks, sigma=2.0)))
-    return manifest, maps
+    return manifest, maps_from_ground_truth(manifest.unlabeled)
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import pytest
 
 from core.config import DiscoveryConfig, MGViTConfig, TrainConfig
 from core.dataset import load_dataset
-from core.demo import generate_demo, gt_masks_to_maps
+from core.demo import generate_demo, maps_from_ground_truth
 from core.grouping import LABELED_NORMAL
 from core.imageio import read_gray
 from core.labels import plan_labels, training_data
@@ -45,9 +45,7 @@ def tiny_set(tmp_path_factory):
                          n_per_class=3, defect_types=("scratch", "hole", "stain"))
     manifest = load_dataset(root)
     (root / "annotations.json").write_text(json.dumps(_coco_from_masks(manifest)))
-    masks = [read_gray(r.gt_mask_path) if r.gt_mask_path else np.zeros(r.size, np.uint8) for r in manifest.unlabeled]
-    maps = dict(zip([r.relpath for r in manifest.unlabeled], gt_masks_to_maps(masks, sigma=2.0)))
-    return manifest, maps
+    return manifest, maps_from_ground_truth(manifest.unlabeled)
 
 
 @pytest.fixture(scope="module")

@@ -5,9 +5,8 @@ import pytest
 
 from core.config import DiscoveryConfig, MEBinConfig, RegionConfig
 from core.dataset import load_dataset
-from core.demo import generate_demo, gt_masks_to_maps
+from core.demo import generate_demo, maps_from_ground_truth
 from core.errors import PipelineError
-from core.imageio import read_gray
 from core.labels import plan_labels
 from core.mebin import search_range
 from core.metrics import discovery_metrics, protocol_levels
@@ -23,9 +22,8 @@ def tiny(tmp_path_factory):
                          n_per_class=2, defect_types=("scratch", "hole"))
     manifest = load_dataset(root)
     records = manifest.unlabeled
-    masks = [read_gray(r.gt_mask_path) if r.gt_mask_path else np.zeros(r.size, np.uint8) for r in records]
     # half-size maps: prepare_maps brings them to the images' size
-    raw = {r.relpath: m[::2, ::2] for r, m in zip(records, gt_masks_to_maps(masks, sigma=2.0))}
+    raw = {key: m[::2, ::2] for key, m in maps_from_ground_truth(records).items()}
     return records, raw
 
 

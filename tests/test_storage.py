@@ -13,6 +13,7 @@ import pytest
 
 from core.imageio import read_gray, read_image
 from storage.api import Store, open_workspace
+from storage.db import environment
 from storage.records import (
     NORMAL_CLASS,
     AssignmentInput,
@@ -472,12 +473,17 @@ def test_open_workspace_default_sqlite_and_env_url(tmp_path: Path, monkeypatch: 
     opened.close()
     other = tmp_path / "elsewhere.sqlite"
     monkeypatch.setenv("STUDIO_DATABASE_URL", f"sqlite:///{other}")
-    via_env = open_workspace(tmp_path / "ws2")
+    monkeypatch.setenv("STUDIO_WORKSPACE", str(tmp_path / "ws2"))
+    assert environment() == ((tmp_path / "ws2").resolve(), f"sqlite:///{other}")  # the entry points' one read
+    via_env = open_workspace(*environment())
     assert other.is_file() and via_env.list_projects() == []
     via_env.close()
-    monkeypatch.setenv("STUDIO_WORKSPACE", str(tmp_path / "files"))
+    unset = open_workspace(tmp_path / "ws3")  # storage itself never reads the environment
+    assert (tmp_path / "ws3" / "studio.sqlite").is_file() and unset.dialect == "sqlite"
+    unset.close()
+    monkeypatch.chdir(tmp_path)
     via_url = open_workspace(f"sqlite:///{tmp_path / 'ws' / 'studio.sqlite'}")
-    assert [p.name for p in via_url.list_projects()] == ["kept"] and via_url.workspace == (tmp_path / "files").resolve()
+    assert [p.name for p in via_url.list_projects()] == ["kept"] and via_url.workspace == (tmp_path / "workspace").resolve()
     via_url.close()
 
 

@@ -167,12 +167,17 @@ def create_project(store: Store, name: str, summary: DataSummary) -> ProjectInfo
 # ------------------------------------------------------------------------------ demo project
 
 
-def demo_settings() -> dict[str, Any]:
-    """DemoConfig overrides for $STUDIO_DEMO_SIZE ("tiny", "small" or "full")."""
+def demo_size() -> str:
+    """$STUDIO_DEMO_SIZE ("tiny", "small" or "full"; default full); ValueError for anything else."""
     size = (os.environ.get(DEMO_SIZE_ENV) or "full").strip().lower()
     if size not in DEMO_SIZES:
         raise ValueError(f"{DEMO_SIZE_ENV}={size!r}: expected one of {sorted(DEMO_SIZES)}")
-    return DEMO_SIZES[size]
+    return size
+
+
+def demo_settings() -> dict[str, Any]:
+    """DemoConfig overrides for $STUDIO_DEMO_SIZE."""
+    return DEMO_SIZES[demo_size()]
 
 
 def create_demo_project(store: Store, name: str = DEMO_PROJECT_NAME) -> ProjectInfo:
@@ -189,8 +194,7 @@ def create_demo_project(store: Store, name: str = DEMO_PROJECT_NAME) -> ProjectI
 
 def demo_root(store: Store) -> Path:
     """Where the demo data set of the current $STUDIO_DEMO_SIZE lives in the workspace."""
-    demo_settings()  # validates the size
-    return Path(store.workspace) / "demo" / (os.environ.get(DEMO_SIZE_ENV) or "full").strip().lower()
+    return Path(store.workspace) / "demo" / demo_size()
 
 
 def existing_demo_projects(store: Store) -> list[ProjectInfo]:

@@ -18,7 +18,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from storage import CANCELLED, DONE, FAILED, QUEUED, RUNNING, RunInfo, StorageError, Store
+from storage import (CANCELLED, DATABASE_URL_ENV, DONE, FAILED, QUEUED, RUNNING, WORKSPACE_ENV, RunInfo, StorageError,
+                     Store)
 
 #: Kinds of job the worker runs.
 DISCOVER, DETECT = "discover", "detect"
@@ -46,8 +47,8 @@ def _database_url(store: Store) -> str:
 def worker_environment(store: Store) -> dict[str, str]:
     """Environment of a worker process: the same workspace and database as the app."""
     env = dict(os.environ)
-    env["STUDIO_WORKSPACE"] = str(Path(store.workspace).resolve())
-    env["STUDIO_DATABASE_URL"] = _database_url(store)
+    env[WORKSPACE_ENV] = str(Path(store.workspace).resolve())
+    env[DATABASE_URL_ENV] = _database_url(store)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
     env.setdefault("PYTHONUNBUFFERED", "1")
     return env

@@ -8,7 +8,7 @@ after that every picker writes the current choice back into the URL.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import streamlit as st
@@ -96,31 +96,31 @@ def select_project(required: bool = True) -> int | None:
     With required=True and no project at all, shows a friendly pointer to the Projects page and
     stops the page.
     """
-    store = get_store()
-    projects = store.list_projects()
+    projects = get_store().list_projects()
     if not projects:
-        if required:
-            _stop_with_link("There is no project yet. Create one (or the one-click demo) on the Projects page.",
-                            "views/home.py", "Go to Projects", ":material/folder_open:")
-        return None
-    by_id = {p.id: p for p in projects}
-    return _sidebar_picker("Project", "project", by_id, current_project_id(), projects[-1].id, "sidebar_project",
-                           lambda pid: project_label(by_id[pid]), set_project)
+        return _nothing_to_pick(required, "There is no project yet. Create one (or the one-click demo) on the "
+                                "Projects page.", "views/home.py", "Go to Projects", ":material/folder_open:")
+    return _sidebar_picker("Project", "project", projects, current_project_id(), projects[-1].id, "sidebar_project",
+                           project_label, set_project)
 
 
-def _stop_with_link(message: str, page: str, label: str, icon: str) -> None:
-    """Say why this page cannot show anything yet, link to the page that fixes it, stop."""
-    st.info(message)
-    widgets.page_link(page, label, icon)
-    st.stop()
+def _nothing_to_pick(required: bool, message: str, page: str, label: str, icon: str) -> None:
+    """No item to pick: when the page requires one, say why, link to the page that fixes it, stop."""
+    if required:
+        st.info(message)
+        widgets.page_link(page, label, icon)
+        st.stop()
+    return None
 
 
-def _sidebar_picker(label: str, what: str, by_id: dict[int, Any], current: int | None, fallback: int, key: str,
-                    format_func: Callable[[int], str], select: Callable[[int], None]) -> int:
-    """A sidebar selectbox mirroring a session-state id (which other pages may set); returns the id.
+def _sidebar_picker(label: str, what: str, items: Sequence[Any], current: int | None, fallback: int, key: str,
+                    describe: Callable[[Any], str], select: Callable[[int], None]) -> int:
+    """A sidebar selectbox over items (with an .id) mirroring a session-state id (which other pages may set).
 
-    An id that no longer exists (an old link, a deleted project) is said once, then the fallback shows.
+    Returns the id. An id that no longer exists (an old link, a deleted project) is said once, then
+    the fallback shows.
     """
+    by_id = {item.id: item for item in items}
     if current is not None and current not in by_id:
         st.sidebar.warning(f"{what.capitalize()} #{current} (asked for by the link or the last page) is not available "
                            f"here; showing #{fallback} instead.",
@@ -130,7 +130,7 @@ def _sidebar_picker(label: str, what: str, by_id: dict[int, Any], current: int |
     select(current)
     if st.session_state.get(key) != current:
         st.session_state[key] = current
-    st.sidebar.selectbox(label, list(by_id), format_func=format_func, key=key,
+    st.sidebar.selectbox(label, list(by_id), format_func=lambda item_id: describe(by_id[item_id]), key=key,
                          on_change=lambda: select(st.session_state[key]))
     return current
 
@@ -153,13 +153,9 @@ def select_run(project_id: int, required: bool = True) -> int | None:
 
     With required=True and no finished run, points to the Discover page and stops the page.
     """
-    store = get_store()
-    runs = finished_runs(store, project_id)
+    runs = finished_runs(get_store(), project_id)
     if not runs:
-        if required:
-            _stop_with_link("This project has no finished discovery run yet. Start one on the Discover page.",
-                            "views/discover.py", "Go to Discover", ":material/rocket_launch:")
-        return None
-    by_id = {r.id: r for r in runs}
-    return _sidebar_picker("Run", "finished run", by_id, current_run_id(), runs[0].id, "sidebar_run",
-                           lambda rid: run_label(by_id[rid]), set_run)
+        return _nothing_to_pick(required, "This project has no finished discovery run yet. Start one on the "
+                                "Discover page.", "views/discover.py", "Go to Discover", ":material/rocket_launch:")
+    return _sidebar_picker("Run", "finished run", runs, current_run_id(), runs[0].id, "sidebar_run", run_label,
+                           set_run)

@@ -25,7 +25,7 @@ import numpy as np
 from core.config import DiscoveryConfig
 from core.dataset import load_dataset, load_labeled_crops
 from core.records import region_key
-from storage import QUEUED, SOURCE_GROUND_TRUTH, AssignmentInput, ClusterInput, RunInfo, Store, open_workspace
+from storage import QUEUED, SOURCE_GROUND_TRUTH, AssignmentInput, ClusterInput, RunInfo, Store, environment, open_workspace
 from webapp.detection_job import (
     binarization_inputs,
     compute_maps,
@@ -322,8 +322,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("usage: python -m webapp.worker RUN_ID", file=sys.stderr)
         return 2
     signal.signal(signal.SIGTERM, _terminate)
-    workspace = os.environ.get("STUDIO_WORKSPACE") or "workspace"
-    store = open_workspace(Path(workspace), os.environ.get("STUDIO_DATABASE_URL") or None)
+    store = open_workspace(*environment())  # the worker's one read of the environment
     print(f"worker pid {os.getpid()} running run {args[0]}", flush=True)
     try:
         status = execute(store, int(args[0]))

@@ -3,25 +3,23 @@ Store opened once per server process (st.cache_resource)."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import streamlit as st
 
-from storage import Store, open_workspace
+from storage import DATABASE_URL_ENV, WORKSPACE_ENV, Store, environment, open_workspace
 
-WORKSPACE_ENV = "STUDIO_WORKSPACE"  # folder of the SQLite file, crops and demo data
-DATABASE_ENV = "STUDIO_DATABASE_URL"  # any SQLAlchemy URL instead of the SQLite file
+__all__ = ["DATABASE_URL_ENV", "WORKSPACE_ENV", "database_url", "get_store", "workspace_path"]
 
 
 def workspace_path() -> Path:
     """The workspace folder: $STUDIO_WORKSPACE or ./workspace (created on first use)."""
-    return Path(os.environ.get(WORKSPACE_ENV) or "workspace").expanduser().resolve()
+    return environment()[0]
 
 
 def database_url() -> str | None:
     """$STUDIO_DATABASE_URL, or None for the SQLite file in the workspace."""
-    return os.environ.get(DATABASE_ENV) or None
+    return environment()[1]
 
 
 @st.cache_resource(show_spinner="Opening the workspace ...")
@@ -36,4 +34,5 @@ def _open_store(workspace: str, url: str | None) -> Store:
 
 def get_store() -> Store:
     """The workspace's Store, opened once per server process (st.cache_resource)."""
-    return _open_store(str(workspace_path()), database_url())
+    workspace, url = environment()  # the app's one read of the environment, on every script run
+    return _open_store(str(workspace), url)

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from core.commands import add_with_default
 from core.errors import UserError
 
 HELP = "write the synthetic demo data set (MVTec layout)"
@@ -18,19 +19,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     defaults = DemoConfig()
     parser.add_argument("--out", type=Path, required=True, help="folder to create (must be new or empty)")
-    parser.add_argument("--seed", type=int, default=defaults.seed,
-                        help=f"random seed (default {defaults.seed})")
-    parser.add_argument("--size", type=int, default=defaults.image_size,
-                        help=f"image side in pixels (default {defaults.image_size})")
-    parser.add_argument("--per-class", type=int, default=defaults.n_per_class,
-                        help=f"defective images per defect type (default {defaults.n_per_class})")
-    parser.add_argument("--train-good", type=int, default=defaults.n_train_good,
-                        help=f"defect-free reference images in train/good (default {defaults.n_train_good})")
-    parser.add_argument("--test-good", type=int, default=defaults.n_test_good,
-                        help=f"defect-free images in test/good (default {defaults.n_test_good})")
-    parser.add_argument("--two-defect-share", type=float, default=defaults.two_defect_share,
-                        help="share of defective images with a second defect "
-                        f"(default {defaults.two_defect_share})")
+    add_with_default(parser, "--seed", defaults.seed, "random seed", type=int)
+    add_with_default(parser, "--size", defaults.image_size, "image side in pixels", type=int)
+    add_with_default(parser, "--per-class", defaults.n_per_class, "defective images per defect type", type=int)
+    add_with_default(parser, "--train-good", defaults.n_train_good, "defect-free reference images in train/good",
+                     type=int)
+    add_with_default(parser, "--test-good", defaults.n_test_good, "defect-free images in test/good", type=int)
+    add_with_default(parser, "--two-defect-share", defaults.two_defect_share,
+                     "share of defective images with a second defect", type=float)
     parser.add_argument("--overwrite", action="store_true", help="replace a previous demo set in --out")
     parser.add_argument("--hard", action="store_true",
                         help="the hard detection set instead: textured tiles of several sizes under uneven light, "

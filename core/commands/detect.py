@@ -11,7 +11,7 @@ import numpy as np
 
 from core.cli import UserError
 
-HELP = "write anomaly maps with the built-in detector (PatchCore or zero-shot)"
+HELP = "write anomaly maps with the built-in detector (learned, PatchCore, template or zero-shot)"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -22,8 +22,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, required=True, help="output folder: maps/ and scores.csv")
     parser.add_argument("--method", choices=METHODS, default=defaults.method,
                         help="auto: template comparison when every image has its own reference "
-                             "(<id>_test.<ext> with normal/<id>_temp.<ext>, or --pairing), else patchcore when "
-                             "the data set has normal images, else zero-shot [auto]")
+                             "(<id>_test.<ext> with normal/<id>_temp.<ext>, or --pairing); else, with normal images, "
+                             "patchcore when a pretrained backbone is cached, else learned (fitted to the normal "
+                             "images; patchcore on the filter bank below 20 of them); else zero-shot [auto]")
     parser.add_argument("--pairing", type=Path, help="CSV with columns image,reference: each image's own reference")
     parser.add_argument("--backbone", default=defaults.backbone,
                         help=f"auto: '{PAPER_BACKBONE}' when its pretrained weights are in the timm/Hugging Face "
@@ -120,8 +121,9 @@ def run(args: argparse.Namespace) -> int:
     except DetectionError as error:
         raise UserError(str(error)) from error
     backbone, why = resolve_backbone(config)
-    print(f"detect: {choice}" + ("" if method == "template" else f"; {why}"))
-    print(f"detect: {method}{'' if method == 'template' else f' with backbone {backbone}'} on {device}; "
+    no_backbone = method in ("template", "learned")
+    print(f"detect: {choice}" + ("" if no_backbone else f"; {why}"))
+    print(f"detect: {method}{'' if no_backbone else f' with backbone {backbone}'} on {device}; "
           f"{len(manifest.normal)} normal, {len(manifest.unlabeled)} images to inspect")
     started = time.perf_counter()
     bar = _Bar() if sys.stderr.isatty() else LineProgress(sys.stderr)
@@ -142,7 +144,7 @@ def run(args: argparse.Namespace) -> int:
         print(detection.separation["summary"])
         if detection.separation["warning"]:
             print(f"warning: {detection.separation['warning']}")
-    elif method == "patchcore":
+    elif method in ("patchcore", "learned"):
         print(f"separation: not measured (fewer than {MIN_NORMAL_FOR_HOLDOUT} normal images to hold some out)")
     if manifest.has_ground_truth():
         aurocs = detection_aurocs(manifest, detection.maps)

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from core.commands import add_with_default
 from core.config import (
     BINARIZERS,
     EXTRACTIONS,
@@ -59,14 +60,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--epochs", type=int,
                         help=f"training epochs [{SCRATCH_EPOCHS} scratch backbone, {TrainConfig.epochs} pretrained]")
     parser.add_argument("--batch-size", type=int, default=None, help=f"training batch size [{TrainConfig.batch_size}]")
-    parser.add_argument("--seed", type=int, default=DiscoveryConfig.seed, help=f"random seed [{DiscoveryConfig.seed}]")
+    add_with_default(parser, "--seed", DiscoveryConfig.seed, "random seed", type=int)
     parser.add_argument("--detector", choices=METHODS, default=DetectorConfig.method,
                         help="built-in detector when --maps is not given (zero-shot when no normal images) "
                              f"[{DetectorConfig.method}]")
-    parser.add_argument("--binarizer", choices=BINARIZERS, default=DiscoveryConfig.binarizer,
-                        help=f"how maps become masks [{DiscoveryConfig.binarizer}]")
-    parser.add_argument("--tau", type=float, default=DiscoveryConfig.tau,
-                        help=f"area-weighted fusion temperature [{DiscoveryConfig.tau:g}]")
+    add_with_default(parser, "--binarizer", DiscoveryConfig.binarizer, "how maps become masks", choices=BINARIZERS)
+    add_with_default(parser, "--tau", DiscoveryConfig.tau, "area-weighted fusion temperature", type=float)
     parser.add_argument("--representation", choices=REPRESENTATIONS, default=DiscoveryConfig.representation,
                         help="what regions are grouped on: vit (the paper: MGViT embedding and heads), descriptors "
                              f"(fixed mask/contrast/texture descriptors) or hybrid (both) [{DiscoveryConfig.representation}]")
@@ -290,7 +289,8 @@ def run(args: argparse.Namespace) -> int:
     config = _config(args)
     # Under `torchrun --nproc-per-node N` every rank runs the pipeline and training shards its
     # batches with DistributedDataParallel; only rank 0 writes the outputs.
-    rank_device = init_distributed_from_env()
+    environ = dict(os.environ)  # the command's one read of the environment (torchrun's WORLD_SIZE, RANK, ...)
+    rank_device = init_distributed_from_env(environ)
     if rank_device is not None:
         config = replace(config, device=str(rank_device))
     maps = _load_maps(manifest, args.maps) if args.maps is not None else None
@@ -312,7 +312,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(str(error)) from error
     finally:
         bar.close()
-    if int(os.environ.get("RANK", "0")) != 0:
+    if int(environ.get("RANK", "0")) != 0:
         return 0
 
     started = time.perf_counter()

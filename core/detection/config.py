@@ -12,15 +12,17 @@ OFFLINE_BACKBONE = "filterbank"
 AUTO_BACKBONE = "auto"
 #: Backbone of the PatchCore paper, the real-use choice when its weights are available.
 PAPER_BACKBONE = "wide_resnet50_2"
-#: "auto": template when every image has its own reference, else patchcore with normal images, else zero-shot.
-METHODS = ("auto", "patchcore", "template", "zero-shot")
+#: "auto": template when every image has its own reference; else, with normal images, patchcore on a
+#: pretrained backbone when its weights are here, else "learned" (fitted to the normal images; PatchCore
+#: on the filter bank when there are too few of them); else zero-shot.
+METHODS = ("auto", "learned", "patchcore", "template", "zero-shot")
 
 
 @dataclass(frozen=True)
 class DetectorConfig:
     """How anomaly maps are computed. Defaults follow PatchCore (Roth et al., CVPR 2022) and MuSc."""
 
-    method: str = "auto"  # "auto", "patchcore" (needs normal images), "template" (one reference per image), "zero-shot"
+    method: str = "auto"  # "auto", "learned" or "patchcore" (need normal images), "template" (one reference per image), "zero-shot"
     backbone: str = AUTO_BACKBONE  # "auto", "filterbank" (offline) or any timm CNN name, e.g. "wide_resnet50_2"
     weights: Path | None = None  # local .pth/.safetensors weights for a timm backbone
     pretrained: bool = True  # timm backbone: load pretrained weights (timm/HF cache); False = random init
@@ -41,6 +43,9 @@ class DetectorConfig:
     template_smoothing: float = 1.0  # template: Gaussian smoothing of image and reference, pixels
     template_tolerance: int = 1  # template: misalignment forgiven, pixels (neighbourhood min/max)
     template_sigma: float = 4.0  # template: Gaussian smoothing of the difference map, pixels
+    learned_dim: int = 48  # learned: principal components of the normal patches kept
+    learned_squash: float = 2.0  # learned: soft clip (asinh) of the contrast-normalized image, in texture spreads
+    learned_cells_per_image: int = 1200  # learned: normal cells drawn from each reference
     seed: int = 0  # coreset start and projection, reference sampling
 
     def __post_init__(self) -> None:
@@ -57,6 +62,9 @@ class DetectorConfig:
             raise ValueError(f"holdout_share must be in [0, 0.5), not {self.holdout_share}")
         if not 0 < self.zero_shot_fraction <= 1:
             raise ValueError(f"zero_shot_fraction must be in (0, 1], not {self.zero_shot_fraction}")
+        if self.learned_dim < 1 or self.learned_squash <= 0 or self.learned_cells_per_image < 1:
+            raise ValueError(f"need learned_dim >= 1, learned_squash > 0, learned_cells_per_image >= 1, not "
+                             f"{self.learned_dim}, {self.learned_squash}, {self.learned_cells_per_image}")
         if self.neighbourhood < 1 or self.neighbourhood % 2 == 0:
             raise ValueError(f"neighbourhood must be an odd number >= 1, not {self.neighbourhood}")
 

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from core.detection.backbones import resolve_backbone
 from core.detection.cache import MapCache, file_hash, settings_key
-from core.detection.config import DetectorConfig
+from core.detection.config import OFFLINE_BACKBONE, DetectorConfig
 from core.detection.features import (
     DetectionError,
     build_feature_extractor,
@@ -24,8 +24,9 @@ from core.detection.features import (
     patch_embeddings,
     to_input,
 )
+from core.detection.learned import MIN_REFERENCES, LearnedDetector
 from core.detection.patchcore import PatchCore, patch_scores_to_maps
-from core.detection.separation import holdout_indices, separation_report
+from core.detection.separation import held_out_count, holdout_indices, separation_report
 from core.detection.template import PairingError, pair_by_name, read_pairing, template_map
 from core.detection.zero_shot import mutual_scores, reference_indices
 from core.imageio import ImageReadError, read_image
@@ -145,13 +146,28 @@ def resolve_method(manifest: Manifest, config: DetectorConfig) -> tuple[str, dic
     if config.method == "auto" and targets and not unpaired:
         return "template", pairs, (f"template comparison: each of the {len(targets)} images has its own "
                                    f"reference (paired {source}), so each is compared with its partner")
-    if config.method == "patchcore" and not manifest.normal:
+    if config.method in ("patchcore", "learned") and not manifest.normal:
         raise DetectionError(
-            f"{manifest.root}: PatchCore needs normal (defect-free) reference images and this data set has none "
-            "(MVTec layout: train/good/; plain folder: a normal/ subfolder); use method 'zero-shot' instead")
+            f"{manifest.root}: {config.method} needs normal (defect-free) reference images and this data set has "
+            "none (MVTec layout: train/good/; plain folder: a normal/ subfolder); use method 'zero-shot' instead")
+    normal = len(manifest.normal)
+    training = normal - held_out_count(normal, config.holdout_share)
+    if config.method == "learned":
+        if training < MIN_REFERENCES:
+            raise DetectionError(
+                f"{manifest.root}: the learned detector needs at least {MIN_REFERENCES} normal reference images to "
+                f"train on and has {training} ({normal} normal, {normal - training} held out to measure the maps); "
+                "add defect-free images, or use method 'patchcore' (filter bank or a pretrained backbone)")
+        return "learned", {}, f"learned: fitted to {training} of the {normal} normal reference images, as asked"
     if config.method in ("auto", "patchcore") and manifest.normal:
         partners = f"; {len(pairs)} of {len(targets)} images have a partner by name" if pairs else ""
-        return "patchcore", {}, f"patchcore: learns {len(manifest.normal)} normal reference images{partners}"
+        if config.method == "auto" and resolve_backbone(config)[0] == OFFLINE_BACKBONE:
+            if training >= MIN_REFERENCES:
+                return "learned", {}, (f"learned: no pretrained backbone here, so a detector is fitted to {training} "
+                                       f"of the {normal} normal reference images{partners}")
+            return "patchcore", {}, (f"patchcore: learns {normal} normal reference images; the learned detector "
+                                     f"needs at least {MIN_REFERENCES} to train on (has {training}){partners}")
+        return "patchcore", {}, f"patchcore: learns {normal} normal reference images{partners}"
     if config.method == "auto":
         return "zero-shot", {}, ("zero-shot: no normal reference images, so every image is compared with the "
                                  "others (slower and weaker; add defect-free images in normal/ or train/good/)")
@@ -175,12 +191,14 @@ def detect(
     """
     targets = manifest.unlabeled
     method, pairs, choice = resolve_method(manifest, config)
-    if method != "template":
+    if method in ("template", "learned"):
+        config = replace(config, backbone="-")  # neither uses a backbone
+    else:
         backbone, why = resolve_backbone(config)
         config = replace(config, backbone=backbone)
         choice = f"{choice}; {why}"
     config = replace(config, method=method)
-    references = manifest.normal if method == "patchcore" else manifest.images
+    references = manifest.normal if method in ("patchcore", "learned") else manifest.images
     if method == "zero-shot" and len(references) < 2:
         raise DetectionError(f"{manifest.root}: zero-shot detection needs at least two images to compare")
     if method == "template":
@@ -200,7 +218,7 @@ def detect(
             raise DetectionError(f"{record.path}: cannot be read ({error.strerror or error})") from error
         _notify(progress, "hashing images", done, len(needed))
     held_out: list[ImageRecord] = []
-    if method == "patchcore":
+    if method in ("patchcore", "learned"):
         chosen = holdout_indices([hashes[r.relpath] for r in references], config.holdout_share, config.seed)
         held_out = [references[i] for i in chosen]
         references = [r for i, r in enumerate(references) if i not in set(chosen)]
@@ -228,6 +246,9 @@ def detect(
     if missing:
         if method == "template":
             computed = _run_template(missing, pairs, config, progress, timings)
+        elif method == "learned":
+            computed = _run_learned(references, missing, config, device, progress, timings,
+                                    None if cache is None else cache.folder / LEARNED_MODEL)
         else:
             featurizer = _Featurizer(config, device)
             if method == "patchcore":
@@ -265,6 +286,47 @@ def _run_template(targets: Sequence[ImageRecord], pairs: dict[str, ImageRecord],
             maps[relpath] = array
             _notify(progress, "template: registered differences", done, len(targets))
     timings["fit"] = 0.0
+    timings["predict"] = time.perf_counter() - started
+    return maps
+
+
+#: File of the fitted learned detector beside its cached maps (same settings and references).
+LEARNED_MODEL = "learned-model.pt"
+
+
+def _run_learned(normal: Sequence[ImageRecord], targets: Sequence[ImageRecord], config: DetectorConfig,
+                 device: torch.device, progress: Progress | None, timings: dict[str, float],
+                 model_path: Path | None) -> dict[str, np.ndarray]:
+    started = time.perf_counter()
+    report = lambda stage, done, total: _notify(progress, stage, done, total)  # noqa: E731
+    model = LearnedDetector(config, device)
+    state = None
+    if model_path is not None and model_path.is_file():
+        try:
+            state = torch.load(model_path, map_location="cpu", weights_only=True)
+        except (OSError, RuntimeError, ValueError):
+            state = None  # damaged: fitted again
+    with torch.inference_mode():
+        if state is not None:
+            model.load(state)
+        else:
+            model.fit(lambda index: _load(normal[index]), len(normal), report)
+            if model_path is not None:
+                model_path.parent.mkdir(parents=True, exist_ok=True)
+                temporary = model_path.with_suffix(".tmp")
+                torch.save({k: v.cpu() for k, v in model.state.items()}, temporary)
+                temporary.replace(model_path)
+    timings["fit"] = time.perf_counter() - started
+
+    started = time.perf_counter()
+    maps: dict[str, np.ndarray] = {}
+    _notify(progress, "predict: anomaly maps", 0, len(targets))
+    for done, record in enumerate(targets, 1):
+        image = _load(record)
+        with torch.inference_mode():
+            scores, in_size = model.score(image)
+        maps[record.relpath] = _to_image_maps(scores[None], in_size, [image.shape[:2]], config.sigma)[0]
+        _notify(progress, "predict: anomaly maps", done, len(targets))
     timings["predict"] = time.perf_counter() - started
     return maps
 

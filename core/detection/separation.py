@@ -19,12 +19,19 @@ MIN_NORMAL_FOR_HOLDOUT = 10
 MAX_HELD_OUT = 50
 
 
+def held_out_count(count: int, share: float) -> int:
+    """How many of `count` normal images are held out."""
+    if share <= 0 or count < MIN_NORMAL_FOR_HOLDOUT:
+        return 0
+    return min(MAX_HELD_OUT, max(2, int(round(share * count))))
+
+
 def holdout_indices(content_hashes: Sequence[str], share: float, seed: int) -> list[int]:
     """Which normal images are held out: a seeded draw over their content (file order plays no part)."""
     count = len(content_hashes)
-    if share <= 0 or count < MIN_NORMAL_FOR_HOLDOUT:
+    held = held_out_count(count, share)
+    if not held:
         return []
-    held = min(MAX_HELD_OUT, max(2, int(round(share * count))))
     order = sorted(range(count), key=lambda i: content_hashes[i])
     rng = np.random.default_rng(seed + 7919)
     return sorted(order[i] for i in rng.permutation(count)[:held])

@@ -217,8 +217,9 @@ def maps_form(project: ProjectInfo, has_normal: bool) -> None:
         left, middle, right = st.columns(3)
         method = left.selectbox("Method", list(METHODS), index=0, key="maps_method",
                                 help="auto: template comparison when every image has its own reference "
-                                     "(<id>_test with normal/<id>_temp), else PatchCore on the normal references, "
-                                     "else zero-shot (the images compared with each other).")
+                                     "(<id>_test with normal/<id>_temp); else, with normal references, PatchCore on a cached "
+                                     "pretrained backbone, or the learned detector fitted to them (20 or more; "
+                                     "no weights needed); else zero-shot (the images compared with each other).")
         backbone = middle.selectbox("Backbone", [AUTO_BACKBONE, OFFLINE_BACKBONE, PAPER_BACKBONE, "resnet18"], key="maps_backbone",
                                     help=f"auto: {PAPER_BACKBONE} when its weights are cached (or a weights "
                                          f"file is given), else '{OFFLINE_BACKBONE}', which needs no download; "
@@ -228,8 +229,8 @@ def maps_form(project: ProjectInfo, has_normal: bool) -> None:
         settings.update(map_source="builtin", detector_method=method, detector_backbone=backbone,
                         device=device, detector_weights=weights.strip() or None)
         ready = True
-        if method == "patchcore" and not has_normal:
-            st.caption("No normal references in this project: PatchCore falls back to zero-shot.")
+        if method in ("patchcore", "learned") and not has_normal:
+            st.caption(f"No normal references in this project: {method} falls back to zero-shot.")
     if st.button("Make maps and run MEBin", type="primary", disabled=not ready, key="maps_start",
                  icon=":material/play_arrow:"):
         run_id = jobs.start_job(store, project.id, jobs.DETECT, settings)
