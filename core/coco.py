@@ -332,11 +332,12 @@ def labeled_crops_from_coco(truth: CocoTruth, images: Mapping[str, np.ndarray], 
     return LabeledCrops(crops, masks, np.asarray(labels, dtype=np.int64), names)
 
 
-def labeled_crops_from_file(path: Path | str) -> Any:
-    """A COCO file as a labeled set; its images are found relative to the file's folder.
+def labeled_crops_from_file(path: Path | str) -> tuple[Any, str]:
+    """A COCO file as a labeled set, and one message naming what was left out ("" when nothing).
 
-    Raises CocoError naming the file when no annotated image can be read; images that cannot be
-    read are left out like the file's other problems.
+    Its images are found relative to the file's folder. Raises CocoError naming the file when no
+    annotated image can be read; an image that cannot be read is left out and named, with why,
+    like the file's other problems (missing images, unknown categories, boxes outside).
     """
     from core.imageio import ImageReadError, image_size, read_image
 
@@ -346,14 +347,18 @@ def labeled_crops_from_file(path: Path | str) -> Any:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError) as error:
         raise CocoError(f"{path}: cannot read the labeled set's annotations ({error})") from error
     sizes: dict[str, tuple[int, int]] = {}
+    unreadable: list[str] = []
     for entry in listed:
         name = str(entry.get("file_name", "")) if isinstance(entry, dict) else ""
         candidate = path.parent / name
         if name and candidate.is_file():
             try:
                 sizes[PurePosixPath(name.replace("\\", "/")).as_posix()] = image_size(candidate)
-            except ImageReadError:
-                continue
+            except ImageReadError as error:
+                unreadable.append(str(error))
     truth = load_coco(path, sizes)
+    if unreadable:
+        truth.problems.append(f"{len(unreadable)} image(s) could not be read and were left out "
+                              f"({_shown(unreadable)})")
     images = {key: read_image(path.parent / key) for key in truth.by_image}
-    return labeled_crops_from_coco(truth, images)
+    return labeled_crops_from_coco(truth, images), truth.problem_summary()

@@ -120,3 +120,21 @@ def test_annotations_become_a_labeled_set(tmp_path):
     assert list(labeled.labels) == [0, 1, 1]
     for crop, mask in zip(labeled.crops, labeled.masks):
         assert crop.shape[:2] == mask.shape and crop.shape[0] == crop.shape[1] and (mask > 0).any()
+
+
+def test_labeled_set_file_names_unreadable_and_missing_images_and_uses_the_rest(tmp_path):
+    import cv2
+
+    from core.coco import labeled_crops_from_file
+
+    (tmp_path / "images").mkdir()
+    cv2.imwrite(str(tmp_path / "images" / "a.png"), np.full((100, 100, 3), 90, np.uint8))
+    (tmp_path / "b.png").write_bytes(b"not an image at all")
+    data = _coco()
+    data["images"].append({"id": 3, "file_name": "gone.png", "width": 10, "height": 10})
+    data["annotations"].append({"id": 4, "image_id": 3, "category_id": 7, "bbox": [0, 0, 5, 5]})
+    labeled, left_out = labeled_crops_from_file(_write(tmp_path, data))
+    assert list(labeled.labels) == [0, 1]  # the two annotations of the one readable image
+    assert "annotations.json" in left_out
+    assert "could not be read" in left_out and "b.png" in left_out
+    assert "gone.png" in left_out

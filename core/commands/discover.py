@@ -297,7 +297,9 @@ def run(args: argparse.Namespace) -> int:
     if args.labels is not None and args.labels.suffix.lower() == ".json":
         from core.coco import labeled_crops_from_file
 
-        labeled = labeled_crops_from_file(args.labels)
+        labeled, left_out = labeled_crops_from_file(args.labels)
+        if left_out:
+            print(f"warning: labeled set: {left_out}", file=sys.stderr)
     else:
         labeled = load_labeled_crops(args.labels) if args.labels is not None else None
     region_labels = _region_labels(args.region_labels) if args.region_labels is not None else None
