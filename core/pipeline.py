@@ -2,7 +2,8 @@
 
 One public function per stage (detector_for + run_detection, prepare_maps, binarize_maps, cut_regions,
 region_descriptors, estimate_classes, train_model, predict, compute_metrics); `run_discovery` is their
-composition with progress, timings and cancellation. Beside them: label planning (core.labels),
+composition with progress, timings and cancellation; the results of a prediction are assembled by
+core.predict.assemble_results. Beside them: label planning (core.labels),
 region-level truth (core.region_truth), progress and cancel (core.progress), one image recut at an
 engineer's threshold (core.regions.recut_image), the errors (core.errors). The CLI, the app's job runner and its
 Review page call these functions, so every stage runs one way. Knows nothing of Streamlit or SQL.
@@ -22,7 +23,6 @@ from core.config import DetectorConfig, DiscoveryConfig, MEBinConfig, RegionConf
 from core.dataset import LabeledCrops
 from core.errors import PipelineError
 from core.estimate import ClassEstimate, estimate_num_classes
-from core.fusion import fuse_image
 from core.mebin import MEBinResult
 from core.labels import plan_labels
 from core.progress import StageReporter, check_cancel
@@ -283,7 +283,7 @@ def predict(
     region_truth: region key -> class from region-level annotations (COCO), which wins when given.
     model None (the "descriptors" representation trains none): n_novel novel classes are grouped.
     """
-    from core.predict import predict_regions
+    from core.predict import assemble_results, predict_regions
 
     if model is None:
         if config.representation != "descriptors" or n_novel is None:
@@ -322,36 +322,9 @@ def predict(
             predictions.probabilities[marked] = np.eye(predictions.probabilities.shape[1])[predictions.normal_class]
             predictions.classes[marked] = predictions.normal_class
             predictions.confidence[marked] = 1.0
-    truth = ground_truth or {}
-    regional = region_truth or {}
-    region_results = [
-        RegionResult(
-            region=region,
-            cluster=int(predictions.classes[index]),
-            confidence=float(predictions.confidence[index]),
-            probabilities=predictions.probabilities[index],
-            embedding=embedding[index],
-            umap_x=float(predictions.coordinates[index, 0]),
-            umap_y=float(predictions.coordinates[index, 1]),
-            gt=regional.get(region.key, truth.get(region.image)),
-            label=labels.region_labels.get(region.key),
-        )
-        for index, region in enumerate(regions)
-    ]
-    by_image: dict[str, list[int]] = {}
-    for index, region in enumerate(regions):
-        by_image.setdefault(region.image, []).append(index)
-    image_results = []
-    for key in maps.keys:
-        rows = by_image.get(key, [])
-        fused = fuse_image(predictions.probabilities[rows], [regions[i].area for i in rows], config.tau)
-        cluster = int(fused.argmax())
-        image_results.append(ImageResult(
-            image=key, cluster=cluster, confidence=float(fused[cluster]), probabilities=fused,
-            n_regions=len(rows), gt=truth.get(key), threshold=int(binarization[key].threshold),
-            num_anomalies=int(binarization[key].num_anomalies),
-            score=float(max(regions[i].score for i in rows)),
-        ))
+    region_results, image_results = assemble_results(
+        regions, maps.keys, binarization, predictions, embedding, labels.region_labels, config.tau,
+        ground_truth or {}, region_truth or {})
     return Prediction(region_results, image_results, list(predictions.names), predictions.normal_class,
                       list(predictions.notes))
 

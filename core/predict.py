@@ -9,15 +9,22 @@ classes as well (`include_base`), so named classes keep receiving regions after 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from core.config import PredictConfig
 
+if TYPE_CHECKING:
+    from core.mebin import MEBinResult
+    from core.records import Region
+    from core.results import ImageResult, RegionResult
+
 __all__ = [
     "NORMAL_CLASS_NAME",
+    "assemble_results",
     "PredictConfig",
     "Predictions",
     "class_names",
@@ -175,3 +182,53 @@ def predict_regions(
         coordinates=embedding.coordinates,
         notes=[embedding.note] if embedding.note else [],
     )
+
+
+def assemble_results(
+    regions: Sequence[Region],
+    image_keys: Sequence[str],
+    binarization: Mapping[str, MEBinResult],
+    predictions: Predictions,
+    embedding: np.ndarray,
+    region_labels: Mapping[str, str],
+    tau: float,
+    ground_truth: Mapping[str, str | None],
+    region_truth: Mapping[str, str],
+) -> tuple[list[RegionResult], list[ImageResult]]:
+    """One result per region (class, confidence, probabilities, 2-D position, truth, label) and
+    one per image, its class fused from its regions' probabilities (core.fusion.fuse_image, tau).
+
+    A region's truth is its region-level annotation (COCO) when there is one, else its image's.
+    """
+    from core.fusion import fuse_image
+    from core.results import ImageResult, RegionResult
+
+    region_results = [
+        RegionResult(
+            region=region,
+            cluster=int(predictions.classes[index]),
+            confidence=float(predictions.confidence[index]),
+            probabilities=predictions.probabilities[index],
+            embedding=embedding[index],
+            umap_x=float(predictions.coordinates[index, 0]),
+            umap_y=float(predictions.coordinates[index, 1]),
+            gt=region_truth.get(region.key, ground_truth.get(region.image)),
+            label=region_labels.get(region.key),
+        )
+        for index, region in enumerate(regions)
+    ]
+    by_image: dict[str, list[int]] = {}
+    for index, region in enumerate(regions):
+        by_image.setdefault(region.image, []).append(index)
+    image_results = []
+    for key in image_keys:
+        rows = by_image.get(key, [])
+        fused = fuse_image(predictions.probabilities[rows], [regions[i].area for i in rows], tau)
+        cluster = int(fused.argmax())
+        image_results.append(ImageResult(
+            image=key, cluster=cluster, confidence=float(fused[cluster]), probabilities=fused,
+            n_regions=len(rows), gt=ground_truth.get(key), threshold=int(binarization[key].threshold),
+            num_anomalies=int(binarization[key].num_anomalies),
+            score=float(max(regions[i].score for i in rows)),
+        ))
+    return region_results, image_results
