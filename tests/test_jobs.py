@@ -13,8 +13,8 @@ import pytest
 from core.config import DiscoveryConfig
 from core.demo import DemoConfig, generate_demo, gt_masks_to_maps
 from core.imageio import read_gray
-from storage import CANCELLED, DONE, FAILED, RUNNING, open_workspace
-from webapp import intake, jobs, worker
+from storage import CANCELLED, DONE, FAILED, RUNNING, SOURCE_GROUND_TRUTH, open_workspace
+from webapp import evaluation, intake, jobs, worker
 
 TINY_DEMO = dict(image_size=64, n_train_good=4, n_test_good=2, n_per_class=3,
                  defect_types=("scratch", "hole", "stain"))
@@ -192,3 +192,34 @@ def test_run_settings_become_the_pipeline_config():
     assert (config.mebin.sample_rate, config.mebin.min_interval_len) == (8, 3)
     assert config.binarizer == "otsu" and config.detector.method == "zero-shot"
     assert DiscoveryConfig.from_settings({"classes": 4}).classes == 4
+
+
+@pytest.mark.slow
+def test_a_run_with_coco_truth_keeps_it_and_the_evaluate_page_scores_what_the_run_recorded(tmp_path):
+    """annotations.json at the data set's root: the worker stores the region truth the run matched,
+    and the app's evaluation of the unedited run equals the metrics.json the engine wrote."""
+    import json
+
+    from core.dataset import load_dataset
+    from test_representation_pipeline import _coco_from_masks
+
+    root = generate_demo(tmp_path / "demo", DemoConfig(**TINY_DEMO))
+    (root / "annotations.json").write_text(json.dumps(_coco_from_masks(load_dataset(root))))
+    make_maps(root, tmp_path / "maps")
+    store = open_workspace(tmp_path / "workspace")
+    try:
+        info = intake.create_project(store, "coco", intake.summarize_dataset(root, tmp_path / "maps"))
+        run = store.start_run(info.id, jobs.DISCOVER, {**TINY_RUN, "representation": "descriptors"})
+        assert worker.execute(store, run.id) == DONE, store.get_run(run.id).message
+        recorded = store.get_run(run.id).metrics
+        assert recorded["region_truth"].endswith("annotations.json")
+        labels = store.list_labels(info.id, SOURCE_GROUND_TRUTH)
+        assert len(labels) == recorded["region"]["n"] == len(store.list_regions(info.id))
+        assert {label.class_name for label in labels} <= {"scratch", "hole", "stain", "normal"}
+        shown = evaluation.evaluate_run(store, run.id)
+        for level in ("image", "region"):
+            assert shown[level].n == recorded[level]["n"]
+            for name in ("nmi", "ari", "f1"):
+                assert shown[level].metrics[name] == pytest.approx(recorded[level][name]), (level, name)
+    finally:
+        store.close()

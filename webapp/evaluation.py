@@ -15,6 +15,7 @@ from core.metrics import cluster_metrics, protocol_levels
 from core.records import GOOD
 from storage import NORMAL_CLASS, SOURCE_GROUND_TRUTH, Store
 from storage.export import regions_frame
+from storage.records import STATE_NO_ANOMALY, display_name
 
 
 @dataclass(frozen=True)
@@ -38,7 +39,9 @@ def _level(level: str, truth: Sequence[str], predicted: Sequence[str]) -> LevelE
 def _protocol(store: Store, run_id: int) -> dict[str, tuple[list[str], list]]:
     """The run's current (edited) classes in core's metrics protocol (core.metrics.protocol_levels).
 
-    A region's truth is its ground-truth label when storage holds one, else its image's class.
+    A region's truth is its ground-truth label when storage holds one, else its image's class. A
+    whole-image placeholder (no anomaly found) counts in the cluster the engine put it in, as in
+    metrics.json, so an unedited run scores here what it recorded; the engineer's marks count.
     """
     images = store.image_classes(run_id)
     run = store.get_run(run_id)
@@ -46,8 +49,17 @@ def _protocol(store: Store, run_id: int) -> dict[str, tuple[list[str], list]]:
     gt_labels = {label.region_id: label.class_name for label in store.list_labels(run.project_id, SOURCE_GROUND_TRUTH)}
     regions = regions_frame(store, run_id)
     region_truth = [gt_labels.get(row.region_id) or gt_image.get(row.image) for row in regions.itertuples(index=False)]
+    clusters = {c.id: c for c in store.list_clusters(run_id, include_merged=True)}
+
+    def predicted(row) -> str:
+        if row.state != STATE_NO_ANOMALY:
+            return row.class_name
+        cluster = clusters[row.cluster_id]
+        return NORMAL_CLASS if cluster.is_normal else display_name(cluster.name, cluster.slot)
+
+    region_predicted = [predicted(row) for row in regions.itertuples(index=False)]
     return protocol_levels([c.gt_class or None for c in images], [c.class_name for c in images],
-                           region_truth, list(regions["class_name"]) if len(regions) else [])
+                           region_truth, region_predicted)
 
 
 def evaluate_run(store: Store, run_id: int) -> dict[str, LevelEvaluation]:
