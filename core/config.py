@@ -170,6 +170,35 @@ class MGViTConfig:
             object.__setattr__(self, "weights", Path(self.weights))
 
 
+#: `backbone="auto"`: REAL_USE_BACKBONE when its weights are here, else the scratch default.
+AUTO_VIT = "auto"
+
+
+def resolve_vit_backbone(model: MGViTConfig) -> tuple[MGViTConfig, str]:
+    """(the config with "auto" decided, one line saying which backbone and why).
+
+    auto takes REAL_USE_BACKBONE with a --weights file, or pretrained when its weights are already
+    in the timm / Hugging Face cache; else the offline scratch default. It never downloads (name
+    the backbone with --pretrained for that). Other names pass unchanged.
+    """
+    if model.backbone != AUTO_VIT:
+        return model, f"backbone {model.backbone} as asked"
+    if model.weights is not None:
+        return (replace(model, backbone=REAL_USE_BACKBONE, pretrained=False),
+                f"backbone {REAL_USE_BACKBONE} with the weights file {model.weights.name}")
+    from core.detection.backbones import cached_weights  # timm: imported only when auto is asked
+
+    found = cached_weights(REAL_USE_BACKBONE)
+    if found is not None:
+        return (replace(model, backbone=REAL_USE_BACKBONE, pretrained=True),
+                f"backbone {REAL_USE_BACKBONE}: its pretrained weights are in the cache ({found.parent})")
+    scratch = MGViTConfig.backbone
+    return (replace(model, backbone=scratch, pretrained=False),
+            f"backbone {scratch} (offline, trained from scratch): no pretrained {REAL_USE_BACKBONE} weights in "
+            f"the timm/Hugging Face cache and no --weights; auto does not download (name --backbone "
+            f"{REAL_USE_BACKBONE} --pretrained to download it once)")
+
+
 def is_scratch(config: MGViTConfig) -> bool:
     """True when the backbone starts from random weights (nothing pretrained, no file)."""
     return config.weights is None and (config.backbone in SCRATCH_BACKBONES or not config.pretrained)
@@ -366,6 +395,7 @@ class DiscoveryConfig:
             if size < 0:
                 raise SettingsError(f"image_size must be 0 (the backbone's own) or positive, got {size}")
             model = replace(model, input_size=size or None)
+        model, _ = resolve_vit_backbone(model)
 
         train: dict[str, Any] = {}
         epochs = _number(settings, "epochs", int) if _given(settings, "epochs") else recommended_epochs(model)

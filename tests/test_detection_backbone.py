@@ -41,11 +41,8 @@ def test_auto_falls_back_offline_and_says_why(empty_caches, tmp_path, capsys):
 
 
 def test_auto_takes_the_pretrained_backbone_from_the_cache(empty_caches):
+    _cache_timm_weights(empty_caches, "wide_resnet50_2.racm_in1k")
     snapshot = empty_caches / "models--timm--wide_resnet50_2.racm_in1k" / "snapshots" / "abc123"
-    snapshot.mkdir(parents=True)
-    (snapshot / "model.safetensors").write_bytes(b"weights")
-    (empty_caches / "models--timm--wide_resnet50_2.racm_in1k" / "refs").mkdir()
-    (empty_caches / "models--timm--wide_resnet50_2.racm_in1k" / "refs" / "main").write_text("abc123")
     assert cached_weights(PAPER_BACKBONE) == snapshot / "model.safetensors"
     backbone, why = resolve_backbone(DetectorConfig())
     assert backbone == PAPER_BACKBONE and "in the cache" in why
@@ -55,3 +52,35 @@ def test_auto_with_a_weights_file_uses_the_paper_backbone(tmp_path):
     backbone, why = resolve_backbone(DetectorConfig(weights=tmp_path / "w.pth"))
     assert backbone == PAPER_BACKBONE and "w.pth" in why
     assert resolve_backbone(DetectorConfig(backbone="resnet18"))[0] == "resnet18"
+
+
+def _cache_timm_weights(cache, name: str) -> None:
+    repo = cache / f"models--timm--{name}"
+    (repo / "snapshots" / "abc123").mkdir(parents=True)
+    (repo / "snapshots" / "abc123" / "model.safetensors").write_bytes(b"weights")
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("abc123")
+
+
+def test_discovery_vit_auto_trains_the_scratch_vit_offline_and_says_why(empty_caches):
+    from core.config import REAL_USE_BACKBONE, SCRATCH_EPOCHS, DiscoveryConfig, MGViTConfig, resolve_vit_backbone
+
+    config = DiscoveryConfig.from_settings({"backbone": "auto"})
+    assert config.model.backbone == MGViTConfig.backbone and not config.model.pretrained
+    assert config.train.epochs == SCRATCH_EPOCHS  # epochs follow the backbone auto chose
+    why = resolve_vit_backbone(MGViTConfig(backbone="auto"))[1]
+    assert "offline" in why and f"no pretrained {REAL_USE_BACKBONE} weights" in why
+
+
+def test_discovery_vit_auto_takes_dino_from_the_cache_or_a_weights_file(empty_caches, tmp_path):
+    from core.config import REAL_USE_BACKBONE, DiscoveryConfig, TrainConfig
+
+    weights = tmp_path / "dino.pth"
+    weights.write_bytes(b"not read here")
+    given = DiscoveryConfig.from_settings({"backbone": "auto", "weights": str(weights)})
+    assert given.model.backbone == REAL_USE_BACKBONE and given.model.weights == weights
+    assert given.train.epochs == TrainConfig.epochs
+    _cache_timm_weights(empty_caches, REAL_USE_BACKBONE)
+    cached = DiscoveryConfig.from_settings({"backbone": "auto"})
+    assert cached.model.backbone == REAL_USE_BACKBONE and cached.model.pretrained
+    assert DiscoveryConfig.from_settings({"backbone": "vit_micro_scratch"}).model.backbone == "vit_micro_scratch"

@@ -140,3 +140,16 @@ def test_missing_maps_are_named(tiny, tmp_path, capsys):
     code, err = _main(capsys, "--dataset", str(root), "--maps", str(tmp_path / "empty"), "--out", str(tmp_path / "o"),
                       *TINY)
     assert code == 2 and "maps folder does not exist" in err
+
+
+def test_default_backbone_is_auto_and_says_which_it_used(tiny, tmp_path):
+    """No weights in any cache: auto trains the scratch ViT, and the first line says so and why."""
+    import os
+
+    root, maps, _ = tiny
+    env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1", "TORCH_HOME": str(tmp_path / "torch")}
+    done = subprocess.run([sys.executable, "-m", "core", "discover", "--dataset", str(root), "--maps", str(maps),
+                           "--out", str(tmp_path / "out"), "--representation", "descriptors", "--classes", "3",
+                           "--device", "cpu", "--quiet"], cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[0].startswith("discover: backbone vit_tiny_scratch (offline, trained from scratch)")

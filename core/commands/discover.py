@@ -21,13 +21,16 @@ import numpy as np
 
 from core.commands import add_with_default
 from core.config import (
+    AUTO_VIT,
     BINARIZERS,
     EXTRACTIONS,
     REPRESENTATIONS,
     SCRATCH_EPOCHS,
     DetectorConfig,
     DiscoveryConfig,
+    MGViTConfig,
     TrainConfig,
+    resolve_vit_backbone,
 )
 from core.detection.config import METHODS
 from core.errors import UserError
@@ -52,9 +55,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--classes", type=_classes, default=None, metavar="K|auto",
                         help="number of defect classes to discover (normal slot on top) [auto]")
     parser.add_argument("--device", default=DiscoveryConfig.device, help="auto | cpu | cuda | cuda:N | mps [auto]")
-    parser.add_argument("--backbone", default=None,
-                        help="ViT backbone: vit_tiny_scratch (offline default), vit_micro_scratch, or a timm name "
-                             "such as vit_base_patch16_224.dino (real use)")
+    parser.add_argument("--backbone", default=AUTO_VIT,
+                        help="ViT backbone: auto (vit_base_patch16_224.dino when its weights are in the cache or "
+                             "given with --weights, else vit_tiny_scratch), vit_tiny_scratch, vit_micro_scratch, "
+                             "or a timm name [auto]")
     parser.add_argument("--weights", type=Path, help="local weight file for the backbone (timm or DINO layout)")
     parser.add_argument("--pretrained", action="store_true", help="load timm's pretrained weights for a timm backbone")
     parser.add_argument("--epochs", type=int,
@@ -287,6 +291,8 @@ def run(args: argparse.Namespace) -> int:
 
     manifest = _load_manifest(args.dataset)
     config = _config(args)
+    if args.backbone == AUTO_VIT:  # one line: which backbone auto chose, and why
+        print(f"discover: {resolve_vit_backbone(MGViTConfig(backbone=AUTO_VIT, weights=config.model.weights))[1]}")
     # Under `torchrun --nproc-per-node N` every rank runs the pipeline and training shards its
     # batches with DistributedDataParallel; only rank 0 writes the outputs.
     environ = dict(os.environ)  # the command's one read of the environment (torchrun's WORLD_SIZE, RANK, ...)
