@@ -212,6 +212,7 @@ def test_a_run_with_coco_truth_keeps_it_and_the_evaluate_page_scores_what_the_ru
         run = store.start_run(info.id, jobs.DISCOVER, {**TINY_RUN, "representation": "descriptors"})
         assert worker.execute(store, run.id) == DONE, store.get_run(run.id).message
         recorded = store.get_run(run.id).metrics
+        assert store.get_run(run.id).checkpoint_path is None  # the descriptors representation trains no model
         assert recorded["region_truth"].endswith("annotations.json")
         labels = store.list_labels(info.id, SOURCE_GROUND_TRUTH)
         assert len(labels) == recorded["region"]["n"] == len(store.list_regions(info.id))

@@ -218,7 +218,7 @@ def run_discover(store: Store, run: RunInfo, report: Reporter) -> str:
     if result.problems:
         parts.append(f"{len(result.problems)} note(s): " + "; ".join(result.problems[:3]))
     store.finish_run(run.id, metrics=metrics, timings=dict(result.timings),
-                     checkpoint_path=str(checkpoint),
+                     checkpoint_path=str(checkpoint) if checkpoint.is_file() else None,  # descriptors: no model
                      loss_history=history, message=", ".join(parts))
     return ""
 
