@@ -46,6 +46,9 @@ class DetectorConfig:
     learned_dim: int = 48  # learned: principal components of the normal patches kept
     learned_squash: float = 2.0  # learned: soft clip (asinh) of the contrast-normalized image, in texture spreads
     learned_cells_per_image: int = 1200  # learned: normal cells drawn from each reference
+    learned_patch_norm: float = 3.0  # learned: coarse patches divided by (their RMS / this + 1); 0 = off
+    learned_washout_weight: float = 1.0  # learned: weight of the washed-out texture score (0 = off)
+    learned_dark_weight: float = 1.5  # learned: weight of the small dark spot score (0 = off)
     seed: int = 0  # coreset start and projection, reference sampling
 
     def __post_init__(self) -> None:
@@ -65,6 +68,9 @@ class DetectorConfig:
         if self.learned_dim < 1 or self.learned_squash <= 0 or self.learned_cells_per_image < 1:
             raise ValueError(f"need learned_dim >= 1, learned_squash > 0, learned_cells_per_image >= 1, not "
                              f"{self.learned_dim}, {self.learned_squash}, {self.learned_cells_per_image}")
+        if min(self.learned_patch_norm, self.learned_washout_weight, self.learned_dark_weight) < 0:
+            raise ValueError(f"learned_patch_norm, learned_washout_weight and learned_dark_weight must be >= 0, not "
+                             f"{self.learned_patch_norm}, {self.learned_washout_weight}, {self.learned_dark_weight}")
         if self.neighbourhood < 1 or self.neighbourhood % 2 == 0:
             raise ValueError(f"neighbourhood must be an odd number >= 1, not {self.neighbourhood}")
 
