@@ -84,3 +84,29 @@ def test_discovery_vit_auto_takes_dino_from_the_cache_or_a_weights_file(empty_ca
     cached = DiscoveryConfig.from_settings({"backbone": "auto"})
     assert cached.model.backbone == REAL_USE_BACKBONE and cached.model.pretrained
     assert DiscoveryConfig.from_settings({"backbone": "vit_micro_scratch"}).model.backbone == "vit_micro_scratch"
+
+
+@pytest.mark.slow
+def test_an_app_run_with_auto_records_which_vit_it_trained_and_why(empty_caches, tmp_path):
+    """The Discover form's default `auto`: the worker trains the scratch ViT offline, with the epochs
+    that backbone is given, and the run records what auto chose and why (metrics and message)."""
+    from core.config import SCRATCH_EPOCHS
+    from storage import DONE, open_workspace
+    from test_jobs import TINY_DEMO, TINY_RUN, make_maps
+    from webapp import intake, jobs, worker
+
+    root = generate_demo(tmp_path / "demo", **TINY_DEMO)
+    make_maps(root, tmp_path / "maps")
+    store = open_workspace(tmp_path / "workspace")
+    try:
+        info = intake.create_project(store, "auto", intake.summarize_dataset(root, tmp_path / "maps"))
+        settings = {key: value for key, value in TINY_RUN.items() if key != "epochs"}
+        run = store.start_run(info.id, jobs.DISCOVER, {**settings, "backbone": "auto", "representation": "vit"})
+        assert worker.execute(store, run.id) == DONE, store.get_run(run.id).message
+        done = store.get_run(run.id)
+        assert done.metrics["backbone"]["asked"] == "auto"
+        assert done.metrics["backbone"]["used"] == "vit_tiny_scratch"
+        assert "no pretrained" in done.metrics["backbone"]["why"] and "auto chose" in done.message
+        assert sum(bool(p.get("epoch_done")) for p in done.loss_history) == SCRATCH_EPOCHS  # the scratch ViT's own epochs, not the paper's 50
+    finally:
+        store.close()

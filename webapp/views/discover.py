@@ -8,7 +8,8 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from core.config import BINARIZERS, REAL_USE_BACKBONE, SCRATCH_BACKBONES, SCRATCH_EPOCHS, DiscoveryConfig
+from core.config import (AUTO_VIT, BINARIZERS, REAL_USE_BACKBONE, SCRATCH_BACKBONES, SCRATCH_EPOCHS, DiscoveryConfig,
+                         MGViTConfig, resolve_vit_backbone)
 from core.detection.config import METHODS
 from storage import ProjectInfo, RunInfo
 from webapp import figures, jobs, messages, navigation, widgets
@@ -19,6 +20,7 @@ VIEWS = Path(__file__).resolve().parent
 
 # The form's defaults are the engine's (core.config imports without torch); only display texts live here.
 BACKBONES = {
+    AUTO_VIT: "DINO ViT-B/16 when its weights are here, else the small ViT from scratch (default)",
     "vit_tiny_scratch": "Small ViT from scratch (offline default)",
     "vit_micro_scratch": "Tiny ViT from scratch (quick checks)",
     "vit_small_patch16_224.dino": "DINO ViT-S/16 (pretrained weights needed)",
@@ -30,6 +32,13 @@ SCRATCH_HINT = ("A ViT trained from scratch on a few hundred crops finds rough g
                 "For classes close to the paper's, choose a DINO backbone and give its weights file.")
 DEFAULTS = DiscoveryConfig()
 DEVICES = ["auto", "cpu", "cuda"]
+
+
+@st.cache_data(ttl=60, show_spinner=False)
+def auto_backbone(weights: str) -> tuple[str, str]:
+    """(backbone auto takes here, why): the engine's decision, shown before Start."""
+    model, why = resolve_vit_backbone(MGViTConfig(backbone=AUTO_VIT, weights=Path(weights) if weights else None))
+    return model.backbone, why
 
 
 # ------------------------------------------------------------------------------ settings form
@@ -46,16 +55,22 @@ def settings_form(project: ProjectInfo, has_maps: bool, n_labels: int) -> dict[s
                                   key="d_classes", disabled=auto,
                                   help="Novel defect classes to discover; the 'normal / false detection' "
                                        "class comes on top.")
-        epochs = st.number_input("Epochs", min_value=1, max_value=500, value=SCRATCH_EPOCHS, step=1, key="d_epochs",
-                                 help=f"{SCRATCH_EPOCHS} suit the from-scratch ViTs; the paper trains DINO "
-                                      f"backbones for {DEFAULTS.train.epochs}.")
+        epochs = st.number_input("Epochs (0 = the backbone's own)", min_value=0, max_value=500, value=0, step=1,
+                                 key="d_epochs",
+                                 help=f"0: {SCRATCH_EPOCHS} for the from-scratch ViTs, {DEFAULTS.train.epochs} (the "
+                                      "paper's) for DINO backbones.")
     with second:
         backbone = st.selectbox("Backbone", list(BACKBONES), format_func=lambda b: f"{b} — {BACKBONES[b]}",
                                 key="d_backbone")
         weights = st.text_input("Weights file (optional)", key="d_weights",
                                 help="A local .pth or .safetensors file (timm or official DINO layout).")
         device = st.selectbox("Device", DEVICES, key="d_device", help="auto: a GPU when there is one, else CPU.")
-    if backbone in SCRATCH and not weights.strip():
+    used = backbone
+    if backbone == AUTO_VIT:
+        weights_file = weights.strip()
+        used, why = auto_backbone(weights_file if weights_file and Path(weights_file).is_file() else "")
+        st.caption(f":material/smart_toy: auto: {why}")
+    if used in SCRATCH and not weights.strip():
         st.caption(":material/info: " + SCRATCH_HINT)
 
     with st.expander(":material/tune: Advanced settings"):
@@ -96,7 +111,6 @@ def settings_form(project: ProjectInfo, has_maps: bool, n_labels: int) -> dict[s
         "backbone": backbone,
         "weights": weights.strip() or None,
         "pretrained": backbone not in SCRATCH and not weights.strip(),
-        "epochs": int(epochs),
         "device": device,
         "batch_size": int(batch_size),
         "lr": float(lr) or None,
@@ -110,6 +124,8 @@ def settings_form(project: ProjectInfo, has_maps: bool, n_labels: int) -> dict[s
         "use_labeled_set": bool(use_labeled),
         "labels_from_project": bool(from_labels),
     }
+    if epochs:
+        settings["epochs"] = int(epochs)
     if image_size:
         settings["image_size"] = int(image_size)
     if detector != "auto":
@@ -186,7 +202,7 @@ def runs_table(runs: list[RunInfo]) -> None:
         rows.append({
             "run": run.id, "status": run.status, "started": widgets.format_time(run.started_at or run.created_at),
             "duration": widgets.format_duration(widgets.run_elapsed(run)),
-            "classes": widgets.classes_text(run), "backbone": run.settings.get("backbone", ""),
+            "classes": widgets.classes_text(run), "backbone": (run.metrics or {}).get("backbone", {}).get("used") or run.settings.get("backbone", ""),
             "epochs": run.settings.get("epochs"),
             # A cancelled or failed run has no metrics: a dash, not "None".
             "image NMI": "–" if image.get("nmi") is None else f"{float(image['nmi']):.3f}",
