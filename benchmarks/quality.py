@@ -38,6 +38,7 @@ if str(ROOT) not in sys.path:
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
+from core.detection.config import METHODS  # noqa: E402
 from core.imageio import read_gray, read_image  # noqa: E402
 from core.metrics import cluster_metrics  # noqa: E402
 from core.records import GOOD  # noqa: E402
@@ -87,8 +88,8 @@ def estimates_and_coverage(manifest, maps, base, device) -> tuple[dict, dict]:
 # ----------------------------------------------------------------------------------- sets
 
 
-def demo_set(dataset: Path | None, per_class: int, seed: int, device):
-    """The demo (generated unless a folder is given) and its built-in detector maps."""
+def demo_set(dataset: Path | None, per_class: int, seed: int, device, method: str = "auto"):
+    """The demo (generated unless a folder is given), its built-in detector maps and the detector's choice."""
     from core.dataset import load_dataset
     from core.demo import DemoConfig, generate_demo
     from core.detection import DetectorConfig, detect
@@ -96,9 +97,8 @@ def demo_set(dataset: Path | None, per_class: int, seed: int, device):
     if dataset is None:
         dataset = generate_demo(Path(tempfile.mkdtemp(prefix="demo-")) / "demo", DemoConfig(seed=seed, n_per_class=per_class))
     manifest = load_dataset(dataset)
-    method = "patchcore" if manifest.normal else "zero-shot"
-    maps = detect(manifest, DetectorConfig(method=method), device).maps
-    return manifest, {k: np.asarray(v, np.float32) for k, v in maps.items()}
+    detection = detect(manifest, DetectorConfig(method=method), device)
+    return manifest, {k: np.asarray(v, np.float32) for k, v in detection.maps.items()}, detection.choice
 
 
 def template_of(path: Path, root: Path) -> Path | None:
@@ -254,6 +254,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows", default=",".join(ROWS), help=f"comma list of rows [{','.join(ROWS)}]")
     parser.add_argument("--baselines", default="", help=f"demo only, comma list of {','.join(BASELINES)} [none]")
     parser.add_argument("--dataset", type=Path, help="MVTec-layout folder for the demo column (default: generated)")
+    parser.add_argument("--detector", default="auto", choices=METHODS,
+                        help="built-in detector of the demo column [auto, the offline default: learned]")
     parser.add_argument("--per-class", type=int, default=14, help="generated demo: defective images per type [14]")
     parser.add_argument("--deeppcb", type=Path, default=_deeppcb_default(),
                         help="DeepPCB folder (images/, normal/, annotations.json) [shared/datasets/deeppcb in a "
@@ -284,10 +286,10 @@ def main(argv: list[str] | None = None) -> int:
     demo = None
     if "demo" in wanted:
         started = time.perf_counter()
-        manifest, maps = demo_set(args.dataset, args.per_class, 0, device)
+        manifest, maps, choice = demo_set(args.dataset, args.per_class, 0, device, args.detector)
         classes = sorted({r.gt_class for r in manifest.unlabeled if r.gt_class not in (None, GOOD)})
         print(f"demo: {len(manifest.unlabeled)} images, {len(classes)} defect types, built-in detector maps in "
-              f"{time.perf_counter() - started:.0f} s", flush=True)
+              f"{time.perf_counter() - started:.0f} s ({choice})", flush=True)
         demo = (manifest, maps, len(classes))
         sets.append((f"demo ({len(manifest.unlabeled)}), image", manifest, maps, len(classes), "image"))
     if {"template", "annotated"} & set(wanted):

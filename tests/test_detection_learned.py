@@ -93,3 +93,25 @@ def test_too_few_references_names_the_minimum_and_auto_falls_back(tmp_path):
     detection = detect(few, DetectorConfig(**SMALL, backbone="auto"), CPU)
     assert detection.config.method == "patchcore"
     assert f"the learned detector needs at least {MIN_REFERENCES}" in detection.choice
+
+
+def test_auto_offline_keeps_the_detector_whose_maps_separate_better(tmp_path, monkeypatch):
+    """auto without weights runs the learned detector and PatchCore on the filter bank, keeps the one
+    whose held-out normals separate better from the inspected images (the filter bank only when
+    AUTO_MARGIN better), says both numbers, and caches both: a second run computes nothing."""
+    from core.detection import detector
+
+    monkeypatch.setattr("core.detection.detector.resolve_backbone", lambda config: ("filterbank", "offline"))
+    textured = _textured_set(tmp_path / "set", MIN_REFERENCES + 6)
+    config = DetectorConfig(**{**SMALL, "holdout_share": 0.2})
+    alone = {method: detect(textured, DetectorConfig(**{**SMALL, "holdout_share": 0.2}, method=method,
+                                                     backbone="filterbank"), CPU)
+             for method in ("learned", "patchcore")}
+    learned, bank = (alone[m].separation["auroc"] for m in ("learned", "patchcore"))
+    expected = "patchcore" if bank >= learned + detector.AUTO_MARGIN else "learned"
+    chosen = detect(textured, config, CPU, cache_dir=tmp_path / "cache")
+    assert chosen.config.method == expected
+    assert f"learned {learned:.2f}, filter bank {bank:.2f}" in chosen.choice
+    assert all(np.array_equal(chosen.maps[k], v) for k, v in alone[expected].maps.items())
+    again = detect(textured, config, CPU, cache_dir=tmp_path / "cache")
+    assert not again.computed and again.config.method == expected

@@ -14,7 +14,8 @@ AUTO_BACKBONE = "auto"
 PAPER_BACKBONE = "wide_resnet50_2"
 #: "auto": template when every image has its own reference; else, with normal images, patchcore on a
 #: pretrained backbone when its weights are here, else "learned" (fitted to the normal images; PatchCore
-#: on the filter bank when there are too few of them); else zero-shot.
+#: on the filter bank instead when its maps separate the held-out normals clearly better, or when there
+#: are too few normal images to train on); else zero-shot.
 METHODS = ("auto", "learned", "patchcore", "template", "zero-shot")
 
 
