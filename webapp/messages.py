@@ -56,3 +56,12 @@ def perform(action: Callable[[], T], success: str | Callable[[T], str]) -> T | N
         return None
     flash("success", success(result) if callable(success) else success)
     return result
+
+
+#: Help of the detector method choice (Detection & MEBin and Discover pages).
+DETECTOR_AUTO_HELP = (
+    "auto: template comparison when every image has its own reference (<id>_test with normal/<id>_temp); "
+    "else, with normal references, PatchCore on a cached pretrained backbone, or without one the learned "
+    "detector fitted to them (20 or more; no weights needed) or PatchCore on the filter bank, whichever "
+    "tells held-out normal images from the inspected ones better; else zero-shot (the images compared "
+    "with each other).")

@@ -89,8 +89,7 @@ def settings_form(project: ProjectInfo, has_maps: bool, n_labels: int) -> dict[s
                           help="Off: the unguided ablation.")
         a, b, c = st.columns(3)
         detector = a.selectbox("Detector (when maps are made)", list(METHODS), key="d_detector",
-                               help="auto: template comparison when every image has its own "
-                               "reference, else PatchCore with normal references, else zero-shot.")
+                               help=messages.DETECTOR_AUTO_HELP)
         binarizer = b.selectbox("Binarization", list(BINARIZERS), key="d_binarizer",
                                 help="MEBin (the method) or Otsu per map (ablation).")
         recompute = c.toggle("Make the maps again", value=not has_maps, disabled=not has_maps, key="d_recompute",

@@ -216,10 +216,7 @@ def maps_form(project: ProjectInfo, has_normal: bool) -> None:
 
         left, middle, right = st.columns(3)
         method = left.selectbox("Method", list(METHODS), index=0, key="maps_method",
-                                help="auto: template comparison when every image has its own reference "
-                                     "(<id>_test with normal/<id>_temp); else, with normal references, PatchCore on a cached "
-                                     "pretrained backbone, or the learned detector fitted to them (20 or more; "
-                                     "no weights needed); else zero-shot (the images compared with each other).")
+                                help=messages.DETECTOR_AUTO_HELP)
         backbone = middle.selectbox("Backbone", [AUTO_BACKBONE, OFFLINE_BACKBONE, PAPER_BACKBONE, "resnet18"], key="maps_backbone",
                                     help=f"auto: {PAPER_BACKBONE} when its weights are cached (or a weights "
                                          f"file is given), else '{OFFLINE_BACKBONE}', which needs no download; "
