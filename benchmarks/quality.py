@@ -255,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--baselines", default="", help=f"demo only, comma list of {','.join(BASELINES)} [none]")
     parser.add_argument("--dataset", type=Path, help="MVTec-layout folder for the demo column (default: generated)")
     parser.add_argument("--detector", default="auto", choices=METHODS,
-                        help="built-in detector of the demo column [auto, the offline default: learned]")
+                        help="built-in detector of the demo column [auto: offline, the learned detector or the filter bank, whichever separates better]")
     parser.add_argument("--per-class", type=int, default=14, help="generated demo: defective images per type [14]")
     parser.add_argument("--deeppcb", type=Path, default=_deeppcb_default(),
                         help="DeepPCB folder (images/, normal/, annotations.json) [shared/datasets/deeppcb in a "

@@ -21,7 +21,7 @@ VIEWS = Path(__file__).resolve().parent
 # The form's defaults are the engine's (core.config imports without torch); only display texts live here.
 BACKBONES = {
     AUTO_VIT: "DINO ViT-B/16 when its weights are here, else the small ViT from scratch (default)",
-    "vit_tiny_scratch": "Small ViT from scratch (offline default)",
+    "vit_tiny_scratch": "Small ViT from scratch (what auto takes offline)",
     "vit_micro_scratch": "Tiny ViT from scratch (quick checks)",
     "vit_small_patch16_224.dino": "DINO ViT-S/16 (pretrained weights needed)",
     REAL_USE_BACKBONE: "DINO ViT-B/16 (paper; pretrained weights needed)",
