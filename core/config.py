@@ -23,6 +23,7 @@ __all__ = [
     "DetectorConfig",
     "DiscoveryConfig",
     "EXTRACTIONS",
+    "REFINEMENTS",
     "EstimateConfig",
     "GroupingConfig",
     "MEBinConfig",
@@ -64,6 +65,8 @@ BINARIZERS = ("mebin", "otsu")
 
 #: Region extraction modes: per-component and the paper's reference behaviour.
 EXTRACTIONS = ("components", "reference")
+#: How a components region's mask is drawn: redrawn against the normal references (core.refine) or the map's own.
+REFINEMENTS = ("references", "none")
 
 
 @dataclass(frozen=True)
@@ -84,6 +87,12 @@ class RegionConfig:
     context: float = 0.5  # components: crop side = component's longer side * (1 + context)
     min_side: int = 24  # components: smallest crop side in pixels
     max_regions: int = 64  # components: at most this many regions per image (strongest first)
+    refine: str = "references"  # components: redraw each mask from the image against the references (core.refine)
+    refine_references: int = 16  # refine: nearest references searched per image
+    refine_search: float = 0.4  # refine: largest shift searched, as a share of the crop side
+    refine_z: float = 3.0  # refine: the difference must exceed its surroundings by this many robust spreads
+    refine_half: float = 0.5  # refine: ... and this share of the defect's own difference (half-maximum)
+    refine_ratio: float = 1.5  # refine: references matching within this factor of the best are pooled
 
     def __post_init__(self) -> None:
         if self.extraction not in EXTRACTIONS:
@@ -94,6 +103,10 @@ class RegionConfig:
             raise ValueError("low_fraction must be in (0, 1] and relative_peak in [0, 1]")
         if self.noise_z < 0 or self.join_distance < 0 or not 0 <= self.mask_fraction <= 1:
             raise ValueError("noise_z and join_distance must be >= 0 and mask_fraction in [0, 1]")
+        if self.refine not in REFINEMENTS:
+            raise ValueError(f"refine must be one of {REFINEMENTS}, not {self.refine!r}")
+        if self.refine_references < 1 or self.refine_ratio < 1 or not 0 <= self.refine_half < 1:
+            raise ValueError("refine_references must be >= 1, refine_ratio >= 1 and refine_half in [0, 1)")
 
 
 # --------------------------------------------------------------- representation of a region
@@ -318,6 +331,7 @@ SETTINGS_KEYS: dict[str, str] = {
     "binarizer": "DiscoveryConfig.binarizer",
     "representation": "DiscoveryConfig.representation (vit, descriptors or hybrid)",
     "extraction": "RegionConfig.extraction (components or reference)",
+    "refine": "RegionConfig.refine (references: masks redrawn against the normal references; none: the map's)",
     "ground_truth": "DiscoveryConfig.ground_truth (a COCO file; must exist)",
     "detector_method": "DetectorConfig.method",
     "detector_backbone": "DetectorConfig.backbone",
@@ -460,10 +474,17 @@ class DiscoveryConfig:
             values["binarizer"] = str(settings["binarizer"])
         if _given(settings, "representation"):
             values["representation"] = str(settings["representation"])
+        regions: dict[str, Any] = {}
         if _given(settings, "extraction"):
             if settings["extraction"] not in EXTRACTIONS:
                 raise SettingsError(f"extraction must be one of {EXTRACTIONS}, not {settings['extraction']!r}")
-            values["regions"] = RegionConfig(extraction=str(settings["extraction"]))
+            regions["extraction"] = str(settings["extraction"])
+        if _given(settings, "refine"):
+            if settings["refine"] not in REFINEMENTS:
+                raise SettingsError(f"refine must be one of {REFINEMENTS}, not {settings['refine']!r}")
+            regions["refine"] = str(settings["refine"])
+        if regions:
+            values["regions"] = RegionConfig(**regions)
         if _given(settings, "ground_truth"):
             truth = Path(settings["ground_truth"]).expanduser()
             if not truth.is_file():
@@ -495,6 +516,7 @@ class DiscoveryConfig:
             "binarizer": self.binarizer,
             "representation": self.representation,
             "extraction": self.regions.extraction,
+            "refine": self.regions.refine,
             "ground_truth": None if self.ground_truth is None else str(self.ground_truth),
             "detector_method": self.detector.method,
             "detector_backbone": self.detector.backbone,

@@ -27,6 +27,7 @@ from core.mebin import MEBinResult
 from core.labels import plan_labels
 from core.progress import StageReporter, check_cancel
 from core.records import ImageRecord, Manifest, Region
+from core.refine import refine_regions, references_for
 from core.region_truth import RegionTruth, region_metrics, region_truth_for
 from core.results import (
     DiscoveryResult,
@@ -155,11 +156,13 @@ def cut_regions(
     config: RegionConfig,
     progress: Callable[[int, int], None] | None = None,
     exact: Sequence[str] = (),
+    references: Any = None,
 ) -> list[Region]:
     """Anomaly-centred crops of every image from its mask; progress(images done, total).
 
     exact: images whose threshold an engineer set; per-component extraction cuts them exactly
-    there (no lower cut), so "nothing above t" stays nothing.
+    there (no lower cut, no refinement), so "nothing above t" stays nothing. references: the
+    normal images (core.refine.ReferenceImages) the components masks are redrawn against; None keeps the map's.
     """
     from core.regions import extract_regions, noise_floor
 
@@ -177,6 +180,8 @@ def cut_regions(
                                    map_u8=maps.normalized[key], threshold=threshold, floor=floor)
         if progress is not None:
             progress(index + 1, len(maps.keys))
+    if config.extraction == "components":
+        regions, _ = refine_regions(regions, maps.images, references, config, exact)
     return regions
 
 
@@ -428,8 +433,10 @@ def run_discovery(
     report.finish("mebin", f"{found} of {len(map_set.keys)} images with anomalies")
 
     started = stage("regions")
-    regions = cut_regions(map_set, binarization, config.regions,
-                          progress=lambda done, total: report("regions", done / total), exact=list(thresholds or {}))
+    references = references_for([r.path for r in manifest.normal], config.regions)
+    problems += references.problems if references is not None else []
+    regions = cut_regions(map_set, binarization, config.regions, progress=lambda done, total: report("regions", done / total),
+                          exact=list(thresholds or {}), references=references)
     timings["regions"] = time.perf_counter() - started
     report.finish("regions", f"{len(regions)} regions")
     labels = plan_labels(regions, labeled, region_labels)

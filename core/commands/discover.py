@@ -24,6 +24,7 @@ from core.config import (
     AUTO_VIT,
     BINARIZERS,
     EXTRACTIONS,
+    REFINEMENTS,
     REPRESENTATIONS,
     SCRATCH_EPOCHS,
     DetectorConfig,
@@ -76,6 +77,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--extraction", choices=EXTRACTIONS, default="components",
                         help="regions: components (every defect its own region) or reference (the paper's MEBin "
                              "main elements) [components]")
+    parser.add_argument("--refine", choices=REFINEMENTS, default="references",
+                        help="components masks: references (redrawn from each image's difference to the best-matching "
+                             "normal reference patch) or none (the map's own mask) [references]")
     parser.add_argument("--ground-truth", type=Path,
                         help="COCO annotations for region-level metrics [DATASET/annotations.json when present]")
     parser.add_argument("--unguided", action="store_true", help="plain attention instead of mask-guided (ablation)")
@@ -140,6 +144,7 @@ def _config(args: argparse.Namespace) -> DiscoveryConfig:
         "binarizer": args.binarizer,
         "representation": args.representation,
         "extraction": args.extraction,
+        "refine": args.refine,
         "ground_truth": args.ground_truth,
         "tau": args.tau,
         "guided": False if args.unguided else None,
