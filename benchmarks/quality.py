@@ -67,15 +67,18 @@ def estimates_and_coverage(manifest, maps, base, device) -> tuple[dict, dict]:
     from core.pipeline import (binarize_maps, cut_regions, estimate_classes, plan_labels, prepare_maps,
                                region_descriptors, region_truth_for)
 
+    from core.refine import references_for
+
     map_set = prepare_maps(manifest.unlabeled, maps)
     binarization = binarize_maps(map_set, base.mebin, base.binarizer)
+    references = references_for([r.path for r in manifest.normal], base.regions)
     coverage = {}
     for extraction in ("reference", "components"):
-        regions = cut_regions(map_set, binarization, RegionConfig(extraction=extraction))
+        regions = cut_regions(map_set, binarization, RegionConfig(extraction=extraction), references=references)
         truth = region_truth_for(manifest, regions, map_set, base.ground_truth)
         if truth is not None:
             coverage[extraction] = truth.coverage
-    regions = cut_regions(map_set, binarization, base.regions)
+    regions = cut_regions(map_set, binarization, base.regions, references=references)
     plan = plan_labels(regions, None, None)
     estimates = {}
     for representation in ("descriptors", "hybrid"):
@@ -170,7 +173,10 @@ def defect_regions(manifest, maps: dict, config) -> tuple[list, list]:
     binarization = binarize_maps(prepared, config.mebin, config.binarizer)
     defective = [r for r in manifest.unlabeled if r.gt_class != GOOD]
     keys = {r.relpath for r in defective}
-    regions = [r for r in cut_regions(prepared, binarization, config.regions) if r.image in keys]
+    from core.refine import references_for
+
+    references = references_for([r.path for r in manifest.normal], config.regions)
+    regions = [r for r in cut_regions(prepared, binarization, config.regions, references=references) if r.image in keys]
     covered = {r.image for r in regions}
     return [r for r in defective if r.relpath in covered], regions
 

@@ -88,7 +88,7 @@ class RegionConfig:
     min_side: int = 24  # components: smallest crop side in pixels
     max_regions: int = 64  # components: at most this many regions per image (strongest first)
     refine: str = "references"  # components: redraw each mask from the image against the references (core.refine)
-    refine_references: int = 16  # refine: nearest references searched per image
+    refine_references: int = 32  # refine: nearest references searched per image
     refine_search: float = 0.4  # refine: largest shift searched, as a share of the crop side
     refine_z: float = 3.0  # refine: the difference must exceed its surroundings by this many robust spreads
     refine_half: float = 0.5  # refine: ... and this share of the defect's own difference (half-maximum)

@@ -48,6 +48,7 @@ NORMAL_CLUSTER_NAME = "normal / false detection"
 def run_detect(store: Store, run: RunInfo, report: Reporter) -> str:
     """Maps (import or built-in detector) -> stored maps -> MEBin -> stored masks and crops."""
     from core.pipeline import binarize_maps, cut_regions, prepare_maps
+    from core.refine import references_for
 
     project = store.get_project(run.project_id)
     settings = run.settings
@@ -74,10 +75,12 @@ def run_detect(store: Store, run: RunInfo, report: Reporter) -> str:
         report(0.85 + 0.14 * done / total, "regions", f"{done}/{total} images")
         report.check()
 
-    regions = cut_regions(map_set, results, config.regions, progress=progress)
+    references = references_for([r.path for r in manifest.normal], config.regions)
+    problems = list(problems) + (references.problems if references is not None else [])
+    regions = cut_regions(map_set, results, config.regions, progress=progress, references=references)
     store_regions(store, project.id, regions)
     with_anomaly = sum(1 for r in results.values() if r.num_anomalies > 0)
-    note = f"; {len(problems)} map problem(s)" if problems else ""
+    note = f"; {len(problems)} problem(s) with maps or references" if problems else ""
     return f"{len(keys)} maps ({source}), {with_anomaly} images with anomalies, {len(regions)} regions{note}"
 
 
