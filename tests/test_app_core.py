@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from core.config import DiscoveryConfig
 from core.demo import DemoConfig, generate_demo, gt_masks_to_maps
 from core.imageio import read_gray
 from storage import CANCELLED, DONE, RUNNING, open_workspace
@@ -168,11 +169,15 @@ def test_start_button_launches_a_worker_process_and_cancel_stops_it(workspace, t
     assert any("finds rough groups, not clean defect classes" in c.value for c in at.caption)  # said up front
     at.number_input(key="d_epochs").set_value(300)
     at.selectbox(key="d_device").set_value("cpu")
+    assert at.selectbox(key="d_representation").value == "hybrid" and at.toggle(key="d_refine").value
+    at.toggle(key="d_refine").set_value(False)
     at.button(key="d_start").click().run()
     assert_clean(at)
     (run,) = workspace.list_runs(project.id, kind=jobs.DISCOVER)
     assert run.settings["classes"] == 3 and run.settings["backbone"] == "vit_micro_scratch"
     assert run.settings["epochs"] == 300 and run.settings["pretrained"] is False
+    assert run.settings["representation"] == "hybrid" and run.settings["refine"] == "none"
+    assert DiscoveryConfig.from_settings(run.settings).regions.refine == "none"  # the worker's reading of them
     at.button(key=f"cancel_{run.id}").click().run()
     assert jobs.wait_for(workspace, run.id, timeout=90).status == CANCELLED
 

@@ -8,7 +8,7 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from core.config import (AUTO_VIT, BINARIZERS, REAL_USE_BACKBONE, SCRATCH_BACKBONES, SCRATCH_EPOCHS, DiscoveryConfig,
+from core.config import (AUTO_VIT, BINARIZERS, REPRESENTATIONS, REAL_USE_BACKBONE, SCRATCH_BACKBONES, SCRATCH_EPOCHS, DiscoveryConfig,
                          MGViTConfig, resolve_vit_backbone)
 from core.detection.config import METHODS
 from storage import ProjectInfo, RunInfo
@@ -42,6 +42,9 @@ def auto_backbone(weights: str) -> tuple[str, str]:
 
 
 # ------------------------------------------------------------------------------ settings form
+
+REPRESENTATION_LABELS = {"hybrid": "hybrid (descriptors + ViT)", "descriptors": "descriptors only (fast)",
+                         "vit": "ViT only (the paper)"}
 
 
 def settings_form(project: ProjectInfo, has_maps: bool, n_labels: int) -> dict[str, Any] | None:
@@ -95,6 +98,16 @@ def settings_form(project: ProjectInfo, has_maps: bool, n_labels: int) -> dict[s
         recompute = c.toggle("Make the maps again", value=not has_maps, disabled=not has_maps, key="d_recompute",
                              help="Otherwise the project's stored maps are used.")
         a, b, c = st.columns(3)
+        representation = a.selectbox(
+            "Regions grouped on", list(REPRESENTATIONS), index=list(REPRESENTATIONS).index(DEFAULTS.representation),
+            key="d_representation", format_func=lambda r: REPRESENTATION_LABELS[r],
+            help="descriptors: mask shape, contrast, texture and HOG of each region, no ViT trained (seconds); "
+                 "hybrid: those beside the trained ViT's embedding; vit: the paper's MGViT heads alone.")
+        refine = b.toggle("Redraw masks against the normal references", value=DEFAULTS.regions.refine != "none",
+                          key="d_refine",
+                          help="A detector's smooth map marks a blob wider than the defect; each region's mask is "
+                               "redrawn where the image differs from the best-matching normal reference patch.")
+        a, b, c = st.columns(3)
         sample_rate = a.number_input("MEBin sample rate", 1, 32, DEFAULTS.mebin.sample_rate, 1, key="d_sample_rate")
         min_interval = b.number_input("MEBin min. stable length", 1, 64, DEFAULTS.mebin.min_interval_len, 1, key="d_min_interval")
         use_labeled = c.toggle("Use the imported labeled set", value=bool(project.settings.get("labeled_dir")),
@@ -117,6 +130,8 @@ def settings_form(project: ProjectInfo, has_maps: bool, n_labels: int) -> dict[s
         "seed": int(seed),
         "guided": bool(guided),
         "binarizer": binarizer,
+        "representation": representation,
+        "refine": "references" if refine else "none",
         "recompute_maps": bool(recompute and has_maps),
         "mebin_sample_rate": int(sample_rate),
         "mebin_min_interval_len": int(min_interval),
