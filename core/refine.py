@@ -16,7 +16,7 @@ normal reference images exist, each region's mask is redrawn from the image itse
 
 A region where nothing passes, or whose image has no reference, keeps its map mask. Measured
 (descriptors representation, K as the truth): all 500 DeepPCB images, region NMI with the
-template maps 0.61 -> 0.80, with the annotated pixels as maps 0.75 -> 0.78; demo image NMI, mean
+template maps 0.61 -> 0.80, with the annotated pixels as maps 0.75 -> 0.77; demo image NMI, mean
 of three generated demos, 0.33 -> 0.44.
 """
 
