@@ -108,3 +108,19 @@ def test_maps_that_do_not_match_images(tmp_path):
     assert result.returncode == 2
     for name in ("a.npy", "b.png", "c.npy"):
         assert name in result.stderr
+
+
+def test_a_data_set_with_normal_references_gets_its_masks_redrawn(demo_with_maps, tmp_path):
+    root, maps_dir, _ = demo_with_maps
+    plain = run_cli("--maps", maps_dir, "--out", tmp_path / "plain", "--images", root / "test")
+    assert plain.returncode == 0, plain.stderr
+    # The data-set root holds train/good: the masks are redrawn against those normal images.
+    test_maps = tmp_path / "maps_by_root"
+    shutil.copytree(maps_dir, test_maps / "test")
+    redrawn = run_cli("--maps", test_maps, "--out", tmp_path / "redrawn", "--images", root)
+    assert redrawn.returncode == 0, redrawn.stderr
+    before = pd.read_csv(tmp_path / "plain" / "regions.csv")
+    after = pd.read_csv(tmp_path / "redrawn" / "regions.csv")
+    after = after[after.image.str.startswith("test/")]
+    assert len(after) == len(before)
+    assert after.area.sum() < 0.8 * before.area.sum()  # blurred blobs shrink to the defects' pixels

@@ -21,7 +21,8 @@ REGION_COLUMNS = ["image", "region", "x0", "y0", "x1", "y1", "area", "score", "t
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--maps", type=Path, required=True, help="folder of anomaly maps (.npy, .png, .tif)")
     parser.add_argument("--out", type=Path, required=True, help="output folder")
-    parser.add_argument("--images", type=Path, help="folder of the images the maps belong to: cut crops")
+    parser.add_argument("--images", type=Path, help="data-set folder of the images the maps belong to: cut crops "
+                        "(masks redrawn against its normal references)")
     parser.add_argument("--sample-rate", type=int, default=4, help="threshold step r of the sweep [4]")
     parser.add_argument("--min-interval", type=int, default=4, help="shortest stable interval [4]")
     parser.add_argument("--no-erode", action="store_true", help="skip the 6x6 erosion")
@@ -59,7 +60,8 @@ def _load_maps_alone(folder: Path) -> dict[str, np.ndarray]:
     return maps
 
 
-def _load_with_images(maps_dir: Path, images_dir: Path) -> tuple[dict[str, np.ndarray], dict[str, Path]]:
+def _load_with_images(maps_dir: Path, images_dir: Path) -> tuple[dict[str, np.ndarray], dict[str, Path], list[Path]]:
+    """The maps, the image file of each and the data set's normal references (the masks are redrawn against them)."""
     from core.dataset import DatasetError, load_dataset
     from core.detection import MapImportError, import_maps
 
@@ -71,22 +73,24 @@ def _load_with_images(maps_dir: Path, images_dir: Path) -> tuple[dict[str, np.nd
         raise UserError("some images cannot be read:\n  " + "\n  ".join(map(str, manifest.problems)))
     _map_files(maps_dir)
     try:
-        imported = import_maps(manifest.images, maps_dir, strict=True)
+        imported = import_maps(manifest.unlabeled, maps_dir, strict=True)  # the normal references need none
     except MapImportError as error:
         raise UserError(str(error)) from error
-    paths = {r.relpath: r.path for r in manifest.images if r.relpath in imported.maps}
-    return imported.maps, paths
+    paths = {r.relpath: r.path for r in manifest.unlabeled if r.relpath in imported.maps}
+    return imported.maps, paths, [r.path for r in manifest.normal]
 
 
 def run(args: argparse.Namespace) -> int:
     from core.mebin import binarize
     from core.config import RegionConfig
     from core.pipeline import cut_regions
+    from core.refine import references_for
     from core.results import MapSet
 
     started = time.perf_counter()
+    normal: list[Path] = []
     if args.images is not None:
-        raw, image_paths = _load_with_images(args.maps, args.images)
+        raw, image_paths, normal = _load_with_images(args.maps, args.images)
     else:
         raw, image_paths = _load_maps_alone(args.maps), {}
     keys = sorted(raw)
@@ -114,7 +118,10 @@ def run(args: argparse.Namespace) -> int:
                        else np.repeat(normalized[keys.index(key)][:, :, None], 3, axis=2))
     binarization = dict(zip(keys, results))
     # The same crops as discovery: one stage function, whatever the extraction setting.
-    regions = cut_regions(MapSet(keys, images, dict(zip(keys, normalized))), binarization, config)
+    references = references_for(normal, config)
+    for problem in references.problems if references is not None else []:
+        print(f"warning: {problem}")
+    regions = cut_regions(MapSet(keys, images, dict(zip(keys, normalized))), binarization, config, references=references)
     rows = []
     for key, result in zip(keys, results):
         stem = Path(key).with_suffix("").as_posix()
