@@ -27,7 +27,7 @@ from core.mebin import MEBinResult
 from core.labels import plan_labels
 from core.progress import StageReporter, check_cancel
 from core.records import ImageRecord, Manifest, Region
-from core.refine import refine_regions, references_for
+from core.refine import ReferenceImages, refine_regions, references_for
 from core.region_truth import RegionTruth, region_metrics, region_truth_for
 from core.results import (
     DiscoveryResult,
@@ -156,7 +156,7 @@ def cut_regions(
     config: RegionConfig,
     progress: Callable[[int, int], None] | None = None,
     exact: Sequence[str] = (),
-    references: Any = None,
+    references: ReferenceImages | None = None,
 ) -> list[Region]:
     """Anomaly-centred crops of every image from its mask; progress(images done, total).
 
@@ -435,10 +435,11 @@ def run_discovery(
     started = stage("regions")
     references = references_for([r.path for r in manifest.normal], config.regions)
     problems += references.problems if references is not None else []
-    regions = cut_regions(map_set, binarization, config.regions, progress=lambda done, total: report("regions", done / total),
-                          exact=list(thresholds or {}), references=references)
+    regions = cut_regions(map_set, binarization, config.regions, exact=list(thresholds or {}), references=references,
+                          progress=lambda done, total: report("regions", done / total))
     timings["regions"] = time.perf_counter() - started
-    report.finish("regions", f"{len(regions)} regions")
+    redrawn = f", masks redrawn against {len(references)} normal references" if references else ""
+    report.finish("regions", f"{len(regions)} regions{redrawn}")
     labels = plan_labels(regions, labeled, region_labels)
     problems += labels.problems
     region_truth = region_truth_for(manifest, regions, map_set, config.ground_truth)
