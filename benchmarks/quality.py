@@ -61,7 +61,7 @@ def row_config(base, row: str):
                    representation=representation, train=replace(base.train, guided=guided))
 
 
-def estimates_and_coverage(manifest, maps, base, device) -> tuple[dict, dict]:
+def estimates_and_coverage(manifest, maps, base, device, normal_peaks=()) -> tuple[dict, dict]:
     """What `--classes auto` answers (descriptors, hybrid; no training) and each extraction's coverage."""
     from core.config import RegionConfig
     from core.pipeline import (binarize_maps, cut_regions, estimate_classes, plan_labels, prepare_maps,
@@ -69,7 +69,7 @@ def estimates_and_coverage(manifest, maps, base, device) -> tuple[dict, dict]:
 
     from core.refine import references_for
 
-    map_set = prepare_maps(manifest.unlabeled, maps)
+    map_set = prepare_maps(manifest.unlabeled, maps, normal_peaks)
     binarization = binarize_maps(map_set, base.mebin, base.binarizer)
     references = references_for([r.path for r in manifest.normal], base.regions)
     coverage = {}
@@ -92,7 +92,8 @@ def estimates_and_coverage(manifest, maps, base, device) -> tuple[dict, dict]:
 
 
 def demo_set(dataset: Path | None, per_class: int, seed: int, device, method: str = "auto"):
-    """The demo (generated unless a folder is given), its built-in detector maps and the detector's choice."""
+    """The demo (generated unless a folder is given), its built-in detector maps, the detector's choice and the
+    held-out normal images' map peaks."""
     from core.dataset import load_dataset
     from core.demo import DemoConfig, generate_demo
     from core.detection import DetectorConfig, detect
@@ -101,7 +102,8 @@ def demo_set(dataset: Path | None, per_class: int, seed: int, device, method: st
         dataset = generate_demo(Path(tempfile.mkdtemp(prefix="demo-")) / "demo", DemoConfig(seed=seed, n_per_class=per_class))
     manifest = load_dataset(dataset)
     detection = detect(manifest, DetectorConfig(method=method), device)
-    return manifest, {k: np.asarray(v, np.float32) for k, v in detection.maps.items()}, detection.choice
+    maps = {k: np.asarray(v, np.float32) for k, v in detection.maps.items()}
+    return manifest, maps, detection.choice, list(detection.normal_peaks)
 
 
 def template_of(path: Path, root: Path) -> Path | None:
@@ -165,11 +167,11 @@ def image_votes(records, regions, region_probabilities: np.ndarray, tau: float) 
     return truth, predicted
 
 
-def defect_regions(manifest, maps: dict, config) -> tuple[list, list]:
+def defect_regions(manifest, maps: dict, config, normal_peaks=()) -> tuple[list, list]:
     """Defective test records and their regions: discovery's own maps, binarization and crop stages."""
     from core.pipeline import binarize_maps, cut_regions, prepare_maps
 
-    prepared = prepare_maps(manifest.unlabeled, maps)
+    prepared = prepare_maps(manifest.unlabeled, maps, normal_peaks)
     binarization = binarize_maps(prepared, config.mebin, config.binarizer)
     defective = [r for r in manifest.unlabeled if r.gt_class != GOOD]
     keys = {r.relpath for r in defective}
@@ -192,7 +194,7 @@ def two_folds(records, seed: int) -> dict[str, int]:
     return fold_of
 
 
-def baseline(name: str, manifest, maps, config, device, k: int, seed: int) -> dict:
+def baseline(name: str, manifest, maps, config, device, k: int, seed: int, normal_peaks=()) -> dict:
     """One demo baseline: k-means on whole images or crops, or the supervised 2-fold reference."""
     from core.inference import backbone_features
 
@@ -202,7 +204,7 @@ def baseline(name: str, manifest, maps, config, device, k: int, seed: int) -> di
         masks = [np.full(i.shape[:2], 255, np.uint8) for i in images]
         features = backbone_features(images, masks, config.model, device, seed=seed, guided=False)
         return cluster_metrics([r.gt_class for r in records], kmeans_labels(features, k, seed))
-    records, regions = defect_regions(manifest, maps, config)
+    records, regions = defect_regions(manifest, maps, config, normal_peaks)
     if name == "crops":
         features = backbone_features([r.image_crop for r in regions], [r.mask_crop for r in regions],
                                      config.model, device, seed=seed, guided=True)
@@ -292,12 +294,12 @@ def main(argv: list[str] | None = None) -> int:
     demo = None
     if "demo" in wanted:
         started = time.perf_counter()
-        manifest, maps, choice = demo_set(args.dataset, args.per_class, 0, device, args.detector)
+        manifest, maps, choice, peaks = demo_set(args.dataset, args.per_class, 0, device, args.detector)
         classes = sorted({r.gt_class for r in manifest.unlabeled if r.gt_class not in (None, GOOD)})
         print(f"demo: {len(manifest.unlabeled)} images, {len(classes)} defect types, built-in detector maps in "
               f"{time.perf_counter() - started:.0f} s ({choice})", flush=True)
-        demo = (manifest, maps, len(classes))
-        sets.append((f"demo ({len(manifest.unlabeled)}), image", manifest, maps, len(classes), "image"))
+        demo = (manifest, maps, len(classes), peaks)
+        sets.append((f"demo ({len(manifest.unlabeled)}), image", manifest, maps, len(classes), "image", peaks))
     if {"template", "annotated"} & set(wanted):
         if not args.deeppcb.is_dir():
             print(f"{args.deeppcb}: not there, DeepPCB columns left out")
@@ -309,17 +311,17 @@ def main(argv: list[str] | None = None) -> int:
             for kind in ("template", "annotated"):
                 if kind in wanted:
                     sets.append((f"DeepPCB {kind} ({len(manifest.unlabeled)}), region", manifest, maps[kind], 6,
-                                 "region"))
+                                 "region", []))
 
     table: dict[tuple[str, str], list[dict] | str] = {}
     notes = []
-    for column, manifest, maps, k, level in sets:
+    for column, manifest, maps, k, level, peaks in sets:
         for row in rows:
             for seed in range(args.seeds):
                 started = time.perf_counter()
                 config = replace(row_config(base, row), classes=k, seed=seed)
                 try:
-                    result = run_discovery(manifest, config, maps=maps)
+                    result = run_discovery(manifest, config, maps=maps, normal_peaks=peaks)
                 except PipelineError as error:
                     table[(row, column)] = "refused"
                     print(f"  {column} | {ROWS[row][0]}: refused ({error})", flush=True)
@@ -331,7 +333,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  {column} | {ROWS[row][0]} seed {seed}: {len(result.regions)} regions, NMI {metrics['nmi']:.3f} "
                       f"ARI {metrics['ari']:.3f} F1 {metrics['f1']:.3f} ({time.perf_counter() - started:.0f} s)",
                       flush=True)
-        estimates, coverage = estimates_and_coverage(manifest, maps, base, device)
+        estimates, coverage = estimates_and_coverage(manifest, maps, base, device, peaks)
         line = f"{column} (truth K = {k}): --classes auto " + ", ".join(
             f"{name} {estimate.k} ({estimate.sureness}, {estimate.confidence:.2f})" for name, estimate in estimates.items())
         for extraction, found in coverage.items():
@@ -352,12 +354,12 @@ def main(argv: list[str] | None = None) -> int:
 
     chosen = [b for b in args.baselines.split(",") if b]
     if chosen and demo is not None:
-        manifest, maps, k = demo
+        manifest, maps, k, peaks = demo
         config = replace(base, classes=k)
         print()
         print(f"{'method (image level, demo)':<32}{'NMI / ARI / F1':>{width}}")
         for name in chosen:
-            runs = [baseline(name, manifest, maps, config, device, k, seed) for seed in range(args.seeds)]
+            runs = [baseline(name, manifest, maps, config, device, k, seed, peaks) for seed in range(args.seeds)]
             label = {"whole": "k-means, whole images", "crops": "k-means, crops",
                      "supervised": "supervised 2-fold (reference)"}[name]
             print(f"{label:<32}{_cell(runs):>{width}}", flush=True)

@@ -82,7 +82,8 @@ class RegionConfig:
     relative_peak: float = 0.3  # components: keep those whose peak reaches this share of the strongest
     join_distance: float = 0.01  # components: parts closer than this (share of the longer side) are one region
     mask_fraction: float = 0.6  # components: a region's mask = its pixels at or above this share of its own peak
-    noise_z: float = 8.0  # components: the cut never goes below the set's map background + noise_z robust spreads
+    noise_z: float = 8.0  # components: the cut never goes below the set's map background + noise_z robust spreads ...
+    floor_z: float = 2.0  # ... or, with 3+ held-out normal images scored by the detector, their peaks' median + floor_z spreads
     min_area: float = 2e-5  # components: smallest component, as a share of the image's pixels
     context: float = 0.5  # components: crop side = component's longer side * (1 + context)
     min_side: int = 24  # components: smallest crop side in pixels
@@ -103,6 +104,8 @@ class RegionConfig:
             raise ValueError("low_fraction must be in (0, 1] and relative_peak in [0, 1]")
         if self.noise_z < 0 or self.join_distance < 0 or not 0 <= self.mask_fraction <= 1:
             raise ValueError("noise_z and join_distance must be >= 0 and mask_fraction in [0, 1]")
+        if self.floor_z < 0:
+            raise ValueError(f"floor_z must be >= 0, got {self.floor_z}")
         if self.refine not in REFINEMENTS:
             raise ValueError(f"refine must be one of {REFINEMENTS}, not {self.refine!r}")
         if self.refine_references < 1 or self.refine_ratio < 1 or not 0 <= self.refine_half < 1:

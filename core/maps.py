@@ -72,6 +72,20 @@ def resize_to(array: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return cv2.resize(array, (width, height), interpolation=cv2.INTER_LINEAR)
 
 
+def _global_range(maps: Sequence[np.ndarray]) -> tuple[float, float]:
+    return min(float(np.min(a)) for a in maps), max(float(np.max(a)) for a in maps)
+
+
+def on_global_scale(values: Sequence[float], maps: Sequence[np.ndarray]) -> list[float]:
+    """Raw map values (e.g. normal images' peaks) on the 0..255 scale normalize_global gives these maps, clipped."""
+    if not len(maps) or not len(values):
+        return []
+    low, high = _global_range(maps)
+    if high <= low:
+        return [0.0 for _ in values]
+    return [float(np.clip((float(v) - low) / (high - low) * 255.0, 0.0, 255.0)) for v in values]
+
+
 def normalize_global(maps: Sequence[np.ndarray]) -> list[np.ndarray]:
     """Bring raw maps to uint8 0..255 with ONE min/max over the whole set (never per image).
 
@@ -82,8 +96,7 @@ def normalize_global(maps: Sequence[np.ndarray]) -> list[np.ndarray]:
         return []
     for index, array in enumerate(maps):
         check_finite(np.asarray(array), f"map {index}")
-    low = min(float(np.min(a)) for a in maps)
-    high = max(float(np.max(a)) for a in maps)
+    low, high = _global_range(maps)
     span = high - low
     out = []
     for array in maps:

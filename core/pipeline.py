@@ -28,6 +28,7 @@ from core.labels import plan_labels
 from core.progress import StageReporter, check_cancel
 from core.records import ImageRecord, Manifest, Region
 from core.refine import ReferenceImages, refine_regions, references_for
+from core.regions import set_floor
 from core.region_truth import RegionTruth, region_metrics, region_truth_for
 from core.results import (
     DiscoveryResult,
@@ -95,13 +96,15 @@ def run_detection(
     return {key: np.asarray(value, dtype=np.float32) for key, value in found.maps.items()}
 
 
-def prepare_maps(records: Sequence[ImageRecord], raw: Mapping[str, np.ndarray]) -> MapSet:
+def prepare_maps(records: Sequence[ImageRecord], raw: Mapping[str, np.ndarray],
+                 normal_peaks: Sequence[float] = ()) -> MapSet:
     """Read the images, bring every raw map (any scale) to its image's size and normalize them globally.
 
+    normal_peaks: raw map maxima of held-out normal images (the detector's), brought to the same scale.
     Raises PipelineError naming an image without a map, an unreadable image or a bad map.
     """
     from core.imageio import ImageReadError, read_image
-    from core.maps import normalize_global, resize_to
+    from core.maps import normalize_global, on_global_scale, resize_to
 
     missing = [r.relpath for r in records if r.relpath not in raw]
     if missing:
@@ -122,7 +125,7 @@ def prepare_maps(records: Sequence[ImageRecord], raw: Mapping[str, np.ndarray]) 
         if not np.isfinite(array).all():
             raise PipelineError(f"{key}: anomaly map holds NaN or infinite values")
         resized.append(resize_to(array, images[key].shape[:2]))
-    return MapSet(keys, images, dict(zip(keys, normalize_global(resized))))
+    return MapSet(keys, images, dict(zip(keys, normalize_global(resized))), on_global_scale(normal_peaks, resized))
 
 
 def binarize_maps(
@@ -164,9 +167,10 @@ def cut_regions(
     there (no lower cut, no refinement), so "nothing above t" stays nothing. references: the
     normal images (core.refine.ReferenceImages) the components masks are redrawn against; None keeps the map's.
     """
-    from core.regions import extract_regions, noise_floor
+    from core.regions import extract_regions
 
-    floor = noise_floor([maps.normalized[k] for k in maps.keys], config.noise_z) if config.extraction == "components" else 0.0
+    floor = set_floor([maps.normalized[k] for k in maps.keys], maps.normal_peaks, config) \
+        if config.extraction == "components" else 0.0
     # Per-component extraction in an image where MEBin found no stable threshold cuts at the set's
     # median threshold, so noise in a defect-free image does not become regions.
     found = [int(b.threshold) for b in binarization.values() if b.threshold < 255]
@@ -367,6 +371,7 @@ def run_discovery(
     should_cancel: Callable[[], bool] | None = None,
     workdir: Path | None = None,
     thresholds: Mapping[str, int] | None = None,
+    normal_peaks: Sequence[float] = (),
 ) -> DiscoveryResult:
     """Discover defect classes in the manifest's unlabeled images: every stage in order.
 
@@ -374,7 +379,8 @@ def run_discovery(
     built-in detector. labeled: an imported labeled set. region_labels: region key -> class name
     given by the user; those names become base classes and are predicted too. workdir: where
     training keeps its resumable checkpoint. thresholds: image relpath -> threshold on the
-    normalized map's 0..255 scale set by an engineer (see binarize_maps).
+    normalized map's 0..255 scale set by an engineer (see binarize_maps). normal_peaks: raw map
+    maxima of the detector's held-out normal images, for the regions' floor (core.regions.set_floor).
     Raises PipelineError for input it cannot use, DiscoveryCancelled when cancelled early.
     """
     from core.device import resolve_device
@@ -413,8 +419,10 @@ def run_discovery(
         def on_step(step: str, done: int, total: int) -> None:
             report("maps", done / max(total, 1), f"{detector.method}: {step} {done}/{total}")
 
-        maps = run_detection(manifest, detector, device, progress=on_step, cache_dir=cache)
-    map_set = prepare_maps(records, maps)
+        summary: dict[str, Any] = {}
+        maps = run_detection(manifest, detector, device, progress=on_step, cache_dir=cache, summary=summary)
+        normal_peaks = summary.get("normal_peaks", ())
+    map_set = prepare_maps(records, maps, normal_peaks)
     timings["maps"] = time.perf_counter() - started
     report.finish("maps", f"{len(map_set.keys)} maps normalized globally")
 
@@ -494,4 +502,5 @@ def run_discovery(
         normal_cluster=predicted.normal_cluster, n_novel=n_novel, base_classes=labels.base_classes,
         binarization=binarization, normalized_maps=map_set.normalized, metrics=metrics, timings=timings, estimate=estimate, model=trained.model,
         train_result=trained, cancelled=bool(trained.cancelled), problems=problems,
+        floor=set_floor([map_set.normalized[k] for k in map_set.keys], map_set.normal_peaks, config.regions),
     )

@@ -168,6 +168,31 @@ def noise_floor(maps: Sequence[np.ndarray], noise_z: float) -> float:
     return median + noise_z * 1.4826 * mad
 
 
+def normal_floor(normal_peaks: Sequence[float], z: float) -> float | None:
+    """What defect-free images reach: the median of normal images' map peaks + z robust spreads (0..255).
+
+    normal_peaks: map maxima, on the set's global scale, of normal images the detector did not
+    learn from (its held-out share, often 4 to 50 images; MapSet.normal_peaks). Median and MAD,
+    not a high quantile: one normal image with a bright corner must not lift the floor for all.
+    None with fewer than 3 peaks. Measured against the pixel floor (noise_floor, median + 8
+    spreads of all map pixels), descriptors image NMI: hard textured set 0.11 -> 0.35 (the pixel
+    floor, 99 of 255, sat above most defects' peaks, median 63: 95 of 119 regions were empty
+    whole-tile placeholders); demo, mean of three generated demos, 0.44 -> 0.49.
+    """
+    if len(normal_peaks) < 3:
+        return None
+    peaks = np.asarray(normal_peaks, np.float64)
+    median = float(np.median(peaks))
+    return median + z * 1.4826 * float(np.median(np.abs(peaks - median)))
+
+
+def set_floor(maps: Sequence[np.ndarray], normal_peaks: Sequence[float], config: RegionConfig) -> float:
+    """The floor a components cut never goes below, on the maps' 0..255 scale: the held-out normal
+    images' peaks (normal_floor) when the detector scored any, else the pixel floor (noise_floor)."""
+    floor = normal_floor(normal_peaks, config.floor_z)
+    return floor if floor is not None else noise_floor(maps, config.noise_z)
+
+
 def extract_regions(
     image_key: str,
     image: np.ndarray,

@@ -33,6 +33,7 @@ class MapSet:
     keys: list[str]  # image relpaths, in manifest order
     images: dict[str, np.ndarray]  # H x W x 3 uint8 RGB by key
     normalized: dict[str, np.ndarray]  # uint8 map at the image's size, normalized over the whole set
+    normal_peaks: list[float] = field(default_factory=list)  # held-out normal images' map maxima, on that scale
 
 
 @dataclass
@@ -129,3 +130,4 @@ class DiscoveryResult:
     train_result: TrainResult  # history, epochs_done
     cancelled: bool = False  # training was cancelled; predictions come from the partial model
     problems: list[str] = field(default_factory=list)  # files left out, labels ignored, deviations: with reasons
+    floor: float = 0.0  # the components cut's floor on the maps' 0..255 scale (core.regions.set_floor)

@@ -76,6 +76,8 @@ def test_detect_holds_out_normals_and_reports(small_demo, tmp_path):
     assert len(detection.held_out) == 2 and set(detection.held_out) <= {r.relpath for r in small_demo.normal}
     assert detection.separation["held_out"] == 2 and detection.separation["inspected"] == len(small_demo.unlabeled)
     assert set(detection.maps) == {r.relpath for r in small_demo.unlabeled}
+    assert len(detection.normal_peaks) == 2 and detection.summary()["normal_peaks"] == detection.normal_peaks
+    assert all(np.isfinite(detection.normal_peaks))
 
 
 def test_hard_set_is_seeded_and_varied(tmp_path):

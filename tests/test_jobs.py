@@ -224,3 +224,19 @@ def test_a_run_with_coco_truth_keeps_it_and_the_evaluate_page_scores_what_the_ru
                 assert shown[level].metrics[name] == pytest.approx(recorded[level][name]), (level, name)
     finally:
         store.close()
+
+
+def test_stored_maps_keep_the_detectors_normal_peaks_for_the_next_run(project):
+    """A discovery on stored maps cuts at the same floor as the detection job that made them."""
+    from core.dataset import load_dataset
+    from webapp.detection_job import save_maps, stored_normal_peaks
+
+    store, info = project
+    keys = [r.relpath for r in load_dataset(Path(info.data_root)).unlabeled]
+    store.record_images(info.id, load_dataset(Path(info.data_root)).images)
+    maps = {key: np.full((64, 64), float(i), np.float32) for i, key in enumerate(keys)}
+    assert stored_normal_peaks(store, info.id, keys) == []  # nothing stored yet
+    save_maps(store, info.id, maps, "built-in learned", [0.5, 1.5])
+    assert stored_normal_peaks(store, info.id, keys) == [0.5, 1.5]
+    save_maps(store, info.id, maps, "imported")  # a later import has no normal images' peaks
+    assert stored_normal_peaks(store, info.id, keys) == []

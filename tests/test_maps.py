@@ -55,3 +55,13 @@ def test_an_unreadable_tiff_map_names_both_readers_causes(tmp_path):
     bad.write_bytes(b"not a tiff at all")
     with pytest.raises(ImageReadError, match=r"map\.tif: .*tifffile: "):
         read_map_file(bad)
+
+
+def test_values_on_the_global_scale_match_the_normalized_maps():
+    from core.maps import on_global_scale
+
+    maps = [np.array([[0.0, 1.0]], np.float32), np.array([[3.0, 4.0]], np.float32)]
+    normalized = normalize_global(maps)
+    assert on_global_scale([1.0, 3.0, -1.0, 9.0], maps) == [pytest.approx(normalized[0][0, 1], abs=0.5),
+                                                             pytest.approx(normalized[1][0, 0], abs=0.5), 0.0, 255.0]
+    assert on_global_scale([1.0], []) == [] and on_global_scale([2.0], [np.ones((2, 2))]) == [0.0]

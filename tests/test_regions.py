@@ -147,3 +147,30 @@ def test_components_join_close_parts_drop_the_noise_floor_and_tighten_blobs():
     wide = component_boxes(blob, 40, RegionConfig(mask_fraction=0.0))[0][1]
     tight = component_boxes(blob, 40, RegionConfig(mask_fraction=0.6))[0][1]
     assert 0 < np.count_nonzero(tight) < 0.5 * np.count_nonzero(wide)
+
+
+def test_the_floor_comes_from_held_out_normal_peaks_when_the_detector_scored_some():
+    """Smooth maps of a textured part: the pixel spread is small, so median + 8 spreads sits above a
+    faint defect; the normal images' own peaks put the floor where a defect-free part really reaches."""
+    from core.maps import normalize_global, on_global_scale
+    from core.regions import component_boxes, normal_floor, set_floor
+
+    rng = np.random.default_rng(0)
+    raw = [np.clip(rng.normal(1.0, 0.05, (64, 64)), 0, None).astype(np.float32) for _ in range(6)]
+    raw[0][20:26, 20:26] = 1.3  # a faint defect: above a normal image's peak (about 1.2), below median + 8 spreads (1.4)
+    raw[1][40:44, 40:44] = 4.0  # a strong one sets the scale
+    maps = normalize_global(raw)
+    peaks = on_global_scale([1.18, 1.2, 1.22, 1.19, 3.5], raw)  # one normal image with a bright corner
+    assert all(0 < p < 255 for p in peaks)
+    spread = 1.4826 * np.median(np.abs(np.array(peaks) - np.median(peaks)))
+    assert normal_floor(peaks, 2.0) == pytest.approx(np.median(peaks) + 2.0 * spread)
+    assert normal_floor(peaks, 2.0) < peaks[-1]
+    assert normal_floor(peaks[:2], 2.0) is None  # too few to tell
+    config = RegionConfig(relative_peak=0.0)
+    pixel = set_floor(maps, [], config)
+    normal = set_floor(maps, peaks, config)
+    assert normal < maps[0][20:26, 20:26].min() < pixel  # only the normal images' floor lets the faint defect in
+    assert component_boxes(maps[0], 255, config, pixel) == []
+    (found,) = component_boxes(maps[0], 255, config, normal)
+    x0, y0, x1, y1 = found[0]
+    assert x0 <= 20 and y0 <= 20 and x1 >= 26 and y1 >= 26

@@ -36,6 +36,14 @@ def latest_maps(store: Store, project_id: int) -> dict[str, dict[str, Any]]:
     return latest
 
 
+def stored_normal_peaks(store: Store, project_id: int, relpaths: Sequence[str]) -> list[float]:
+    """The held-out normal images' map peaks recorded with the newest maps of these images ([]: none,
+    e.g. imported maps): the regions' floor (core.regions.set_floor)."""
+    records = latest_maps(store, project_id)
+    found = [records[r] for r in relpaths if r in records]
+    return [float(v) for v in (found[0].get("stats") or {}).get("normal_peaks", [])] if found else []
+
+
 def stored_maps(store: Store, project_id: int, relpaths: Sequence[str]) -> dict[str, np.ndarray] | None:
     """The project's recorded raw maps for every given image, or None when any is missing."""
     records = latest_maps(store, project_id)
@@ -51,11 +59,12 @@ def stored_maps(store: Store, project_id: int, relpaths: Sequence[str]) -> dict[
 
 
 def compute_maps(store: Store, project: ProjectInfo, manifest: Manifest, settings: Mapping[str, Any],
-                 report: Reporter, span: tuple[float, float]) -> tuple[dict[str, np.ndarray], str, list[str]]:
+                 report: Reporter, span: tuple[float, float]) -> tuple[dict[str, np.ndarray], str, list[str], list[float]]:
     """Raw maps of the images to inspect: imported from the maps folder or from the built-in detector
     (configured by the run's settings), reported on the part `span` of the job's progress bar.
 
-    Returns (maps by relpath, source name, problems by file).
+    Returns (maps by relpath, source name, problems by file, the detector's held-out normal images'
+    map peaks: none for imported maps).
     """
     maps_dir = settings.get("maps_dir") or project.settings.get("maps_dir")
     source = settings.get("map_source") or ("import" if maps_dir else "builtin")
@@ -73,7 +82,7 @@ def compute_maps(store: Store, project: ProjectInfo, manifest: Manifest, setting
         if missing:
             raise ValueError(f"{len(missing)} image(s) have no usable map ({', '.join(missing[:3])} ...); "
                              + "; ".join(str(p) for p in imported.problems[:3]))
-        return imported.maps, "imported", [str(p) for p in imported.problems]
+        return imported.maps, "imported", [str(p) for p in imported.problems], []
 
     from core.device import resolve_device
     from core.pipeline import detector_for, run_detection
@@ -91,11 +100,13 @@ def compute_maps(store: Store, project: ProjectInfo, manifest: Manifest, setting
                          cache_dir=store.project_dir(project.id) / "detection_cache", summary=summary)
     if isinstance(report, Reporter):
         report.metrics = {"detection": summary}
-    return maps, f"built-in {summary.get('method', detector.method)}", []
+    return maps, f"built-in {summary.get('method', detector.method)}", [], list(summary.get("normal_peaks", []))
 
 
-def save_maps(store: Store, project_id: int, maps: Mapping[str, np.ndarray], source: str) -> None:
-    """Write raw maps as .npy under the project folder and record them with the set's global range."""
+def save_maps(store: Store, project_id: int, maps: Mapping[str, np.ndarray], source: str,
+              normal_peaks: Sequence[float] = ()) -> None:
+    """Write raw maps as .npy under the project folder and record them with the set's global range
+    and the detector's held-out normal peaks (stored_normal_peaks)."""
     low = min(float(np.min(a)) for a in maps.values())
     high = max(float(np.max(a)) for a in maps.values())
     inputs = []
@@ -104,7 +115,7 @@ def save_maps(store: Store, project_id: int, maps: Mapping[str, np.ndarray], sou
         path.parent.mkdir(parents=True, exist_ok=True)
         np.save(path, np.asarray(array, dtype=np.float32))
         stats = {"min": float(np.min(array)), "max": float(np.max(array)), "mean": float(np.mean(array)),
-                 "global_min": low, "global_max": high}
+                 "global_min": low, "global_max": high, "normal_peaks": [float(v) for v in normal_peaks]}
         inputs.append(MapInput(relpath=relpath, path=str(path), stats=stats, source=source))
     store.record_maps(project_id, inputs)
 
@@ -128,14 +139,11 @@ def binarization_inputs(results: Mapping[str, Any], config: MEBinConfig, source:
     return inputs
 
 
-def with_search_range(inputs: list[BinarizationInput], uint8_maps: Mapping[str, np.ndarray]) -> list[BinarizationInput]:
-    """Add MEBin's search range (s_min, s_max of the per-map maxima) and the set's noise floor
-    (core.regions.noise_floor) so one map can be re-cropped as the run cut it."""
-    from core.config import RegionConfig
-    from core.regions import noise_floor
-
+def with_search_range(inputs: list[BinarizationInput], uint8_maps: Mapping[str, np.ndarray],
+                      floor: float) -> list[BinarizationInput]:
+    """Add MEBin's search range (s_min, s_max of the per-map maxima) and the floor the run's
+    components cut used (core.regions.set_floor) so one map can be re-cropped as the run cut it."""
     s_min, s_max = search_range(list(uint8_maps.values())) if uint8_maps else (0, 0)
-    floor = noise_floor(list(uint8_maps.values()), RegionConfig().noise_z) if uint8_maps else 0.0
     return [replace(i, settings={**i.settings, "s_min": s_min, "s_max": s_max, "noise_floor": floor}) for i in inputs]
 
 

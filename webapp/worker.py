@@ -31,6 +31,7 @@ from webapp.detection_job import (
     compute_maps,
     latest_maps,
     save_maps,
+    stored_normal_peaks,
     store_regions,
     stored_maps,
     with_search_range,
@@ -49,6 +50,7 @@ def run_detect(store: Store, run: RunInfo, report: Reporter) -> str:
     """Maps (import or built-in detector) -> stored maps -> MEBin -> stored masks and crops."""
     from core.pipeline import binarize_maps, cut_regions, prepare_maps
     from core.refine import references_for
+    from core.regions import set_floor
 
     project = store.get_project(run.project_id)
     settings = run.settings
@@ -58,16 +60,17 @@ def run_detect(store: Store, run: RunInfo, report: Reporter) -> str:
     report.check()
     # The detector is most of a detection job: it gets most of the bar (measured on the demo).
     config = DiscoveryConfig.from_settings(settings)
-    maps, source, problems = compute_maps(store, project, manifest, settings, report, span=(0.02, 0.80))
+    maps, source, problems, normal_peaks = compute_maps(store, project, manifest, settings, report, span=(0.02, 0.80))
     report.check()
     keys = [r.relpath for r in manifest.unlabeled if r.relpath in maps]
-    save_maps(store, project.id, {k: maps[k] for k in keys}, source)
+    save_maps(store, project.id, {k: maps[k] for k in keys}, source, normal_peaks)
     report(0.80, "mebin", f"{len(keys)} maps", force=True)
     records = {r.relpath: r for r in manifest.unlabeled}
-    map_set = prepare_maps([records[k] for k in keys], maps)
+    map_set = prepare_maps([records[k] for k in keys], maps, normal_peaks)
     results = binarize_maps(map_set, config.mebin, config.binarizer)
+    floor = set_floor([map_set.normalized[k] for k in map_set.keys], map_set.normal_peaks, config.regions)
     store.record_binarizations(project.id, with_search_range(
-        binarization_inputs(results, config.mebin, source=config.binarizer), map_set.normalized))
+        binarization_inputs(results, config.mebin, source=config.binarizer), map_set.normalized, floor))
     report.check()
     report(0.85, "regions", "cropping", force=True)
 
@@ -126,10 +129,11 @@ def run_discover(store: Store, run: RunInfo, report: Reporter) -> str:
 
     keys = [r.relpath for r in manifest.unlabeled]
     maps = None if settings.get("recompute_maps") else stored_maps(store, project.id, keys)
+    normal_peaks = stored_normal_peaks(store, project.id, keys)
     if maps is None:
         # core.pipeline gives the maps stage its first 10 % of the bar; the worker makes them here.
-        maps, source, _ = compute_maps(store, project, manifest, settings, report, span=(0.0, 0.097))
-        save_maps(store, project.id, maps, source)
+        maps, source, _, normal_peaks = compute_maps(store, project, manifest, settings, report, span=(0.0, 0.097))
+        save_maps(store, project.id, maps, source, normal_peaks)
     report.check()
 
     labeled = None
@@ -159,7 +163,7 @@ def run_discover(store: Store, run: RunInfo, report: Reporter) -> str:
     try:
         result = run_discovery(manifest, config, maps=maps, labeled=labeled, region_labels=region_labels,
                                progress=on_progress, should_cancel=report.should_cancel, workdir=workdir,
-                               thresholds=overrides)
+                               thresholds=overrides, normal_peaks=normal_peaks)
     except DiscoveryCancelled as error:
         raise JobCancelled() from error
     if result.cancelled or report.should_cancel():
@@ -177,7 +181,8 @@ def run_discover(store: Store, run: RunInfo, report: Reporter) -> str:
     except OSError as error:
         raise RuntimeError(f"the trained model could not be saved to {checkpoint}: {error}") from error
     store.record_binarizations(project.id, with_search_range(
-        binarization_inputs(result.binarization, config.mebin, source=config.binarizer), result.normalized_maps))
+        binarization_inputs(result.binarization, config.mebin, source=config.binarizer), result.normalized_maps,
+        result.floor))
     ids = store_regions(store, project.id, [r.region for r in result.regions])
     if (result.metrics or {}).get("region_truth"):  # COCO region truth: kept for the Evaluate page
         store.set_labels(project.id, {ids[r.region.key]: str(r.gt) for r in result.regions if r.gt},

@@ -49,11 +49,13 @@ class Detection:
     choice: str = ""  # one line: which method and backbone ran, and why
     separation: dict | None = None  # separation_report of inspected vs held-out normal images
     held_out: list[str] = field(default_factory=list)  # normal relpaths kept out of the fit and scored
+    normal_peaks: list[float] = field(default_factory=list)  # map maxima of those held-out normal images
 
     def summary(self) -> dict:
         """What the run was, for records: method, backbone, the choice line and the separation."""
         return {"method": self.config.method, "backbone": self.config.backbone, "choice": self.choice,
-                "separation": self.separation, "held_out": list(self.held_out)}
+                "separation": self.separation, "held_out": list(self.held_out),
+                "normal_peaks": list(self.normal_peaks)}
 
 
 def _notify(progress: Progress | None, stage: str, done: int, total: int) -> None:
@@ -270,8 +272,8 @@ def detect(
     detection.cached = [k for k in detection.cached if k in detection.maps]
     detection.computed = [k for k in detection.computed if k in detection.maps]
     if held_out:
-        detection.separation = separation_report(list(detection.scores.values()),
-                                                 [float(maps[r.relpath].max()) for r in held_out])
+        detection.normal_peaks = [float(maps[r.relpath].max()) for r in held_out]
+        detection.separation = separation_report(list(detection.scores.values()), detection.normal_peaks)
     return detection
 
 
