@@ -11,8 +11,11 @@ Two extractions, chosen by `RegionConfig.extraction`:
   (`context` around it, at least `min_side` pixels). Its mask is its pixels at or above
   `mask_fraction` of its own peak (smooth maps spread a defect into a wide blob). Parts closer
   than `join_distance` of the image side are one region (a broken trace, a dotted scratch). The
-  cut never goes below the set's map background (`noise_floor`: median + `noise_z` robust
-  spreads), so a detector's noise floor does not become regions. Where MEBin finds no stable
+  cut never goes below what defect-free images reach (`set_floor`): the median + `floor_z`
+  robust spreads of the map peaks of the normal images the detector held out (`normal_floor`),
+  or, without three of those (imported maps, golden templates), the set's map background
+  (`noise_floor`: median + `noise_z` robust spreads of all map pixels), so a detector's noise
+  floor does not become regions. Where MEBin finds no stable
   threshold, the set's median threshold stands in (core.pipeline.cut_regions).
 
 `recut_image` redoes one image at a threshold an engineer chose (MEBin's mask at t, then its crops).
@@ -188,7 +191,7 @@ def normal_floor(normal_peaks: Sequence[float], z: float) -> float | None:
 
 def set_floor(maps: Sequence[np.ndarray], normal_peaks: Sequence[float], config: RegionConfig) -> float:
     """The floor a components cut never goes below, on the maps' 0..255 scale: the held-out normal
-    images' peaks (normal_floor) when the detector scored any, else the pixel floor (noise_floor)."""
+    images' peaks (normal_floor) when the detector scored 3 or more, else the pixel floor (noise_floor)."""
     floor = normal_floor(normal_peaks, config.floor_z)
     return floor if floor is not None else noise_floor(maps, config.noise_z)
 
@@ -260,7 +263,7 @@ def recut_image(
     """One image at a threshold an engineer chose: (mask, component count, its crops).
 
     map_u8 is the image's globally normalized map, search_range MEBin's (s_min, s_max) of its set,
-    so region scores match those of a full run; floor the set's noise floor (noise_floor) the run cut with.
+    so region scores match those of a full run; floor the one the run cut with (set_floor).
     """
     from core.mebin import mask_at_threshold, normalize_to_range
 

@@ -153,3 +153,16 @@ def test_default_backbone_is_auto_and_says_which_it_used(tiny, tmp_path):
                            "--device", "cpu", "--quiet"], cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines()[0].startswith("discover: backbone vit_tiny_scratch (offline, trained from scratch)")
+
+
+def test_maps_from_the_detect_command_bring_its_held_out_normal_peaks(tmp_path, capsys):
+    """`detect --out D` writes D/maps and D/detection.json; `discover --maps D/maps` reads the peaks beside them."""
+    from core.commands.discover import _normal_peaks
+
+    (tmp_path / "maps").mkdir()
+    assert _normal_peaks(tmp_path / "maps") == []
+    (tmp_path / "detection.json").write_text(json.dumps({"method": "learned", "normal_peaks": [1.5, 2, 2.5]}))
+    assert _normal_peaks(tmp_path / "maps") == [1.5, 2.0, 2.5]
+    (tmp_path / "detection.json").write_text("[1, 2")
+    assert _normal_peaks(tmp_path / "maps") == []
+    assert "detection.json: not a detection record" in capsys.readouterr().err

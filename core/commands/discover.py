@@ -120,6 +120,21 @@ def _load_maps(manifest: Any, folder: Path) -> dict[str, np.ndarray]:
     return imported.maps
 
 
+def _normal_peaks(folder: Path) -> list[float]:
+    """The held-out normal images' map peaks `python -m core detect` wrote in detection.json beside
+    (or inside) the maps folder: the regions' floor (core.regions.set_floor). [] when there is none."""
+    for candidate in (folder / "detection.json", folder.parent / "detection.json"):
+        if candidate.is_file():
+            try:
+                peaks = json.loads(candidate.read_text(encoding="utf-8")).get("normal_peaks") or []
+                return [float(v) for v in peaks]
+            except (ValueError, TypeError, AttributeError) as error:
+                print(f"warning: {candidate}: not a detection record ({error}); the regions' floor comes "
+                      "from the maps alone", file=sys.stderr)
+                return []
+    return []
+
+
 def _region_labels(path: Path) -> dict[str, str]:
     if not path.is_file():
         raise UserError(f"{path}: region labels file does not exist")
@@ -305,6 +320,7 @@ def run(args: argparse.Namespace) -> int:
     if rank_device is not None:
         config = replace(config, device=str(rank_device))
     maps = _load_maps(manifest, args.maps) if args.maps is not None else None
+    normal_peaks = _normal_peaks(args.maps) if args.maps is not None else []
     if args.labels is not None and args.labels.suffix.lower() == ".json":
         from core.coco import labeled_crops_from_file
 
@@ -320,7 +336,7 @@ def run(args: argparse.Namespace) -> int:
     bar = _Progress(args.quiet)
     try:
         result = run_discovery(manifest, config, maps=maps, labeled=labeled, region_labels=region_labels,
-                               progress=bar, workdir=args.workdir)
+                               progress=bar, workdir=args.workdir, normal_peaks=normal_peaks)
     except WeightsError as error:
         raise UserError(str(error)) from error
     finally:
