@@ -160,17 +160,21 @@ def cut_regions(
     progress: Callable[[int, int], None] | None = None,
     exact: Sequence[str] = (),
     references: ReferenceImages | None = None,
+    floor: float | None = None,
 ) -> list[Region]:
     """Anomaly-centred crops of every image from its mask; progress(images done, total).
 
     exact: images whose threshold an engineer set; per-component extraction cuts them exactly
     there (no lower cut, no refinement), so "nothing above t" stays nothing. references: the
     normal images (core.refine.ReferenceImages) the components masks are redrawn against; None keeps the map's.
+    floor: the components cut's floor when already known (core.regions.set_floor computes it otherwise).
     """
     from core.regions import extract_regions
 
-    floor = set_floor([maps.normalized[k] for k in maps.keys], maps.normal_peaks, config) \
-        if config.extraction == "components" else 0.0
+    if config.extraction != "components":
+        floor = 0.0
+    elif floor is None:
+        floor = set_floor([maps.normalized[k] for k in maps.keys], maps.normal_peaks, config)
     # Per-component extraction in an image where MEBin found no stable threshold cuts at the set's
     # median threshold, so noise in a defect-free image does not become regions.
     found = [int(b.threshold) for b in binarization.values() if b.threshold < 255]
@@ -443,7 +447,9 @@ def run_discovery(
     started = stage("regions")
     references = references_for([r.path for r in manifest.normal], config.regions)
     problems += references.problems if references is not None else []
+    floor = set_floor([map_set.normalized[k] for k in map_set.keys], map_set.normal_peaks, config.regions)
     regions = cut_regions(map_set, binarization, config.regions, exact=list(thresholds or {}), references=references,
+                          floor=floor,
                           progress=lambda done, total: report("regions", done / total))
     timings["regions"] = time.perf_counter() - started
     redrawn = f", masks redrawn against {len(references)} normal references" if references else ""
@@ -502,5 +508,5 @@ def run_discovery(
         normal_cluster=predicted.normal_cluster, n_novel=n_novel, base_classes=labels.base_classes,
         binarization=binarization, normalized_maps=map_set.normalized, metrics=metrics, timings=timings, estimate=estimate, model=trained.model,
         train_result=trained, cancelled=bool(trained.cancelled), problems=problems,
-        floor=set_floor([map_set.normalized[k] for k in map_set.keys], map_set.normal_peaks, config.regions),
+        floor=floor,
     )

@@ -80,7 +80,7 @@ def run_detect(store: Store, run: RunInfo, report: Reporter) -> str:
 
     references = references_for([r.path for r in manifest.normal], config.regions)
     problems = list(problems) + (references.problems if references is not None else [])
-    regions = cut_regions(map_set, results, config.regions, progress=progress, references=references)
+    regions = cut_regions(map_set, results, config.regions, progress=progress, references=references, floor=floor)
     store_regions(store, project.id, regions)
     with_anomaly = sum(1 for r in results.values() if r.num_anomalies > 0)
     note = f"; {len(problems)} problem(s) with maps or references" if problems else ""
