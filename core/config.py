@@ -23,6 +23,8 @@ __all__ = [
     "DetectorConfig",
     "DiscoveryConfig",
     "EXTRACTIONS",
+    "FALLBACKS",
+    "PRIORS",
     "REFINEMENTS",
     "EstimateConfig",
     "GroupingConfig",
@@ -67,6 +69,8 @@ BINARIZERS = ("mebin", "otsu")
 EXTRACTIONS = ("components", "reference")
 #: How a components region's mask is drawn: redrawn against the normal references (core.refine) or the map's own.
 REFINEMENTS = ("references", "none")
+#: What a components cut gives an image where nothing clears the floor: its strongest spot, or the whole image.
+FALLBACKS = ("peak", "whole")
 
 
 @dataclass(frozen=True)
@@ -94,6 +98,8 @@ class RegionConfig:
     refine_z: float = 3.0  # refine: the difference must exceed its surroundings by this many robust spreads
     refine_half: float = 0.5  # refine: ... and this share of the defect's own difference (half-maximum)
     refine_ratio: float = 1.5  # refine: references matching within this factor of the best are pooled
+    fallback: str = "peak"  # components, nothing above the floor: "peak" = the map's strongest spot, "whole" = the image
+    fallback_height: float = 0.5  # peak: cut at this share of the way from the map's median up to its peak
 
     def __post_init__(self) -> None:
         if self.extraction not in EXTRACTIONS:
@@ -108,6 +114,8 @@ class RegionConfig:
             raise ValueError(f"floor_z must be >= 0, got {self.floor_z}")
         if self.refine not in REFINEMENTS:
             raise ValueError(f"refine must be one of {REFINEMENTS}, not {self.refine!r}")
+        if self.fallback not in FALLBACKS or not 0 < self.fallback_height < 1:
+            raise ValueError(f"fallback must be one of {FALLBACKS} and fallback_height in (0, 1)")
         if self.refine_references < 1 or self.refine_ratio < 1 or not 0 <= self.refine_half < 1:
             raise ValueError("refine_references must be >= 1, refine_ratio >= 1 and refine_half in [0, 1)")
 
@@ -116,6 +124,8 @@ class RegionConfig:
 
 #: What grouping works on: the paper's MGViT embedding and heads, fixed descriptors, or both.
 REPRESENTATIONS = ("vit", "descriptors", "hybrid")
+#: What the hybrid's MGViT is taught: the descriptor groups as its targets, or the paper's teacher alone.
+PRIORS = ("descriptors", "none")
 
 
 @dataclass(frozen=True)
@@ -333,8 +343,10 @@ SETTINGS_KEYS: dict[str, str] = {
     "device": "DiscoveryConfig.device",
     "binarizer": "DiscoveryConfig.binarizer",
     "representation": "DiscoveryConfig.representation (vit, descriptors or hybrid)",
+    "prior": "DiscoveryConfig.prior (hybrid: descriptors = the MGViT learns the descriptor groups; none = the paper's teacher)",
     "extraction": "RegionConfig.extraction (components or reference)",
     "refine": "RegionConfig.refine (references: masks redrawn against the normal references; none: the map's)",
+    "fallback": "RegionConfig.fallback (peak: an image where nothing clears the floor gets its strongest spot; whole: the image)",
     "ground_truth": "DiscoveryConfig.ground_truth (a COCO file; must exist)",
     "detector_method": "DetectorConfig.method",
     "detector_backbone": "DetectorConfig.backbone",
@@ -377,6 +389,7 @@ class DiscoveryConfig:
     representation: str = "hybrid"  # what grouping works on: "vit" (the paper), "descriptors", "hybrid"
     descriptors: DescriptorConfig = field(default_factory=DescriptorConfig)  # fixed region descriptors
     grouping: GroupingConfig = field(default_factory=GroupingConfig)  # spectral grouping, fusion weight
+    prior: str = "descriptors"  # hybrid: the MGViT learns the descriptor groups ("none": the paper's teacher-student)
     ground_truth: Path | None = None  # COCO annotations for region-level metrics [root/annotations.json]
     seed: int = 0  # seeds the detector, training, UMAP and the estimate
     device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:N" | "mps"
@@ -388,6 +401,8 @@ class DiscoveryConfig:
             raise SettingsError(f"tau must be positive, got {self.tau}")
         if self.representation not in REPRESENTATIONS:
             raise SettingsError(f"representation must be one of {REPRESENTATIONS}, not {self.representation!r}")
+        if self.prior not in PRIORS:
+            raise SettingsError(f"prior must be one of {PRIORS}, not {self.prior!r}")
 
     @classmethod
     def from_settings(cls, settings: Mapping[str, Any]) -> DiscoveryConfig:
@@ -477,6 +492,8 @@ class DiscoveryConfig:
             values["binarizer"] = str(settings["binarizer"])
         if _given(settings, "representation"):
             values["representation"] = str(settings["representation"])
+        if _given(settings, "prior"):
+            values["prior"] = str(settings["prior"])
         regions: dict[str, Any] = {}
         if _given(settings, "extraction"):
             if settings["extraction"] not in EXTRACTIONS:
@@ -486,6 +503,10 @@ class DiscoveryConfig:
             if settings["refine"] not in REFINEMENTS:
                 raise SettingsError(f"refine must be one of {REFINEMENTS}, not {settings['refine']!r}")
             regions["refine"] = str(settings["refine"])
+        if _given(settings, "fallback"):
+            if settings["fallback"] not in FALLBACKS:
+                raise SettingsError(f"fallback must be one of {FALLBACKS}, not {settings['fallback']!r}")
+            regions["fallback"] = str(settings["fallback"])
         if regions:
             values["regions"] = RegionConfig(**regions)
         if _given(settings, "ground_truth"):
@@ -518,8 +539,10 @@ class DiscoveryConfig:
             "device": self.device,
             "binarizer": self.binarizer,
             "representation": self.representation,
+            "prior": self.prior,
             "extraction": self.regions.extraction,
             "refine": self.regions.refine,
+            "fallback": self.regions.fallback,
             "ground_truth": None if self.ground_truth is None else str(self.ground_truth),
             "detector_method": self.detector.method,
             "detector_backbone": self.detector.backbone,

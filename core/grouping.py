@@ -84,14 +84,18 @@ def spectral_coordinates(features: np.ndarray, dimensions: int, neighbors: int, 
 
 
 def _seeded_kmeans(points: np.ndarray, k: int, fixed: np.ndarray, n_fixed: int, seed: int, n_init: int,
-                   iterations: int = 100) -> tuple[np.ndarray, np.ndarray]:
-    """k-means where points with fixed[i] >= 0 stay in their cluster (0..n_fixed-1); k free clusters more."""
+                   iterations: int = 100, active: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """k-means where points with fixed[i] >= 0 stay in their cluster (0..n_fixed-1); k free clusters more.
+
+    active: the points that seed and move the centres (default all); the others are only assigned.
+    """
     rng = np.random.default_rng(seed)
     free = fixed < 0
+    active = np.ones(len(points), bool) if active is None else np.asarray(active, bool)
     best: tuple[float, np.ndarray, np.ndarray] | None = None
     base_centres = np.stack([points[fixed == c].mean(axis=0) for c in range(n_fixed)]) if n_fixed else \
         np.zeros((0, points.shape[1]))
-    candidates = points[free] if free.any() else points
+    candidates = points[free & active] if (free & active).any() else points[free] if free.any() else points
     for _ in range(max(1, n_init)):
         centres = list(base_centres)
         # k-means++ seeding of the free centres, away from the fixed ones
@@ -111,10 +115,10 @@ def _seeded_kmeans(points: np.ndarray, k: int, fixed: np.ndarray, n_fixed: int, 
                 break
             labels = new
             for c in range(len(centres)):
-                members = points[labels == c]
+                members = points[(labels == c) & (active | ~free)]
                 if len(members):
                     centres[c] = members.mean(axis=0)
-        inertia = float(((points - centres[labels]) ** 2).sum())
+        inertia = float((((points - centres[labels]) ** 2).sum(axis=1) * active).sum())
         if best is None or inertia < best[0]:
             best = (inertia, labels.copy(), centres.copy())
     assert best is not None
@@ -130,12 +134,15 @@ def group_regions(
     n_base: int = 0,
     config: GroupingConfig = GroupingConfig(),
     seed: int = 0,
+    weak: np.ndarray | None = None,
 ) -> Grouping:
     """Group regions into the normal slot, the n_base labeled classes and k novel groups.
 
     labels: per region -1 (unlabeled), 0 (labeled normal) or 1..n_base (labeled base class,
     column index). scores: anomaly scores 0..1 deciding which novel group, if any, is the normal
-    slot. Deterministic for a seed.
+    slot. weak: regions that stand in for an image where nothing cleared the floor (Region.weak);
+    they are assigned to the groups the others form but do not shape them, while at least two
+    regions per free group are not weak. Deterministic for a seed.
     """
     features = np.asarray(features, dtype=np.float64)
     n = len(features)
@@ -152,7 +159,11 @@ def group_regions(
     fixed = np.array([remap.get(int(v), -1) for v in labels], np.int64)
     free_count = k + (0 if has_normal else 1)  # novel groups, plus one that may turn out normal
     free_count = max(1, min(free_count, int((fixed < 0).sum()) or 1))
-    assigned, centres = _seeded_kmeans(coordinates, free_count, fixed, len(fixed_ids), seed, config.n_init)
+    active = None if weak is None else ~np.asarray(weak, bool)
+    if active is not None and int((active & (fixed < 0)).sum()) < 2 * free_count:
+        active = None  # too few confident regions to form the groups alone
+    assigned, centres = _seeded_kmeans(coordinates, free_count, fixed, len(fixed_ids), seed, config.n_init,
+                                       active=active)
     # Column of every k-means cluster: fixed ones keep theirs; free ones are ordered by mean score.
     column_of = {i: c for i, c in enumerate(fixed_ids)}
     free_clusters = list(range(len(fixed_ids), len(fixed_ids) + free_count))
@@ -168,7 +179,7 @@ def group_regions(
     alias: dict[int, int] = {}
     if not has_normal and not normal_found and free_count > k:
         # no false-detection group: group again into k novel groups only
-        assigned, centres = _seeded_kmeans(coordinates, k, fixed, len(fixed_ids), seed, config.n_init)
+        assigned, centres = _seeded_kmeans(coordinates, k, fixed, len(fixed_ids), seed, config.n_init, active=active)
         ordered = list(range(len(fixed_ids), len(fixed_ids) + k))
     for position, cluster in enumerate(ordered[:k]):
         column_of[cluster] = 1 + n_base + position
@@ -201,19 +212,21 @@ def grouped_probabilities(
     include_base: bool = False,
     config: GroupingConfig = GroupingConfig(),
     seed: int = 0,
+    weak: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, bool]:
     """Region probabilities in core.predict's column order from grouping on a representation.
 
     Columns: [base classes (with include_base)] + normal slot + K novel classes, as
     predict_regions lays them out. labels: per region -1, NORMAL (-2) or a base-class index.
-    Returns (probabilities, the representation grouped on, whether a normal group was found).
+    weak: regions that are assigned to the groups but do not shape them (group_regions). Returns (probabilities, the representation grouped on, whether a normal group was found).
     """
     features = fuse_representation(representation, embedding, descriptors, config.vit_weight)
     n_base = len(base_classes)
     region_labels = np.full(len(features), -1, np.int64) if labels is None else np.asarray(labels, np.int64)
     # group_regions' columns: 0 normal, 1..n_base base classes, then novel groups
     internal = np.where(region_labels == LABELED_NORMAL, 0, np.where(region_labels >= 0, region_labels + 1, -1))
-    grouping = group_regions(features, k, scores=scores, labels=internal, n_base=n_base, config=config, seed=seed)
+    grouping = group_regions(features, k, scores=scores, labels=internal, n_base=n_base, config=config, seed=seed,
+                             weak=weak)
     probabilities = grouping.probabilities
     normal, base, novel = probabilities[:, :1], probabilities[:, 1:1 + n_base], probabilities[:, 1 + n_base:]
     if include_base:

@@ -14,7 +14,7 @@ from core.results import LabelPlan
 if TYPE_CHECKING:
     from core.train import TrainingData
 
-__all__ = ["plan_labels", "training_data"]
+__all__ = ["plan_labels", "prior_training_data", "training_data"]
 
 
 def plan_labels(
@@ -57,3 +57,24 @@ def training_data(regions: Sequence[Region], labels: LabelPlan, labeled: Labeled
         targets = np.concatenate([np.asarray(labeled.labels, dtype=np.int64), targets])
         scores = np.concatenate([np.ones(len(labeled.crops), np.float32), scores])
     return TrainingData(crops=crops, masks=masks, scores=scores, labels=targets, base_classes=labels.base_classes)
+
+
+def prior_training_data(regions: Sequence[Region], labels: LabelPlan, labeled: LabeledCrops | None,
+                        probabilities: np.ndarray) -> TrainingData:
+    """Training data with every region labeled by its descriptor group (DiscoveryConfig.prior "descriptors").
+
+    probabilities: the descriptors' grouping of the regions in core.grouping's include_base
+    column order (base classes, the normal slot, the K novel groups); regions the engineer named
+    or marked normal are already fixed there. Each region's target is its most likely column, so
+    the MGViT learns what the descriptors group together and its embedding adds what the pixels
+    say beside them. Imported labeled crops keep their base classes (the first columns).
+    """
+    data = training_data(regions, labels, labeled)
+    n_base = len(labels.base_classes)
+    n_novel = probabilities.shape[1] - n_base - 1
+    targets = np.asarray(probabilities, np.float64).argmax(axis=1).astype(np.int64)
+    n_imported = len(data.crops) - len(regions)
+    data.labels = np.concatenate([data.labels[:n_imported], targets])
+    data.base_classes = list(labels.base_classes) + [NORMAL_CLASS] + [f"descriptor group {i + 1}" for i in range(n_novel)]
+    return data
+

@@ -13,6 +13,7 @@ from core.cli import main
 from core.dataset import load_dataset
 from core.demo import generate_demo, maps_from_ground_truth
 from core.imageio import read_image, write_image
+from core.records import NORMAL_CLASS
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--backbone", "vit_micro_scratch", "--epochs", "1", "--batch-size", "8", "--device", "cpu", "--quiet"]
@@ -63,7 +64,11 @@ def _check_outputs(out: Path, manifest, n_columns: int) -> None:
     from core.checkpoint import load_checkpoint
 
     model, extra = load_checkpoint(out / "model.pt")
-    assert model.n_novel == n_columns and extra["cluster_names"] == run["cluster_names"]
+    assert extra["cluster_names"] == run["cluster_names"]
+    if model.base_classes[:1] == [NORMAL_CLASS]:  # hybrid, prior "descriptors": taught the normal slot and K groups
+        assert model.n_base == n_columns and model.base_classes[1:] == [f"descriptor group {i}" for i in range(1, n_columns)]
+    else:  # the paper's heads: the normal slot and K novel classes
+        assert model.n_novel == n_columns
 
 
 @pytest.mark.slow

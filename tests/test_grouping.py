@@ -73,3 +73,22 @@ def test_grouped_probabilities_follow_the_prediction_columns():
     assert (probabilities.argmax(axis=1)[truth == 0] == 0).all()
     assert (probabilities.argmax(axis=1)[truth == 2] == 1).all()
     assert np.allclose(probabilities.sum(axis=1), 1.0) and features.shape == points.shape
+
+
+def test_weak_regions_are_assigned_but_do_not_take_a_group():
+    """Three defect types and many weak stand-ins (images where nothing cleared the floor) that
+    look alike: without the weak mark they claim a group of their own and two defect types merge."""
+    points, truth = _blobs(3, per=20, seed=3)
+    rng = np.random.default_rng(4)
+    stand_ins = rng.normal(0, 4, size=(1, 6)) + rng.normal(0, 0.2, size=(40, 6))
+    features = np.concatenate([points, stand_ins])
+    weak = np.r_[np.zeros(len(points), bool), np.ones(len(stand_ins), bool)]
+    scores = np.full(len(features), 0.9)
+    marked = group_regions(features, 3, scores=scores, seed=0, weak=weak)
+    plain = group_regions(features, 3, scores=scores, seed=0)
+    assert cluster_metrics(truth, marked.labels[~weak])["nmi"] > 0.95
+    assert cluster_metrics(truth, plain.labels[~weak])["nmi"] < 0.9
+    assert set(marked.labels[weak]) <= set(marked.labels[~weak])  # every weak region joins a defect group
+    too_few = np.ones(len(features), bool)
+    too_few[:3] = False  # fewer than two confident regions per group: all shape the groups as before
+    assert (group_regions(features, 3, scores=scores, seed=0, weak=too_few).labels == plain.labels).all()

@@ -174,3 +174,34 @@ def test_the_floor_comes_from_held_out_normal_peaks_when_the_detector_scored_som
     (found,) = component_boxes(maps[0], 255, config, normal)
     x0, y0, x1, y1 = found[0]
     assert x0 <= 20 and y0 <= 20 and x1 >= 26 and y1 >= 26
+
+
+def test_an_image_with_nothing_above_the_floor_gets_its_strongest_spot_as_a_weak_region():
+    """A faint defect that the map localizes but that stays below what normal images reach: the
+    'peak' fallback cuts the map's own strongest spot (marked weak), 'whole' keeps the old placeholder,
+    and an engineer's exact threshold (recut_image) never invents a region."""
+    from dataclasses import replace
+
+    from core.config import MEBinConfig
+    from core.regions import recut_image
+
+    rng = np.random.default_rng(1)
+    field = np.clip(rng.normal(20, 2, (120, 160)), 0, 255).astype(np.uint8)
+    field[60:66, 100:130] = 34  # the faint defect: the map's peak, under the floor of 40
+    image = np.zeros((120, 160, 3), np.uint8)
+    config = replace(COMPONENTS, refine="none")
+    (spot,) = extract_regions("a.png", image, field.astype(np.float32), np.zeros_like(field), 0, config,
+                              map_u8=field, threshold=255, floor=40.0)
+    x0, y0, x1, y1 = spot.box
+    assert spot.weak and x0 <= 100 and y0 <= 60 and x1 >= 130 and y1 >= 66
+    assert 150 <= spot.area <= 200  # the defect's 180 pixels, not the noise around it
+    (whole,) = extract_regions("a.png", image, field.astype(np.float32), np.zeros_like(field), 0,
+                               replace(config, fallback="whole"), map_u8=field, threshold=255, floor=40.0)
+    assert whole.weak and whole.box == (0, 0, 160, 120) and whole.area == 0
+    (strong,) = extract_regions("a.png", image, field.astype(np.float32), np.zeros_like(field), 0, config,
+                                map_u8=field, threshold=255, floor=30.0)
+    assert not strong.weak and strong.area >= 150  # above the floor: an ordinary region
+    _, _, exact = recut_image("a.png", image, field, 200, (0, 255), MEBinConfig(), config, floor=40.0)
+    assert len(exact) == 1 and exact[0].area == 0  # nothing above the engineer's 200 stays nothing
+    with pytest.raises(ValueError, match="fallback must be one of"):
+        RegionConfig(fallback="guess")

@@ -64,6 +64,8 @@ def test_hybrid_discovery_is_deterministic_on_cpu(tiny_set, hybrid_result):
     assert width > 32  # the stored embedding is the hybrid representation (MGViT CLS + descriptors)
     for region in hybrid_result.regions:
         assert region.probabilities.shape == (4,) and region.probabilities.sum() == pytest.approx(1.0)
+    # the MGViT was taught the descriptor groups (prior "descriptors"): the normal slot and K = 3 groups
+    assert hybrid_result.model.base_classes == [NORMAL_CLASS] + [f"descriptor group {i}" for i in (1, 2, 3)]
 
 
 @pytest.mark.slow
@@ -90,6 +92,36 @@ def test_marked_normal_region_is_labeled_normal_in_the_next_training(tiny_set):
     assert data.labels[0] == LABELED_NORMAL  # labeled normal: the normal slot is its training target
     data.validate()
     assert data.labels[1] == 0 and data.base_classes == ["dent"]
+
+
+def test_the_hybrid_mgvit_is_taught_the_descriptor_groups(tiny_set):
+    """prior "descriptors": every region's training target is its descriptor group; the engineer's
+    named and normal-marked regions keep theirs; the paper's path and prior "none" teach nothing."""
+    from dataclasses import replace
+
+    from core.labels import prior_training_data
+    from core.pipeline import descriptor_prior, region_descriptors
+
+    manifest, maps = tiny_set
+    map_set = prepare_maps(manifest.unlabeled, maps)
+    regions = cut_regions(map_set, binarize_maps(map_set, TINY.mebin), TINY.regions)
+    marked, named = regions[0].key, regions[1].key
+    plan = plan_labels(regions, None, {marked: NORMAL_CLASS, named: "dent"})
+    descriptors = region_descriptors(regions, map_set, TINY)
+    prior = descriptor_prior(regions, plan, descriptors, 3, TINY)
+    assert prior.shape == (len(regions), 1 + 1 + 3)  # dent, the normal slot, three novel groups
+    data = prior_training_data(regions, plan, None, prior)
+    data.validate()
+    assert data.base_classes[:2] == ["dent", NORMAL_CLASS] and len(data.base_classes) == 5
+    assert data.labels[0] == 1 and data.labels[1] == 0  # normal-marked: the normal column; named: its class
+    assert (data.labels >= 0).all() and (data.labels == prior.argmax(axis=1)).all()
+    assert len(set(data.labels[2:])) >= 2  # the descriptors tell the regions apart
+    for config in (replace(TINY, prior="none"), replace(TINY, representation="vit")):
+        assert descriptor_prior(regions, plan, descriptors, 3, config) is None
+    with pytest.raises(ValueError, match="prior must be one of"):
+        DiscoveryConfig(prior="teacher")
+    assert DiscoveryConfig.from_settings({"prior": "none"}).prior == "none"
+    assert DiscoveryConfig(prior="none").to_settings()["prior"] == "none"
 
 
 @pytest.mark.slow

@@ -24,12 +24,15 @@ from core.config import (
     AUTO_VIT,
     BINARIZERS,
     EXTRACTIONS,
+    FALLBACKS,
+    PRIORS,
     REFINEMENTS,
     REPRESENTATIONS,
     SCRATCH_EPOCHS,
     DetectorConfig,
     DiscoveryConfig,
     MGViTConfig,
+    RegionConfig,
     TrainConfig,
     resolve_vit_backbone,
 )
@@ -74,12 +77,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--representation", choices=REPRESENTATIONS, default=DiscoveryConfig.representation,
                         help="what regions are grouped on: vit (the paper: MGViT embedding and heads), descriptors "
                              f"(fixed mask/contrast/texture descriptors) or hybrid (both) [{DiscoveryConfig.representation}]")
+    parser.add_argument("--prior", choices=PRIORS, default=DiscoveryConfig.prior,
+                        help="hybrid: descriptors (the MGViT is taught the descriptor groups) or none (the paper's "
+                             f"teacher-student alone) [{DiscoveryConfig.prior}]")
     parser.add_argument("--extraction", choices=EXTRACTIONS, default="components",
                         help="regions: components (every defect its own region) or reference (the paper's MEBin "
                              "main elements) [components]")
     parser.add_argument("--refine", choices=REFINEMENTS, default="references",
                         help="components masks: references (redrawn from each image's difference to the best-matching "
                              "normal reference patch) or none (the map's own mask) [references]")
+    parser.add_argument("--fallback", choices=FALLBACKS, default=RegionConfig.fallback,
+                        help="an image where no component clears the floor: peak (its map's strongest spot, a weak "
+                             "region that does not shape the groups) or whole (the whole image) "
+                             f"[{RegionConfig.fallback}]")
     parser.add_argument("--ground-truth", type=Path,
                         help="COCO annotations for region-level metrics [DATASET/annotations.json when present]")
     parser.add_argument("--unguided", action="store_true", help="plain attention instead of mask-guided (ablation)")
@@ -158,8 +168,10 @@ def _config(args: argparse.Namespace) -> DiscoveryConfig:
         "detector_method": args.detector,
         "binarizer": args.binarizer,
         "representation": args.representation,
+        "prior": args.prior,
         "extraction": args.extraction,
         "refine": args.refine,
+        "fallback": args.fallback,
         "ground_truth": args.ground_truth,
         "tau": args.tau,
         "guided": False if args.unguided else None,

@@ -107,6 +107,16 @@ def settings_form(project: ProjectInfo, has_maps: bool, n_labels: int) -> dict[s
                           key="d_refine",
                           help="A detector's smooth map marks a blob wider than the defect; each region's mask is "
                                "redrawn where the image differs from the best-matching normal reference patch.")
+        strongest = c.toggle("Strongest spot where nothing clears the floor", value=DEFAULTS.regions.fallback == "peak",
+                             key="d_fallback",
+                             help="An image where no component rises above what normal images reach gets its map's "
+                                  "strongest spot as a weak region (it joins a group but does not shape the groups); "
+                                  "off: the whole image stands in.")
+        a, b, c = st.columns(3)
+        taught = a.toggle("Teach the ViT the descriptor groups", value=DEFAULTS.prior == "descriptors", key="d_prior",
+                          disabled=representation != "hybrid",
+                          help="Hybrid only: the MGViT learns the groups the descriptors form (a ViT trained from "
+                               "scratch has no features of its own to start from); off: the paper's teacher-student.")
         a, b, c = st.columns(3)
         sample_rate = a.number_input("MEBin sample rate", 1, 32, DEFAULTS.mebin.sample_rate, 1, key="d_sample_rate")
         min_interval = b.number_input("MEBin min. stable length", 1, 64, DEFAULTS.mebin.min_interval_len, 1, key="d_min_interval")
@@ -132,6 +142,8 @@ def settings_form(project: ProjectInfo, has_maps: bool, n_labels: int) -> dict[s
         "binarizer": binarizer,
         "representation": representation,
         "refine": "references" if refine else "none",
+        "fallback": "peak" if strongest else "whole",
+        "prior": "descriptors" if taught else "none",
         "recompute_maps": bool(recompute and has_maps),
         "mebin_sample_rate": int(sample_rate),
         "mebin_min_interval_len": int(min_interval),
