@@ -1,11 +1,12 @@
 """Discovery quality: one table, rows = how regions are represented, columns = data sets.
 
-    python benchmarks/quality.py [--sets demo,template,annotated] [--rows paper,descriptors,hybrid,unguided,otsu]
+    python benchmarks/quality.py [--sets demo,template,annotated] [--rows paper,descriptors,hybrid,teacher,unguided,otsu]
                                  [--pcb-images 0] [--per-class 14] [--dataset DIR] [--seeds 1] [--baselines crops,...]
 
 Rows: the paper's path (MEBin, reference crops, mask-guided MGViT and its heads), descriptors
-only (no MGViT is trained), hybrid (MGViT embedding beside the descriptors), and the unguided
-and Otsu ablations of the hybrid. Columns:
+only (no MGViT is trained), hybrid (MGViT embedding beside the descriptors; the MGViT taught the
+descriptor groups), the hybrid with the paper's teacher-student instead, and the unguided and
+Otsu ablations of the hybrid. Columns:
 
 - demo: the generated demo (or --dataset, an MVTec-layout folder) with the built-in detector's
   maps; image level over the defective images, K = its number of defect types;
@@ -43,22 +44,23 @@ from core.imageio import read_gray, read_image  # noqa: E402
 from core.metrics import cluster_metrics  # noqa: E402
 from core.records import GOOD  # noqa: E402
 
-#: Rows: key -> (shown name, extraction, binarizer, representation, guided training).
+#: Rows: key -> (shown name, extraction, binarizer, representation, guided training, what the hybrid's MGViT is taught).
 ROWS = {
-    "paper": ("paper-MGViT", "reference", "mebin", "vit", True),
-    "descriptors": ("descriptors only", "components", "mebin", "descriptors", True),
-    "hybrid": ("hybrid", "components", "mebin", "hybrid", True),
-    "unguided": ("hybrid, unguided", "components", "mebin", "hybrid", False),
-    "otsu": ("hybrid, Otsu", "components", "otsu", "hybrid", True),
+    "paper": ("paper-MGViT", "reference", "mebin", "vit", True, "none"),
+    "descriptors": ("descriptors only", "components", "mebin", "descriptors", True, "none"),
+    "hybrid": ("hybrid", "components", "mebin", "hybrid", True, "descriptors"),
+    "teacher": ("hybrid, paper teacher", "components", "mebin", "hybrid", True, "none"),
+    "unguided": ("hybrid, unguided", "components", "mebin", "hybrid", False, "descriptors"),
+    "otsu": ("hybrid, Otsu", "components", "otsu", "hybrid", True, "descriptors"),
 }
 BASELINES = ("whole", "crops", "supervised")
 
 
 def row_config(base, row: str):
     """The DiscoveryConfig of one row: extraction, binarizer, representation and guidance."""
-    _, extraction, binarizer, representation, guided = ROWS[row]
+    _, extraction, binarizer, representation, guided, prior = ROWS[row]
     return replace(base, regions=replace(base.regions, extraction=extraction), binarizer=binarizer,
-                   representation=representation, train=replace(base.train, guided=guided))
+                   representation=representation, train=replace(base.train, guided=guided), prior=prior)
 
 
 def estimates_and_coverage(manifest, maps, base, device, normal_peaks=()) -> tuple[dict, dict]:

@@ -218,7 +218,8 @@ def grouped_probabilities(
 
     Columns: [base classes (with include_base)] + normal slot + K novel classes, as
     predict_regions lays them out. labels: per region -1, NORMAL (-2) or a base-class index.
-    weak: regions that are assigned to the groups but do not shape them (group_regions). Returns (probabilities, the representation grouped on, whether a normal group was found).
+    weak: regions that are assigned to the groups but do not shape them (group_regions).
+    Returns (probabilities, the representation grouped on, whether a normal group was found).
     """
     features = fuse_representation(representation, embedding, descriptors, config.vit_weight)
     n_base = len(base_classes)

@@ -77,4 +77,3 @@ def prior_training_data(regions: Sequence[Region], labels: LabelPlan, labeled: L
     data.labels = np.concatenate([data.labels[:n_imported], targets])
     data.base_classes = list(labels.base_classes) + [NORMAL_CLASS] + [f"descriptor group {i + 1}" for i in range(n_novel)]
     return data
-

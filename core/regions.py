@@ -162,9 +162,10 @@ def peak_box(map_u8: np.ndarray, config: RegionConfig = RegionConfig()) -> list[
 
     The map is cut at fallback_height of the way from its median up to its peak; the component
     holding the peak is the region ([] for a flat map). Its score stays the map's low peak, so the
-    grouping can still tell it from confident defects. Measured on three generated demos (the
-    built-in detector's maps): 18, 7 and ... of 70 defective images had nothing above the floor,
-    their spot lay on the defect in 16 of 18 (demo 0).
+    grouping can still tell it from confident defects, and it is marked weak (core.grouping lets
+    weak regions join groups but not shape them). Measured on the benchmark's demo (built-in
+    detector's maps): 18 of its 70 defective images had nothing above the floor, and their
+    strongest spot lay on the defect in 16 of them.
     """
     map_u8 = np.asarray(map_u8)
     peak = int(map_u8.max())

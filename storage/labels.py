@@ -120,7 +120,7 @@ class LabelStore(Workspace):
             run = self._get(session, m.Run, run_id, "run")
             query = (
                 select(m.Assignment.region_id, m.Assignment.is_normal, m.Region.area, m.Cluster.name,
-                       m.Cluster.is_normal, m.Cluster.engine_normal)  # fmt: skip
+                       m.Cluster.is_normal, m.Cluster.engine_normal, m.Region.weak)  # fmt: skip
                 .join(m.Cluster, m.Cluster.id == m.Assignment.cluster_id)
                 .join(m.Region, m.Region.id == m.Assignment.region_id)
                 .where(m.Assignment.run_id == run_id, m.Cluster.merged_into_id.is_(None))
@@ -128,8 +128,8 @@ class LabelStore(Workspace):
             if cluster_ids is not None:
                 query = query.where(m.Cluster.id.in_(list(cluster_ids)))
             wanted: dict[int, str] = {}
-            for region_id, marked, area, name, cluster_normal, engine_normal in session.execute(query):
-                state = region_state(int(area), bool(marked), bool(cluster_normal), bool(engine_normal))
+            for region_id, marked, area, name, cluster_normal, engine_normal, weak in session.execute(query):
+                state = region_state(int(area), bool(marked), bool(cluster_normal), bool(engine_normal), bool(weak))
                 if state == STATE_MARKED_NORMAL:
                     wanted[region_id] = NORMAL_CLASS
                 elif state == STATE_DEFECT and name is not None:

@@ -117,6 +117,8 @@ class Region(Base):
     y1: Mapped[int] = mapped_column(Integer)
     area: Mapped[int] = mapped_column(Integer)
     score: Mapped[float] = mapped_column(Float)
+    # nothing in its image cleared the floor: the map's strongest spot stands in (core Region.weak)
+    weak: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     crop_path: Mapped[str | None] = mapped_column(Text)
     mask_path: Mapped[str | None] = mapped_column(Text)
     version: Mapped[int] = mapped_column(Integer, default=1, server_default="1")  # crop set of its image

@@ -28,11 +28,12 @@ STATE_NO_ANOMALY = NO_ANOMALY_CLASS  # MEBin found nothing: the whole-image plac
 STATES = (STATE_DEFECT, STATE_NORMAL, STATE_MARKED_NORMAL, STATE_NO_ANOMALY)
 
 
-def region_state(area: int, marked_normal: bool, cluster_normal: bool, engine_normal: bool) -> str:
-    """A region's state: the engineer's mark first, then "no anomaly found" (area 0), then its cluster's."""
+def region_state(area: int, marked_normal: bool, cluster_normal: bool, engine_normal: bool, weak: bool = False) -> str:
+    """A region's state: the engineer's mark first, then "no anomaly found" (area 0, or a weak region:
+    nothing in its image cleared the floor and its strongest spot stands in), then its cluster's."""
     if marked_normal:
         return STATE_MARKED_NORMAL
-    if area == 0:
+    if area == 0 or weak:
         return STATE_NO_ANOMALY
     if cluster_normal:
         return STATE_NORMAL if engine_normal else STATE_MARKED_NORMAL
@@ -129,11 +130,12 @@ class RegionInfo:
     score: float
     crop_path: str | None  # absolute path of the crop PNG
     mask_path: str | None  # absolute path of the mask PNG
+    weak: bool = False  # its image had nothing above the floor: the map's strongest spot stands in
 
     @property
     def no_anomaly(self) -> bool:
-        """The whole-image placeholder of an image where MEBin found nothing (no mask pixel)."""
-        return self.area == 0
+        """No anomaly found in its image: the whole-image placeholder (no mask pixel) or the weak strongest spot."""
+        return self.area == 0 or self.weak
 
 
 @dataclass(frozen=True)

@@ -35,6 +35,7 @@ class RegionStore(Workspace):
             box=(row.x0, row.y0, row.x1, row.y1),
             area=row.area,
             score=row.score,
+            weak=bool(row.weak),
             crop_path=self._absolute(row.crop_path),
             mask_path=self._absolute(row.mask_path),
         )
@@ -78,6 +79,7 @@ class RegionStore(Workspace):
                 "y1": int(r.box[3]),
                 "area": int(r.area),
                 "score": float(r.score),
+                "weak": bool(r.weak),
                 "version": versions.get(ids[r.image], 1),
                 "is_current": True,
             }

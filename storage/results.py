@@ -136,7 +136,7 @@ class ResultStore(MapStore):
                 func.count(m.Assignment.id).label("regions"),
                 func.count(func.distinct(m.Region.image_id)).label("images"),
                 func.avg(m.Assignment.confidence).label("mean_confidence"),
-                func.sum(case((m.Region.area == 0, 1), else_=0)).label("no_anomaly"),
+                func.sum(case(((m.Region.area == 0) | m.Region.weak.is_(True), 1), else_=0)).label("no_anomaly"),
             )
             .join(m.Region, m.Region.id == m.Assignment.region_id)
             .where(assignment_where)
@@ -207,7 +207,7 @@ class ResultStore(MapStore):
             umap_x=a.umap_x,
             umap_y=a.umap_y,
             is_normal=bool(a.is_normal),
-            state=region_state(r.area, bool(a.is_normal), bool(cluster_normal), bool(engine_normal)),
+            state=region_state(r.area, bool(a.is_normal), bool(cluster_normal), bool(engine_normal), bool(r.weak)),
         )
 
     def cluster_regions(
@@ -298,6 +298,7 @@ class ResultStore(MapStore):
                     m.Region.crop_path,
                     m.Region.area,
                     m.Cluster.engine_normal,
+                    m.Region.weak,
                 )
                 .join(m.Region, m.Region.id == m.Assignment.region_id)
                 .join(m.Image, m.Image.id == m.Region.image_id)
@@ -306,9 +307,10 @@ class ResultStore(MapStore):
                 .order_by(m.Assignment.region_id)
             ).all()
         columns = ["region_id", "image", "x", "y", "cluster_id", "name", "color", "slot", "confidence", "score",
-                   "region_normal", "cluster_normal", "crop_path", "area", "engine_normal"]  # fmt: skip
+                   "region_normal", "cluster_normal", "crop_path", "area", "engine_normal", "weak"]  # fmt: skip
         frame = pd.DataFrame(rows, columns=columns)
-        frame["state"] = [region_state(int(row[13]), bool(row[10]), bool(row[11]), bool(row[14])) for row in rows]
+        frame["state"] = [region_state(int(row[13]), bool(row[10]), bool(row[11]), bool(row[14]), bool(row[15]))
+                          for row in rows]
         frame["cluster_name"] = [display_name(row[5], row[7]) for row in rows]  # before pandas turns None into NaN
         frame["is_normal"] = frame["region_normal"].astype(bool) | frame["cluster_normal"].astype(bool)
         frame["crop_path"] = [self._absolute(row[12]) for row in rows]
@@ -367,6 +369,7 @@ class ResultStore(MapStore):
                     m.Assignment.confidence,
                     m.Assignment.probabilities,
                     m.Assignment.is_normal,
+                    m.Region.weak,
                 )
                 .join(m.Region, m.Region.id == m.Assignment.region_id)
                 .where(m.Assignment.run_id == run_id)
@@ -387,10 +390,10 @@ class ResultStore(MapStore):
             if all(row[6] for row in regions):  # the engineer marked every region normal
                 out.append(ImageClass(image_id, relpath, None, NORMAL_CLASS, 1.0, len(regions), gt_class, STATE_MARKED_NORMAL))
                 continue
-            if all(int(row[1]) == 0 for row in regions):  # only the placeholder: MEBin found nothing
+            if all(int(row[1]) == 0 or row[7] for row in regions):  # only the placeholder or weak spot: nothing found
                 out.append(ImageClass(image_id, relpath, None, NO_ANOMALY_CLASS, 1.0, len(regions), gt_class, STATE_NO_ANOMALY))
                 continue
-            region_votes = [votes.of(*row[2:]) for row in regions]
+            region_votes = [votes.of(*row[2:7]) for row in regions]
             keys = sorted({k for vote in region_votes for k in vote if k is not None}) + [None]
             matrix = np.array([[vote.get(k, 0.0) for k in keys] for vote in region_votes], dtype=np.float64)
             fused = fuse_image(matrix, [max(int(row[1]), 0) for row in regions], tau)

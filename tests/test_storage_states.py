@@ -112,3 +112,29 @@ def test_marked_normal_goes_back_into_the_labeled_set(store: Store, tmp_path: Pa
     assert not {regions[0].id, regions[7].id} & set(labeled)  # the engine's own normal verdicts are no labels
     store.undo(run.id)  # promote is an edit: undone, the labels go
     assert store.labeled_set(project.id) == {}
+
+
+def test_a_weak_region_is_no_anomaly_found_in_storage_and_exports(store: Store, tmp_path: Path) -> None:
+    """An image where nothing cleared the floor: its strongest spot (a real crop, mask pixels and
+    all) is stored as weak and reads as "no anomaly found" everywhere, like the whole-image placeholder."""
+    from dataclasses import replace
+
+    records = make_dataset(tmp_path / "data", 2)
+    project = store.create_project("weak", tmp_path / "data")
+    store.record_images(project.id, records)
+    spot = replace(square_region("test/img_01.png", 0, 20), weak=True)
+    infos = store.record_regions(project.id, [square_region("test/img_00.png", 0, 49), spot])
+    assert [i.weak for i in infos] == [False, True] and infos[1].area == 20 and infos[1].no_anomaly
+    assert [i.weak for i in store.list_regions(project.id)] == [False, True]
+    run = store.start_run(project.id, "discover", status="running")
+    clusters = store.write_results(run.id, [ClusterInput(0, "normal / false detection", is_normal=True), ClusterInput(1, "crack")],
+                                   [AssignmentInput(info.id, 1, 0.9, probabilities=np.eye(2)[1]) for info in infos])
+    store.finish_run(run.id)
+    states = {a.region.image: a.state for a in store.run_assignments(run.id)}
+    assert states == {"test/img_00.png": STATE_DEFECT, "test/img_01.png": STATE_NO_ANOMALY}
+    assert [i.image for i in store.no_anomaly_images(run.id)] == ["test/img_01.png"]
+    crack = next(c for c in store.list_clusters(run.id) if c.id == clusters[1].id)
+    assert (crack.region_count, crack.no_anomaly_count) == (2, 1)
+    assert store.umap_points(run.id).set_index("image")["state"].to_dict() == states
+    assert store.promote_to_labels(run.id) == 1  # the named cluster labels its real defect, not the weak spot
+    assert set(store.labeled_set(project.id)) == {infos[0].id}

@@ -92,8 +92,9 @@ def state_cards(states: dict[str, int]) -> list[tuple[str, str, str]]:
         ("Model: normal", f"{states['predicted']:,}", "Predicted normal: regions the model put in its normal cluster."),
     ]
     cards.append(("No anomaly", f"{states['none_found']:,}",
-                  "Images where MEBin found no anomaly, each shown as one whole-image placeholder (hollow "
-                  "circles on the plot). Not a verdict that the part is normal: look at them."))
+                  "Images where nothing rose above what normal images reach, each shown as its map's strongest "
+                  "spot or the whole image (hollow circles on the plot). Not a verdict that the part is normal: "
+                  "look at them."))
     return cards
 
 

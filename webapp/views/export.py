@@ -21,8 +21,8 @@ assert project_id is not None and run_id is not None
 st.title("Export", anchor=False)
 st.caption("Class names are written exactly as typed; cells a spreadsheet would run as a formula are "
            "prefixed with an apostrophe. Normal regions get the class 'normal' (the state column tells "
-           "yours from the model's); an image where no anomaly was found is one whole-image row of class "
-           "'no anomaly found'.")
+           "yours from the model's); an image where no anomaly was found is one row of class 'no anomaly "
+           "found': the map's strongest spot, or the whole image.")
 
 revision = run_data.run_revision(store, run_id)
 points = run_data.umap_points(store, store.url, run_id, revision)
@@ -57,7 +57,8 @@ metric_cards([
     ("Marked normal", f"{state_count(STATE_MARKED_NORMAL):,}", "Regions you marked normal (class 'normal')."),
     ("Model: normal", f"{state_count(STATE_NORMAL):,}", "Predicted normal: regions in the model's normal cluster (class 'normal')."),
     ("No anomaly", f"{state_count(STATE_NO_ANOMALY):,}",
-     f"Images where MEBin found nothing: one whole-image row each, class and state '{STATE_NO_ANOMALY}'."),
+     f"Images where nothing rose above what normal images reach: one row each (the map's strongest spot, or the "
+     f"whole image), class and state '{STATE_NO_ANOMALY}'."),
 ])
 
 st.subheader("Tables", anchor=False)
