@@ -1,12 +1,12 @@
 """Discovery quality: one table, rows = how regions are represented, columns = data sets.
 
-    python benchmarks/quality.py [--sets demo,template,annotated] [--rows paper,descriptors,hybrid,teacher,unguided,otsu]
+    python benchmarks/quality.py [--sets demo,template,annotated] [--rows paper,descriptors,hybrid,taught,unguided,otsu]
                                  [--pcb-images 0] [--per-class 14] [--dataset DIR] [--seeds 1] [--baselines crops,...]
 
 Rows: the paper's path (MEBin, reference crops, mask-guided MGViT and its heads), descriptors
-only (no MGViT is trained), hybrid (MGViT embedding beside the descriptors; the MGViT taught the
-descriptor groups), the hybrid with the paper's teacher-student instead, and the unguided and
-Otsu ablations of the hybrid. Columns:
+only (no MGViT is trained), hybrid (MGViT embedding beside the descriptors, the paper's
+teacher-student), the hybrid whose MGViT is taught the descriptor groups (--prior descriptors),
+and the unguided and Otsu ablations of the hybrid. Columns:
 
 - demo: the generated demo (or --dataset, an MVTec-layout folder) with the built-in detector's
   maps; image level over the defective images, K = its number of defect types;
@@ -48,10 +48,10 @@ from core.records import GOOD  # noqa: E402
 ROWS = {
     "paper": ("paper-MGViT", "reference", "mebin", "vit", True, "none"),
     "descriptors": ("descriptors only", "components", "mebin", "descriptors", True, "none"),
-    "hybrid": ("hybrid", "components", "mebin", "hybrid", True, "descriptors"),
-    "teacher": ("hybrid, paper teacher", "components", "mebin", "hybrid", True, "none"),
-    "unguided": ("hybrid, unguided", "components", "mebin", "hybrid", False, "descriptors"),
-    "otsu": ("hybrid, Otsu", "components", "otsu", "hybrid", True, "descriptors"),
+    "hybrid": ("hybrid", "components", "mebin", "hybrid", True, "none"),
+    "taught": ("hybrid, taught groups", "components", "mebin", "hybrid", True, "descriptors"),
+    "unguided": ("hybrid, unguided", "components", "mebin", "hybrid", False, "none"),
+    "otsu": ("hybrid, Otsu", "components", "otsu", "hybrid", True, "none"),
 }
 BASELINES = ("whole", "crops", "supervised")
 

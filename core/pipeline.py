@@ -254,8 +254,8 @@ def descriptor_prior(regions: Sequence[Region], labels: LabelPlan, descriptors: 
     regions in include_base column order; None for the other representations, prior "none" or no descriptors.
 
     A ViT trained from scratch on a few hundred crops has no features to start its teacher from;
-    taught the descriptor groups, its embedding beside the descriptors groups better (measured in
-    docs/method.md: demo image NMI, mean of four generated demos, 0.44 -> 0.50).
+    taught the descriptor groups, its embedding beside the descriptors groups the demo better (mean of
+    four generated demos 0.44 -> 0.50) but DeepPCB worse (0.81 -> 0.77), so it is not the default.
     """
     if config.representation != "hybrid" or config.prior != "descriptors" or descriptors is None or not len(regions):
         return None

@@ -64,8 +64,7 @@ def test_hybrid_discovery_is_deterministic_on_cpu(tiny_set, hybrid_result):
     assert width > 32  # the stored embedding is the hybrid representation (MGViT CLS + descriptors)
     for region in hybrid_result.regions:
         assert region.probabilities.shape == (4,) and region.probabilities.sum() == pytest.approx(1.0)
-    # the MGViT was taught the descriptor groups (prior "descriptors"): the normal slot and K = 3 groups
-    assert hybrid_result.model.base_classes == [NORMAL_CLASS] + [f"descriptor group {i}" for i in (1, 2, 3)]
+    assert hybrid_result.model.n_novel == 4  # prior "none" (default): the paper's heads, normal slot + K = 3
 
 
 @pytest.mark.slow
@@ -108,7 +107,7 @@ def test_the_hybrid_mgvit_is_taught_the_descriptor_groups(tiny_set):
     marked, named = regions[0].key, regions[1].key
     plan = plan_labels(regions, None, {marked: NORMAL_CLASS, named: "dent"})
     descriptors = region_descriptors(regions, map_set, TINY)
-    prior = descriptor_prior(regions, plan, descriptors, 3, TINY)
+    prior = descriptor_prior(regions, plan, descriptors, 3, replace(TINY, prior="descriptors"))
     assert prior.shape == (len(regions), 1 + 1 + 3)  # dent, the normal slot, three novel groups
     data = prior_training_data(regions, plan, None, prior)
     data.validate()
@@ -116,12 +115,12 @@ def test_the_hybrid_mgvit_is_taught_the_descriptor_groups(tiny_set):
     assert data.labels[0] == 1 and data.labels[1] == 0  # normal-marked: the normal column; named: its class
     assert (data.labels >= 0).all() and (data.labels == prior.argmax(axis=1)).all()
     assert len(set(data.labels[2:])) >= 2  # the descriptors tell the regions apart
-    for config in (replace(TINY, prior="none"), replace(TINY, representation="vit")):
+    for config in (TINY, replace(TINY, representation="vit", prior="descriptors")):
         assert descriptor_prior(regions, plan, descriptors, 3, config) is None
     with pytest.raises(ValueError, match="prior must be one of"):
         DiscoveryConfig(prior="teacher")
-    assert DiscoveryConfig.from_settings({"prior": "none"}).prior == "none"
-    assert DiscoveryConfig(prior="none").to_settings()["prior"] == "none"
+    assert DiscoveryConfig.from_settings({"prior": "descriptors"}).prior == "descriptors"
+    assert DiscoveryConfig(prior="descriptors").to_settings()["prior"] == "descriptors"
 
 
 @pytest.mark.slow
