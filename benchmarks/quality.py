@@ -47,8 +47,8 @@ from core.records import GOOD  # noqa: E402
 #: Rows: key -> (shown name, extraction, binarizer, representation, guided training, what the hybrid's MGViT is taught).
 ROWS = {
     "paper": ("paper-MGViT", "reference", "mebin", "vit", True, "none"),
-    "descriptors": ("descriptors only", "components", "mebin", "descriptors", True, "none"),
-    "hybrid": ("hybrid", "components", "mebin", "hybrid", True, "none"),
+    "descriptors": ("descriptors only (auto offline)", "components", "mebin", "descriptors", True, "none"),
+    "hybrid": ("hybrid (auto with weights)", "components", "mebin", "hybrid", True, "none"),
     "taught": ("hybrid, taught groups", "components", "mebin", "hybrid", True, "descriptors"),
     "unguided": ("hybrid, unguided", "components", "mebin", "hybrid", False, "none"),
     "otsu": ("hybrid, Otsu", "components", "otsu", "hybrid", True, "none"),
@@ -347,9 +347,9 @@ def main(argv: list[str] | None = None) -> int:
     columns = [s[0] for s in sets]
     width = max([32] + [len(c) + 2 for c in columns])
     print()
-    print(f"{'NMI / ARI / F1':<20}" + "".join(f"{c:>{width}}" for c in columns))
+    print(f"{'NMI / ARI / F1':<32}" + "".join(f"{c:>{width}}" for c in columns))
     for row in rows:
-        print(f"{ROWS[row][0]:<20}" + "".join(f"{_cell(table.get((row, c))):>{width}}" for c in columns))
+        print(f"{ROWS[row][0]:<32}" + "".join(f"{_cell(table.get((row, c))):>{width}}" for c in columns))
     print()
     for line in notes:
         print(line)

@@ -164,12 +164,19 @@ def test_start_button_launches_a_worker_process_and_cancel_stops_it(workspace, t
     at.toggle(key="d_auto").set_value(False).run()
     at.number_input(key="d_classes").set_value(3)
     at.selectbox(key="d_backbone").set_value("vit_base_patch16_224.dino").run()
-    assert not any("finds rough groups, not clean defect classes" in c.value for c in at.caption)
+    assert not any("grouped on their descriptors" in c.value for c in at.caption)
+    assert any("auto: regions grouped on the descriptors beside the pretrained" in c.value for c in at.caption)
     at.selectbox(key="d_backbone").set_value("vit_micro_scratch").run()
-    assert any("finds rough groups, not clean defect classes" in c.value for c in at.caption)  # said up front
+    # offline, auto groups on the descriptors and says so up front, with what the ViT would add
+    assert at.selectbox(key="d_representation").value == "auto" and at.toggle(key="d_refine").value
+    assert any("grouped on their descriptors" in c.value for c in at.caption)
+    assert any("auto: regions grouped on their descriptors alone" in c.value for c in at.caption)
+    assert at.toggle(key="d_prior").disabled  # nothing to teach: no ViT is trained
+    at.selectbox(key="d_representation").set_value("hybrid").run()  # a ViT from scratch, asked for
+    assert any("finds rough groups, not clean defect classes" in c.value for c in at.caption)
+    assert not at.toggle(key="d_prior").disabled
     at.number_input(key="d_epochs").set_value(300)
     at.selectbox(key="d_device").set_value("cpu")
-    assert at.selectbox(key="d_representation").value == "hybrid" and at.toggle(key="d_refine").value
     at.toggle(key="d_refine").set_value(False)
     at.button(key="d_start").click().run()
     assert_clean(at)

@@ -86,6 +86,31 @@ def test_discovery_vit_auto_takes_dino_from_the_cache_or_a_weights_file(empty_ca
     assert DiscoveryConfig.from_settings({"backbone": "vit_micro_scratch"}).model.backbone == "vit_micro_scratch"
 
 
+def test_representation_auto_follows_the_backbone_auto_chose(empty_caches, tmp_path):
+    """auto: the descriptors alone where the MGViT would start from scratch, the hybrid with pretrained
+    weights (a file or the cache); an explicit choice is kept; an unknown one is named."""
+    from core.config import DiscoveryConfig, MGViTConfig, SettingsError, resolve_representation
+
+    offline = DiscoveryConfig.from_settings({"backbone": "auto"})
+    assert offline.representation == "descriptors" == DiscoveryConfig().representation
+    assert DiscoveryConfig.from_settings({}).representation == "descriptors"
+    assert "trained from scratch" in resolve_representation("auto", offline.model)[1]
+    for asked in ("hybrid", "vit", "descriptors"):
+        assert DiscoveryConfig.from_settings({"backbone": "auto", "representation": asked}).representation == asked
+    weights = tmp_path / "dino.pth"
+    weights.write_bytes(b"not read here")
+    assert DiscoveryConfig.from_settings({"backbone": "auto", "weights": str(weights)}).representation == "hybrid"
+    assert DiscoveryConfig.from_settings({"backbone": "vit_micro_scratch", "weights": str(weights)}).representation == "hybrid"
+    assert DiscoveryConfig.from_settings({"backbone": "vit_base_patch16_224.dino", "pretrained": True,
+                                          "representation": "auto"}).representation == "hybrid"
+    _cache_timm_weights(empty_caches, "vit_base_patch16_224.dino")
+    cached = DiscoveryConfig.from_settings({"backbone": "auto"})
+    assert cached.representation == "hybrid" and "pretrained" in resolve_representation("auto", cached.model)[1]
+    assert resolve_representation("auto", MGViTConfig(backbone="vit_micro_scratch"))[0] == "descriptors"
+    with pytest.raises(SettingsError, match="representation must be one of"):
+        DiscoveryConfig.from_settings({"representation": "pixels"})
+
+
 @pytest.mark.slow
 def test_an_app_run_with_auto_records_which_vit_it_trained_and_why(empty_caches, tmp_path):
     """The Discover form's default `auto`: the worker trains the scratch ViT offline, with the epochs

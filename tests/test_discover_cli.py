@@ -63,6 +63,9 @@ def _check_outputs(out: Path, manifest, n_columns: int) -> None:
 
     from core.checkpoint import load_checkpoint
 
+    if run["config"]["representation"] == "descriptors":  # nothing trained: no checkpoint is written
+        assert not (out / "model.pt").exists()
+        return
     model, extra = load_checkpoint(out / "model.pt")
     assert extra["cluster_names"] == run["cluster_names"]
     if model.base_classes[:1] == [NORMAL_CLASS]:  # hybrid, prior "descriptors": taught the normal slot and K groups
@@ -76,7 +79,7 @@ def test_discover_with_imported_maps(tiny, tmp_path):
     root, maps, manifest = tiny
     out = tmp_path / "out"
     done = _discover("--dataset", str(root), "--maps", str(maps), "--out", str(out), "--classes", "3",
-                     "--save-crops", *TINY)
+                     "--save-crops", "--representation", "hybrid", *TINY)
     assert done.returncode == 0, done.stderr
     _check_outputs(out, manifest, n_columns=4)
     assert "NMI" in done.stdout and "time per stage" in done.stdout
@@ -87,8 +90,9 @@ def test_discover_with_imported_maps(tiny, tmp_path):
 def test_discover_with_the_built_in_detector(tiny, tmp_path):
     root, _, manifest = tiny
     out = tmp_path / "out"
-    done = _discover("--dataset", str(root), "--out", str(out), "--classes", "2", *TINY)
+    done = _discover("--dataset", str(root), "--out", str(out), "--classes", "2", *TINY)  # representation auto
     assert done.returncode == 0, done.stderr
+    assert json.loads((out / "run.json").read_text())["config"]["representation"] == "descriptors"
     _check_outputs(out, manifest, n_columns=3)
 
 
@@ -154,10 +158,14 @@ def test_default_backbone_is_auto_and_says_which_it_used(tiny, tmp_path):
     root, maps, _ = tiny
     env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1", "TORCH_HOME": str(tmp_path / "torch")}
     done = subprocess.run([sys.executable, "-m", "core", "discover", "--dataset", str(root), "--maps", str(maps),
-                           "--out", str(tmp_path / "out"), "--representation", "descriptors", "--classes", "3",
+                           "--out", str(tmp_path / "out"), "--classes", "3",
                            "--device", "cpu", "--quiet"], cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.splitlines()[0].startswith("discover: backbone vit_tiny_scratch (offline, trained from scratch)")
+    first, second = done.stdout.splitlines()[:2]
+    assert first.startswith("discover: backbone vit_tiny_scratch (offline, trained from scratch)")
+    # representation auto follows: a scratch ViT is not trained, the regions are grouped on their descriptors
+    assert second.startswith("discover: regions grouped on their descriptors alone")
+    assert not (tmp_path / "out" / "model.pt").exists()
 
 
 def test_maps_from_the_detect_command_bring_its_held_out_normal_peaks(tmp_path, capsys):

@@ -18,8 +18,9 @@ from webapp import evaluation, intake, jobs, worker
 
 TINY_DEMO = dict(image_size=64, n_train_good=4, n_test_good=2, n_per_class=3,
                  defect_types=("scratch", "hole", "stain"))
+# hybrid: these jobs train an MGViT (progress, cancel, checkpoint); auto would take the descriptors here
 TINY_RUN = {"classes": 3, "backbone": "vit_micro_scratch", "epochs": 1, "batch_size": 8, "device": "cpu",
-            "seed": 0}
+            "seed": 0, "representation": "hybrid"}
 
 
 def make_maps(root: Path, maps_dir: Path) -> None:
@@ -209,10 +210,14 @@ def test_a_run_with_coco_truth_keeps_it_and_the_evaluate_page_scores_what_the_ru
     store = open_workspace(tmp_path / "workspace")
     try:
         info = intake.create_project(store, "coco", intake.summarize_dataset(root, tmp_path / "maps"))
-        run = store.start_run(info.id, jobs.DISCOVER, {**TINY_RUN, "representation": "descriptors"})
+        settings = {key: value for key, value in TINY_RUN.items() if key != "representation"}
+        run = store.start_run(info.id, jobs.DISCOVER, settings)  # representation auto, a scratch backbone
         assert worker.execute(store, run.id) == DONE, store.get_run(run.id).message
-        recorded = store.get_run(run.id).metrics
-        assert store.get_run(run.id).checkpoint_path is None  # the descriptors representation trains no model
+        finished = store.get_run(run.id)
+        recorded = finished.metrics
+        assert recorded["representation"]["asked"] == "auto" and recorded["representation"]["used"] == "descriptors"
+        assert "trained from scratch" in recorded["representation"]["why"] and "descriptors" in finished.message
+        assert finished.checkpoint_path is None  # the descriptors representation trains no model
         assert recorded["region_truth"].endswith("annotations.json")
         labels = store.list_labels(info.id, SOURCE_GROUND_TRUTH)
         assert len(labels) == recorded["region"]["n"] == len(store.list_regions(info.id))

@@ -14,6 +14,7 @@ from core.predict import NORMAL_CLASS_NAME
 from core.progress import STAGES
 
 TINY = DiscoveryConfig(
+    representation="hybrid",  # every stage, training included (a scratch ViT's default is the descriptors alone)
     model=MGViTConfig(backbone="vit_micro_scratch"),
     train=TrainConfig(epochs=1, batch_size=8, proj_hidden=64, proj_out=32, n_heads=2),
     classes=3,

@@ -15,6 +15,7 @@ from core.pipeline import binarize_maps, cut_regions, prepare_maps, run_discover
 from core.records import GOOD, NORMAL_CLASS
 
 TINY = DiscoveryConfig(
+    representation="hybrid",  # the default for a scratch ViT is the descriptors alone; these tests train one
     model=MGViTConfig(backbone="vit_micro_scratch"),
     train=TrainConfig(epochs=1, batch_size=8, proj_hidden=64, proj_out=32, n_heads=2),
     classes=3,

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from core.config import AUTO_VIT, DiscoveryConfig, resolve_vit_backbone
+from core.config import AUTO_REPRESENTATION, AUTO_VIT, DiscoveryConfig, resolve_representation, resolve_vit_backbone
 from core.dataset import load_dataset, load_labeled_crops
 from core.records import region_key
 from storage import QUEUED, SOURCE_GROUND_TRUTH, AssignmentInput, ClusterInput, RunInfo, Store, environment, open_workspace
@@ -213,6 +213,9 @@ def run_discover(store: Store, run: RunInfo, report: Reporter) -> str:
     if settings.get("backbone") == AUTO_VIT:  # what auto chose, and why, recorded with the run
         why = resolve_vit_backbone(replace(config.model, backbone=AUTO_VIT))[1]
         metrics["backbone"] = {"asked": AUTO_VIT, "used": config.model.backbone, "why": why}
+    if settings.get("representation") in (None, "", AUTO_REPRESENTATION):  # and the representation auto chose
+        metrics["representation"] = {"asked": AUTO_REPRESENTATION, "used": config.representation,
+                                     "why": resolve_representation(AUTO_REPRESENTATION, config.model)[1]}
     if result.estimate is not None:
         metrics["class_estimate"] = estimate_record(result.estimate, result.n_novel)
     history = report.loss_history or [
@@ -222,6 +225,8 @@ def run_discover(store: Store, run: RunInfo, report: Reporter) -> str:
              + (" (estimated)" if result.estimate is not None else "")]
     if "backbone" in metrics:
         parts.append(f"auto chose {metrics['backbone']['why']}")
+    if "representation" in metrics:
+        parts.append(f"auto: {metrics['representation']['why']}")
     if labeled is not None or region_labels:
         parts.append(f"{len(result.base_classes)} labeled classes")
     if overrides:

@@ -27,13 +27,15 @@ from core.config import (
     FALLBACKS,
     PRIORS,
     REFINEMENTS,
-    REPRESENTATIONS,
+    AUTO_REPRESENTATION,
+    REPRESENTATION_CHOICES,
     SCRATCH_EPOCHS,
     DetectorConfig,
     DiscoveryConfig,
     MGViTConfig,
     RegionConfig,
     TrainConfig,
+    resolve_representation,
     resolve_vit_backbone,
 )
 from core.detection.config import METHODS
@@ -74,9 +76,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              f"[{DetectorConfig.method}]")
     add_with_default(parser, "--binarizer", DiscoveryConfig.binarizer, "how maps become masks", choices=BINARIZERS)
     add_with_default(parser, "--tau", DiscoveryConfig.tau, "area-weighted fusion temperature", type=float)
-    parser.add_argument("--representation", choices=REPRESENTATIONS, default=DiscoveryConfig.representation,
+    parser.add_argument("--representation", choices=REPRESENTATION_CHOICES, default=AUTO_REPRESENTATION,
                         help="what regions are grouped on: vit (the paper: MGViT embedding and heads), descriptors "
-                             f"(fixed mask/contrast/texture descriptors) or hybrid (both) [{DiscoveryConfig.representation}]")
+                             "(fixed mask/contrast/texture descriptors, no MGViT trained), hybrid (both), or auto: "
+                             "hybrid when the backbone starts from pretrained weights, else descriptors (a ViT "
+                             f"trained from scratch adds nothing measurable beside them) [{AUTO_REPRESENTATION}]")
     parser.add_argument("--prior", choices=PRIORS, default=DiscoveryConfig.prior,
                         help="hybrid: descriptors (the MGViT is taught the descriptor groups) or none (the paper's "
                              f"teacher-student alone) [{DiscoveryConfig.prior}]")
@@ -325,6 +329,8 @@ def run(args: argparse.Namespace) -> int:
     config = _config(args)
     if args.backbone == AUTO_VIT:  # one line: which backbone auto chose, and why
         print(f"discover: {resolve_vit_backbone(MGViTConfig(backbone=AUTO_VIT, weights=config.model.weights))[1]}")
+    if args.representation == AUTO_REPRESENTATION:  # and which representation auto chose for that backbone
+        print(f"discover: {resolve_representation(AUTO_REPRESENTATION, config.model)[1]}")
     # Under `torchrun --nproc-per-node N` every rank runs the pipeline and training shards its
     # batches with DistributedDataParallel; only rank 0 writes the outputs.
     environ = dict(os.environ)  # the command's one read of the environment (torchrun's WORLD_SIZE, RANK, ...)

@@ -8,8 +8,9 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from core.config import (AUTO_VIT, BINARIZERS, REPRESENTATIONS, REAL_USE_BACKBONE, SCRATCH_BACKBONES, SCRATCH_EPOCHS, DiscoveryConfig,
-                         MGViTConfig, resolve_vit_backbone)
+from core.config import (AUTO_REPRESENTATION, AUTO_VIT, BINARIZERS, REPRESENTATION_CHOICES, REAL_USE_BACKBONE,
+                         SCRATCH_BACKBONES, SCRATCH_EPOCHS, DiscoveryConfig, MGViTConfig, resolve_representation,
+                         resolve_vit_backbone)
 from core.detection.config import METHODS
 from storage import ProjectInfo, RunInfo
 from webapp import figures, jobs, messages, navigation, widgets
@@ -27,9 +28,12 @@ BACKBONES = {
     REAL_USE_BACKBONE: "DINO ViT-B/16 (paper; pretrained weights needed)",
 }
 SCRATCH = tuple(SCRATCH_BACKBONES)
-SCRATCH_HINT = ("A ViT trained from scratch on a few hundred crops finds rough groups, not clean defect classes: "
-                "expect to merge, split and rename clusters on Explore, then retrain with your names on Labels. "
-                "For classes close to the paper's, choose a DINO backbone and give its weights file.")
+SCRATCH_VIT_HINT = ("A ViT trained from scratch on a few hundred crops finds rough groups, not clean defect classes: "
+                    "expect to merge, split and rename clusters on Explore, then retrain with your names on Labels. "
+                    "For classes close to the paper's, choose a DINO backbone and give its weights file.")
+SCRATCH_HINT = ("Without pretrained weights the regions are grouped on their descriptors (mask shape, contrast, "
+                "texture): expect to merge, split and rename clusters on Explore, then retrain with your names on "
+                "Labels. A DINO backbone with its weights file adds the ViT's embedding (hybrid).")
 DEFAULTS = DiscoveryConfig()
 DEVICES = ["auto", "cpu", "cuda"]
 
@@ -43,7 +47,8 @@ def auto_backbone(weights: str) -> tuple[str, str]:
 
 # ------------------------------------------------------------------------------ settings form
 
-REPRESENTATION_LABELS = {"hybrid": "hybrid (descriptors + ViT)", "descriptors": "descriptors only (fast)",
+REPRESENTATION_LABELS = {AUTO_REPRESENTATION: "auto (hybrid with pretrained weights, else descriptors)",
+                         "hybrid": "hybrid (descriptors + ViT)", "descriptors": "descriptors only (fast)",
                          "vit": "ViT only (the paper)"}
 
 
@@ -74,7 +79,8 @@ def settings_form(project: ProjectInfo, has_maps: bool, n_labels: int) -> dict[s
         used, why = auto_backbone(weights_file if weights_file and Path(weights_file).is_file() else "")
         st.caption(f":material/smart_toy: auto: {why}")
     if used in SCRATCH and not weights.strip():
-        st.caption(":material/info: " + SCRATCH_HINT)
+        asked = st.session_state.get("d_representation", AUTO_REPRESENTATION)
+        st.caption(":material/info: " + (SCRATCH_HINT if asked in (AUTO_REPRESENTATION, "descriptors") else SCRATCH_VIT_HINT))
 
     with st.expander(":material/tune: Advanced settings"):
         a, b, c = st.columns(3)
@@ -99,10 +105,16 @@ def settings_form(project: ProjectInfo, has_maps: bool, n_labels: int) -> dict[s
                              help="Otherwise the project's stored maps are used.")
         a, b, c = st.columns(3)
         representation = a.selectbox(
-            "Regions grouped on", list(REPRESENTATIONS), index=list(REPRESENTATIONS).index(DEFAULTS.representation),
+            "Regions grouped on", list(REPRESENTATION_CHOICES), index=0,
             key="d_representation", format_func=lambda r: REPRESENTATION_LABELS[r],
             help="descriptors: mask shape, contrast, texture and HOG of each region, no ViT trained (seconds); "
-                 "hybrid: those beside the trained ViT's embedding; vit: the paper's MGViT heads alone.")
+                 "hybrid: those beside the trained ViT's embedding; vit: the paper's MGViT heads alone; auto: "
+                 "hybrid when the ViT starts from pretrained weights, else descriptors (a ViT trained from "
+                 "scratch measured no better beside them, and takes minutes).")
+        grouped_on, why = resolve_representation(representation, MGViTConfig(
+            backbone=used, weights=Path(weights.strip()) if weights.strip() else None, pretrained=used not in SCRATCH))
+        if representation == AUTO_REPRESENTATION:
+            a.caption(f"auto: {why}")
         refine = b.toggle("Redraw masks against the normal references", value=DEFAULTS.regions.refine != "none",
                           key="d_refine",
                           help="A detector's smooth map marks a blob wider than the defect; each region's mask is "
@@ -114,7 +126,7 @@ def settings_form(project: ProjectInfo, has_maps: bool, n_labels: int) -> dict[s
                                   "off: the whole image stands in.")
         a, b, c = st.columns(3)
         taught = a.toggle("Teach the ViT the descriptor groups", value=DEFAULTS.prior == "descriptors", key="d_prior",
-                          disabled=representation != "hybrid",
+                          disabled=grouped_on != "hybrid",
                           help="Hybrid only: the MGViT learns the groups the descriptors form (a ViT trained from "
                                "scratch has no features of its own to start from); off: the paper's teacher-student.")
         a, b, c = st.columns(3)
@@ -229,6 +241,7 @@ def runs_table(runs: list[RunInfo]) -> None:
             "run": run.id, "status": run.status, "started": widgets.format_time(run.started_at or run.created_at),
             "duration": widgets.format_duration(widgets.run_elapsed(run)),
             "classes": widgets.classes_text(run), "backbone": (run.metrics or {}).get("backbone", {}).get("used") or run.settings.get("backbone", ""),
+            "grouped on": (run.metrics or {}).get("representation", {}).get("used") or run.settings.get("representation", ""),
             "epochs": run.settings.get("epochs"),
             # A cancelled or failed run has no metrics: a dash, not "None".
             "image NMI": "–" if image.get("nmi") is None else f"{float(image['nmi']):.3f}",
