@@ -92,7 +92,9 @@ def test_discover_with_the_built_in_detector(tiny, tmp_path):
     out = tmp_path / "out"
     done = _discover("--dataset", str(root), "--out", str(out), "--classes", "2", *TINY)  # representation auto
     assert done.returncode == 0, done.stderr
-    assert json.loads((out / "run.json").read_text())["config"]["representation"] == "descriptors"
+    record = json.loads((out / "run.json").read_text())
+    assert record["config"]["representation"] == "descriptors" == record["representation"]["used"]
+    assert record["representation"]["asked"] == "auto" and "from scratch" in record["representation"]["why"]
     _check_outputs(out, manifest, n_columns=3)
 
 

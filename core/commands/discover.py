@@ -2,7 +2,8 @@
 
 Writes into --out: regions.csv (one row per region), images.csv (one row per image),
 metrics.json (when the data set has ground truth), run.json (settings, timings, class-count
-evidence), embeddings.npy (rows of regions.csv) and model.pt (the trained model).
+evidence, the representation asked and used), embeddings.npy (rows of regions.csv) and model.pt
+(the trained model, when the representation trains one).
 """
 
 from __future__ import annotations
@@ -272,6 +273,8 @@ def _run_json(result: Any, config: Any, args: argparse.Namespace) -> dict[str, A
         "dataset": str(args.dataset),
         "maps": str(args.maps) if args.maps else None,
         "config": plain(asdict(config)),
+        "representation": {"asked": args.representation, "used": config.representation,
+                           "why": resolve_representation(args.representation, config.model)[1]},
         "cluster_names": result.cluster_names,
         "normal_cluster": result.normal_cluster,
         "n_novel": result.n_novel,
