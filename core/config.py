@@ -250,8 +250,8 @@ def resolve_representation(representation: str, model: MGViTConfig) -> tuple[str
     if representation != AUTO_REPRESENTATION:
         return representation, f"regions grouped on {representation} as asked"
     if is_scratch(model):
-        return "descriptors", (f"regions grouped on their descriptors alone: the {model.backbone} ViT would be "
-                               "trained from scratch, which adds nothing measurable beside them (give DINO "
+        return "descriptors", (f"regions grouped on their descriptors alone (the {model.backbone} ViT would be "
+                               "trained from scratch, which adds nothing measurable beside them; give DINO "
                                "weights for the hybrid)")
     return "hybrid", f"regions grouped on the descriptors beside the pretrained {model.backbone} embedding (hybrid)"
 

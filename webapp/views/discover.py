@@ -66,7 +66,8 @@ def settings_form(project: ProjectInfo, has_maps: bool, n_labels: int) -> dict[s
         epochs = st.number_input("Epochs (0 = the backbone's own)", min_value=0, max_value=500, value=0, step=1,
                                  key="d_epochs",
                                  help=f"0: {SCRATCH_EPOCHS} for the from-scratch ViTs, {DEFAULTS.train.epochs} (the "
-                                      "paper's) for DINO backbones.")
+                                      "paper's) for DINO backbones. Only runs that train an MGViT use it: "
+                                      "'Regions grouped on' auto trains none without pretrained weights.")
     with second:
         backbone = st.selectbox("Backbone", list(BACKBONES), format_func=lambda b: f"{b} — {BACKBONES[b]}",
                                 key="d_backbone")
