@@ -75,13 +75,16 @@ def settings_form(project: ProjectInfo, has_maps: bool, n_labels: int) -> dict[s
                                 help="A local .pth or .safetensors file (timm or official DINO layout).")
         device = st.selectbox("Device", DEVICES, key="d_device", help="auto: a GPU when there is one, else CPU.")
     used = backbone
+    weights_file = weights.strip() if weights.strip() and Path(weights.strip()).is_file() else ""  # one that exists
     if backbone == AUTO_VIT:
-        weights_file = weights.strip()
-        used, why = auto_backbone(weights_file if weights_file and Path(weights_file).is_file() else "")
+        used, why = auto_backbone(weights_file)
         st.caption(f":material/smart_toy: auto: {why}")
-    if used in SCRATCH and not weights.strip():
+    # the model the run would start from, for what representation auto takes (the engine's rule)
+    model = MGViTConfig(backbone=used, weights=Path(weights_file) if weights_file else None, pretrained=used not in SCRATCH)
+    if used in SCRATCH and not weights.strip():  # the representation box sits below: its last value
         asked = st.session_state.get("d_representation", AUTO_REPRESENTATION)
-        st.caption(":material/info: " + (SCRATCH_HINT if asked in (AUTO_REPRESENTATION, "descriptors") else SCRATCH_VIT_HINT))
+        st.caption(":material/info: " + (SCRATCH_HINT if resolve_representation(asked, model)[0] == "descriptors"
+                                         else SCRATCH_VIT_HINT))
 
     with st.expander(":material/tune: Advanced settings"):
         a, b, c = st.columns(3)
@@ -112,8 +115,7 @@ def settings_form(project: ProjectInfo, has_maps: bool, n_labels: int) -> dict[s
                  "hybrid: those beside the trained ViT's embedding; vit: the paper's MGViT heads alone; auto: "
                  "hybrid when the ViT starts from pretrained weights, else descriptors (a ViT trained from "
                  "scratch measured no better beside them, and takes minutes).")
-        grouped_on, why = resolve_representation(representation, MGViTConfig(
-            backbone=used, weights=Path(weights.strip()) if weights.strip() else None, pretrained=used not in SCRATCH))
+        grouped_on, why = resolve_representation(representation, model)
         if representation == AUTO_REPRESENTATION:
             a.caption(f"auto: {why}")
         refine = b.toggle("Redraw masks against the normal references", value=DEFAULTS.regions.refine != "none",
