@@ -172,6 +172,9 @@ def test_start_button_launches_a_worker_process_and_cancel_stops_it(workspace, t
     assert any("grouped on their descriptors" in c.value for c in at.caption)
     assert any("auto: regions grouped on their descriptors alone" in c.value for c in at.caption)
     assert at.toggle(key="d_prior").disabled  # nothing to teach: no ViT is trained
+    at.text_input(key="d_weights").set_value("/no/such/dino.pth").run()  # a weights file that is not there
+    assert any("auto: regions grouped on their descriptors alone" in c.value for c in at.caption)
+    at.text_input(key="d_weights").set_value("").run()
     at.selectbox(key="d_representation").set_value("hybrid").run()  # a ViT from scratch, asked for
     assert any("finds rough groups, not clean defect classes" in c.value for c in at.caption)
     assert not at.toggle(key="d_prior").disabled
