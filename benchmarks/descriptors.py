@@ -21,8 +21,8 @@ if str(ROOT) not in sys.path:
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
-from core.descriptors import combine, describe  # noqa: E402
-from core.mebin import _available_cores  # noqa: E402
+from core.grouping.descriptors import combine, describe  # noqa: E402
+from core.regions.mebin import _available_cores  # noqa: E402
 
 
 def synthetic_regions(count: int, seed: int = 0) -> tuple[list, list]:

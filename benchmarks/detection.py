@@ -1,7 +1,7 @@
 """Built-in detector per method on three sets, in one run: image and pixel AUROC, fit and predict
 time, peak memory; plus the fit time of `detect` with defaults on many references of the hard set.
 
-Sets: the demo (core/demo.py, easy), the hard synthetic set (core/hard_demo.py: textured tiles,
+Sets: the demo (core/demo/build.py, easy), the hard synthetic set (core/demo/hard.py: textured tiles,
 uneven light, subtle defects) and DeepPCB (real boards; every image is defective, so only pixel
 AUROC against the annotated boxes, box interiors counted as defect pixels, and the share of boxes
 found at a 1% pixel false-positive rate). Methods: auto (the default; offline it fits both of the
@@ -31,10 +31,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from core.commands.detect import detection_aurocs  # noqa: E402
 from core.dataset import load_dataset  # noqa: E402
-from core.demo import generate_demo  # noqa: E402
+from core.demo.build import generate_demo  # noqa: E402
 from core.detection import DetectorConfig, detect  # noqa: E402
 from core.detection.boxes import box_scores, read_coco_boxes  # noqa: E402
-from core.hard_demo import generate_hard_demo  # noqa: E402
+from core.demo.hard import generate_hard_demo  # noqa: E402
 from core.records import Manifest  # noqa: E402
 
 _REPO = Path(__file__).resolve().parents[1]

@@ -27,7 +27,7 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
 from core.config import MEBinConfig  # noqa: E402
-from core.mebin import binarize, binarize_reference  # noqa: E402
+from core.regions.mebin import binarize, binarize_reference  # noqa: E402
 
 
 def make_maps(kind: str, count: int, size: int, seed: int = 0) -> list[np.ndarray]:
@@ -83,7 +83,7 @@ def compile_times() -> tuple[float, float]:
     """(cold, cached) seconds of import + first binarize call, each in a fresh process."""
     snippet = (
         "import time; t = time.perf_counter(); import numpy as np; "
-        "from core.mebin import binarize; binarize([np.zeros((8, 8), np.uint8), "
+        "from core.regions.mebin import binarize; binarize([np.zeros((8, 8), np.uint8), "
         "np.eye(8, dtype=np.uint8) * 9], workers=1); print(time.perf_counter() - t)"
     )
     with tempfile.TemporaryDirectory() as cache:

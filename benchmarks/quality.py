@@ -41,7 +41,7 @@ import numpy as np  # noqa: E402
 
 from core.detection.config import METHODS  # noqa: E402
 from core.imageio import read_gray, read_image  # noqa: E402
-from core.metrics import cluster_metrics  # noqa: E402
+from core.evaluation.metrics import cluster_metrics  # noqa: E402
 from core.records import GOOD  # noqa: E402
 
 #: Rows: key -> (shown name, extraction, binarizer, representation, guided training, what the hybrid's MGViT is taught).
@@ -69,7 +69,7 @@ def estimates_and_coverage(manifest, maps, base, device, normal_peaks=()) -> tup
     from core.pipeline import (binarize_maps, cut_regions, estimate_classes, plan_labels, prepare_maps,
                                region_descriptors, region_truth_for)
 
-    from core.refine import references_for
+    from core.regions.refine import references_for
 
     map_set = prepare_maps(manifest.unlabeled, maps, normal_peaks)
     binarization = binarize_maps(map_set, base.mebin, base.binarizer)
@@ -97,7 +97,7 @@ def demo_set(dataset: Path | None, per_class: int, seed: int, device, method: st
     """The demo (generated unless a folder is given), its built-in detector maps, the detector's choice and the
     held-out normal images' map peaks."""
     from core.dataset import load_dataset
-    from core.demo import DemoConfig, generate_demo
+    from core.demo.build import DemoConfig, generate_demo
     from core.detection import DetectorConfig, detect
 
     if dataset is None:
@@ -119,7 +119,7 @@ def template_of(path: Path, root: Path) -> Path | None:
 
 def deeppcb_set(root: Path, n_images: int, seed: int):
     """DeepPCB as a plain folder (all images, or a seeded draw): manifest, defect count and both kinds of maps."""
-    from core.coco import find_annotations, load_coco
+    from core.evaluation.coco import find_annotations, load_coco
     from core.dataset import load_dataset
     from core.detection import DetectorConfig, detect
     from core.records import Manifest
@@ -158,7 +158,7 @@ def kmeans_labels(features: np.ndarray, k: int, seed: int) -> np.ndarray:
 
 def image_votes(records, regions, region_probabilities: np.ndarray, tau: float) -> tuple[list, list]:
     """Ground truth and area-weighted fused class of each record (METHOD.md stage 6)."""
-    from core.fusion import fuse_image
+    from core.grouping.fusion import fuse_image
 
     truth, predicted = [], []
     for record in records:
@@ -177,7 +177,7 @@ def defect_regions(manifest, maps: dict, config, normal_peaks=()) -> tuple[list,
     binarization = binarize_maps(prepared, config.mebin, config.binarizer)
     defective = [r for r in manifest.unlabeled if r.gt_class != GOOD]
     keys = {r.relpath for r in defective}
-    from core.refine import references_for
+    from core.regions.refine import references_for
 
     references = references_for([r.path for r in manifest.normal], config.regions)
     regions = [r for r in cut_regions(prepared, binarization, config.regions, references=references) if r.image in keys]
@@ -198,7 +198,7 @@ def two_folds(records, seed: int) -> dict[str, int]:
 
 def baseline(name: str, manifest, maps, config, device, k: int, seed: int, normal_peaks=()) -> dict:
     """One demo baseline: k-means on whole images or crops, or the supervised 2-fold reference."""
-    from core.inference import backbone_features
+    from core.mgvit.inference import backbone_features
 
     if name == "whole":
         records = [r for r in manifest.unlabeled if r.gt_class != GOOD]
@@ -212,9 +212,9 @@ def baseline(name: str, manifest, maps, config, device, k: int, seed: int, norma
                                      config.model, device, seed=seed, guided=True)
         truth, predicted = image_votes(records, regions, np.eye(k)[kmeans_labels(features, k, seed)], config.tau)
         return cluster_metrics(truth, predicted)
-    from core.inference import infer
-    from core.predict import region_probabilities
-    from core.train import TrainingData, train
+    from core.mgvit.inference import infer
+    from core.grouping.predict import region_probabilities
+    from core.mgvit.train import TrainingData, train
 
     names = sorted({r.gt_class for r in records})
     fold_of = two_folds(records, seed)

@@ -20,16 +20,16 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from core.augment import stored_size  # noqa: E402
+from core.mgvit.augment import stored_size  # noqa: E402
 from core.config import MGViTConfig  # noqa: E402
-from core.heads import DiscoveryModel  # noqa: E402
-from core.losses import LossWeights  # noqa: E402
-from core.mgvit import build_mgvit  # noqa: E402
-from core.train import train_step  # noqa: E402
+from core.mgvit.heads import DiscoveryModel  # noqa: E402
+from core.mgvit.losses import LossWeights  # noqa: E402
+from core.mgvit.model import build_mgvit  # noqa: E402
+from core.mgvit.train import train_step  # noqa: E402
 
 
 def make_step(model: DiscoveryModel, device: torch.device, batch: int, amp: bool):
-    """A closure running one full training step (core.train.train_step) on a fixed synthetic batch."""
+    """A closure running one full training step (core.mgvit.train.train_step) on a fixed synthetic batch."""
     size = model.backbone.input_size
     side = stored_size(size)
     generator = torch.Generator().manual_seed(0)

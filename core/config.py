@@ -69,7 +69,7 @@ BINARIZERS = ("mebin", "otsu")
 
 #: Region extraction modes: per-component and the paper's reference behaviour.
 EXTRACTIONS = ("components", "reference")
-#: How a components region's mask is drawn: redrawn against the normal references (core.refine) or the map's own.
+#: How a components region's mask is drawn: redrawn against the normal references (core.regions.refine) or the map's own.
 REFINEMENTS = ("references", "none")
 #: What a components cut gives an image where nothing clears the floor: its strongest spot, or the whole image.
 FALLBACKS = ("peak", "whole")
@@ -77,7 +77,7 @@ FALLBACKS = ("peak", "whole")
 
 @dataclass(frozen=True)
 class RegionConfig:
-    """Geometry of the anomaly-centred crops (core.regions); `extraction` picks the paper's path or per-component."""
+    """Geometry of the anomaly-centred crops (core.regions.crops); `extraction` picks the paper's path or per-component."""
 
     padding: float = 0.1  # extra margin around a component's bounding box, relative to its size
     min_crop: float = 0.1  # smallest crop radius, relative to the image's longer side
@@ -94,7 +94,7 @@ class RegionConfig:
     context: float = 0.5  # components: crop side = component's longer side * (1 + context)
     min_side: int = 24  # components: smallest crop side in pixels
     max_regions: int = 64  # components: at most this many regions per image (strongest first)
-    refine: str = "references"  # components: redraw each mask from the image against the references (core.refine)
+    refine: str = "references"  # components: redraw each mask from the image against the references (core.regions.refine)
     refine_references: int = 32  # refine: nearest references searched per image
     refine_search: float = 0.4  # refine: largest shift searched, as a share of the crop side
     refine_z: float = 3.0  # refine: the difference must exceed its surroundings by this many robust spreads
@@ -136,7 +136,7 @@ PRIORS = ("descriptors", "none")
 
 @dataclass(frozen=True)
 class DescriptorConfig:
-    """Sizes and group weights of the region descriptors (core.descriptors)."""
+    """Sizes and group weights of the region descriptors (core.grouping.descriptors)."""
 
     size: int = 32  # crops are resized to size x size for texture and HOG
     ring: float = 0.25  # "around" = mask dilated by this share of its longer side (at least 2 px), minus the mask
@@ -153,7 +153,7 @@ class DescriptorConfig:
 
 @dataclass(frozen=True)
 class GroupingConfig:
-    """Settings of the spectral grouping and of the late fusion (core.grouping)."""
+    """Settings of the spectral grouping and of the late fusion (core.grouping.spectral)."""
 
     vit_weight: float = 0.5  # hybrid: weight of the embedding beside the descriptors (each unit variance)
     neighbors: int = 15  # k of the nearest-neighbour graph (clamped to N - 1)
@@ -338,7 +338,7 @@ class PredictConfig:
 
 @dataclass(frozen=True)
 class EstimateConfig:
-    """Settings of the class-count estimate (eigengap of the kNN graph, core.estimate)."""
+    """Settings of the class-count estimate (eigengap of the kNN graph, core.grouping.estimate)."""
 
     k_min: int = 2  # smallest number of classes tried
     k_max: int = 12  # largest number of classes tried (clamped to the number of samples - 1)

@@ -12,7 +12,7 @@ from core.records import NORMAL_CLASS, Region
 from core.results import LabelPlan
 
 if TYPE_CHECKING:
-    from core.train import TrainingData
+    from core.mgvit.train import TrainingData
 
 __all__ = ["plan_labels", "prior_training_data", "training_data"]
 
@@ -25,7 +25,7 @@ def plan_labels(
     A region labeled NORMAL_CLASS is labeled normal (index LABELED_NORMAL): it seeds the normal /
     false-detection slot, it is not a base class.
     """
-    from core.grouping import LABELED_NORMAL
+    from core.grouping.spectral import LABELED_NORMAL
 
     existing = {r.key for r in regions}
     unknown = [k for k in (region_labels or {}) if k not in existing]
@@ -44,7 +44,7 @@ def plan_labels(
 
 def training_data(regions: Sequence[Region], labels: LabelPlan, labeled: LabeledCrops | None) -> TrainingData:
     """What the model trains on: the imported labeled crops first, then the run's regions with their plan labels."""
-    from core.train import TrainingData
+    from core.mgvit.train import TrainingData
 
     crops = [r.image_crop for r in regions]
     masks = [r.mask_crop for r in regions]
@@ -63,7 +63,7 @@ def prior_training_data(regions: Sequence[Region], labels: LabelPlan, labeled: L
                         probabilities: np.ndarray) -> TrainingData:
     """Training data with every region labeled by its descriptor group (DiscoveryConfig.prior "descriptors").
 
-    probabilities: the descriptors' grouping of the regions in core.grouping's include_base
+    probabilities: the descriptors' grouping of the regions in core.grouping.spectral's include_base
     column order (base classes, the normal slot, the K novel groups); regions the engineer named
     or marked normal are already fixed there. Each region's target is its most likely column, so
     the MGViT learns what the descriptors group together and its embedding adds what the pixels

@@ -3,9 +3,9 @@
 One public function per stage (detector_for + run_detection, prepare_maps, binarize_maps, cut_regions,
 region_descriptors, estimate_classes, descriptor_prior, train_model, predict, compute_metrics); `run_discovery` is their
 composition with progress, timings and cancellation; the results of a prediction are assembled by
-core.predict.assemble_results. Beside them: label planning (core.labels),
-region-level truth (core.region_truth), progress and cancel (core.progress), one image recut at an
-engineer's threshold (core.regions.recut_image), the errors (core.errors). The CLI, the app's job runner and its
+core.grouping.predict.assemble_results. Beside them: label planning (core.labels),
+region-level truth (core.evaluation.region_truth), progress and cancel (core.progress), one image recut at an
+engineer's threshold (core.regions.crops.recut_image), the errors (core.errors). The CLI, the app's job runner and its
 Review page call these functions, so every stage runs one way. Knows nothing of Streamlit or SQL.
 """
 
@@ -22,14 +22,14 @@ import numpy as np
 from core.config import DetectorConfig, DiscoveryConfig, MEBinConfig, RegionConfig
 from core.dataset import LabeledCrops
 from core.errors import PipelineError
-from core.estimate import ClassEstimate, estimate_num_classes
-from core.mebin import MEBinResult
+from core.grouping.estimate import ClassEstimate, estimate_num_classes
+from core.regions.mebin import MEBinResult
 from core.labels import plan_labels
 from core.progress import StageReporter, check_cancel
 from core.records import ImageRecord, Manifest, Region
-from core.refine import ReferenceImages, refine_regions, references_for
-from core.regions import set_floor
-from core.region_truth import RegionTruth, region_metrics, region_truth_for
+from core.regions.refine import ReferenceImages, refine_regions, references_for
+from core.regions.crops import set_floor
+from core.evaluation.region_truth import RegionTruth, region_metrics, region_truth_for
 from core.results import (
     DiscoveryResult,
     ImageResult,
@@ -43,8 +43,8 @@ from core.results import (
 if TYPE_CHECKING:
     import torch
 
-    from core.heads import DiscoveryModel
-    from core.train import TrainProgress, TrainResult
+    from core.mgvit.heads import DiscoveryModel
+    from core.mgvit.train import TrainProgress, TrainResult
 
 __all__ = [
     "binarize_maps",
@@ -105,7 +105,7 @@ def prepare_maps(records: Sequence[ImageRecord], raw: Mapping[str, np.ndarray],
     Raises PipelineError naming an image without a map, an unreadable image or a bad map.
     """
     from core.imageio import ImageReadError, read_image
-    from core.maps import normalize_global, on_global_scale, resize_to
+    from core.detection.maps import normalize_global, on_global_scale, resize_to
 
     missing = [r.relpath for r in records if r.relpath not in raw]
     if missing:
@@ -137,7 +137,7 @@ def binarize_maps(
     thresholds: image key -> threshold set by an engineer; it replaces the chosen one for that
     image (mask = erode(map > t)), the evidence stays.
     """
-    from core.mebin import at_threshold, binarize, binarize_otsu
+    from core.regions.mebin import at_threshold, binarize, binarize_otsu
 
     arrays = [maps.normalized[key] for key in maps.keys]
     if binarizer == "mebin":
@@ -167,10 +167,10 @@ def cut_regions(
 
     exact: images whose threshold an engineer set; per-component extraction cuts them exactly
     there (no lower cut, no refinement), so "nothing above t" stays nothing. references: the
-    normal images (core.refine.ReferenceImages) the components masks are redrawn against; None keeps the map's.
-    floor: the components cut's floor when already known (core.regions.set_floor computes it otherwise).
+    normal images (core.regions.refine.ReferenceImages) the components masks are redrawn against; None keeps the map's.
+    floor: the components cut's floor when already known (core.regions.crops.set_floor computes it otherwise).
     """
-    from core.regions import extract_regions
+    from core.regions.crops import extract_regions
 
     if config.extraction != "components":
         floor = 0.0
@@ -199,7 +199,7 @@ def region_descriptors(regions: Sequence[Region], maps: MapSet, config: Discover
     """Standardized, group-weighted descriptors of the regions; None for the paper's "vit" path."""
     if config.representation == "vit" or not regions:
         return None
-    from core.descriptors import combine, describe_regions
+    from core.grouping.descriptors import combine, describe_regions
 
     return combine(describe_regions(regions, maps.images, config.descriptors), config.descriptors)
 
@@ -214,13 +214,13 @@ def estimate_classes(
     beside the named ones) and how sure it is. Raises PipelineError when K exceeds the unlabeled
     regions.
     """
-    from core.grouping import fuse_representation
+    from core.grouping.spectral import fuse_representation
 
     estimate = None
     if config.classes is None:
         embedding = None
         if config.representation != "descriptors":
-            from core.inference import backbone_features
+            from core.mgvit.inference import backbone_features
 
             embedding = backbone_features([r.image_crop for r in regions], [r.mask_crop for r in regions],
                                           config.model, device, seed=config.seed, guided=config.train.guided)
@@ -259,7 +259,7 @@ def descriptor_prior(regions: Sequence[Region], labels: LabelPlan, descriptors: 
     """
     if config.representation != "hybrid" or config.prior != "descriptors" or descriptors is None or not len(regions):
         return None
-    from core.grouping import grouped_probabilities
+    from core.grouping.spectral import grouped_probabilities
 
     probabilities, _, _ = grouped_probabilities(
         "descriptors", None, descriptors, n_novel, scores=np.array([r.score for r in regions]),
@@ -288,7 +288,7 @@ def train_model(
     taught its group (core.labels.prior_training_data) and the novel heads stay unused.
     """
     from core.labels import prior_training_data, training_data
-    from core.train import train
+    from core.mgvit.train import train
 
     if prior is not None:
         data = prior_training_data(regions, labels, labeled, prior)
@@ -320,13 +320,13 @@ def predict(
     """Region probabilities, classes and 2-D map coordinates; image classes by area-weighted fusion.
 
     With the "descriptors" or "hybrid" representation the novel classes come from spectral
-    grouping on it (core.grouping) instead of the classifier heads, and the embedding stored
+    grouping on it (core.grouping.spectral) instead of the classifier heads, and the embedding stored
     and drawn (UMAP, "split") is that representation. Regions labeled normal go to the normal slot.
     ground_truth: image key -> ground-truth class, copied onto the results for the metrics;
     region_truth: region key -> class from region-level annotations (COCO), which wins when given.
     model None (the "descriptors" representation trains none): n_novel novel classes are grouped.
     """
-    from core.predict import assemble_results, predict_regions
+    from core.grouping.predict import assemble_results, predict_regions
 
     if model is None:
         if config.representation != "descriptors" or n_novel is None:
@@ -334,7 +334,7 @@ def predict(
         features = None
         logits = np.zeros((len(regions), len(labels.base_classes) + n_novel + 1), np.float32)
     else:
-        from core.inference import infer
+        from core.mgvit.inference import infer
 
         inference = infer(model, [r.image_crop for r in regions], [r.mask_crop for r in regions], device,
                           guided=config.train.guided)
@@ -346,7 +346,7 @@ def predict(
         predict_config = replace(predict_config, include_base=labels.include_base)
     embedding = features
     if config.representation != "vit":
-        from core.grouping import grouped_probabilities
+        from core.grouping.spectral import grouped_probabilities
 
         if descriptors is None:
             descriptors = region_descriptors(regions, maps, config)
@@ -379,13 +379,13 @@ def compute_metrics(
     images: Sequence[ImageResult], regions: Sequence[RegionResult], normal_cluster: int,
     region_truth: RegionTruth | None = None,
 ) -> dict[str, Any] | None:
-    """metrics.json of the run (core.metrics.discovery_metrics); None without ground truth.
+    """metrics.json of the run (core.evaluation.metrics.discovery_metrics); None without ground truth.
 
     With region-level truth (COCO annotations) the `region` block is computed from it over every
     region (a region on no annotation is class NORMAL_CLASS), and `region_coverage` says how
     many annotated defects some region covers; the source file is named in `region_truth`.
     """
-    from core.metrics import discovery_metrics
+    from core.evaluation.metrics import discovery_metrics
 
     metrics = discovery_metrics([i.gt for i in images], [i.cluster for i in images],
                                 [r.gt for r in regions], [r.cluster for r in regions], normal_cluster)
@@ -417,7 +417,7 @@ def run_discovery(
     given by the user; those names become base classes and are predicted too. workdir: where
     training keeps its resumable checkpoint. thresholds: image relpath -> threshold on the
     normalized map's 0..255 scale set by an engineer (see binarize_maps). normal_peaks: raw map
-    maxima of the detector's held-out normal images, for the regions' floor (core.regions.set_floor).
+    maxima of the detector's held-out normal images, for the regions' floor (core.regions.crops.set_floor).
     Raises PipelineError for input it cannot use, DiscoveryCancelled when cancelled early.
     """
     from core.device import resolve_device
@@ -510,7 +510,7 @@ def run_discovery(
         report("training", done / total, f"epoch {step.epoch + 1}/{step.epochs} loss {step.loss:.4f}", train=step)
 
     if config.representation == "descriptors":  # grouping uses no embedding: nothing to train
-        from core.train import TrainResult
+        from core.mgvit.train import TrainResult
 
         trained = TrainResult(model=None, history=[], cancelled=False, epochs_done=0, model_config=config.model,
                               train_config=config.train)

@@ -9,7 +9,7 @@ from core.errors import DiscoveryCancelled
 from core.results import PipelineProgress
 
 if TYPE_CHECKING:
-    from core.train import TrainProgress
+    from core.mgvit.train import TrainProgress
 
 __all__ = ["STAGES", "StageReporter", "check_cancel"]
 

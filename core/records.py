@@ -79,7 +79,7 @@ class Region:
     mask_crop: np.ndarray  # H x W uint8 patch, 0 or 255
     area: int  # mask pixels inside the box
     score: float  # max of the normalized anomaly map inside the box / 255, in 0..1
-    weak: bool = False  # nothing in its image cleared the floor: the map's strongest spot stands in (core.regions.peak_box)
+    weak: bool = False  # nothing in its image cleared the floor: the map's strongest spot stands in (core.regions.crops.peak_box)
 
     @property
     def key(self) -> str:

@@ -7,13 +7,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from core.estimate import ClassEstimate
-from core.mebin import MEBinResult
+from core.grouping.estimate import ClassEstimate
+from core.regions.mebin import MEBinResult
 from core.records import Region
 
 if TYPE_CHECKING:
-    from core.heads import DiscoveryModel
-    from core.train import TrainProgress, TrainResult
+    from core.mgvit.heads import DiscoveryModel
+    from core.mgvit.train import TrainProgress, TrainResult
 
 __all__ = [
     "DiscoveryResult",
@@ -130,4 +130,4 @@ class DiscoveryResult:
     train_result: TrainResult  # history, epochs_done
     cancelled: bool = False  # training was cancelled; predictions come from the partial model
     problems: list[str] = field(default_factory=list)  # files left out, labels ignored, deviations: with reasons
-    floor: float = 0.0  # the components cut's floor on the maps' 0..255 scale (core.regions.set_floor)
+    floor: float = 0.0  # the components cut's floor on the maps' 0..255 scale (core.regions.crops.set_floor)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from core.matching import match_by_overlap
+from core.grouping.matching import match_by_overlap
 from storage import models as m
 from storage.records import ClusterMatch, RegionChange, display_name
 from storage.workspace import Workspace, chunks
@@ -19,7 +19,7 @@ def run_clusters(session: Session, run_id: int) -> dict[int, int]:
 
 
 class ComparisonStore(Workspace):
-    """Cluster matching (core.matching) and region changes between two runs."""
+    """Cluster matching (core.grouping.matching) and region changes between two runs."""
 
     def match_clusters(self, run_a: int, run_b: int) -> list[ClusterMatch]:
         """Match clusters across two runs of a project by shared regions (Hungarian on overlap)."""

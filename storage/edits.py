@@ -15,7 +15,7 @@ import numpy as np
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
-from core.clustering import split_by_kmeans
+from core.grouping.clustering import split_by_kmeans
 from storage import models as m
 from storage.history import check_version, log_edit, move_assignments, register, touch
 from storage.records import ClusterInfo, ClusterMatch, NotFound, StorageError, display_name, palette_color
@@ -226,7 +226,7 @@ class EditStore(ResultStore):
         expected_version: int | None = None,
         author: str | None = None,
     ) -> list[ClusterInfo]:
-        """Split a cluster into k by k-means (core.clustering) on the stored embeddings (UMAP x/y when none).
+        """Split a cluster into k by k-means (core.grouping.clustering) on the stored embeddings (UMAP x/y when none).
 
         The original cluster keeps the largest part; k - 1 new clusters get new slots. Returns all
         k. Undo removes the new clusters again.

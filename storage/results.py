@@ -17,7 +17,7 @@ from sqlalchemy import case, delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from core.config import DiscoveryConfig
-from core.fusion import fuse_image
+from core.grouping.fusion import fuse_image
 from storage import models as m
 from storage import workspace
 from storage.projects import image_row
@@ -339,7 +339,7 @@ class ResultStore(MapStore):
         return DEFAULT_TAU if tau is None else float(tau)
 
     def image_classes(self, run_id: int, tau: float | None = None) -> list[ImageClass]:
-        """Image-level classes from the current (edited) assignments by core.fusion.fuse_image.
+        """Image-level classes from the current (edited) assignments by core.grouping.fusion.fuse_image.
 
         Images whose regions are all whole-image placeholders are NO_ANOMALY_CLASS (state "no
         anomaly found"), images whose regions the engineer all marked normal are NORMAL_CLASS

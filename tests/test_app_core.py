@@ -12,7 +12,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from core.config import DiscoveryConfig
-from core.demo import DemoConfig, generate_demo, gt_masks_to_maps
+from core.demo.build import DemoConfig, generate_demo, gt_masks_to_maps
 from core.imageio import read_gray
 from storage import CANCELLED, DONE, RUNNING, open_workspace
 from webapp import figures, intake, jobs, uploads, widgets, workspace as workspace_module

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from core.dataset import load_dataset
-from core.demo import DemoConfig, generate_demo
+from core.demo.build import DemoConfig, generate_demo
 from core.imageio import read_gray, write_image
 
 ROOT = Path(__file__).resolve().parents[1]

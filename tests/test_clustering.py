@@ -1,9 +1,9 @@
-"""core.clustering: the engineer's split by k-means."""
+"""core.grouping.clustering: the engineer's split by k-means."""
 
 import numpy as np
 import pytest
 
-from core.clustering import split_by_kmeans
+from core.grouping.clustering import split_by_kmeans
 
 
 def test_split_finds_separated_groups_largest_first():

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from core.coco import CocoError, find_annotations, labeled_crops_from_coco, load_coco, match_regions, region_coverage
+from core.evaluation.coco import CocoError, find_annotations, labeled_crops_from_coco, load_coco, match_regions, region_coverage
 from core.records import NORMAL_CLASS, Region
 
 SIZES = {"images/a.png": (100, 100), "images/b.png": (50, 80)}
@@ -125,7 +125,7 @@ def test_annotations_become_a_labeled_set(tmp_path):
 def test_labeled_set_file_names_unreadable_and_missing_images_and_uses_the_rest(tmp_path):
     import cv2
 
-    from core.coco import labeled_crops_from_file
+    from core.evaluation.coco import labeled_crops_from_file
 
     (tmp_path / "images").mkdir()
     cv2.imwrite(str(tmp_path / "images" / "a.png"), np.full((100, 100, 3), 90, np.uint8))

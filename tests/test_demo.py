@@ -17,7 +17,7 @@ from sklearn.preprocessing import StandardScaler
 
 from core.cli import main as cli_main
 from core.dataset import load_dataset
-from core.demo import (
+from core.demo.build import (
     DEFECT_TYPES,
     README_MARKER,
     DemoConfig,

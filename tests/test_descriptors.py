@@ -4,7 +4,7 @@ import cv2
 import numpy as np
 import pytest
 
-from core.descriptors import DESCRIPTOR_GROUPS, DescriptorConfig, combine, describe
+from core.grouping.descriptors import DESCRIPTOR_GROUPS, DescriptorConfig, combine, describe
 
 
 def _disc() -> np.ndarray:
@@ -111,7 +111,7 @@ def test_empty_mask_and_tiny_crop_do_not_break():
 
 def test_worker_processes_give_the_same_descriptors(monkeypatch):
     """Large sets are described in forked processes, chunk by chunk: the same values as one process."""
-    import core.descriptors as descriptors
+    import core.grouping.descriptors as descriptors
 
     rng = np.random.default_rng(1)
     masks = [_disc(), _line(), _ring(), _edge_blob(), np.zeros((64, 64), np.uint8)] * 4

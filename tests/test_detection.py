@@ -12,7 +12,7 @@ from safetensors.torch import save_file
 from core.cli import main
 from core.commands.detect import detection_aurocs
 from core.dataset import load_dataset
-from core.demo import generate_demo
+from core.demo.build import generate_demo
 from core.detection import DetectionError, DetectorConfig, detect, write_detection
 from core.detection.features import build_feature_extractor
 from core.detection.patchcore import greedy_coreset, nearest_distances

@@ -5,7 +5,7 @@ import torch
 
 from core.cli import main
 from core.dataset import load_dataset
-from core.demo import generate_demo
+from core.demo.build import generate_demo
 from core.detection import DetectorConfig, detect
 from core.detection.backbones import cached_weights, resolve_backbone
 from core.detection.config import OFFLINE_BACKBONE, PAPER_BACKBONE

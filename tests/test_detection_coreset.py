@@ -9,12 +9,12 @@ import torch
 
 from core.commands.detect import detection_aurocs
 from core.dataset import load_dataset
-from core.demo import generate_demo
+from core.demo.build import generate_demo
 from core.detection import DetectorConfig, detect
 from core.detection.patchcore import PatchCore
 from core.detection.progress import LineProgress
 from core.detection.separation import holdout_indices, separation_report
-from core.hard_demo import HardDemoConfig, generate_hard_demo, render_hard_sample
+from core.demo.hard import HardDemoConfig, generate_hard_demo, render_hard_sample
 
 CPU = torch.device("cpu")
 

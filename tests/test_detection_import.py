@@ -7,7 +7,7 @@ import tifffile
 from core.dataset import load_dataset
 from core.detection import MapImportError, import_maps
 from core.imageio import write_image
-from core.maps import normalize_global
+from core.detection.maps import normalize_global
 
 
 def _dataset(root, size=(48, 64), names=("a", "b", "c")):

@@ -11,7 +11,7 @@ import pytest
 
 from core.cli import main
 from core.dataset import load_dataset
-from core.demo import generate_demo, maps_from_ground_truth
+from core.demo.build import generate_demo, maps_from_ground_truth
 from core.imageio import read_image, write_image
 from core.records import NORMAL_CLASS
 
@@ -61,7 +61,7 @@ def _check_outputs(out: Path, manifest, n_columns: int) -> None:
     run = json.loads((out / "run.json").read_text())
     assert len(run["cluster_names"]) == n_columns and run["normal_cluster"] == 0
 
-    from core.checkpoint import load_checkpoint
+    from core.mgvit.checkpoint import load_checkpoint
 
     if run["config"]["representation"] == "descriptors":  # nothing trained: no checkpoint is written
         assert not (out / "model.pt").exists()

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from core.config import EstimateConfig
-from core.estimate import estimate_num_classes
+from core.grouping.estimate import estimate_num_classes
 
 
 def _blobs(k, per=20, dim=12, noise=0.05, seed=0):

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from core.fusion import area_weights, fuse_image, fuse_regions
+from core.grouping.fusion import area_weights, fuse_image, fuse_regions
 
 
 def test_weights_are_softmax_of_sqrt_area_over_tau():

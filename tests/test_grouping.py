@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from core.grouping import REPRESENTATIONS, fuse_representation, group_regions
-from core.metrics import cluster_metrics
+from core.grouping.spectral import REPRESENTATIONS, fuse_representation, group_regions
+from core.evaluation.metrics import cluster_metrics
 
 
 def _blobs(k: int, per: int = 25, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -61,7 +61,7 @@ def test_fusion_needs_its_inputs_and_scales_parts_alike():
 
 
 def test_grouped_probabilities_follow_the_prediction_columns():
-    from core.grouping import LABELED_NORMAL, grouped_probabilities
+    from core.grouping.spectral import LABELED_NORMAL, grouped_probabilities
 
     points, truth = _blobs(3)
     labels = np.full(len(points), -1)

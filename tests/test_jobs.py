@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from core.config import DiscoveryConfig
-from core.demo import DemoConfig, generate_demo, gt_masks_to_maps
+from core.demo.build import DemoConfig, generate_demo, gt_masks_to_maps
 from core.imageio import read_gray
 from storage import CANCELLED, DONE, FAILED, RUNNING, SOURCE_GROUND_TRUTH, open_workspace
 from webapp import evaluation, intake, jobs, worker

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from core.losses import (
+from core.mgvit.losses import (
     LossWeights,
     discovery_loss,
     info_nce,

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from core.imageio import ImageReadError, write_image
-from core.maps import normalize_global, read_map_file, resize_to
+from core.detection.maps import normalize_global, read_map_file, resize_to
 
 
 def test_global_normalization_keeps_the_spread_of_maxima():
@@ -58,7 +58,7 @@ def test_an_unreadable_tiff_map_names_both_readers_causes(tmp_path):
 
 
 def test_values_on_the_global_scale_match_the_normalized_maps():
-    from core.maps import on_global_scale
+    from core.detection.maps import on_global_scale
 
     maps = [np.array([[0.0, 1.0]], np.float32), np.array([[3.0, 4.0]], np.float32)]
     normalized = normalize_global(maps)

@@ -1,6 +1,6 @@
-"""core.matching: clusters of two runs matched by shared items."""
+"""core.grouping.matching: clusters of two runs matched by shared items."""
 
-from core.matching import match_by_overlap
+from core.grouping.matching import match_by_overlap
 
 
 def test_hungarian_match_maximizes_total_overlap_not_greedy():

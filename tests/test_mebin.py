@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from core.config import MEBinConfig
-from core.mebin import binarize, binarize_reference, stable_interval
-from core.mebin_kernels import level_counts, stable_interval_kernel
+from core.regions.mebin import binarize, binarize_reference, stable_interval
+from core.regions.kernels import level_counts, stable_interval_kernel
 
 # ----------------------------------------------------------------------------- map generators
 

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from core.metrics import cluster_metrics, confusion, hungarian_accuracy, image_auroc, pixel_auroc
+from core.evaluation.metrics import cluster_metrics, confusion, hungarian_accuracy, image_auroc, pixel_auroc
 
 
 def test_perfect_clustering_with_permuted_ids():

@@ -7,7 +7,7 @@ import torch
 from timm.models.vision_transformer import VisionTransformer
 
 from core.config import MGViTConfig
-from core.mgvit import MGViT, WeightsError, build_mgvit, load_weights
+from core.mgvit.model import MGViT, WeightsError, build_mgvit, load_weights
 
 MICRO = MGViTConfig(backbone="vit_micro_scratch")  # 32 px, patch 8 -> 4x4 grid, dim 32, depth 2
 

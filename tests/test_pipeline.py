@@ -7,10 +7,10 @@ import pytest
 
 from core.config import DiscoveryConfig, MGViTConfig, TrainConfig
 from core.dataset import DatasetError, load_dataset, load_labeled_crops
-from core.demo import generate_demo, maps_from_ground_truth
+from core.demo.build import generate_demo, maps_from_ground_truth
 from core.errors import DiscoveryCancelled, PipelineError
 from core.pipeline import run_discovery
-from core.predict import NORMAL_CLASS_NAME
+from core.grouping.predict import NORMAL_CLASS_NAME
 from core.progress import STAGES
 
 TINY = DiscoveryConfig(
@@ -137,7 +137,7 @@ def test_cancel_before_training_stops_the_run(tiny_set):
 
 
 def test_otsu_binarizer_runs_the_same_stages(tiny_set):
-    from core.mebin import binarize_otsu
+    from core.regions.mebin import binarize_otsu
 
     mask_map = np.zeros((32, 32), np.uint8)
     mask_map[4:14, 4:14] = 200

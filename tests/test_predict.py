@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from core.config import PredictConfig
-from core.predict import NORMAL_CLASS_NAME, class_names, embed_2d, predict_regions, region_probabilities
+from core.grouping.predict import NORMAL_CLASS_NAME, class_names, embed_2d, predict_regions, region_probabilities
 
 
 def test_probabilities_are_over_novel_classes_at_temperature():

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from core.dataset import load_dataset
-from core.demo import DemoConfig, generate_demo
+from core.demo.build import DemoConfig, generate_demo
 from core.records import GOOD
 
 ROOT = Path(__file__).resolve().parents[1]

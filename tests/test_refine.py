@@ -1,4 +1,4 @@
-"""Masks redrawn against the normal references (core.refine): a smooth map's blob shrinks to the defect."""
+"""Masks redrawn against the normal references (core.regions.refine): a smooth map's blob shrinks to the defect."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 
 from core.config import RegionConfig
 from core.records import Region
-from core.refine import ReferenceImages, references_for, refine_mask, refine_regions
+from core.regions.refine import ReferenceImages, references_for, refine_mask, refine_regions
 
 SIZE = 96
 
@@ -110,7 +110,7 @@ def test_a_run_redraws_blurred_map_masks_closer_to_the_defects(tmp_path):
 
     from core.config import DiscoveryConfig
     from core.dataset import load_dataset
-    from core.demo import generate_demo, maps_from_ground_truth
+    from core.demo.build import generate_demo, maps_from_ground_truth
     from core.imageio import read_gray
     from core.pipeline import run_discovery
 

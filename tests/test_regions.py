@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from core.config import RegionConfig
-from core.regions import crop_boxes, extract_regions
+from core.regions.crops import crop_boxes, extract_regions
 
 
 def _mask(shape, *rects):
@@ -126,7 +126,7 @@ def test_components_need_the_map_and_threshold_and_check_settings():
 
 def test_components_join_close_parts_drop_the_noise_floor_and_tighten_blobs():
     """Parts closer than join_distance are one region; the cut never reaches the set's background."""
-    from core.regions import component_boxes, noise_floor
+    from core.regions.crops import component_boxes, noise_floor
 
     field = np.full((200, 200), 10, np.uint8)  # a detector's noise floor
     field[50:54, 40:60] = 200  # a broken trace: two parts 3 px apart ...
@@ -152,8 +152,8 @@ def test_components_join_close_parts_drop_the_noise_floor_and_tighten_blobs():
 def test_the_floor_comes_from_held_out_normal_peaks_when_the_detector_scored_some():
     """Smooth maps of a textured part: the pixel spread is small, so median + 8 spreads sits above a
     faint defect; the normal images' own peaks put the floor where a defect-free part really reaches."""
-    from core.maps import normalize_global, on_global_scale
-    from core.regions import component_boxes, normal_floor, set_floor
+    from core.detection.maps import normalize_global, on_global_scale
+    from core.regions.crops import component_boxes, normal_floor, set_floor
 
     rng = np.random.default_rng(0)
     raw = [np.clip(rng.normal(1.0, 0.05, (64, 64)), 0, None).astype(np.float32) for _ in range(6)]
@@ -183,7 +183,7 @@ def test_an_image_with_nothing_above_the_floor_gets_its_strongest_spot_as_a_weak
     from dataclasses import replace
 
     from core.config import MEBinConfig
-    from core.regions import recut_image
+    from core.regions.crops import recut_image
 
     rng = np.random.default_rng(1)
     field = np.clip(rng.normal(20, 2, (120, 160)), 0, 255).astype(np.uint8)

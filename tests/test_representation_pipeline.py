@@ -7,8 +7,8 @@ import pytest
 
 from core.config import DiscoveryConfig, MGViTConfig, TrainConfig
 from core.dataset import load_dataset
-from core.demo import generate_demo, maps_from_ground_truth
-from core.grouping import LABELED_NORMAL
+from core.demo.build import generate_demo, maps_from_ground_truth
+from core.grouping.spectral import LABELED_NORMAL
 from core.imageio import read_gray
 from core.labels import plan_labels, training_data
 from core.pipeline import binarize_maps, cut_regions, prepare_maps, run_discovery
@@ -153,8 +153,8 @@ def test_hybrid_estimate_and_grouping_work_with_a_timm_vit_base(tiny_set):
     manifest, maps = tiny_set
     from dataclasses import replace
 
-    from core.grouping import grouped_probabilities
-    from core.inference import backbone_features
+    from core.grouping.spectral import grouped_probabilities
+    from core.mgvit.inference import backbone_features
     from core.pipeline import estimate_classes, region_descriptors
 
     config = replace(TINY, model=MGViTConfig(backbone="vit_base_patch16_224", input_size=32), classes=None)

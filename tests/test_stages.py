@@ -5,14 +5,14 @@ import pytest
 
 from core.config import DiscoveryConfig, MEBinConfig, RegionConfig
 from core.dataset import load_dataset
-from core.demo import generate_demo, maps_from_ground_truth
+from core.demo.build import generate_demo, maps_from_ground_truth
 from core.errors import PipelineError
 from core.labels import plan_labels
-from core.mebin import search_range
-from core.metrics import discovery_metrics, protocol_levels
+from core.regions.mebin import search_range
+from core.evaluation.metrics import discovery_metrics, protocol_levels
 from core.pipeline import binarize_maps, compute_metrics, cut_regions, estimate_classes, prepare_maps
 from core.records import GOOD, region_key
-from core.regions import noise_floor, recut_image
+from core.regions.crops import noise_floor, recut_image
 from core.results import ImageResult, RegionResult
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from core.fusion import fuse_image
+from core.grouping.fusion import fuse_image
 from storage.api import Store
 from storage.records import NORMAL_CLASS, AssignmentInput, ClusterInput, StorageError
 from storage_fixtures import database_url, make_dataset, postgres_admin_url, square_region, store  # noqa: F401

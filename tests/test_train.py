@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from core.checkpoint import load_checkpoint, save_checkpoint
+from core.mgvit.checkpoint import load_checkpoint, save_checkpoint
 from core.config import MGViTConfig, TrainConfig
-from core.inference import infer
-from core.train import TrainingData, TrainProgress, train
+from core.mgvit.inference import infer
+from core.mgvit.train import TrainingData, TrainProgress, train
 
 MODEL = MGViTConfig(backbone="vit_micro_scratch")  # 32 px, patch 8, dim 32, depth 2
 TINY = TrainConfig(epochs=1, batch_size=8, n_heads=2, proj_hidden=64, proj_out=32)
@@ -132,7 +132,7 @@ def test_bad_training_data_is_rejected() -> None:
 
 # ---------------------------------------------------------------- augmentation
 
-from core.augment import augment_views, center_views, prepare_crops  # noqa: E402
+from core.mgvit.augment import augment_views, center_views, prepare_crops  # noqa: E402
 from core.config import AugmentConfig  # noqa: E402
 
 GEOMETRY_ONLY = AugmentConfig(jitter_prob=0.0, sharpness_prob=0.0, blur_prob=0.0, posterize_prob=0.0)

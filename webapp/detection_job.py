@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from core.config import DiscoveryConfig, MEBinConfig
-from core.mebin import search_range
+from core.regions.mebin import search_range
 from core.records import Manifest, Region, region_key
 from storage import BinarizationInput, MapInput, ProjectInfo, Store
 from webapp.progress import Reporter, StepSpan
@@ -38,7 +38,7 @@ def latest_maps(store: Store, project_id: int) -> dict[str, dict[str, Any]]:
 
 def stored_normal_peaks(store: Store, project_id: int, relpaths: Sequence[str]) -> list[float]:
     """The held-out normal images' map peaks recorded with the newest maps of these images ([]: none,
-    e.g. imported maps): the regions' floor (core.regions.set_floor)."""
+    e.g. imported maps): the regions' floor (core.regions.crops.set_floor)."""
     records = latest_maps(store, project_id)
     found = [records[r] for r in relpaths if r in records]
     return [float(v) for v in (found[0].get("stats") or {}).get("normal_peaks", [])] if found else []
@@ -142,7 +142,7 @@ def binarization_inputs(results: Mapping[str, Any], config: MEBinConfig, source:
 def with_search_range(inputs: list[BinarizationInput], uint8_maps: Mapping[str, np.ndarray],
                       floor: float) -> list[BinarizationInput]:
     """Add MEBin's search range (s_min, s_max of the per-map maxima) and the floor the run's
-    components cut used (core.regions.set_floor) so one map can be re-cropped as the run cut it."""
+    components cut used (core.regions.crops.set_floor) so one map can be re-cropped as the run cut it."""
     s_min, s_max = search_range(list(uint8_maps.values())) if uint8_maps else (0, 0)
     return [replace(i, settings={**i.settings, "s_min": s_min, "s_max": s_max, "noise_floor": floor}) for i in inputs]
 

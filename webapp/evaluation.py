@@ -1,6 +1,6 @@
 """How a run's current (edited) classes match the ground truth, and how two runs relate.
 
-Metrics and the choice of images and regions are core's (core.metrics.protocol_levels, the
+Metrics and the choice of images and regions are core's (core.evaluation.metrics.protocol_levels, the
 protocol of metrics.json); this module reads the run and builds the tables the pages show.
 """
 
@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from core.metrics import cluster_metrics, protocol_levels
+from core.evaluation.metrics import cluster_metrics, protocol_levels
 from core.records import GOOD
 from storage import NORMAL_CLASS, SOURCE_GROUND_TRUTH, Store
 from storage.export import regions_frame
@@ -37,7 +37,7 @@ def _level(level: str, truth: Sequence[str], predicted: Sequence[str]) -> LevelE
 
 
 def _protocol(store: Store, run_id: int) -> dict[str, tuple[list[str], list]]:
-    """The run's current (edited) classes in core's metrics protocol (core.metrics.protocol_levels).
+    """The run's current (edited) classes in core's metrics protocol (core.evaluation.metrics.protocol_levels).
 
     A region's truth is its ground-truth label when storage holds one, else its image's class. A
     whole-image placeholder (no anomaly found) counts in the cluster the engine put it in, as in

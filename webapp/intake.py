@@ -20,7 +20,7 @@ from storage import ProjectInfo, Store
 
 DEMO_SIZE_ENV = "STUDIO_DEMO_SIZE"  # "tiny" (tests), "small" or "full" (default)
 
-#: Demo data set sizes (core.demo.DemoConfig fields) selected by STUDIO_DEMO_SIZE.
+#: Demo data set sizes (core.demo.build.DemoConfig fields) selected by STUDIO_DEMO_SIZE.
 DEMO_SIZES: dict[str, dict[str, Any]] = {
     "tiny": dict(image_size=64, n_train_good=6, n_test_good=2, n_per_class=3,
                  defect_types=("scratch", "hole", "stain")),
@@ -182,7 +182,7 @@ def demo_settings() -> dict[str, Any]:
 
 def create_demo_project(store: Store, name: str = DEMO_PROJECT_NAME) -> ProjectInfo:
     """Generate the synthetic demo data set into the workspace and make a project of it."""
-    from core.demo import DemoConfig, generate_demo
+    from core.demo.build import DemoConfig, generate_demo
 
     overrides = demo_settings()
     root = demo_root(store)

@@ -49,8 +49,8 @@ NORMAL_CLUSTER_NAME = "normal / false detection"
 def run_detect(store: Store, run: RunInfo, report: Reporter) -> str:
     """Maps (import or built-in detector) -> stored maps -> MEBin -> stored masks and crops."""
     from core.pipeline import binarize_maps, cut_regions, prepare_maps
-    from core.refine import references_for
-    from core.regions import set_floor
+    from core.regions.refine import references_for
+    from core.regions.crops import set_floor
 
     project = store.get_project(run.project_id)
     settings = run.settings
@@ -171,7 +171,7 @@ def run_discover(store: Store, run: RunInfo, report: Reporter) -> str:
 
     report(0.97, "saving", "writing results", force=True)
     # The model first: a run whose checkpoint cannot be written fails before any result is stored.
-    from core.checkpoint import save_checkpoint
+    from core.mgvit.checkpoint import save_checkpoint
 
     checkpoint = workdir / "model.pt"
     try:

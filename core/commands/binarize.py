@@ -11,7 +11,7 @@ import numpy as np
 
 from core.errors import UserError
 from core.imageio import ImageReadError, read_image, write_image
-from core.maps import MAP_EXTENSIONS, normalize_global, read_map_file
+from core.detection.maps import MAP_EXTENSIONS, normalize_global, read_map_file
 
 HELP = "run MEBin on a folder of anomaly maps; write masks, crops and regions.csv"
 
@@ -81,10 +81,10 @@ def _load_with_images(maps_dir: Path, images_dir: Path) -> tuple[dict[str, np.nd
 
 
 def run(args: argparse.Namespace) -> int:
-    from core.mebin import binarize
+    from core.regions.mebin import binarize
     from core.config import RegionConfig
     from core.pipeline import cut_regions
-    from core.refine import references_for
+    from core.regions.refine import references_for
     from core.results import MapSet
 
     started = time.perf_counter()

@@ -15,7 +15,7 @@ HELP = "write the synthetic demo data set (MVTec layout)"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from core.demo import DemoConfig
+    from core.demo.build import DemoConfig
 
     defaults = DemoConfig()
     parser.add_argument("--out", type=Path, required=True, help="folder to create (must be new or empty)")
@@ -30,7 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace a previous demo set in --out")
     parser.add_argument("--hard", action="store_true",
                         help="the hard detection set instead: textured tiles of several sizes under uneven light, "
-                             "subtle defects (core/hard_demo.py); --size is then the largest shorter side")
+                             "subtle defects (core/demo/hard.py); --size is then the largest shorter side")
 
 
 def _configure(make: Callable[..., Any], **values: Any) -> Any:
@@ -51,10 +51,10 @@ def _generate(generate: Callable[..., Path], args: argparse.Namespace, config: A
 
 
 def run(args: argparse.Namespace) -> int:
-    from core.demo import DemoConfig, generate_demo
+    from core.demo.build import DemoConfig, generate_demo
 
     if args.hard:
-        from core.hard_demo import HardDemoConfig, generate_hard_demo
+        from core.demo.hard import HardDemoConfig, generate_hard_demo
 
         hard = _configure(HardDemoConfig, seed=args.seed, min_side=max(48, min(128, args.size // 2)),
                           max_side=args.size, n_train_good=args.train_good, n_test_good=args.test_good,

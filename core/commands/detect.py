@@ -68,8 +68,8 @@ class _Bar:
 def detection_aurocs(manifest, maps: dict[str, np.ndarray]) -> dict[str, float]:
     """Image and pixel AUROC over the unlabeled images with a ground-truth class (masks where known)."""
     from core.imageio import read_gray
-    from core.maps import resize_to
-    from core.metrics import image_auroc, pixel_auroc
+    from core.detection.maps import resize_to
+    from core.evaluation.metrics import image_auroc, pixel_auroc
     from core.records import GOOD
 
     records = [r for r in manifest.unlabeled if r.gt_class is not None and r.relpath in maps]

@@ -137,7 +137,7 @@ def _load_maps(manifest: Any, folder: Path) -> dict[str, np.ndarray]:
 
 def _normal_peaks(folder: Path) -> list[float]:
     """The held-out normal images' map peaks `python -m core detect` wrote in detection.json beside
-    (or inside) the maps folder: the regions' floor (core.regions.set_floor). [] when there is none."""
+    (or inside) the maps folder: the regions' floor (core.regions.crops.set_floor). [] when there is none."""
     for candidate in (folder / "detection.json", folder.parent / "detection.json"):
         if candidate.is_file():
             try:
@@ -323,10 +323,10 @@ def _print_summary(result: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from core.dataset import load_labeled_crops
-    from core.mgvit import WeightsError
+    from core.mgvit.model import WeightsError
     from core.pipeline import run_discovery
-    from core.checkpoint import save_checkpoint
-    from core.distributed import init_distributed_from_env
+    from core.mgvit.checkpoint import save_checkpoint
+    from core.mgvit.distributed import init_distributed_from_env
 
     manifest = _load_manifest(args.dataset)
     config = _config(args)
@@ -343,7 +343,7 @@ def run(args: argparse.Namespace) -> int:
     maps = _load_maps(manifest, args.maps) if args.maps is not None else None
     normal_peaks = _normal_peaks(args.maps) if args.maps is not None else []
     if args.labels is not None and args.labels.suffix.lower() == ".json":
-        from core.coco import labeled_crops_from_file
+        from core.evaluation.coco import labeled_crops_from_file
 
         labeled, left_out = labeled_crops_from_file(args.labels)
         if left_out:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from core.metrics import pixel_auroc
+from core.evaluation.metrics import pixel_auroc
 
 
 def read_coco_boxes(path: Path) -> dict[str, list[tuple[int, int, int, int, str]]]:

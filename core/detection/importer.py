@@ -14,7 +14,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 
 from core.imageio import ImageReadError, image_size
-from core.maps import read_map_file, resize_to
+from core.detection.maps import read_map_file, resize_to
 from core.records import ImageRecord, LoadProblem
 
 #: Map file types that are imported (anomaly maps are scores, so lossy formats are left out).

@@ -21,7 +21,7 @@ a nearest-neighbour bank misses them because low-contrast cells, e.g. the table,
 elsewhere); and "dark", a small dark spot (difference of Gaussians, 1 and 6 pixels) against the
 local spread of such spots (pits, cracks).
 
-Why these, measured on the hard synthetic set (core/hard_demo.py; see benchmarks/detection.py):
+Why these, measured on the hard synthetic set (core/demo/hard.py; see benchmarks/detection.py):
 contrast-normalized patches beat the filter bank; without the soft clip the maps lit up at the
 tile corners of every image, and without the coarse patch normalization they still peaked at the
 corners in 22 of 30 normal images (image AUROC 0.79 -> 0.82); the washout score lifted blotch

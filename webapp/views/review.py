@@ -16,10 +16,10 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from core import mebin
+from core.regions import mebin
 from core.config import MEBinConfig, RegionConfig
 from core.imageio import ImageReadError, read_gray, read_image
-from core.regions import recut_image
+from core.regions.crops import recut_image
 from storage import BinarizationInput, ProjectInfo
 from webapp import intake, jobs, messages, navigation, widgets
 from webapp.worker import latest_maps
@@ -34,7 +34,7 @@ BOX_COLOR = (0, 200, 255)
 
 
 def uint8_map(record: dict[str, Any]) -> np.ndarray:
-    """A stored raw map brought to 0..255 with the set's global range (as core.maps.normalize_global)."""
+    """A stored raw map brought to 0..255 with the set's global range (as core.detection.maps.normalize_global)."""
     return _uint8_map(record["path"], float(record["stats"].get("global_min", 0.0)),
                       float(record["stats"].get("global_max", 1.0)))
 

@@ -1,5 +1,5 @@
 """Regions remember whether they are weak: nothing in their image cleared the floor, so the map's
-strongest spot stands in (core.regions.peak_box). A weak region is "no anomaly found", like the
+strongest spot stands in (core.regions.crops.peak_box). A weak region is "no anomaly found", like the
 whole-image placeholder it replaces; existing rows are not weak.
 
 Revision ID: 0005

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from core.config import AugmentConfig
-from core.mgvit import IMAGENET_MEAN, IMAGENET_STD
+from core.mgvit.model import IMAGENET_MEAN, IMAGENET_STD
 
 
 def stored_size(input_size: int, config: AugmentConfig = AugmentConfig()) -> int:

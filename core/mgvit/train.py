@@ -4,8 +4,8 @@
 `train_one_epoch` runs one epoch of steps; `train_step` is one step (two augmented views,
 forward, every loss term, backward, optimizer step), which benchmarks/train_speed.py times.
 One regime covers all uses: TrainingData.labels is -1 for every unlabeled crop, a base-class
-index otherwise. The model is in core.heads, checkpoints in core.checkpoint, DDP helpers in
-core.distributed. Same data, configs and seed give the same weights.
+index otherwise. The model is in core.mgvit.heads, checkpoints in core.mgvit.checkpoint, DDP helpers in
+core.mgvit.distributed. Same data, configs and seed give the same weights.
 """
 
 from __future__ import annotations
@@ -20,13 +20,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from core.augment import augment_views, prepare_crops, stored_size
-from core.checkpoint import model_payload, restore_training, write_checkpoint
+from core.mgvit.augment import augment_views, prepare_crops, stored_size
+from core.mgvit.checkpoint import model_payload, restore_training, write_checkpoint
 from core.config import AugmentConfig, MGViTConfig, TrainConfig, is_scratch
-from core.grouping import LABELED_NORMAL
-from core.distributed import all_reduce_mean, world, wrap_for_training
-from core.heads import DiscoveryModel, build_model
-from core.losses import LossWeights, discovery_loss, teacher_temperature
+from core.grouping.spectral import LABELED_NORMAL
+from core.mgvit.distributed import all_reduce_mean, world, wrap_for_training
+from core.mgvit.heads import DiscoveryModel, build_model
+from core.mgvit.losses import LossWeights, discovery_loss, teacher_temperature
 
 __all__ = ["EpochResult", "TrainLoop", "TrainProgress", "TrainResult", "TrainingData", "resolve_optimizer", "train",
            "train_one_epoch", "train_step"]
@@ -190,7 +190,7 @@ class TrainLoop:
     """What every epoch of one training shares: the model, its optimizer, the schedule, the data on the device."""
 
     model: DiscoveryModel
-    module: nn.Module  # the model, or its DDP wrapper (core.distributed.wrap_for_training)
+    module: nn.Module  # the model, or its DDP wrapper (core.mgvit.distributed.wrap_for_training)
     optimizer: torch.optim.Optimizer
     config: TrainConfig
     weights: LossWeights

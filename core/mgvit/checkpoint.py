@@ -16,10 +16,10 @@ from typing import TYPE_CHECKING
 import torch
 
 from core.config import AugmentConfig, MGViTConfig, TrainConfig
-from core.heads import DiscoveryModel, build_model
+from core.mgvit.heads import DiscoveryModel, build_model
 
 if TYPE_CHECKING:
-    from core.train import TrainResult
+    from core.mgvit.train import TrainResult
 
 __all__ = ["CHECKPOINT_FORMAT", "load_checkpoint", "model_payload", "restore_training", "save_checkpoint",
            "write_checkpoint"]
@@ -64,7 +64,7 @@ def save_checkpoint(path: Path | str, result_or_model: TrainResult | DiscoveryMo
 
     The configs come from the TrainResult unless given; a bare model needs them given.
     """
-    from core.train import TrainResult
+    from core.mgvit.train import TrainResult
 
     is_result = isinstance(result_or_model, TrainResult)
     model = result_or_model.model if is_result else result_or_model

@@ -1,6 +1,6 @@
 """What the demo set draws: the flange scene (part, surface, mat, light, camera) and its defects.
 
-core.demo renders samples with these and writes the data set; every function takes its random
+core.demo.build renders samples with these and writes the data set; every function takes its random
 generator, so one seed gives the same pixels. Defect renderers edit the scene in place and
 return their float coverage (0..1), from which the ground-truth mask is cut.
 """

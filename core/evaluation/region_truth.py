@@ -1,4 +1,4 @@
-"""Region-level ground truth of a run: its regions matched to COCO annotations (core.coco)."""
+"""Region-level ground truth of a run: its regions matched to COCO annotations (core.evaluation.coco)."""
 
 from __future__ import annotations
 
@@ -21,14 +21,14 @@ class RegionTruth:
     def __init__(self, source: Path, classes: dict[str, str], coverage: dict[str, Any], problems: str) -> None:
         self.source = source
         self.classes = classes  # region key -> category name or NORMAL_CLASS
-        self.coverage = coverage  # core.coco.region_coverage
+        self.coverage = coverage  # core.evaluation.coco.region_coverage
         self.problems = problems  # one message naming what in the file was left out ("" when nothing)
 
 
 def region_truth_for(manifest: Manifest, regions: Sequence[Region], maps: MapSet,
                      explicit: Path | None = None) -> RegionTruth | None:
     """Match the regions to COCO annotations (explicit file, or annotations.json at the root); None without."""
-    from core.coco import CocoError, find_annotations, load_coco, match_regions, region_coverage
+    from core.evaluation.coco import CocoError, find_annotations, load_coco, match_regions, region_coverage
 
     try:
         path = find_annotations(manifest.root, explicit)
@@ -48,7 +48,7 @@ def region_metrics(regions: Sequence[RegionResult], region_truth: RegionTruth) -
 
     Every region counts; a region on no annotation is class NORMAL_CLASS.
     """
-    from core.metrics import cluster_metrics
+    from core.evaluation.metrics import cluster_metrics
 
     truth = [region_truth.classes[r.key] for r in regions]
     block: dict[str, Any] = cluster_metrics(truth, [r.cluster for r in regions]) if truth else {

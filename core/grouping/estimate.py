@@ -1,6 +1,6 @@
 """Estimating the number of novel classes from a representation of the regions (we guess it).
 
-The grouping (core.grouping) is spectral, so the estimate reads the same graph: the symmetric
+The grouping (core.grouping.spectral) is spectral, so the estimate reads the same graph: the symmetric
 k-nearest-neighbour graph of the representation (the run's: MGViT embedding, descriptors or
 both) and the smallest eigenvalues of its normalized Laplacian. k well-separated groups give k
 eigenvalues near 0 and then a jump (the eigengap); the k with the largest gap, less the gap a

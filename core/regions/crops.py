@@ -162,7 +162,7 @@ def peak_box(map_u8: np.ndarray, config: RegionConfig = RegionConfig()) -> list[
 
     The map is cut at fallback_height of the way from its median up to its peak; the component
     holding the peak is the region ([] for a flat map). Its score stays the map's low peak, so the
-    grouping can still tell it from confident defects, and it is marked weak (core.grouping lets
+    grouping can still tell it from confident defects, and it is marked weak (core.grouping.spectral lets
     weak regions join groups but not shape them). Measured on the benchmark's demo (built-in
     detector's maps): 18 of its 70 defective images had nothing above the floor, and their
     strongest spot lay on the defect in 16 of them.
@@ -292,7 +292,7 @@ def recut_image(
     map_u8 is the image's globally normalized map, search_range MEBin's (s_min, s_max) of its set,
     so region scores match those of a full run; floor the one the run cut with (set_floor).
     """
-    from core.mebin import mask_at_threshold, normalize_to_range
+    from core.regions.mebin import mask_at_threshold, normalize_to_range
 
     mask, count = mask_at_threshold(map_u8, threshold, erode=mebin.erode, kernel_size=mebin.kernel_size)
     normalized = normalize_to_range(map_u8, *search_range)

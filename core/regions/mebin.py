@@ -12,7 +12,7 @@ Two implementations with identical output:
      OpenCV's default erode border is the dtype maximum, i.e. "inside the set" for every cut);
   3. the 64 binary sets are nested, so one union-find sweep over the pixels in descending value
      order yields the component count of every level at once (numba, GIL released, maps run in
-     parallel on a thread pool; the kernels are in core.mebin_kernels).
+     parallel on a thread pool; the kernels are in core.regions.kernels).
 
 Degenerate set: when every map has the same maximum (s_max == s_min, e.g. a single map, or all
 maps constant) the reference divides 0 by 0; its normalized map is NaN or 0 everywhere, no
@@ -31,7 +31,7 @@ import cv2
 import numpy as np
 
 from core.config import MEBinConfig
-from core.mebin_kernels import analyze
+from core.regions.kernels import analyze
 
 __all__ = ["MEBinResult", "at_threshold", "binarize", "binarize_otsu", "binarize_reference", "mask_at_threshold",
            "normalize_to_range", "search_range", "stable_interval", "to_map_scale"]
@@ -70,7 +70,7 @@ def _validate(maps: Sequence[np.ndarray]) -> list[np.ndarray]:
             raise ValueError(f"map {index}: expected a 2-D map, got shape {tuple(array.shape)}")
         if array.dtype != np.uint8:
             raise ValueError(
-                f"map {index}: expected dtype uint8 (0..255, see core.maps.normalize_global), "
+                f"map {index}: expected dtype uint8 (0..255, see core.detection.maps.normalize_global), "
                 f"got {array.dtype}"
             )
         if array.size == 0:
@@ -205,7 +205,7 @@ def binarize_reference(
     return results
 
 
-# ----------------------------------------------------------------------------- fast path (kernels: core.mebin_kernels)
+# ----------------------------------------------------------------------------- fast path (kernels: core.regions.kernels)
 
 
 def _binarize_one(

@@ -1,9 +1,9 @@
 """MEBin's fast path in numba: component counts of all nested level sets in one union-find sweep.
 
-``core.mebin.binarize`` calls ``analyze`` once per map (GIL released, so maps run in parallel on
+``core.regions.mebin.binarize`` calls ``analyze`` once per map (GIL released, so maps run in parallel on
 threads); ``level_counts`` and ``stable_interval_kernel`` are exposed for the tests that check them
-against OpenCV's labelling and ``core.mebin.stable_interval``. Output equals the oracle
-``core.mebin.binarize_reference`` (see core/mebin.py for the three facts it relies on).
+against OpenCV's labelling and ``core.regions.mebin.stable_interval``. Output equals the oracle
+``core.regions.mebin.binarize_reference`` (see core/regions/mebin.py for the three facts it relies on).
 """
 
 from __future__ import annotations

@@ -15,12 +15,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from core.augment import center_views, prepare_crops, stored_size
+from core.mgvit.augment import center_views, prepare_crops, stored_size
 from core.config import MGViTConfig
-from core.mgvit import build_mgvit
+from core.mgvit.model import build_mgvit
 
 if TYPE_CHECKING:
-    from core.heads import DiscoveryModel
+    from core.mgvit.heads import DiscoveryModel
 
 __all__ = ["Inference", "backbone_features", "center_batches", "infer"]
 

@@ -4,7 +4,7 @@
 assignment, the class-count estimate, the 2-D map, "split"):
 
 - "vit": the paper's path, the trained MGViT's [CLS] embedding and its classifier heads;
-- "descriptors": the standardized, group-weighted descriptors of core.descriptors alone;
+- "descriptors": the standardized, group-weighted descriptors of core.grouping.descriptors alone;
 - "hybrid": late fusion of both: the L2-normalized embedding and the descriptors, each scaled
   to unit total variance and weighted (`vit_weight`), side by side.
 
@@ -214,7 +214,7 @@ def grouped_probabilities(
     seed: int = 0,
     weak: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, bool]:
-    """Region probabilities in core.predict's column order from grouping on a representation.
+    """Region probabilities in core.grouping.predict's column order from grouping on a representation.
 
     Columns: [base classes (with include_base)] + normal slot + K novel classes, as
     predict_regions lays them out. labels: per region -1, NORMAL (-2) or a base-class index.

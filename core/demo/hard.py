@@ -1,6 +1,6 @@
 """Seeded hard synthetic inspection set: textured tiles under uneven light with subtle defects.
 
-The demo set (core/demo.py) is too easy to predict real data: a smooth part under mild light.
+The demo set (core/demo/build.py) is too easy to predict real data: a smooth part under mild light.
 This set is built to look like real tile inspection: every image is a tile on a dark table with
 a strong surface texture (directional grinding marks of random frequency, angle and contrast; a
 cast, pitted surface; a woven fabric), lit unevenly and differently in every image, in several
@@ -19,7 +19,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from core.demo import prepare_folder, set_layout, with_settings, write_png
+from core.demo.build import prepare_folder, set_layout, with_settings, write_png
 from core.records import GOOD
 
 #: Defect types of the hard set, in their default order.
@@ -302,7 +302,7 @@ def generate_hard_demo(root: Path | str, config: HardDemoConfig | None = None, *
             (root / "ground_truth" / kind).mkdir(parents=True, exist_ok=True)
             write_png(root / "ground_truth" / kind / f"{index:03d}_mask.png", mask)
     (root / "README.txt").write_text(
-        f"{HARD_README_MARKER}\n\nMade by `python -m core demo --hard` (core/hard_demo.py), seed {config.seed}; "
+        f"{HARD_README_MARKER}\n\nMade by `python -m core demo --hard` (core/demo/hard.py), seed {config.seed}; "
         f"shorter sides {config.min_side}-{config.max_side} px, aspect up to 1.8.\n"
         f"Surfaces: {', '.join(config.surfaces)}; defects: {', '.join(config.defect_types)}.\n"
         f"train/good: {config.n_train_good}, test/good: {config.n_test_good}, "

@@ -1,7 +1,7 @@
 """Region masks refined against the normal references (beyond the paper; RegionConfig.refine).
 
 A detector's map is smooth: its mask around a thin crack or a small pit is a blob several times
-the defect, and a region's shape and contrast (core.descriptors) are then those of the blob. Where
+the defect, and a region's shape and contrast (core.grouping.descriptors) are then those of the blob. Where
 normal reference images exist, each region's mask is redrawn from the image itself:
 
 1. the `refine_references` references nearest to the image (32 x 32 thumbnails) are searched

@@ -29,7 +29,7 @@ import cv2
 import numpy as np
 
 from core.config import DescriptorConfig
-from core.mebin import _available_cores
+from core.regions.mebin import _available_cores
 
 __all__ = ["DESCRIPTOR_GROUPS", "DescriptorConfig", "Descriptors", "combine", "describe", "describe_regions"]
 

@@ -311,7 +311,7 @@ def labeled_crops_from_coco(truth: CocoTruth, images: Mapping[str, np.ndarray], 
     Images missing from `images` are skipped.
     """
     from core.dataset import LabeledCrops
-    from core.regions import square_box
+    from core.regions.crops import square_box
 
     crops, masks, labels = [], [], []
     names = list(truth.categories)

@@ -18,7 +18,7 @@ import numpy as np
 from core.config import PredictConfig
 
 if TYPE_CHECKING:
-    from core.mebin import MEBinResult
+    from core.regions.mebin import MEBinResult
     from core.records import Region
     from core.results import ImageResult, RegionResult
 
@@ -151,7 +151,7 @@ def predict_regions(
 ) -> Predictions:
     """Probabilities, class, confidence and 2-D coordinates of every region.
 
-    probabilities: given by a grouping on another representation (core.grouping), in the same
+    probabilities: given by a grouping on another representation (core.grouping.spectral), in the same
     column order; None = softmax of the heads' logits (the paper).
     """
     logits = np.asarray(logits)
@@ -196,11 +196,11 @@ def assemble_results(
     region_truth: Mapping[str, str],
 ) -> tuple[list[RegionResult], list[ImageResult]]:
     """One result per region (class, confidence, probabilities, 2-D position, truth, label) and
-    one per image, its class fused from its regions' probabilities (core.fusion.fuse_image, tau).
+    one per image, its class fused from its regions' probabilities (core.grouping.fusion.fuse_image, tau).
 
     A region's truth is its region-level annotation (COCO) when there is one, else its image's.
     """
-    from core.fusion import fuse_image
+    from core.grouping.fusion import fuse_image
     from core.results import ImageResult, RegionResult
 
     region_results = [

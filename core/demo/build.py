@@ -3,7 +3,7 @@
 The product is a turned metal flange (bore, four bolt holes, chamfered rim) photographed on a
 rubber mat under uneven light. Defect types differ by shape and texture, not by colour: contrast
 and polarity vary within every type. Files follow the MVTec AD layout so core.dataset reads them.
-The drawing (scene, defects) is in core.demo_scene; this module renders samples and writes the set.
+The drawing (scene, defects) is in core.demo.scene; this module renders samples and writes the set.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from core.demo_scene import RENDERERS, blur, build_scene, finish
+from core.demo.scene import RENDERERS, blur, build_scene, finish
 from core.records import GOOD, ImageRecord
 
 #: Defect types the generator can draw, in their default order.
@@ -134,7 +134,7 @@ def _readme(config: DemoConfig) -> str:
     descriptions = "\n".join(f"  {kind:<13} {DEFECT_DESCRIPTIONS[kind]}" for kind in config.defect_types)
     return f"""{README_MARKER}
 
-Made by `python -m core demo` (core/demo.py), seed {config.seed}, {config.image_size}x{config.image_size} px.
+Made by `python -m core demo` (core/demo/build.py), seed {config.seed}, {config.image_size}x{config.image_size} px.
 Same seed and settings give byte-identical files.
 
 What it shows: a turned steel flange (central bore, four bolt holes, chamfered rim) on a dark

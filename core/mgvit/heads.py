@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from core.config import MGViTConfig, TrainConfig
-from core.mgvit import MGViT, build_mgvit
+from core.mgvit.model import MGViT, build_mgvit
 
 __all__ = ["CosineClassifier", "DiscoveryModel", "build_model", "projector"]
 
