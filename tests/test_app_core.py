@@ -341,9 +341,9 @@ def test_the_url_keeps_project_and_run_and_a_link_opens_them(workspace, tmp_path
     at.run()
     at.switch_page("views/discover.py").run()
     assert_clean(at)
-    assert at.selectbox(key="sidebar_project").value == first.id  # not the newest project
+    assert at.selectbox(key=f"sidebar_project_{first.id}").value == first.id  # not the newest project
     assert at.query_params["project"] == str(first.id)
-    at.selectbox(key="sidebar_project").set_value(second.id).run()
+    at.selectbox(key=f"sidebar_project_{first.id}").set_value(second.id).run()
     assert at.query_params["project"] == str(second.id)
     # A link to a project that is gone says so and shows an existing one.
     gone = AppTest.from_file(APP, default_timeout=60)

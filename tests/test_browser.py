@@ -23,6 +23,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
@@ -45,12 +46,11 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory) -> Iterator[tuple[str, Path]]:
-    """The Studio on a free local port with a fresh workspace; stopped (with its workers) at the end."""
+@contextmanager
+def start_server(workspace: Path) -> Iterator[str]:
+    """`streamlit run webapp/app.py` on a free local port over `workspace`; stopped (with its workers) at the end."""
     if not Path(CHROMIUM).exists():
         pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium (bash dev.sh test does)")
-    workspace = tmp_path_factory.mktemp("browser-workspace")
     port = free_port()
     env = {**os.environ, "STUDIO_WORKSPACE": str(workspace), "STUDIO_DEMO_SIZE": "tiny", "PYTHONUNBUFFERED": "1"}
     env.pop("STUDIO_DATABASE_URL", None)
@@ -74,7 +74,7 @@ def server(tmp_path_factory) -> Iterator[tuple[str, Path]]:
                 log.flush()
                 raise RuntimeError("the Studio did not start:\n" + (workspace / "server.log").read_text()[-3000:])
             time.sleep(0.5)
-        yield url, workspace
+        yield url
     finally:
         _stop_workers(workspace)
         if process.poll() is None:
@@ -85,6 +85,14 @@ def server(tmp_path_factory) -> Iterator[tuple[str, Path]]:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait(timeout=15)
         log.close()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory) -> Iterator[tuple[str, Path]]:
+    """The Studio on a free local port with a fresh workspace; stopped (with its workers) at the end."""
+    workspace = tmp_path_factory.mktemp("browser-workspace")
+    with start_server(workspace) as url:
+        yield url, workspace
 
 
 def _stop_workers(workspace: Path) -> None:

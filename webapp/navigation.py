@@ -128,10 +128,13 @@ def _sidebar_picker(label: str, what: str, items: Sequence[Any], current: int | 
     if current not in by_id:
         current = fallback
     select(current)
-    if st.session_state.get(key) != current:
-        st.session_state[key] = current
-    st.sidebar.selectbox(label, list(by_id), format_func=lambda item_id: describe(by_id[item_id]), key=key,
-                         on_change=lambda: select(st.session_state[key]))
+    # The widget's key names the current id: a page switch (or another page's choice) then always
+    # draws a fresh box showing the current entry, never a value the browser kept from an earlier
+    # visit to this page, and choosing any other entry is a change that switches to it.
+    ids = list(by_id)
+    widget_key = f"{key}_{current}"
+    st.sidebar.selectbox(label, ids, index=ids.index(current), format_func=lambda item_id: describe(by_id[item_id]),
+                         key=widget_key, on_change=lambda: select(st.session_state[widget_key]))
     return current
 
 
