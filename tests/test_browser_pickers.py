@@ -22,6 +22,8 @@ from tests.test_browser import start_server
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
+MARKDOWN_NAME = 'x **bold** [link](http://example.com) :red[red] =HYPERLINK("http://x","y")'
+
 
 def second_run(store, project_id: int, first_run: int) -> int:
     """Another finished discovery run of the project: the first run's assignments, two clusters."""
@@ -44,6 +46,10 @@ def two_projects(tmp_path_factory):
     runs = {first.project_id: [first.run_id], second.project_id: [second.run_id]}
     for project_id, ids in runs.items():
         ids.append(second_run(second.store, project_id, ids[0]))
+    # A name full of markdown in project #2's first run: the Image view shows it as typed.
+    image = min(a.region.image for a in second.store.run_assignments(second.run_id))
+    cluster_id = next(a.cluster_id for a in second.store.run_assignments(second.run_id) if a.region.image == image)
+    second.store.rename_cluster(cluster_id, MARKDOWN_NAME)
     workspace = second.store.workspace
     second.store.close()
     with start_server(Path(workspace)) as url:
@@ -77,6 +83,14 @@ def test_pickers_follow_the_page_when_switching(two_projects, browser):  # noqa:
             assert f"(#{project_two})" in sidebar_box(page, "Project"), title
             assert sidebar_box(page, "Run").startswith(f"Run #{older_of_two} "), title
             assert f"project={project_two}" in page.url and f"run={older_of_two}" in page.url, (title, page.url)
+
+        # Defect 2: the Image view's class metric shows a markdown-laden name as typed, with no link.
+        page.get_by_role("tab", name="Image view").click()
+        metric = page.locator('[data-testid="stMetric"]').filter(has_text="Image class").first
+        metric.wait_for()
+        value = metric.locator('[data-testid="stMetricValue"]')
+        assert value.inner_text().replace("\u2060", "").strip() == MARKDOWN_NAME
+        assert value.locator("a, strong, span[style*=color]").count() == 0
 
         # Choosing another run switches to it, and it stays after page switches.
         pick(page, "Run", re.compile(rf"^Run #{newest_of_two} "))

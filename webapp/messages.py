@@ -2,7 +2,8 @@
 
 Every page calls `show()` near its top; actions call `flash(kind, text)` and then `st.rerun()`,
 or run a storage edit through `perform`, which turns storage errors into messages. Text is shown
-as given (markdown the caller escaped), never as HTML.
+as given (markdown: the caller makes names literal with widgets.literal; storage errors are made
+literal here), never as HTML.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import TypeVar
 import streamlit as st
 
 from storage import EditConflict, NothingToUndo, StorageError
+from webapp.widgets import literal
 
 #: Session-state key of the queued messages: list of (kind, text).
 FLASH_KEY = "flash_messages"
@@ -46,13 +48,13 @@ def perform(action: Callable[[], T], success: str | Callable[[T], str]) -> T | N
     try:
         result = action()
     except EditConflict as error:
-        flash("error", f"Edit conflict: {error}. The page now shows the latest state; please try again.")
+        flash("error", f"Edit conflict: {literal(error)}. The page now shows the latest state; please try again.")
         return None
     except NothingToUndo as error:
-        flash("info", str(error).capitalize() + ".")
+        flash("info", literal(str(error).capitalize()) + ".")
         return None
     except StorageError as error:
-        flash("error", str(error))
+        flash("error", literal(error))
         return None
     flash("success", success(result) if callable(success) else success)
     return result

@@ -4,6 +4,8 @@ progress, the loss chart, formatting. No page logic here; user text is never ren
 
 from __future__ import annotations
 
+import re
+import string
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timezone
 from typing import Any
@@ -129,7 +131,7 @@ def class_estimate_note(run: RunInfo) -> None:
 
 def escape_markdown_keep_bold(text: str) -> str:
     """Our own text with ** bold kept; anything else markdown would read is escaped."""
-    return "**".join(_escape_markdown(part) for part in text.split("**"))
+    return "**".join(literal(part) for part in text.split("**"))
 
 
 def empty_state(title: str, body: str, icon: str = ":material/inbox:") -> None:
@@ -166,17 +168,31 @@ def problems_list(problems: Iterable[str], title: str = "Problems", limit: int =
 def bullet_notes(notes: Iterable[str]) -> None:
     """Plain-text bullets (each note is escaped by st.text-like rendering through st.caption)."""
     for note in notes:
-        st.markdown(f"- {_escape_markdown(note)}")
+        st.markdown(f"- {literal(note)}")
 
 
-def _escape_markdown(text: str) -> str:
-    """Escape characters markdown would interpret, so names from files display literally."""
-    for char in "\\`*_{}[]<>()#+!|~$":
-        text = text.replace(char, "\\" + char)
-    return text
+#: Where Markdown (GFM) would turn plain text into a link even with its punctuation escaped: after
+#: the colon of '://', between 'www' and its dot, after an e-mail's '@'.
+_AUTOLINK = re.compile(r"(?<=:)(?=//)|(?<=www)(?=\.)|(?<=@)", re.IGNORECASE)
+#: An invisible word joiner: breaks an autolink without changing what the text shows.
+_WORD_JOINER = "\u2060"
+_PUNCTUATION = frozenset(string.punctuation)
 
 
-escape_markdown = _escape_markdown
+def literal(text: object) -> str:
+    """Text a user gave (a cluster or project name, a file name) made literal for Streamlit's Markdown.
+
+    Every ASCII punctuation character is backslash-escaped (CommonMark allows it for all of them),
+    so no bold, link, heading, list, :color[...] directive, :emoji: or $math$ forms; a word joiner
+    keeps URLs and e-mail addresses from being auto-linked; line breaks show as spaces. For
+    st.markdown, st.caption, st.metric, alerts, button labels and help texts alike.
+    """
+    text = _AUTOLINK.sub(_WORD_JOINER, str(text).replace("\r", " ").replace("\n", " "))
+    return "".join("\\" + char if char in _PUNCTUATION else char for char in text)
+
+
+#: The same helper under its former name (callers in pages outside this change).
+escape_markdown = literal
 
 
 # ------------------------------------------------------------------------------ runs
@@ -191,7 +207,7 @@ def progress_panel(run: RunInfo) -> None:
         status_badge(run.status)
         st.caption(f"Run #{run.id} · {run.kind} · started {format_time(run.started_at or run.created_at)}")
     text = f"{stage}" + (f" — {run.message}" if run.message and run.status in (QUEUED, RUNNING) else "")
-    st.progress(min(max(float(run.progress or 0.0), 0.0), 1.0), text=text[:200])
+    st.progress(min(max(float(run.progress or 0.0), 0.0), 1.0), text=literal(text[:200]))
     metric_cards([
         ("Progress", f"{100 * (run.progress or 0.0):.0f} %"),
         ("Elapsed", format_duration(run_elapsed(run))),
@@ -199,7 +215,7 @@ def progress_panel(run: RunInfo) -> None:
          if run.status == RUNNING else "–"),
     ])
     if run.status == FAILED and run.message:
-        st.error(f"The run failed: {run.message}", icon=":material/error:")
+        st.error(f"The run failed: {literal(run.message)}", icon=":material/error:")
     elif run.status == CANCELLED:
         st.warning("The run was cancelled.", icon=":material/cancel:")
 
@@ -211,13 +227,13 @@ def run_summary(run: RunInfo) -> None:
         status_badge(run.status)
         st.caption(f"Run #{run.id} · {run.kind} · finished {when} · took {format_duration(run_elapsed(run))}")
     if run.status == FAILED:
-        st.error(f"The run failed: {run.message or 'no message'}", icon=":material/error:")
+        st.error(f"The run failed: {literal(run.message or 'no message')}", icon=":material/error:")
     elif run.status == CANCELLED:
         text = (run.message or "cancelled").strip()
-        st.warning(f"The run was {text.removeprefix('the run was ')}." if text.startswith("cancelled") else text,
+        st.warning(literal(f"The run was {text.removeprefix('the run was ')}." if text.startswith("cancelled") else text),
                    icon=":material/cancel:")
     elif run.message:
-        st.markdown(escape_markdown(run.message))
+        st.markdown(literal(run.message))
 
 
 def page_link(page: str, label: str, icon: str | None = None) -> None:

@@ -20,7 +20,7 @@ from storage.records import STATE_MARKED_NORMAL, STATE_NO_ANOMALY, STATE_NORMAL
 from webapp import messages, navigation, run_data, selection
 from webapp.workspace import get_store
 from webapp.gallery import THUMB_SIZE, draw_boxes, load_image, thumbnail, thumbnail_uri
-from webapp.widgets import empty_state, escape_markdown, metric_cards
+from webapp.widgets import empty_state, literal, metric_cards
 
 #: Thumbnails per gallery page (columns x rows): three rows keep the actions on the first screen.
 GALLERY_COLUMNS, GALLERY_ROWS = 4, 3
@@ -74,7 +74,7 @@ def plural(count: int, word: str) -> str:
 
 def quoted(name: str) -> str:
     """A name for a message rendered as markdown: quoted and escaped, shown literally."""
-    return f"“{escape_markdown(name)}”"
+    return f"“{literal(name)}”"
 
 
 def region_states(points: pd.DataFrame) -> dict[str, int]:
@@ -218,7 +218,7 @@ if states["none_found"] and tools.button(f"Images with no anomaly found ({states
     st.rerun()
 source = st.session_state.get(selection.SELECTION_SOURCE_KEY) or ""
 tools.caption(
-    f"**{len(selected):,} selected** ({escape_markdown(short(source, 60))})" if selected
+    f"**{len(selected):,} selected** ({literal(short(source, 60))})" if selected
     else "Nothing selected: draw a box or a lasso around points, click one, or pick a cluster."
 )
 
@@ -266,7 +266,7 @@ def focused_region_panel() -> None:
         crop_col.image(thumbnail(crop, mask, 256), caption="crop with its mask outline", width="stretch")
         picture = load_image(str(Path(project.data_root) / image_rel))
         if picture is None:
-            image_col.warning(f"The image file {escape_markdown(image_rel)} cannot be read.")
+            image_col.warning(f"The image file {literal(image_rel)} cannot be read.")
         else:
             boxes = store.image_assignments(run_id, image_rel)
             colors = ["#ff2d2d" if a.region.id == focus else "#9aa3ad" for a in boxes]
@@ -301,10 +301,10 @@ def gallery(shown_ids: list[int]) -> None:
                 cell.image(thumbnail(crop, mask, THUMB_SIZE), width="stretch")
                 name = str(point["cluster_name"])
                 if cell.button(f"#{int(region_id)} · {float(point['confidence']):.2f}", key=f"open_{region_id}",
-                               type="tertiary", help=f"Open region #{int(region_id)} in its image ({name})"):
+                               type="tertiary", help=f"Open region #{int(region_id)} in its image ({literal(name)})"):
                     open_region(int(region_id))
                     st.rerun()
-                cell.caption(STATE_NO_ANOMALY if point["state"] == STATE_NO_ANOMALY else escape_markdown(short(name, 14)))
+                cell.caption(STATE_NO_ANOMALY if point["state"] == STATE_NO_ANOMALY else literal(short(name, 14)))
 
 
 # ------------------------------------------------------------------------------ plot + panels
@@ -333,7 +333,7 @@ with tab_selection:
         counts = points[points["region_id"].isin(selected)]["cluster_name"].value_counts()
         st.subheader(f"Selection · {plural(len(selected), 'region')}", anchor=False)
         st.caption(f"From {plural(n_images, 'image')} · in "
-                   + ", ".join(f"{escape_markdown(short(str(n), 24))} ({c})" for n, c in counts.head(4).items())
+                   + ", ".join(f"{literal(short(str(n), 24))} ({c})" for n, c in counts.head(4).items())
                    + (" ..." if len(counts) > 4 else ""))
         gallery(selected)
         with st.form("explore_move", border=True):
@@ -414,7 +414,7 @@ with tab_image:
     picture = load_image(str(Path(project.data_root) / image_rel))
     boxes = store.image_assignments(run_id, image_rel)
     if picture is None:
-        st.warning(f"The image file {escape_markdown(image_rel)} cannot be read from {escape_markdown(project.data_root)}.")
+        st.warning(f"The image file {literal(image_rel)} cannot be read from {literal(project.data_root)}.")
     else:
         colors = [by_cluster_id[a.cluster_id].color if a.cluster_id in by_cluster_id else "#888888" for a in boxes]
         labels = [f"{name_of(a.cluster_id)} {a.confidence:.2f}" for a in boxes]
@@ -426,10 +426,10 @@ with tab_image:
     fused = image_classes.get(image_rel)
     members = points[points["image"] == image_rel].sort_values("region_id")
     if fused is not None:
-        st.metric("Image class (area-weighted fusion)", fused.class_name, border=True,
+        st.metric("Image class (area-weighted fusion)", literal(fused.class_name), border=True,
                   help="Regions vote with weights growing with their area; normal regions vote 'normal'.")
         st.caption(f"Confidence {fused.confidence:.2f} · {plural(fused.region_count, 'region')}"
-                   + (f" · ground truth: {escape_markdown(fused.gt_class)}" if fused.gt_class else ""))
+                   + (f" · ground truth: {literal(fused.gt_class)}" if fused.gt_class else ""))
     st.dataframe(
         members[["region_id", "cluster_name", "confidence", "state"]].rename(
             columns={"region_id": "region", "cluster_name": "cluster"}),

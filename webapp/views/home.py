@@ -57,7 +57,7 @@ def create_from_summary(key: str) -> None:
         return
     st.divider()
     st.subheader("Preview", anchor=False)
-    st.caption(f"Data set folder: {widgets.escape_markdown(str(summary.root))}")
+    st.caption(f"Data set folder: {widgets.literal(str(summary.root))}")
     summary_preview(summary)
     default = summary.root.name if summary.root.name else "project"
     name = st.text_input("Project name", value=default, key=f"{key}_name", max_chars=120)
@@ -69,7 +69,7 @@ def create_from_summary(key: str) -> None:
             return
         navigation.set_project(project.id)
         st.session_state.pop(f"{key}_summary", None)
-        messages.flash("success", f"Project “{widgets.escape_markdown(project.name)}” (#{project.id}) created "
+        messages.flash("success", f"Project “{widgets.literal(project.name)}” (#{project.id}) created "
                                   f"with {summary.n_images} images.")
         st.rerun()
 
@@ -109,7 +109,7 @@ def zip_form() -> None:
         if uploaded is None:
             st.error("Choose a ZIP file first.")
         elif uploaded.size > uploads.MAX_ZIP_BYTES:
-            st.error(f"{uploaded.name}: {widgets.format_bytes(uploaded.size)} is more than the "
+            st.error(f"{widgets.literal(uploaded.name)}: {widgets.format_bytes(uploaded.size)} is more than the "
                      f"{limit_mb} MB allowed.")
         else:
             folder = uploads.new_upload_folder(store)
@@ -120,7 +120,7 @@ def zip_form() -> None:
                     st.session_state["zip_summary"] = intake.summarize_dataset(extraction.root)
             except (uploads.UploadError, DatasetError, OSError) as error:
                 uploads.discard_upload(folder)  # nothing of a refused upload stays in the workspace
-                st.error(f"{uploaded.name}: {error}", icon=":material/error:")
+                st.error(f"{widgets.literal(uploaded.name)}: {widgets.literal(error)}", icon=":material/error:")
     rejected = st.session_state.get("zip_rejected") or []
     if rejected:
         st.warning(f"{len(rejected)} entr{'y was' if len(rejected) == 1 else 'ies were'} refused:",
@@ -139,7 +139,7 @@ def demo_card(primary: bool, key: str) -> None:
         existing = intake.existing_demo_projects(store)
         if existing:
             demo = existing[-1]
-            st.caption(f"The workspace already has the demo project “{widgets.escape_markdown(demo.name)}” "
+            st.caption(f"The workspace already has the demo project “{widgets.literal(demo.name)}” "
                        f"(#{demo.id}). Open it to keep its runs and names, or make a second, separate copy.")
         buttons = st.container(horizontal=True)
         if existing and buttons.button(f"Open demo project #{existing[-1].id}", key=f"{key}_open",
@@ -171,10 +171,10 @@ def project_overview(project: ProjectInfo) -> None:
     regions = store.list_regions(project.id)
     runs = store.list_runs(project.id)
     done = [r for r in runs if r.kind == "discover" and r.status == "done"]
-    st.subheader(widgets.escape_markdown(project.name), anchor=False)
+    st.subheader(widgets.literal(project.name), anchor=False)
     size_text = (sizes.most_common(1)[0][0] + " px" + (f" (and {len(sizes) - 1} other sizes)" if len(sizes) > 1 else "")
                  if sizes else "size unknown")
-    st.caption(f"Data set: {widgets.escape_markdown(project.data_root)} · images {size_text} · "
+    st.caption(f"Data set: {widgets.literal(project.data_root)} · images {size_text} · "
                f"created {widgets.format_time(project.created_at)}")
     widgets.metric_cards([
         ("To inspect", roles.get("unlabeled", 0), "Images to discover defect classes in"),
@@ -210,15 +210,15 @@ def project_overview(project: ProjectInfo) -> None:
 @st.dialog("Delete project")
 def confirm_delete(project: ProjectInfo) -> None:
     """Name the project by name and id before deleting it (two projects may share a name)."""
-    st.markdown(f"Delete the project **#{project.id}** “{widgets.escape_markdown(project.name)}” with its runs, "
+    st.markdown(f"Delete the project **#{project.id}** “{widgets.literal(project.name)}” with its runs, "
                 "clusters and labels? The data set folder itself is not touched.")
-    st.caption(f"Data set: {widgets.escape_markdown(project.data_root)}")
+    st.caption(f"Data set: {widgets.literal(project.data_root)}")
     left, right = st.columns(2)
     if left.button(f"Delete project #{project.id}", type="primary", key="delete_yes"):
         store.delete_project(project.id)
         st.session_state.pop("confirm_delete", None)
         navigation.set_project(None)
-        messages.flash("success", f"Project #{project.id} “{widgets.escape_markdown(project.name)}” deleted.")
+        messages.flash("success", f"Project #{project.id} “{widgets.literal(project.name)}” deleted.")
         st.rerun()
     if right.button("Keep it", key="delete_no"):
         st.session_state.pop("confirm_delete", None)
@@ -277,5 +277,5 @@ with zip_tab:
     zip_form()
 with demo_tab:
     demo_card(primary=False, key="demo_create")
-st.caption(f"Workspace: {widgets.escape_markdown(str(store.workspace))} · database: "
+st.caption(f"Workspace: {widgets.literal(str(store.workspace))} · database: "
            f"{'SQLite in the workspace' if not database_url() else 'external (STUDIO_DATABASE_URL)'}")

@@ -15,7 +15,7 @@ from webapp.workspace import get_store
 from webapp.widgets import (
     class_estimate_note,
     empty_state,
-    escape_markdown,
+    literal,
     metric_cards,
     page_link,
     progress_panel,
@@ -146,7 +146,7 @@ with st.form("labels_retrain", border=True):
 if submitted:
     classes = classes_text.strip().lower()
     if classes != "auto" and not classes.isdigit():
-        messages.flash("error", f"'New classes to discover' must be a number or 'auto', not {escape_markdown(classes_text)!r}.")
+        messages.flash("error", f"'New classes to discover' must be a number or 'auto', not {literal(classes_text)!r}.")
     else:
         settings.update(classes="auto" if classes == "auto" else int(classes), epochs=int(epochs), seed=int(seed),
                         labels_from_project=True, parent_run_id=run_id)

@@ -259,7 +259,7 @@ def image_panel(project: ProjectInfo, record: dict[str, Any], map_record: dict[s
         image = load_image(image_path)
         map_u8 = uint8_map(map_record)
     except (ImageReadError, OSError, ValueError) as error:
-        st.error(f"{record['image']}: {error}")
+        st.error(f"{widgets.literal(record['image'])}: {widgets.literal(error)}")
         return
     if record.get("mask_path") and Path(record["mask_path"]).is_file():
         mask = read_gray(record["mask_path"])
@@ -346,7 +346,7 @@ if active:
 else:
     last = jobs.latest_run(store, project.id, jobs.DETECT)
     if last is not None and last.status == "failed":
-        st.error(f"The last detection (run #{last.id}) failed: {last.message}", icon=":material/error:")
+        st.error(f"The last detection (run #{last.id}) failed: {widgets.literal(last.message)}", icon=":material/error:")
     with st.expander(":material/tune: Make anomaly maps" + (" again" if maps else ""), expanded=not maps):
         maps_form(project, has_normal)
 
@@ -422,7 +422,7 @@ record = by_image[chosen]
 info = images.get(chosen)
 map_record = maps.get(chosen)
 if info is None or map_record is None:
-    st.warning(f"{chosen}: the image or its map is no longer recorded; make the maps again.")
+    st.warning(f"{widgets.literal(chosen)}: the image or its map is no longer recorded; make the maps again.")
     st.stop()
 image_path = str(Path(project.data_root) / info.relpath)
 image_panel(project, record, map_record, image_path)
