@@ -152,8 +152,22 @@ def test_umap_figure_has_one_trace_per_cluster_with_region_ids(filled):
     assert len(figure.data) == 3  # three populated clusters; the empty normal slot has no trace
     filled.store.mark_regions_normal(filled.run_id, filled.region_ids[:2])
     figure = figures.umap_figure(filled.store.umap_points(filled.run_id), clusters)
-    assert figure.data[-1].name.startswith(figures.NORMAL_TRACE)
-    assert sorted(int(r[0]) for r in figure.data[-1].customdata) == sorted(filled.region_ids[:2])
+    assert figure.data[-1].name == f"{figures.NORMAL_TRACE} (2)" and figure.data[-1].x == (None,)
+    crosses = [int(trace.customdata[i][0]) for trace in figure.data[:-1]
+               for i in range(len(trace.x)) if trace.marker.symbol[i] == figures.SYMBOL_MARKED]
+    assert sorted(crosses) == sorted(filled.region_ids[:2])
+
+
+def test_the_legend_counts_every_region_of_a_cluster_as_the_clusters_table(filled):
+    """Issue 24, defect 3: the legend said 'cluster 1 (23)' where the table and pickers said 26
+    (regions marked normal and placeholders were drawn in traces of their own)."""
+    filled.store.mark_regions_normal(filled.run_id, filled.region_ids[:1])
+    clusters = filled.store.list_clusters(filled.run_id)
+    figure = figures.umap_figure(filled.store.umap_points(filled.run_id), clusters)
+    legend = {trace.name for trace in figure.data}
+    for cluster in clusters:
+        if cluster.region_count:
+            assert f"{cluster.display_name} ({cluster.region_count})" in legend
 
 
 def test_explore_renders_and_selection_shows_the_selected_crops(filled):
@@ -495,7 +509,7 @@ def test_the_plot_keeps_the_selection_highlighted(filled):
     chosen = filled.region_ids[:3]
     figure = figures.umap_figure(filled.store.umap_points(filled.run_id), filled.store.list_clusters(filled.run_id),
                                  selected=chosen)
-    highlighted = sorted(int(trace.customdata[i][0]) for trace in figure.data for i in trace.selectedpoints)
+    highlighted = sorted(int(trace.customdata[i][0]) for trace in figure.data for i in (() if trace.selectedpoints is None else trace.selectedpoints))
     assert highlighted == sorted(chosen)
 
 
@@ -541,7 +555,9 @@ def test_cards_count_clusters_with_regions_and_the_three_normal_states_apart(tmp
     assert at.session_state[selection.SELECTION_KEY] == [placeholder.id]
     assert "no anomaly found" in texts(at)
     figure = figures.umap_figure(store.umap_points(run.id), store.list_clusters(run.id))
-    (rings,) = [t for t in figure.data if t.name.startswith(figures.NO_ANOMALY_TRACE)]
-    assert [int(c[0]) for c in rings.customdata] == [placeholder.id]
-    assert rings.marker.symbol == "circle-open" and "rgba(0,0,0,0)" not in str(rings.marker.color)  # visible
+    (legend,) = [t for t in figure.data if t.name.startswith(figures.NO_ANOMALY_TRACE)]
+    assert legend.name.endswith("(1)") and legend.marker.symbol == "circle-open"
+    rings = [(int(t.customdata[i][0]), t.marker.color) for t in figure.data if t.customdata is not None
+             for i in range(len(t.x)) if t.marker.symbol[i] == figures.SYMBOL_NO_ANOMALY]
+    assert [r for r, _ in rings] == [placeholder.id] and "rgba(0,0,0,0)" not in str(rings[0][1])  # visible
     store.close()

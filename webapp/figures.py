@@ -12,6 +12,7 @@ import math
 from collections.abc import Collection, Sequence
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
@@ -19,12 +20,15 @@ from storage import ClusterInfo
 from storage.records import STATE_NO_ANOMALY
 from webapp.widgets import CHART_LAYOUT
 
-#: Trace name of regions marked normal by the engineer on the UMAP plot.
-NORMAL_TRACE = "marked normal by you"
-#: Trace name of whole-image placeholders of images where MEBin found no anomaly.
-NO_ANOMALY_TRACE = "no anomaly found (whole image)"
+#: Legend entry of regions marked normal by the engineer (drawn as crosses in their cluster's trace).
+NORMAL_TRACE = "× marked normal by you"
+#: Legend entry of the placeholders of images where MEBin found no anomaly (hollow rings in their
+#: cluster's trace): the map's strongest spot, or the whole image when the map is flat.
+NO_ANOMALY_TRACE = "○ no anomaly found (strongest spot or whole image)"
 #: Color of normal regions and normal clusters on the plot.
 NORMAL_COLOR = "#b0b7c3"
+#: Marker symbols (plotly's numeric codes, sent as one typed array): a region, a placeholder, a marked one.
+SYMBOL_REGION, SYMBOL_NO_ANOMALY, SYMBOL_MARKED = 0, 100, 4
 #: Above this many points the scatter uses WebGL (Scattergl); below, SVG (crisper, any browser).
 WEBGL_MIN_POINTS = 1500
 #: Longest label drawn in a legend or on an axis; longer names are cut with an ellipsis.
@@ -40,65 +44,68 @@ def plot_text(text: Any, limit: int | None = LABEL_CHARS) -> str:
     return html.escape(value, quote=False)
 
 
-def _custom_data(part: pd.DataFrame, cluster_name: str) -> list[list[Any]]:
-    """[region id, confidence, image, cluster] per point as plain lists: a numpy array would travel
-    as a typed array and come back from the browser's selection as a dict instead of a list."""
-    images = part["image"] if "image" in part else [""] * len(part)
-    return [[int(r), round(float(c), 4), plot_text(i, 60), cluster_name]
-            for r, c, i in zip(part["region_id"], part["confidence"], images)]
+def _custom_data(part: pd.DataFrame) -> np.ndarray:
+    """[region id, confidence] per point as one float array: plotly sends it as a binary typed
+    array (a few bytes a point), and a selection reports it back as {"0": id, "1": confidence}."""
+    return np.column_stack([part["region_id"].to_numpy(np.float64), part["confidence"].to_numpy(np.float64)])
+
+
+def _symbols(part: pd.DataFrame, marked: pd.Series) -> np.ndarray:
+    """Marker symbol per point: a ring for a placeholder, a cross for a region marked normal."""
+    symbols = np.full(len(part), SYMBOL_REGION, dtype=np.int16)
+    symbols[(part["state"] == STATE_NO_ANOMALY).to_numpy()] = SYMBOL_NO_ANOMALY
+    symbols[marked.loc[part.index].to_numpy()] = SYMBOL_MARKED
+    return symbols
 
 
 def umap_figure(points: pd.DataFrame, clusters: Sequence[ClusterInfo], selected: Collection[int] = (),
                 height: int = 560) -> go.Figure:
-    """The UMAP scatter: one trace per cluster (its color), regions marked normal in one gray trace,
-    whole-image placeholders of images with no anomaly found in one hollow trace.
+    """The UMAP scatter: one trace per cluster holding every region of it, so its legend count is
+    the cluster's region count (as in the Clusters table and the pickers). Placeholders of images
+    with no anomaly found are hollow rings, regions marked normal crosses, each explained by a
+    legend entry of its own (with its count) that holds no point.
 
-    Every point carries [region id, confidence, image, cluster] as custom_data so a box / lasso
-    selection reports region ids whatever trace the point is in. The `selected` region ids are
-    drawn highlighted (plotly's selectedpoints), so the selection stays visible after any rerun.
+    Every point carries [region id, confidence] as custom_data (one binary array per trace) so a
+    box / lasso selection reports region ids whatever trace the point is in. The `selected` region
+    ids are drawn highlighted (plotly's selectedpoints), so the selection stays visible after any rerun.
     """
-    trace_type = go.Scattergl if len(points) >= WEBGL_MIN_POINTS else go.Scatter
-    marker_size = 5 if len(points) >= WEBGL_MIN_POINTS else 8
+    large = len(points) >= WEBGL_MIN_POINTS
+    trace_type = go.Scattergl if large else go.Scatter
+    marker_size = 5 if large else 8
     figure = go.Figure()
-    has_xy = points["x"].notna() & points["y"].notna()
-    points = points[has_xy]
-    chosen = set(int(i) for i in selected)
+    points = points[points["x"].notna() & points["y"].notna()]
+    chosen = np.fromiter((int(i) for i in selected), dtype=np.int64)
     cluster_normal = {c.id: c.is_normal for c in clusters}
     none_found = points["state"] == STATE_NO_ANOMALY
-    region_normal = (points["is_normal"].astype(bool) & ~none_found
-                     & ~points["cluster_id"].map(cluster_normal).fillna(False).astype(bool))
-    hover = ("<b>%{customdata[3]}</b><br>region %{customdata[0]} · confidence %{customdata[1]:.2f}"
-             "<br>%{customdata[2]}<br><i>click to see its crop beside the plot</i><extra></extra>")
-
-    def add(part: pd.DataFrame, name: str, full_name: str, marker: dict[str, Any]) -> None:
-        selected_points = None
-        if chosen:
-            selected_points = [i for i, r in enumerate(part["region_id"]) if int(r) in chosen]
-        figure.add_trace(trace_type(
-            x=part["x"].to_numpy(), y=part["y"].to_numpy(), mode="markers", name=name,
-            customdata=_custom_data(part, plot_text(full_name, 80)), marker=marker, hovertemplate=hover,
-            selectedpoints=selected_points, selected=dict(marker=dict(opacity=1.0)),
-            unselected=dict(marker=dict(opacity=0.18)),
-        ))
-
-    by_cluster = dict(tuple(points[~region_normal & ~none_found].groupby("cluster_id", sort=False)))
+    marked = (points["is_normal"].astype(bool) & ~none_found
+              & ~points["cluster_id"].map(cluster_normal).fillna(False).astype(bool))
+    by_cluster = dict(tuple(points.groupby("cluster_id", sort=False)))
     for cluster in clusters:
         part = by_cluster.get(cluster.id)
         if part is None or part.empty:
             continue
         suffix = " · normal" if cluster.is_normal else ""
-        add(part, f"{plot_text(cluster.display_name)}{suffix} ({len(part)})", cluster.display_name + suffix,
-            dict(color=NORMAL_COLOR if cluster.is_normal else cluster.color, size=marker_size, opacity=0.85,
-                 line=dict(width=0)))
-    normal = points[region_normal]
-    if not normal.empty:
-        add(normal, f"{NORMAL_TRACE} ({len(normal)})", NORMAL_TRACE,
-            dict(color=NORMAL_COLOR, size=marker_size, symbol="x", opacity=0.9))
-    placeholders = points[none_found]
-    if not placeholders.empty:
-        add(placeholders, f"{NO_ANOMALY_TRACE} ({len(placeholders)})", NO_ANOMALY_TRACE,
-            # an open symbol is drawn in the marker color: gray rings, visible on the plot and the legend
-            dict(color="#6b7280", size=marker_size + 1, symbol="circle-open", opacity=0.9, line=dict(width=1.5)))
+        name = f"{plot_text(cluster.display_name)}{suffix}"
+        selected_points = (np.flatnonzero(np.isin(part["region_id"].to_numpy(), chosen)).astype(np.int32)
+                           if len(chosen) else None)
+        figure.add_trace(trace_type(
+            x=part["x"].to_numpy(np.float32), y=part["y"].to_numpy(np.float32), mode="markers",
+            name=f"{name} ({cluster.region_count:,})", customdata=_custom_data(part),
+            marker=dict(color=NORMAL_COLOR if cluster.is_normal else cluster.color, size=marker_size, opacity=0.85,
+                        symbol=_symbols(part, marked),
+                        line=dict(width=1.5 if none_found.loc[part.index].any() else 0, color=cluster.color)),
+            hovertemplate=(f"<b>{plot_text(cluster.display_name, 80)}{suffix}</b><br>region %{{customdata[0]:.0f}} · "
+                           "confidence %{customdata[1]:.2f}<br><i>select it to see its crop beside the plot</i>"
+                           "<extra></extra>"),
+            selectedpoints=selected_points, selected=dict(marker=dict(opacity=1.0)),
+            unselected=dict(marker=dict(opacity=0.18)),
+        ))
+    for label, count, symbol in ((NORMAL_TRACE, int(marked.sum()), "x"),
+                                 (NO_ANOMALY_TRACE, int(none_found.sum()), "circle-open")):
+        if count:  # a legend entry explaining a symbol; it holds no point
+            figure.add_trace(trace_type(x=[None], y=[None], mode="markers", name=f"{label} ({count:,})",
+                                        marker=dict(color="#6b7280", size=marker_size + 1, symbol=symbol),
+                                        hoverinfo="skip"))
     figure.update_layout(
         template="plotly_white", height=height, margin=dict(l=10, r=10, t=10, b=10),
         dragmode="lasso", uirevision="umap", clickmode="event+select",

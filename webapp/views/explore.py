@@ -79,7 +79,7 @@ def quoted(name: str) -> str:
 
 def region_states(points: pd.DataFrame) -> dict[str, int]:
     """How many regions are marked normal by the engineer, predicted normal (the engine's normal
-    slot) and whole-image placeholders where no anomaly was found (storage's region_state)."""
+    slot) and placeholders (strongest spot or whole image) where no anomaly was found (storage's region_state)."""
     counts = points["state"].value_counts()
     return {"marked": int(counts.get(STATE_MARKED_NORMAL, 0)), "predicted": int(counts.get(STATE_NORMAL, 0)),
             "none_found": int(counts.get(STATE_NO_ANOMALY, 0))}
@@ -93,7 +93,7 @@ def state_cards(states: dict[str, int]) -> list[tuple[str, str, str]]:
     ]
     cards.append(("No anomaly", f"{states['none_found']:,}",
                   "Images where nothing rose above what normal images reach, each shown as its map's strongest "
-                  "spot or the whole image (hollow circles on the plot). Not a verdict that the part is normal: "
+                  "spot or the whole image (hollow rings on the plot). Not a verdict that the part is normal: "
                   "look at them."))
     return cards
 
@@ -212,7 +212,7 @@ if tools.button("Clear selection", icon=":material/deselect:", disabled=not sele
     st.rerun()
 if states["none_found"] and tools.button(f"Images with no anomaly found ({states['none_found']})",
                                         icon=":material/image_search:", key="explore_select_none_found",
-                                        help="Select the whole-image placeholders of images where MEBin found "
+                                        help="Select the placeholders (strongest spot or whole image) of images where MEBin found "
                                              "nothing, to look at them and move or mark them."):
     selection.set_selection(points.loc[points["state"] == STATE_NO_ANOMALY, "region_id"].tolist(), "no anomaly found")
     st.rerun()
