@@ -7,6 +7,8 @@ override one image's threshold; the image is re-cropped and stored.
 
 from __future__ import annotations
 
+from collections import Counter
+
 from pathlib import Path
 from typing import Any
 
@@ -138,12 +140,12 @@ def evidence_chart(record: dict[str, Any]) -> go.Figure:
 def distribution_charts(binarizations: list[dict[str, Any]]) -> tuple[go.Figure, go.Figure]:
     thresholds = [b["threshold"] for b in binarizations if b["num_anomalies"] > 0]
     threshold_figure = go.Figure(go.Histogram(x=thresholds, nbinsx=32, marker_color="#2563eb"))
-    threshold_figure.update_layout(**widgets.CHART_LAYOUT, title="Chosen thresholds (images with anomalies)",
+    threshold_figure.update_layout(**widgets.CHART_LAYOUT, title="MEBin's thresholds (images where it found a component)",
                                    xaxis_title="threshold (map scale)", yaxis_title="images", bargap=0.05)
-    counts = pd.Series([b["num_anomalies"] for b in binarizations]).value_counts().sort_index()
+    counts = pd.Series([b["crops"] for b in binarizations]).value_counts().sort_index()
     count_figure = go.Figure(go.Bar(x=[str(c) for c in counts.index], y=counts.values, marker_color="#0f766e"))
-    count_figure.update_layout(**widgets.CHART_LAYOUT, title="Estimated anomalies per image",
-                               xaxis_title="anomalies (0 = nothing found)", yaxis_title="images")
+    count_figure.update_layout(**widgets.CHART_LAYOUT, title="Crops per image (what a discovery run groups)",
+                               xaxis_title="crops (0 = nothing found: a placeholder stands in)", yaxis_title="images")
     return threshold_figure, count_figure
 
 
@@ -165,21 +167,26 @@ def mask_at_threshold(map_u8: np.ndarray, threshold: int, settings: dict[str, An
     return mebin.mask_at_threshold(map_u8, threshold, erode=config.erode, kernel_size=config.kernel_size)
 
 
+def recut(record: dict[str, Any], image_path: str, map_u8: np.ndarray, threshold: int) -> tuple[np.ndarray, int, list]:
+    """(MEBin's mask, its component count, the crops) of one image at a threshold, cut as the run cut it."""
+    settings = record.get("settings") or {}
+    search_range = (int(settings.get("s_min", 0)), int(settings.get("s_max", 255)))
+    return recut_image(record["image"], read_image(image_path), map_u8, threshold, search_range,
+                       stored_mebin_config(settings), RegionConfig(), floor=float(settings.get("noise_floor", 0.0)))
+
+
 def apply_threshold(project: ProjectInfo, record: dict[str, Any], image_path: str, map_u8: np.ndarray,
                     threshold: int, *, reset: bool = False) -> int:
     """Record a threshold for one image with its re-cut regions as the image's new version, used by
     the next discovery run (finished runs and their exports keep theirs); returns the region count."""
     settings = dict(record.get("settings") or {})
     original = int(settings.get("mebin_threshold", record["threshold"]))
-    search_range = (int(settings.get("s_min", 0)), int(settings.get("s_max", 255)))
-    mask, count, regions = recut_image(record["image"], read_image(image_path), map_u8, threshold, search_range,
-                                       stored_mebin_config(settings), RegionConfig(),
-                                       floor=float(settings.get("noise_floor", 0.0)))
+    mask, count, regions = recut(record, image_path, map_u8, threshold)
     settings["mebin_threshold"] = original
     store.record_threshold_override(project.id, BinarizationInput(
         relpath=record["image"], threshold=int(threshold), num_anomalies=count,
         counts=list(record.get("counts") or []), mask=mask, settings=settings), regions, reset=reset)
-    return len(regions)
+    return sum(1 for r in regions if not r.weak and r.area > 0)
 
 
 def pending_overrides_note(project: ProjectInfo) -> None:
@@ -307,13 +314,16 @@ def override_form(project: ProjectInfo, record: dict[str, Any], image_path: str,
     key = f"override_{record['image']}"
     threshold = st.slider("Threshold for this image", 0, 255, int(min(record["threshold"], 255)), key=key,
                           help="Pixels of the map above this value (after erosion) form the mask.")
-    _, count = mask_at_threshold(map_u8, int(threshold), settings)
-    st.caption(f"At {threshold}: {count} component(s).")
+    _, count, crops = recut(record, image_path, map_u8, int(threshold))
+    ordinary = [c for c in crops if not c.weak and c.area > 0]
+    st.caption(f"At {threshold}: {count} component(s) in MEBin's mask, {len(ordinary)} crop(s) (components "
+               "joined, and those too small or too faint beside the strongest dropped, as a run cuts them)"
+               + ("" if ordinary else "; nothing found: the whole image stands in") + ".")
     buttons = st.container(horizontal=True)
     if buttons.button("Apply and re-crop", key=f"{key}_apply", disabled=threshold == record["threshold"],
                    icon=":material/crop:"):
         n = apply_threshold(project, record, image_path, map_u8, int(threshold))
-        messages.flash("success", f"{widgets.escape_markdown(record['image'])}: threshold {threshold}, {n} crop(s), "
+        messages.flash("success", f"{widgets.escape_markdown(record['image'])}: threshold {threshold}, {n} crop(s)" + ("" if n else " (nothing found: the whole image stands in)") + ", "
                                   "recorded for the next discovery run; finished runs and their exports are unchanged.")
         st.rerun()
     if settings.get("source") == "override" and buttons.button("Back to MEBin", key=f"{key}_reset",
@@ -358,14 +368,23 @@ if not binarizations or not maps:
         ":material/insights:")
     st.stop()
 
-with_anomaly = [b for b in binarizations if b["num_anomalies"] > 0]
+# Counted as a discovery run sees them: an image's ordinary crops (MEBin's component count may
+# differ: components are joined, faint and tiny ones dropped, and the cut may go below its threshold).
+regions = store.list_regions(project.id)
+crops = Counter(r.image for r in regions if not r.weak and r.area > 0)
+for b in binarizations:
+    b["crops"] = crops.get(b["image"], 0)
+with_anomaly = [b for b in binarizations if b["crops"] > 0]
+found_by_mebin = [b for b in binarizations if b["num_anomalies"] > 0]
 overrides = sum(1 for b in binarizations if (b.get("settings") or {}).get("source") == "override")
 sources = sorted({m["source"] for m in maps.values()})
 widgets.metric_cards([
     ("Maps", len(maps), "source: " + ", ".join(sources)),
-    ("With anomalies", f"{len(with_anomaly)} / {len(binarizations)}", "Images where MEBin found at least one anomaly"),
-    ("Regions", len(store.list_regions(project.id))),
-    ("Median threshold", int(np.median([b["threshold"] for b in with_anomaly])) if with_anomaly else "–"),
+    ("With anomalies", f"{len(with_anomaly)} / {len(binarizations)}", "Images with at least one crop (the others "
+     "get a placeholder: the map's strongest spot or the whole image)"),
+    ("Regions", len(regions)),
+    ("Median threshold", int(np.median([b["threshold"] for b in found_by_mebin])) if found_by_mebin else "–",
+     "of MEBin's thresholds where it found a component"),
     ("Overrides", overrides, "thresholds set by hand on this page"),
 ])
 # What the built-in detector ran and how well its maps separate (stored with the detection run).
@@ -392,13 +411,13 @@ order = order_col.selectbox("Order", ["by name", "most anomalies first", "lowest
                             key="review_order")
 records = list(binarizations)
 if only == "with anomalies":
-    records = [b for b in records if b["num_anomalies"] > 0]
+    records = [b for b in records if b["crops"] > 0]
 elif only == "without anomalies":
-    records = [b for b in records if b["num_anomalies"] == 0]
+    records = [b for b in records if b["crops"] == 0]
 elif only == "overridden":
     records = [b for b in records if (b.get("settings") or {}).get("source") == "override"]
 if order == "most anomalies first":
-    records.sort(key=lambda b: (-b["num_anomalies"], b["image"]))
+    records.sort(key=lambda b: (-b["crops"], b["image"]))
 elif order == "lowest threshold first":
     records.sort(key=lambda b: (b["threshold"], b["image"]))
 else:
@@ -416,7 +435,7 @@ if not records:
 by_image = {b["image"]: b for b in records}
 chosen = pick_col.selectbox(
     "Image", list(by_image), key="review_image",
-    format_func=lambda k: f"{k}  ·  {by_image[k]['num_anomalies']} anomal{'y' if by_image[k]['num_anomalies'] == 1 else 'ies'}",
+    format_func=lambda k: f"{k}  ·  {by_image[k]['crops']} crop{'' if by_image[k]['crops'] == 1 else 's'}",
 )
 record = by_image[chosen]
 info = images.get(chosen)
