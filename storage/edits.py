@@ -19,7 +19,7 @@ from core.grouping.clustering import split_by_kmeans
 from storage import models as m
 from storage.history import check_version, log_edit, move_assignments, register, touch
 from storage.records import ClusterInfo, ClusterMatch, NotFound, StorageError, display_name, palette_color
-from storage.results import ResultStore
+from storage.image_classes import ImageClassStore
 from storage.workspace import chunks
 
 
@@ -133,7 +133,7 @@ register(("carry_names",), _carry_names(True), _carry_names(False))
 # ---------------------------------------------------------------- the operations
 
 
-class EditStore(ResultStore):
+class EditStore(ImageClassStore):
     """Engineer edits of a run's clusters and assignments (logged, undoable)."""
 
     def _cluster_for_edit(self, session: Session, cluster_id: int, expected: int | None) -> m.Cluster:

@@ -179,6 +179,7 @@ class Assignment(Base):
     __table_args__ = (
         UniqueConstraint("run_id", "region_id", name="uq_assignments_run_region"),
         Index("ix_assignments_cluster_confidence", "cluster_id", "confidence"),
+        Index("ix_assignments_run_region_live", "run_id", "region_id", "cluster_id", "is_normal"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)

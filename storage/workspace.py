@@ -113,6 +113,11 @@ class Workspace:
         candidate = Path(path)
         return str(candidate if candidate.is_absolute() else self.workspace / candidate)
 
+    def _absolute_many(self, paths: Iterable[str | None]) -> list[str | None]:
+        """_absolute of many stored paths at once (no Path object per path: 50,000 in milliseconds)."""
+        prefix = str(self.workspace).rstrip(os.sep) + os.sep
+        return [p if p is None or p.startswith(os.sep) else prefix + p for p in paths]
+
     @staticmethod
     def _get(session: Session, model: type, key: int, what: str) -> Any:
         """The row of `model` with primary key `key`; NotFound naming `what` when absent."""

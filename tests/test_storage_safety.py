@@ -212,7 +212,7 @@ def test_migrations_create_exactly_the_models(database_url: str) -> None:
     engine = db.create_studio_engine(database_url)
     assert db.current_revision(engine) is None
     db.upgrade(engine)
-    assert db.current_revision(engine) == db.head_revision() == "0005"
+    assert db.current_revision(engine) == db.head_revision() == "0006"
     with engine.connect() as connection:
         context = MigrationContext.configure(connection, opts={"compare_type": True})
         assert compare_metadata(context, m.Base.metadata) == []

@@ -1,6 +1,7 @@
 """A run's data as the pages show it, cached by the run's *revision* (the versions of its clusters,
 bumped by every edit), so a rerun that did not change the run reuses the points, clusters and
-figure instead of re-querying 5,000 regions."""
+figure instead of re-querying 50,000 regions; what no edit changes (the points' positions, images
+and files) is read once per run."""
 
 from __future__ import annotations
 
@@ -18,13 +19,19 @@ def run_revision(store: Store, run_id: int) -> tuple[tuple[int, int], ...]:
     Each edit (and each undo / redo) bumps the version of the clusters it touches, so the
     fingerprint changes exactly when the plot, gallery or exports could change.
     """
-    return tuple((c.id, c.version) for c in store.list_clusters(run_id, include_merged=True))
+    return store.cluster_versions(run_id)
+
+
+@st.cache_resource(max_entries=4, show_spinner=False)
+def umap_geometry(_store: Store, store_url: str, run_id: int) -> pd.DataFrame:
+    """What no edit changes of a run's points (storage.umap_geometry), read once per run; do not mutate."""
+    return _store.umap_geometry(run_id)
 
 
 @st.cache_resource(max_entries=16, show_spinner=False)
 def umap_points(_store: Store, store_url: str, run_id: int, revision: tuple) -> pd.DataFrame:
     """UMAP points of a run (storage.umap_points), cached per revision; do not mutate."""
-    return _store.umap_points(run_id)
+    return _store.umap_points(run_id, umap_geometry(_store, store_url, run_id))
 
 
 @st.cache_resource(max_entries=16, show_spinner=False)
