@@ -561,3 +561,19 @@ def test_cards_count_clusters_with_regions_and_the_three_normal_states_apart(tmp
              for i in range(len(t.x)) if t.marker.symbol[i] == figures.SYMBOL_NO_ANOMALY]
     assert [r for r, _ in rings] == [placeholder.id] and "rgba(0,0,0,0)" not in str(rings[0][1])  # visible
     store.close()
+
+
+def test_colour_by_confidence_keeps_the_traces_and_colours_points_on_one_scale(filled):
+    points, clusters = filled.store.umap_points(filled.run_id), filled.store.list_clusters(filled.run_id)
+    by_cluster = figures.umap_figure(points, clusters)
+    by_confidence = figures.umap_figure(points, clusters, colour="confidence")
+    assert [t.name for t in by_confidence.data] == [t.name for t in by_cluster.data]
+    for trace in by_confidence.data:
+        confidence = points.set_index("region_id").loc[[int(r) for r in trace.customdata[:, 0]], "confidence"]
+        assert list(trace.marker.color) == pytest.approx(confidence.tolist(), abs=1e-6)
+    assert sum(bool(t.marker.showscale) for t in by_confidence.data) == 1
+    with pytest.raises(ValueError, match="colour must be one of"):
+        figures.umap_figure(points, clusters, colour="rainbow")
+    at = page("explore", filled).run()
+    at.radio(key="explore_colour_by").set_value("confidence").run()
+    no_exception(at)

@@ -29,6 +29,8 @@ NO_ANOMALY_TRACE = "○ no anomaly found (strongest spot or whole image)"
 NORMAL_COLOR = "#b0b7c3"
 #: Marker symbols (plotly's numeric codes, sent as one typed array): a region, a placeholder, a marked one.
 SYMBOL_REGION, SYMBOL_NO_ANOMALY, SYMBOL_MARKED = 0, 100, 4
+#: What the plot can colour its points by.
+COLOUR_BY = ("cluster", "confidence")
 #: Above this many points the scatter uses WebGL (Scattergl); below, SVG (crisper, any browser).
 WEBGL_MIN_POINTS = 1500
 #: Longest label drawn in a legend or on an axis; longer names are cut with an ellipsis.
@@ -58,8 +60,17 @@ def _symbols(part: pd.DataFrame, marked: pd.Series) -> np.ndarray:
     return symbols
 
 
+def _colours(part: pd.DataFrame, colour: str, by: str, with_scale: bool) -> dict[str, Any]:
+    """The marker colours of a trace: its cluster's colour, or each point's confidence on one shared scale."""
+    if by == "cluster":
+        return {"color": colour}
+    scale = dict(title=dict(text="confidence", side="right"), thickness=12, len=0.6) if with_scale else None
+    return {"color": part["confidence"].to_numpy(np.float32), "colorscale": "Viridis", "cmin": 0.0, "cmax": 1.0,
+            "showscale": with_scale, "colorbar": scale}
+
+
 def umap_figure(points: pd.DataFrame, clusters: Sequence[ClusterInfo], selected: Collection[int] = (),
-                height: int = 560) -> go.Figure:
+                height: int = 560, colour: str = COLOUR_BY[0]) -> go.Figure:
     """The UMAP scatter: one trace per cluster holding every region of it, so its legend count is
     the cluster's region count (as in the Clusters table and the pickers). Placeholders of images
     with no anomaly found are hollow rings, regions marked normal crosses, each explained by a
@@ -68,7 +79,10 @@ def umap_figure(points: pd.DataFrame, clusters: Sequence[ClusterInfo], selected:
     Every point carries [region id, confidence] as custom_data (one binary array per trace) so a
     box / lasso selection reports region ids whatever trace the point is in. The `selected` region
     ids are drawn highlighted (plotly's selectedpoints), so the selection stays visible after any rerun.
+    `colour` "confidence" colours every point by its confidence on one scale instead of by cluster.
     """
+    if colour not in COLOUR_BY:
+        raise ValueError(f"colour must be one of {COLOUR_BY}, not {colour!r}")
     large = len(points) >= WEBGL_MIN_POINTS
     trace_type = go.Scattergl if large else go.Scatter
     marker_size = 5 if large else 8
@@ -86,13 +100,14 @@ def umap_figure(points: pd.DataFrame, clusters: Sequence[ClusterInfo], selected:
             continue
         suffix = " · normal" if cluster.is_normal else ""
         name = f"{plot_text(cluster.display_name)}{suffix}"
+        traced = any(t.customdata is not None for t in figure.data)
         selected_points = (np.flatnonzero(np.isin(part["region_id"].to_numpy(), chosen)).astype(np.int32)
                            if len(chosen) else None)
         figure.add_trace(trace_type(
             x=part["x"].to_numpy(np.float32), y=part["y"].to_numpy(np.float32), mode="markers",
             name=f"{name} ({cluster.region_count:,})", customdata=_custom_data(part),
-            marker=dict(color=NORMAL_COLOR if cluster.is_normal else cluster.color, size=marker_size, opacity=0.85,
-                        symbol=_symbols(part, marked),
+            marker=dict(**_colours(part, NORMAL_COLOR if cluster.is_normal else cluster.color, colour, not traced),
+                        size=marker_size, opacity=0.85, symbol=_symbols(part, marked),
                         line=dict(width=1.5 if none_found.loc[part.index].any() else 0, color=cluster.color)),
             hovertemplate=(f"<b>{plot_text(cluster.display_name, 80)}{suffix}</b><br>region %{{customdata[0]:.0f}} · "
                            "confidence %{customdata[1]:.2f}<br><i>select it to see its crop beside the plot</i>"

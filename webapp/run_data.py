@@ -40,6 +40,13 @@ def image_classes_of(_store: Store, store_url: str, run_id: int, revision: tuple
     return _store.image_classes(run_id)
 
 
+@st.cache_resource(max_entries=64, show_spinner=False)
+def image_class_of(_store: Store, store_url: str, run_id: int, revision: tuple, image: str) -> ImageClass | None:
+    """The fused class of one image of a run (the image view of a large run fuses only it), per revision."""
+    found = _store.image_classes(run_id, images=[image])
+    return found[0] if found else None
+
+
 @st.cache_resource(max_entries=16, show_spinner=False)
 def clusters_of(_store: Store, store_url: str, run_id: int, revision: tuple) -> list[ClusterInfo]:
     """The run's live clusters with counts, cached per revision."""
@@ -48,9 +55,9 @@ def clusters_of(_store: Store, store_url: str, run_id: int, revision: tuple) -> 
 
 @st.cache_resource(max_entries=8, show_spinner=False)
 def cached_umap_figure(_store: Store, store_url: str, run_id: int, revision: tuple,
-                       selected: tuple[int, ...] = ()) -> go.Figure:
-    """The UMAP figure of a run with its selection highlighted, built once per revision and
-    selection (the same object on every rerun that changes neither)."""
+                       selected: tuple[int, ...] = (), colour: str = "cluster") -> go.Figure:
+    """The UMAP figure of a run with its selection highlighted, built once per revision, selection
+    and colouring (the same object on every rerun that changes none of them)."""
     points = umap_points(_store, store_url, run_id, revision)
     clusters = clusters_of(_store, store_url, run_id, revision)
-    return umap_figure(points, clusters, selected)
+    return umap_figure(points, clusters, selected, colour=colour)
