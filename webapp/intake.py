@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from core.dataset import DatasetError, load_dataset
+from core.detection.template import pair_by_name
+from core.evaluation.coco import find_annotations
 from core.imageio import is_image_file
 from core.records import GOOD, Manifest
 from storage import ProjectInfo, Store
@@ -49,13 +51,29 @@ class DataSummary:
     labeled_dir: Path | None = None
     labeled_classes: dict[str, int] = field(default_factory=dict)  # class -> crop count
     manifest: Manifest | None = None
+    annotations: Path | None = None  # COCO region-level ground truth (core.evaluation.coco.find_annotations)
+    n_paired: int = 0  # images with their own reference (<id>_test with normal/<id>_temp): template comparison
+
+    @property
+    def templates(self) -> bool:
+        """Every image has its own reference: the detector's auto choice is the template comparison."""
+        return bool(self.n_unlabeled) and self.n_paired == self.n_unlabeled
+
+    @property
+    def has_ground_truth(self) -> bool:
+        """Image classes (MVTec layout) or region-level annotations: the runs get quality metrics."""
+        return bool(self.gt_classes) or self.annotations is not None
 
     @property
     def detector_mode(self) -> str:
-        """How anomaly maps will be made: imported, PatchCore on the references, or zero-shot."""
+        """How anomaly maps will be made, as the detector's auto choice decides (core.detection)."""
         if self.n_maps:
             return "imported maps"
-        return "built-in detector (PatchCore)" if self.n_normal else "built-in detector (zero-shot)"
+        if self.templates:
+            return "built-in detector (template comparison: each image against its own reference)"
+        if self.n_normal:
+            return f"built-in detector (learns what normal looks like from the {self.n_normal} normal images)"
+        return "built-in detector (zero-shot)"
 
 
 def labeled_set_classes(folder: Path) -> dict[str, int]:
@@ -111,6 +129,8 @@ def summarize_dataset(root: Path | str, maps_dir: Path | str | None = None,
             summary.labeled_classes = labeled_set_classes(summary.labeled_dir)
         except DatasetError as error:
             summary.problems.append(str(error))
+    summary.annotations = find_annotations(manifest.root)
+    summary.n_paired = len(pair_by_name(manifest.unlabeled, manifest.normal)) if manifest.normal else 0
     summary.missing = _missing_notes(summary)
     return summary
 
@@ -118,16 +138,22 @@ def summarize_dataset(root: Path | str, maps_dir: Path | str | None = None,
 def _missing_notes(summary: DataSummary) -> list[str]:
     notes = []
     if not summary.n_maps:
-        if summary.n_normal:
-            notes.append("No anomaly maps: the built-in detector (PatchCore) learns from the "
-                          f"{summary.n_normal} normal images.")
+        if summary.templates:
+            notes.append(f"No anomaly maps: the built-in detector compares each of the {summary.n_unlabeled} images "
+                         "with its own reference (template comparison).")
+        elif summary.n_normal:
+            notes.append("No anomaly maps: the built-in detector learns from the "
+                         f"{summary.n_normal} normal images.")
         else:
             notes.append("No anomaly maps and no normal images: the built-in detector runs in "
                          "zero-shot mode (each image is compared with the others).")
     elif summary.maps_dir and summary.n_maps < summary.n_unlabeled:
         notes.append(f"Maps were found for {summary.n_maps} of {summary.n_unlabeled} images; "
                      "the others are listed under problems.")
-    if not summary.gt_classes:
+    if summary.annotations is not None and not summary.gt_classes:
+        notes.append(f"Ground truth: {summary.annotations.name} annotates defect regions; quality metrics (NMI, "
+                     "ARI, F1) are computed on regions.")
+    elif not summary.gt_classes:
         notes.append("No ground-truth classes: discovery works, but no quality metrics (NMI, ARI, F1).")
     elif not summary.n_gt_masks:
         notes.append("No ground-truth masks: pixel-level detector scores cannot be computed.")
@@ -156,7 +182,7 @@ def create_project(store: Store, name: str, summary: DataSummary) -> ProjectInfo
         "labeled_classes": summary.labeled_classes,
         "n_normal": summary.n_normal,
         "n_unlabeled": summary.n_unlabeled,
-        "has_ground_truth": bool(summary.gt_classes),
+        "has_ground_truth": summary.has_ground_truth,
         "problems": summary.problems[:200],
     }
     project = store.create_project(name, str(summary.root), settings)

@@ -8,6 +8,7 @@ import pandas as pd
 import streamlit as st
 
 from core.dataset import DatasetError
+from core.evaluation.coco import find_annotations
 from storage import ProjectInfo
 from webapp import intake, messages, navigation, uploads, widgets
 from webapp.intake import DataSummary
@@ -189,7 +190,7 @@ def project_overview(project: ProjectInfo) -> None:
         notes.append("No anomaly maps yet: make them on 'Detection & MEBin' (or let Discover make them).")
     if not roles.get("normal"):
         notes.append("No normal reference images: the built-in detector runs in zero-shot mode.")
-    if not gt:
+    if not gt and find_annotations(project.data_root) is None:
         notes.append("No ground truth: discovery works, quality metrics are not available.")
     if project.settings.get("labeled_dir"):
         classes = project.settings.get("labeled_classes") or {}
