@@ -348,6 +348,19 @@ def test_labels_page_promotes_named_clusters(filled):
     assert "Only one finished run" in texts(at)
 
 
+def test_the_promote_button_says_what_it_does_with_regions_marked_normal(filled):
+    """Issue 24, defect 6: the help said regions marked normal are skipped; they become 'normal' labels."""
+    store = filled.store
+    store.rename_cluster(filled.cluster_ids[0], "scratch")
+    marked = next(a.region.id for a in store.run_assignments(filled.run_id) if a.cluster_id == filled.cluster_ids[0])
+    store.mark_regions_normal(filled.run_id, [marked])
+    at = page("labels", filled).run()
+    promote = at.button(key="labels_promote")
+    assert "skipped" not in promote.help and "labeled 'normal'" in promote.help
+    promote.click().run()
+    assert store.labeled_set(filled.project_id)[marked] == "normal"  # what the help says
+
+
 def test_labels_page_compares_runs_and_carries_names(filled):
     store = filled.store
     store.rename_cluster(filled.cluster_ids[0], "scratch")

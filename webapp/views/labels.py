@@ -102,10 +102,13 @@ with left:
         )
         if st.button(f"Add the {len(named)} named clusters to the labeled set", icon=":material/new_label:",
                      type="primary", key="labels_promote",
-                     help="Each region of a named cluster gets its cluster's name as its label. "
-                          "Regions marked normal are skipped. Undo on the Explore page reverts it."):
+                     help="Each region of a named cluster gets its cluster's name as its label; regions you "
+                          "marked normal (or of a cluster you marked normal) are labeled 'normal', so the next run "
+                          "learns them as normal. Left out: the model's own normal cluster, unnamed clusters and "
+                          "images where no anomaly was found. Undo on the Explore page reverts it."):
             messages.perform(lambda: store.promote_to_labels(run_id),
-                       lambda n: f"{n} regions are now labeled with their cluster's name.")
+                             lambda n: f"{n} regions are now labeled: with their cluster's name, or 'normal' where "
+                                       "you marked them normal.")
             st.rerun()
 with right:
     if labeled_set:
