@@ -49,3 +49,5 @@ def test_detection_counts_agree_with_the_crops_and_the_override_caption_with_wha
         recorded = [r for r in workspace.image_regions(project.id, image) if not r.weak and r.area > 0]
         assert len(recorded) == promised, (threshold, caption)
         assert any(f"threshold {threshold}, {promised} crop(s)" in s.value for s in at.success)
+    # Making the maps again says it replaces the thresholds set by hand (it dropped them silently).
+    assert any("set by hand" in w.value and "are replaced" in w.value for w in at.warning)

@@ -235,10 +235,17 @@ def maps_form(project: ProjectInfo, has_normal: bool) -> None:
         ready = True
         if method in ("patchcore", "learned") and not has_normal:
             st.caption(f"No normal references in this project: {method} falls back to zero-shot.")
+    overrides = store.threshold_overrides(project.id)
+    if overrides:  # the new maps get MEBin's own thresholds: say so instead of dropping them silently
+        shown = ", ".join(f"{widgets.literal(image)} at {t}" for image, t in list(overrides.items())[:5])
+        st.warning(f"New maps get MEBin's own thresholds: the {len(overrides)} threshold(s) you set by hand "
+                   f"({shown}{' ...' if len(overrides) > 5 else ''}) are replaced. Finished runs keep theirs.",
+                   icon=":material/warning:")
     if st.button("Make maps and run MEBin", type="primary", disabled=not ready, key="maps_start",
                  icon=":material/play_arrow:"):
         run_id = jobs.start_job(store, project.id, jobs.DETECT, settings)
-        messages.flash("success", f"Detection started (run #{run_id}).")
+        messages.flash("success", f"Detection started (run #{run_id})."
+                       + (f" The {len(overrides)} threshold(s) set by hand are replaced by MEBin's." if overrides else ""))
         st.rerun()
 
 
