@@ -44,6 +44,10 @@ MAX_LOSS_POINTS = 1500
 PROGRESS_INTERVAL_S = 0.5
 #: The remaining time is measured over the bar's movement in this many recent seconds.
 RATE_WINDOW_S = 30.0
+#: The estimate stays within this factor of the time left at the job's average speed.
+LINEAR_BAND = 1.25
+#: Less movement than this in the window counts as standing still.
+MIN_MOVE = 0.002
 
 
 class JobCancelled(Exception):
@@ -78,16 +82,27 @@ class StepSpan:
 
 
 class RemainingTime:
-    """Seconds left, from the bar's measured speed over the last RATE_WINDOW_S seconds (smoothed)."""
+    """Seconds left, from the bar's speed: the recent speed (last RATE_WINDOW_S seconds, smoothed)
+    kept within a factor LINEAR_BAND of the whole job's average speed.
+
+    The average anchors the estimate: a bar that barely moved in the window no longer makes it
+    jump to hours (80 % for 130 s said "49 min"), and a stall no longer runs it down to "0 s" and
+    keeps it there (98 % for 156 s said "1 s"): while the bar stands still the estimate runs down
+    with the clock, but never below the average's time left divided by the band, which grows with
+    the elapsed time.
+    """
 
     def __init__(self, window_s: float = RATE_WINDOW_S) -> None:
         self.window_s = window_s
         self.samples: deque[tuple[float, float]] = deque()
         self.estimate: float | None = None
         self._estimated_at = 0.0
+        self._start: float | None = None
 
     def update(self, now: float, progress: float) -> float | None:
         """Add a sample (monotonic seconds, bar 0..1); returns the estimate or None while too early."""
+        if self._start is None:
+            self._start = now
         self.samples.append((now, progress))
         while len(self.samples) > 2 and now - self.samples[1][0] >= self.window_s:
             self.samples.popleft()
@@ -95,19 +110,21 @@ class RemainingTime:
         span, moved = now - first_time, progress - first_progress
         if span < 3.0 or progress < 0.01:
             return None
-        if moved <= 0:  # the bar stands still: the old estimate runs down, it does not jump
-            if self.estimate is not None:
-                self.estimate = max(0.0, self.estimate - (now - self._estimated_at))
-                self._estimated_at = now
-            return self.estimate
-        measured = (1.0 - progress) * span / moved
-        if self.estimate is None:
-            self.estimate = measured
+        linear = linear_remaining(now - self._start, progress)
+        carried = None if self.estimate is None else max(0.0, self.estimate - (now - self._estimated_at))
+        if moved <= MIN_MOVE:  # the bar stands still: the estimate runs down, never below the band
+            estimate = linear if carried is None else carried
         else:
-            carried = max(0.0, self.estimate - (now - self._estimated_at))
-            self.estimate = 0.6 * carried + 0.4 * measured
+            measured = (1.0 - progress) * span / moved
+            estimate = measured if carried is None else 0.6 * carried + 0.4 * measured
+        self.estimate = min(max(estimate, linear / LINEAR_BAND), linear * LINEAR_BAND)
         self._estimated_at = now
         return self.estimate
+
+
+def linear_remaining(elapsed: float, progress: float) -> float:
+    """Seconds left if the rest of the bar moves at the whole job's average speed so far."""
+    return elapsed * (1.0 - progress) / max(progress, 1e-6)
 
 
 class Reporter:

@@ -14,6 +14,7 @@ import pandas as pd
 import streamlit as st
 
 from storage import CANCELLED, DONE, FAILED, QUEUED, RUNNING, RunInfo
+from webapp.progress import LINEAR_BAND, linear_remaining
 
 #: Badge color per run status.
 STATUS_COLORS = {QUEUED: "gray", RUNNING: "blue", DONE: "green", FAILED: "red", CANCELLED: "orange"}
@@ -76,18 +77,19 @@ def run_elapsed(run: RunInfo, now: datetime | None = None) -> float | None:
 
 def run_remaining(run: RunInfo, now: datetime | None = None) -> float | None:
     """Seconds left: the worker's estimate from the bar's measured speed, run down since it was
-    written; before the worker has one, a linear estimate; None while too early to say."""
+    written but not below the average speed's time left over the band (a stalled worker writes
+    nothing); before the worker has one, the average speed's; None while too early to say."""
     if run.status != RUNNING:
         return 0.0 if run.status == DONE else None
     measured = (run.timings or {}).get("remaining_s")
     written = as_utc(run.heartbeat_at)
+    elapsed = run_elapsed(run, now)
+    linear = None if elapsed is None or run.progress < 0.03 or elapsed < 2 else linear_remaining(elapsed, run.progress)
     if isinstance(measured, (int, float)) and written is not None:
         since = ((as_utc(now) or datetime.now(timezone.utc)) - written).total_seconds()
-        return max(0.0, float(measured) - max(0.0, since))
-    elapsed = run_elapsed(run, now)
-    if elapsed is None or run.progress < 0.03 or elapsed < 2:
-        return None
-    return elapsed * (1.0 - run.progress) / run.progress
+        # a stalled worker writes nothing: run down, but not below the band around the average speed
+        return max(0.0, float(measured) - max(0.0, since), (linear or 0.0) / LINEAR_BAND)
+    return linear
 
 
 def classes_text(run: RunInfo) -> str:
