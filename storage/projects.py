@@ -6,7 +6,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
 from core.records import ImageRecord
@@ -131,6 +131,30 @@ class ProjectStore(Workspace):
             if role is not None:
                 query = query.where(m.Image.role == role)
             return [image_info(r) for r in session.scalars(query.order_by(m.Image.relpath))]
+
+    def project_counts(self, project_id: int) -> dict[str, dict[str, int] | int]:
+        """What the Projects page tells of a project, counted in the database (a list of 25,000 images
+        and 50,000 regions took seconds): images per role, per size ('W x H') and per ground-truth
+        class of the images to inspect, anomaly maps, current regions."""
+        with self._session() as session:
+            connection = session.connection()
+            image = m.Image.project_id == project_id
+
+            def grouped(*columns: Any, where: Any = image) -> list[Any]:
+                return connection.execute(select(*columns, func.count()).where(where).group_by(*columns)).all()
+
+            sizes = {f"{w} x {h}": int(n) for w, h, n in grouped(m.Image.width, m.Image.height,
+                                                               where=image & m.Image.width.is_not(None))}
+            return {
+                "roles": {role: int(n) for role, n in grouped(m.Image.role)},
+                "sizes": dict(sorted(sizes.items(), key=lambda item: -item[1])),
+                "gt_classes": {c: int(n) for c, n in grouped(m.Image.gt_class, where=image & (m.Image.role == "unlabeled")
+                                                            & m.Image.gt_class.is_not(None) & (m.Image.gt_class != ""))},
+                "maps": int(connection.scalar(select(func.count(m.AnomalyMap.id)).join(
+                    m.Image, m.Image.id == m.AnomalyMap.image_id).where(image)) or 0),
+                "regions": int(connection.scalar(select(func.count(m.Region.id)).where(
+                    m.Region.project_id == project_id, m.Region.is_current.is_(True))) or 0),
+            }
 
     def get_image(self, project_id: int, relpath: str) -> ImageInfo:
         """One image by relpath; NotFound if absent."""

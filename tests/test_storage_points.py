@@ -44,3 +44,16 @@ def test_image_classes_of_some_images_are_those_of_all(filled):
     chosen = sorted(everything)[3:5]
     assert {c.image: c for c in store.image_classes(run_id, images=chosen)} == {i: everything[i] for i in chosen}
     assert store.image_classes(run_id, images=[]) == []
+
+
+def test_project_counts_are_those_of_the_lists(filled):
+    from collections import Counter
+
+    store = filled.store
+    images = store.list_images(filled.project_id)
+    counts = store.project_counts(filled.project_id)
+    assert counts["roles"] == dict(Counter(i.role for i in images))
+    assert counts["sizes"] == dict(Counter(f"{i.width} x {i.height}" for i in images if i.width))
+    assert counts["gt_classes"] == dict(Counter(i.gt_class for i in images if i.role == "unlabeled" and i.gt_class))
+    assert counts["regions"] == len(store.list_regions(filled.project_id)) > 0
+    assert counts["maps"] == len(store.list_maps(filled.project_id)) == 0

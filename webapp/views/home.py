@@ -165,11 +165,8 @@ def demo_card(primary: bool, key: str) -> None:
 
 def project_overview(project: ProjectInfo) -> None:
     """What the current project holds and what it lacks."""
-    images = store.list_images(project.id)
-    roles = Counter(i.role for i in images)
-    sizes = Counter(f"{i.width} x {i.height}" for i in images if i.width and i.height)
-    maps = store.list_maps(project.id)
-    regions = store.list_regions(project.id)
+    counts = store.project_counts(project.id)
+    roles, sizes, maps, regions = counts["roles"], Counter(counts["sizes"]), counts["maps"], counts["regions"]
     runs = store.list_runs(project.id)
     done = [r for r in runs if r.kind == "discover" and r.status == "done"]
     st.subheader(widgets.literal(project.name), anchor=False)
@@ -180,11 +177,11 @@ def project_overview(project: ProjectInfo) -> None:
     widgets.metric_cards([
         ("To inspect", roles.get("unlabeled", 0), "Images to discover defect classes in"),
         ("Normal", roles.get("normal", 0), "Defect-free reference images for the detector"),
-        ("Maps", len(maps), "Anomaly maps recorded"),
-        ("Regions", len(regions), "Anomaly-centred crops cut by MEBin"),
+        ("Maps", maps, "Anomaly maps recorded"),
+        ("Regions", regions, "Anomaly-centred crops cut by MEBin"),
         ("Runs done", len(done), "Finished discovery runs"),
     ])
-    gt = Counter(i.gt_class for i in images if i.role == "unlabeled" and i.gt_class)
+    gt = counts["gt_classes"]
     notes = []
     if not maps:
         notes.append("No anomaly maps yet: make them on 'Detection & MEBin' (or let Discover make them).")
