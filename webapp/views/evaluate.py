@@ -27,7 +27,7 @@ assert project_id is not None and run_id is not None
 st.title("Evaluate", anchor=False)
 
 region_truth = bool(store.list_labels(project_id, SOURCE_GROUND_TRUTH))
-has_truth = region_truth or any(image.gt_class for image in store.list_images(project_id, role="unlabeled"))
+has_truth = region_truth or bool(store.project_counts(project_id)["gt_classes"])  # counted, not listed
 if not has_truth:
     empty_state("No ground truth in this project",
                 "Metrics need ground-truth classes: the MVTec layout's test/<class>/ folders, or COCO "
