@@ -74,6 +74,9 @@ def test_pickers_follow_the_page_when_switching(two_projects, browser):  # noqa:
     newest_of_two, older_of_two = max(runs[project_two]), min(runs[project_two])
     page = browser.new_page(viewport={"width": 1440, "height": 900})
     page.set_default_timeout(30_000)
+    elsewhere: list[str] = []  # requests to any other host: the app must work offline (its icon included)
+    page.on("request", lambda request: elsewhere.append(request.url)
+            if not request.url.startswith((url, "data:", "blob:")) else None)
     try:
         page.goto(f"{url}/explore?project={project_two}&run={older_of_two}")
         settle(page)
@@ -112,5 +115,8 @@ def test_pickers_follow_the_page_when_switching(two_projects, browser):  # noqa:
         goto(page, "Export")
         assert f"(#{project_two})" in sidebar_box(page, "Project")
         assert f"project={project_two}" in page.url
+        icon = page.evaluate("() => document.querySelector('link[rel*=icon]').href")
+        assert icon.startswith(url), icon
+        assert not elsewhere, elsewhere
     finally:
         page.close()

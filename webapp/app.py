@@ -17,6 +17,7 @@ if str(ROOT) not in sys.path:
 import streamlit as st  # noqa: E402
 
 from webapp.navigation import restore_from_url  # noqa: E402
+from webapp.page_icon import page_icon  # noqa: E402
 from webapp.workspace import get_store  # noqa: E402
 
 VIEWS = Path(__file__).resolve().parent / "views"
@@ -44,7 +45,7 @@ def build_navigation() -> dict[str, list[st.Page]]:
 
 
 def main() -> None:
-    st.set_page_config(page_title="Defect Discovery Studio", page_icon=":material/biotech:", layout="wide")
+    st.set_page_config(page_title="Defect Discovery Studio", page_icon=page_icon(), layout="wide")  # local: works offline
     navigation = st.navigation(build_navigation())
     get_store()  # opens the workspace (and marks runs whose worker died as failed) once
     restore_from_url()  # a reload or a shared link shows the project and run of its URL
