@@ -27,6 +27,23 @@ PAGE_SIZE = GALLERY_COLUMNS * GALLERY_ROWS
 IMAGE_CHOICES = 500
 
 
+@st.fragment
+def panels(ctx: ExploreContext, selected: list[int]) -> None:
+    """The tabs beside the plot, as one fragment: paging the gallery, opening a region or picking an
+    image reruns only them (the plot's 50,000 points are not sent again); edits and new selections
+    rerun the whole page."""
+    tab_selection, tab_clusters, tab_image, tab_history = st.tabs(
+        [f"Selection ({len(selected):,})", "Clusters", "Image view", "History"])
+    with tab_selection:
+        selection_tab(ctx, selected)
+    with tab_clusters:
+        clusters_tab(ctx)
+    with tab_image:
+        image_tab(ctx, selected)
+    with tab_history:
+        history_tab(ctx)
+
+
 def open_region(ctx: ExploreContext, region_id: int) -> None:
     """Show one region with its image (a thumbnail's label was clicked)."""
     st.session_state[selection.FOCUS_KEY] = int(region_id)
@@ -56,9 +73,12 @@ def focused_region_panel(ctx: ExploreContext) -> None:
             labels = [f"#{a.region.id}" for a in boxes]
             image_col.image(draw_boxes(picture, [a.region.box for a in boxes], colors, labels),
                             caption=f"{literal(image_rel)} · region #{int(focus)} in red", width="stretch")
-        if st.button("Close", key="explore_focus_close", icon=":material/close:"):
-            st.session_state.pop(selection.FOCUS_KEY, None)
-            st.rerun()
+        st.button("Close", key="explore_focus_close", icon=":material/close:",
+                  on_click=lambda: st.session_state.pop(selection.FOCUS_KEY, None))
+
+
+def _set_page(page: int) -> None:
+    st.session_state[selection.PAGE_KEY] = page
 
 
 def gallery(ctx: ExploreContext, shown_ids: list[int]) -> None:
@@ -67,13 +87,11 @@ def gallery(ctx: ExploreContext, shown_ids: list[int]) -> None:
     page = min(int(st.session_state.get(selection.PAGE_KEY, 0)), pages - 1)
     if pages > 1:
         nav = st.container(horizontal=True, vertical_alignment="center")
-        if nav.button("Previous", icon=":material/chevron_left:", disabled=page == 0, key="gallery_prev"):
-            st.session_state[selection.PAGE_KEY] = page - 1
-            st.rerun()
+        nav.button("Previous", icon=":material/chevron_left:", disabled=page == 0, key="gallery_prev",
+                   on_click=_set_page, args=(page - 1,))
         nav.caption(f"Page {page + 1} of {pages:,}")
-        if nav.button("Next", icon=":material/chevron_right:", disabled=page >= pages - 1, key="gallery_next"):
-            st.session_state[selection.PAGE_KEY] = page + 1
-            st.rerun()
+        nav.button("Next", icon=":material/chevron_right:", disabled=page >= pages - 1, key="gallery_next",
+                   on_click=_set_page, args=(page + 1,))
     on_page = shown_ids[page * PAGE_SIZE : (page + 1) * PAGE_SIZE]
     with st.container(key="explore_gallery"):
         for row_start in range(0, len(on_page), GALLERY_COLUMNS):
@@ -83,10 +101,9 @@ def gallery(ctx: ExploreContext, shown_ids: list[int]) -> None:
                 crop, mask = ctx.files_of(int(region_id))
                 cell.image(thumbnail(crop, mask, THUMB_SIZE), width="stretch")
                 name = str(point["cluster_name"])
-                if cell.button(f"#{int(region_id)} · {float(point['confidence']):.2f}", key=f"open_{region_id}",
-                               type="tertiary", help=f"Open region #{int(region_id)} in its image ({literal(name)})"):
-                    open_region(ctx, int(region_id))
-                    st.rerun()
+                cell.button(f"#{int(region_id)} · {float(point['confidence']):.2f}", key=f"open_{region_id}",
+                            type="tertiary", help=f"Open region #{int(region_id)} in its image ({literal(name)})",
+                            on_click=open_region, args=(ctx, int(region_id)))
                 cell.caption(STATE_NO_ANOMALY if point["state"] == STATE_NO_ANOMALY else literal(short(name, 14)))
 
 

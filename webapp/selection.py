@@ -2,7 +2,8 @@
 or a clicked thumbnail, and read by the gallery, the edit forms and the Export page.
 
 The chart's on_select callback writes it, reading the chart's state as a mapping (so AppTest can
-set it); the figure shows it as `selectedpoints` so the highlight survives every rerun.
+set it); the figure shows it as `selectedpoints` so the highlight survives every rerun, except a
+selection drawn on the plot itself, which plotly keeps showing until the run changes (`highlighted`).
 """
 
 from __future__ import annotations
@@ -24,6 +25,10 @@ LAST_CHART_KEY = "explore_last_chart_selection"
 PAGE_KEY = "explore_gallery_page"
 #: The region opened from the gallery (its crop, image and cluster are shown).
 FOCUS_KEY = "explore_focus_region"
+#: The run revision the page shows (set by the page on each full run) ...
+REVISION_KEY = "explore_revision"
+#: ... and the one a selection drawn on the plot was made on: the plot shows that selection itself.
+PLOT_REVISION_KEY = "explore_plot_selection_revision"
 
 
 def region_ids_from_selection(state: Mapping[str, Any] | None) -> list[int]:
@@ -64,6 +69,16 @@ def set_selection(ids: Iterable[int], source: str) -> None:
     st.session_state[SELECTION_KEY] = [int(i) for i in dict.fromkeys(ids)]
     st.session_state[SELECTION_SOURCE_KEY] = source
     st.session_state[PAGE_KEY] = 0
+    st.session_state[PLOT_REVISION_KEY] = st.session_state.get(REVISION_KEY) if source == "plot" else None
+
+
+def highlighted(selected: list[int], revision: tuple) -> tuple[int, ...]:
+    """The selection the figure must draw highlighted: none when the engineer drew it on the plot
+    of this very revision (plotly shows it already, and an unchanged figure is not sent and drawn
+    again: 50,000 points), else the selection (from a cluster, an image, or before an edit)."""
+    if st.session_state.get(SELECTION_SOURCE_KEY) == "plot" and st.session_state.get(PLOT_REVISION_KEY) == revision:
+        return ()
+    return tuple(selected)
 
 
 def on_chart_select() -> None:

@@ -84,7 +84,9 @@ with left:
     colour = st.radio("Colour by", COLOUR_BY, horizontal=True, key="explore_colour_by",
                       help="cluster: one colour per cluster; confidence: how sure the model is of each region "
                            "(the low ones are worth a look)")
-    figure = run_data.cached_umap_figure(store, store.url, run_id, revision, tuple(selected), colour)
+    st.session_state[selection.REVISION_KEY] = revision
+    figure = run_data.cached_umap_figure(store, store.url, run_id, revision, selection.highlighted(selected, revision),
+                                         colour)
     st.plotly_chart(
         figure, key=selection.CHART_KEY, on_select=selection.on_chart_select, selection_mode=("box", "lasso", "points"),
         config={"displaylogo": False, "modeBarButtonsToRemove": ["toImage"], "scrollZoom": True},
@@ -94,15 +96,6 @@ with left:
                "show on the right (the plot cannot show images in its hover). Double-click resets the zoom.")
 
 with right:
-    tab_selection, tab_clusters, tab_image, tab_history = st.tabs(
-        [f"Selection ({len(selected):,})", "Clusters", "Image view", "History"])
-with tab_selection:
-    explore_panels.selection_tab(ctx, selected)
-with tab_clusters:
-    explore_panels.clusters_tab(ctx)
-with tab_image:
-    explore_panels.image_tab(ctx, selected)
-with tab_history:
-    explore_panels.history_tab(ctx)
+    explore_panels.panels(ctx, selected)
 
 ctx.remember_seen()
