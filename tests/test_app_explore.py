@@ -590,3 +590,33 @@ def test_colour_by_confidence_keeps_the_traces_and_colours_points_on_one_scale(f
     at = page("explore", filled).run()
     at.radio(key="explore_colour_by").set_value("confidence").run()
     no_exception(at)
+
+
+def test_a_box_or_lasso_selects_every_region_inside_drawn_or_not(filled):
+    points = filled.store.umap_points(filled.run_id)
+    x0, x1 = float(points["x"].quantile(0.2)), float(points["x"].quantile(0.8))
+    y0, y1 = float(points["y"].min()) - 1, float(points["y"].max()) + 1
+    inside = points[(points["x"] >= x0) & (points["x"] <= x1)]["region_id"].tolist()
+    box = {"selection": {"points": [], "box": [{"x": [x1, x0], "y": [y0, y1]}], "lasso": []}}
+    assert sorted(selection.region_ids_in_shapes(box, points)) == sorted(inside)
+    lasso = {"selection": {"points": [], "box": [], "lasso": [{"x": [x0, x1, x1, x0], "y": [y0, y0, y1, y1]}]}}
+    assert sorted(selection.region_ids_in_shapes(lasso, points)) == sorted(inside)
+    assert selection.region_ids_in_shapes({"selection": {"points": [{"customdata": [3, 0.1]}]}}, points) is None
+    # The page adopts it: all regions inside, though the plot may draw only a sample of them.
+    at = page("explore", filled)
+    at.session_state[selection.CHART_KEY] = box
+    at.run()
+    no_exception(at)
+    assert sorted(at.session_state[selection.SELECTION_KEY]) == sorted(inside)
+
+
+def test_a_large_run_is_drawn_as_a_sample_that_keeps_what_matters(filled):
+    store = filled.store
+    store.mark_regions_normal(filled.run_id, filled.region_ids[:2])
+    points, clusters = store.umap_points(filled.run_id), store.list_clusters(filled.run_id)
+    figure = figures.umap_figure(points, clusters, selected=filled.region_ids[-1:], limit=6)
+    drawn = [int(r) for t in figure.data if t.customdata is not None for r in t.customdata[:, 0]]
+    assert len(drawn) == 6 and set(filled.region_ids[:2] + filled.region_ids[-1:]) <= set(drawn)
+    legend = {t.name for t in figure.data}
+    assert all(f"{c.display_name} ({c.region_count})" in legend for c in clusters if c.region_count)
+    assert figures.drawn_points(points, limit=6).equals(figures.drawn_points(points, limit=6))  # a fixed sample

@@ -17,7 +17,7 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from storage import ClusterInfo
-from storage.records import STATE_NO_ANOMALY
+from storage.records import STATE_DEFECT, STATE_NO_ANOMALY
 from webapp.widgets import CHART_LAYOUT
 
 #: Legend entry of regions marked normal by the engineer (drawn as crosses in their cluster's trace).
@@ -33,6 +33,11 @@ SYMBOL_REGION, SYMBOL_NO_ANOMALY, SYMBOL_MARKED = 0, 100, 4
 COLOUR_BY = ("cluster", "confidence")
 #: Above this many points the scatter uses WebGL (Scattergl); below, SVG (crisper, any browser).
 WEBGL_MIN_POINTS = 1500
+#: The plot draws at most this many points (a fixed sample of a larger run, every region that is
+#: not an ordinary defect and every highlighted one included): box and lasso still select every
+#: region inside them (webapp.selection), and the browser stays quick (a box select over 50,000
+#: WebGL points took 1.4 s in plotly alone, headless Chromium on 2 busy cores).
+DRAWN_POINTS = 15_000
 #: Longest label drawn in a legend or on an axis; longer names are cut with an ellipsis.
 LABEL_CHARS = 32
 
@@ -69,8 +74,19 @@ def _colours(part: pd.DataFrame, colour: str, by: str, with_scale: bool) -> dict
             "showscale": with_scale, "colorbar": scale}
 
 
+def drawn_points(points: pd.DataFrame, keep: Collection[int] = (), limit: int = DRAWN_POINTS) -> pd.DataFrame:
+    """The points the plot draws: all of them up to `limit`, else a fixed random sample of `limit`
+    that holds every region not an ordinary defect and the `keep` ids first (order kept)."""
+    if len(points) <= limit:
+        return points
+    priority = np.random.default_rng(0).random(len(points))
+    first = (points["state"] != STATE_DEFECT) | points["region_id"].isin(list(keep))
+    priority[first.to_numpy()] = -1.0
+    return points.iloc[np.sort(np.argsort(priority, kind="stable")[:limit])]
+
+
 def umap_figure(points: pd.DataFrame, clusters: Sequence[ClusterInfo], selected: Collection[int] = (),
-                height: int = 560, colour: str = COLOUR_BY[0]) -> go.Figure:
+                height: int = 560, colour: str = COLOUR_BY[0], limit: int = DRAWN_POINTS) -> go.Figure:
     """The UMAP scatter: one trace per cluster holding every region of it, so its legend count is
     the cluster's region count (as in the Clusters table and the pickers). Placeholders of images
     with no anomaly found are hollow rings, regions marked normal crosses, each explained by a
@@ -80,6 +96,7 @@ def umap_figure(points: pd.DataFrame, clusters: Sequence[ClusterInfo], selected:
     box / lasso selection reports region ids whatever trace the point is in. The `selected` region
     ids are drawn highlighted (plotly's selectedpoints), so the selection stays visible after any rerun.
     `colour` "confidence" colours every point by its confidence on one scale instead of by cluster.
+    A run of more than `limit` regions is drawn as a sample (drawn_points); the legend counts all.
     """
     if colour not in COLOUR_BY:
         raise ValueError(f"colour must be one of {COLOUR_BY}, not {colour!r}")
@@ -87,7 +104,7 @@ def umap_figure(points: pd.DataFrame, clusters: Sequence[ClusterInfo], selected:
     trace_type = go.Scattergl if large else go.Scatter
     marker_size = 5 if large else 8
     figure = go.Figure()
-    points = points[points["x"].notna() & points["y"].notna()]
+    points = drawn_points(points[points["x"].notna() & points["y"].notna()], selected, limit)
     chosen = np.fromiter((int(i) for i in selected), dtype=np.int64)
     cluster_normal = {c.id: c.is_normal for c in clusters}
     none_found = points["state"] == STATE_NO_ANOMALY

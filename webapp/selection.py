@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+import numpy as np
+import pandas as pd
 import streamlit as st
 
 #: Session-state key of the selected region ids (list[int]).
@@ -59,6 +61,35 @@ def region_ids_from_selection(state: Mapping[str, Any] | None) -> list[int]:
     return list(ids)
 
 
+def inside_polygon(x: np.ndarray, y: np.ndarray, xs: list[float], ys: list[float]) -> np.ndarray:
+    """Which points (x, y) lie inside the polygon (xs, ys): even-odd ray casting, one pass per edge."""
+    inside = np.zeros(len(x), dtype=bool)
+    for i in range(len(xs)):
+        x1, y1, x2, y2 = xs[i - 1], ys[i - 1], xs[i], ys[i]
+        if y1 == y2:
+            continue
+        crosses = (y1 > y) != (y2 > y)
+        inside ^= crosses & (x < (x2 - x1) * (y - y1) / (y2 - y1) + x1)
+    return inside
+
+
+def region_ids_in_shapes(state: Mapping[str, Any] | None, points: pd.DataFrame) -> list[int] | None:
+    """Region ids of every point inside the chart selection's boxes and lassos, drawn or not (the plot
+    may draw a sample of a large run); None when the selection has no box or lasso (clicked points)."""
+    selection = (state or {}).get("selection") if isinstance(state, Mapping) else None
+    if not isinstance(selection, Mapping) or not (selection.get("box") or selection.get("lasso")):
+        return None
+    x, y = points["x"].to_numpy(float), points["y"].to_numpy(float)
+    chosen = np.zeros(len(points), dtype=bool)
+    for box in selection.get("box") or []:
+        (x0, x1), (y0, y1) = sorted(box["x"][:2]), sorted(box["y"][:2])
+        chosen |= (x >= x0) & (x <= x1) & (y >= y0) & (y <= y1)
+    for lasso in selection.get("lasso") or []:
+        chosen |= inside_polygon(x, y, list(lasso["x"]), list(lasso["y"]))
+    clicked = region_ids_from_selection(state) if selection.get("points") and not chosen.any() else []
+    return list(dict.fromkeys([*points.loc[chosen, "region_id"].astype(int).tolist(), *clicked]))
+
+
 def selected_ids() -> list[int]:
     """The current selection (region ids)."""
     return list(st.session_state.get(SELECTION_KEY) or [])
@@ -82,19 +113,35 @@ def highlighted(selected: list[int], revision: tuple) -> tuple[int, ...]:
 
 
 def on_chart_select() -> None:
-    """on_select callback of the UMAP chart: its box / lasso / click selection becomes ours."""
-    ids = region_ids_from_selection(st.session_state.get(CHART_KEY))
-    st.session_state[LAST_CHART_KEY] = ids
-    set_selection(ids, "plot")
+    """on_select callback of the UMAP chart: a new box / lasso / click selection is adopted by
+    sync_chart_selection on the run it starts (which has the points; an empty one clears)."""
+    if not region_ids_from_selection(st.session_state.get(CHART_KEY)) and not _shapes(st.session_state.get(CHART_KEY)):
+        st.session_state[LAST_CHART_KEY] = None
+        set_selection([], "plot")
 
 
-def sync_chart_selection() -> None:
-    """Adopt a chart selection that reached session state without the callback (AppTest sets the
-    chart's state directly). An empty chart state is ignored: after an edit the figure changes
-    and the chart starts empty, which must not drop the engineer's selection."""
-    ids = region_ids_from_selection(st.session_state.get(CHART_KEY))
-    if ids and ids != st.session_state.get(LAST_CHART_KEY):
-        st.session_state[LAST_CHART_KEY] = ids
+def _shapes(state: Any) -> bool:
+    selection = state.get("selection") if isinstance(state, Mapping) else None
+    return isinstance(selection, Mapping) and bool(selection.get("box") or selection.get("lasso"))
+
+
+def sync_chart_selection(points: pd.DataFrame) -> None:
+    """Adopt the chart's selection when it is new: every region inside its boxes and lassos (drawn
+    or not), else the clicked points. An empty chart state is ignored: after an edit the figure
+    changes and the chart starts empty, which must not drop the engineer's selection."""
+    state = st.session_state.get(CHART_KEY)
+    chart = state.get("selection") if isinstance(state, Mapping) else None
+    if not isinstance(chart, Mapping):
+        return
+    clicked = chart.get("points") or []
+    key = repr((chart.get("box"), chart.get("lasso"), len(clicked), clicked[:1], clicked[-1:]))
+    if key == st.session_state.get(LAST_CHART_KEY):
+        return
+    ids = region_ids_in_shapes(state, points)
+    if ids is None:
+        ids = region_ids_from_selection(state)
+    if ids:
+        st.session_state[LAST_CHART_KEY] = key
         set_selection(ids, "plot")
 
 

@@ -15,7 +15,7 @@ import streamlit as st
 from storage.records import STATE_NO_ANOMALY
 from webapp import explore_panels, messages, navigation, run_data, selection
 from webapp.explore_context import ExploreContext, region_states, short, state_cards
-from webapp.figures import COLOUR_BY
+from webapp.figures import COLOUR_BY, DRAWN_POINTS
 from webapp.widgets import empty_state, literal, metric_cards
 from webapp.workspace import get_store
 
@@ -51,7 +51,7 @@ metric_cards([
     *state_cards(states),
 ])
 
-selection.sync_chart_selection()
+selection.sync_chart_selection(points)
 selected = [i for i in selection.selected_ids() if i in ctx.known_ids]
 tools = st.container(horizontal=True, vertical_alignment="center")
 if tools.button("Undo", icon=":material/undo:", disabled=not store.can_undo(run_id), shortcut="Mod+Z",
@@ -93,7 +93,9 @@ with left:
         width="stretch",
     )
     st.caption("UMAP of the region embeddings, one color per cluster. Lasso, box or click points: their crops "
-               "show on the right (the plot cannot show images in its hover). Double-click resets the zoom.")
+               "show on the right (the plot cannot show images in its hover). Double-click resets the zoom."
+               + (f" The plot draws {DRAWN_POINTS:,} of the {len(points):,} regions (a fixed sample); a box or "
+                  "lasso selects every region inside it, drawn or not." if len(points) > DRAWN_POINTS else ""))
 
 with right:
     explore_panels.panels(ctx, selected)
