@@ -119,6 +119,22 @@ def test_more_classes_than_regions(tiny, tmp_path, capsys):
     assert code == 2 and "larger than the number of regions" in err
 
 
+def test_poor_separation_of_the_maps_is_said_before_the_run(tiny, tmp_path, capsys):
+    """maps from `core detect` whose detection.json says they barely separate: the CLI warns first."""
+    import shutil
+
+    from core.detection.separation import separation_report
+
+    root, maps, _ = tiny
+    shutil.copytree(maps, tmp_path / "d" / "maps")
+    poor = separation_report([1.0, 1.1, 0.9, 1.0], [1.0, 1.05, 0.95])
+    (tmp_path / "d" / "detection.json").write_text(json.dumps({"normal_peaks": [], "separation": poor}))
+    code, err = _main(capsys, "--dataset", str(root), "--maps", str(tmp_path / "d" / "maps"), "--out",
+                      str(tmp_path / "o"), "--classes", "100", *TINY)
+    assert code == 2 and f"warning: {poor['warning']}" in err
+    assert err.index("barely tell your images") < err.index("larger than the number of regions")
+
+
 def test_no_anomalies_found(tiny, tmp_path, capsys):
     root, _, manifest = tiny
     for record in manifest.unlabeled:

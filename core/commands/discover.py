@@ -279,6 +279,8 @@ def run(args: argparse.Namespace) -> int:
     record = detection_record(args.maps) if args.maps is not None else DetectionRecord()
     for problem in record.problems:
         print(f"warning: {problem}", file=sys.stderr)
+    if record.separation and record.separation.get("warning"):  # said before any time goes into clusters
+        print(f"warning: {record.separation['warning']}", file=sys.stderr)
     if args.labels is not None and args.labels.suffix.lower() == ".json":
         from core.evaluation.coco import labeled_crops_from_file
 
