@@ -195,6 +195,21 @@ def test_run_settings_become_the_pipeline_config():
     assert decide({"classes": 4}).config.classes == 4
 
 
+def test_settings_stored_by_older_runs_still_decide(project):
+    """A run the database holds from before the settings table (the old form's keys, None for unset
+    fields, a retrain's copied settings) is read by the same table: the worker can rerun it."""
+    store, info = project
+    old = {"classes": "auto", "backbone": "auto", "weights": None, "pretrained": True, "device": "cpu",
+           "batch_size": 32, "lr": None, "tau": 100.0, "seed": 0, "guided": True, "binarizer": "mebin",
+           "representation": "auto", "refine": "references", "fallback": "peak", "prior": "none",
+           "recompute_maps": False, "mebin_sample_rate": 4, "mebin_min_interval_len": 4, "use_labeled_set": True,
+           "labels_from_project": True, "parent_run_id": 1, "epochs": None}
+    stored = store.get_run(store.start_run(info.id, jobs.DISCOVER, old).id).settings
+    decided = decide(stored)
+    assert decided.config.classes is None and decided.config.device == "cpu"
+    assert decided.decisions["backbone"].asked == "auto" and decided.decisions["representation"].asked == "auto"
+
+
 @pytest.mark.slow
 def test_a_run_with_coco_truth_keeps_it_and_the_evaluate_page_scores_what_the_run_recorded(tmp_path):
     """annotations.json at the data set's root: the worker stores the region truth the run matched,
