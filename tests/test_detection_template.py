@@ -8,7 +8,7 @@ import pytest
 
 from core.dataset import load_dataset
 from core.detection import DetectionError, DetectorConfig, detect
-from core.detection.boxes import box_scores, read_coco_boxes
+from core.detection.boxes import box_scores, coco_truth_for_maps
 from core.detection.template import register, template_map
 from core.records import Manifest
 
@@ -119,6 +119,6 @@ def test_template_finds_deeppcb_defects(cpu):
     normal = [r for r in manifest.normal if Path(r.relpath).stem.replace("_temp", "") in ids]
     detection = detect(Manifest(manifest.root, manifest.layout, targets + normal), DetectorConfig(), cpu)
     assert detection.config.method == "template"
-    scores = box_scores(detection.maps, read_coco_boxes(DEEPPCB / "annotations.json"))
+    scores = box_scores(detection.maps, coco_truth_for_maps(DEEPPCB / "annotations.json", detection.maps))
     print("template comparison on 12 DeepPCB images:", scores)
     assert scores["pixel_auroc"] >= 0.8 and scores["defect_recall"] >= 0.95
