@@ -8,9 +8,10 @@ Fixtures (found by name, no import needed):
 - `database_url`: an empty database per test, once on SQLite and once on PostgreSQL.
 - `store`: a Store opened on that database.
 
-Data the tests build (tiny sets, regions, finished runs) lives in builders.py. Heavy libraries
-(torch, timm, streamlit) are imported inside the tests and fixtures that need them, so collecting
-the suite stays fast. `bash dev.sh test -m quick` runs the modules of QUICK_MODULES below.
+Data the tests build (tiny sets, regions, finished runs) lives in builders.py. `bash dev.sh test
+-m quick` runs the modules of QUICK_MODULES below and does not even import the others; none of
+them imports torch, timm or streamlit. The detection tests import torch inside their tests (the
+`cpu` fixture); the MGViT, training and app modules still need torch or streamlit at import.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ if TYPE_CHECKING:
 POSTGRES_ENV = "STUDIO_TEST_POSTGRES_URL"
 BACKENDS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
 
-#: Modules of fast unit tests (tiny arrays and models, SQLite, no training run, no app, no
+#: Modules of fast unit tests (tiny arrays, SQLite; no torch, no discovery run, no app, no
 #: browser): `-m quick` selects their tests except those marked slow, browser or postgres.
 QUICK_MODULES = frozenset({
     "test_clustering",
