@@ -17,7 +17,7 @@ from storage import DONE, RUNNING, open_workspace
 from webapp import intake, jobs, worker, workspace as workspace_module
 from webapp.detection_job import stored_normal_peaks, stored_separation
 
-from builders import TINY_DEMO
+from builders import TINY_DEMO, demo_maps, fill_store
 
 APP = str(Path(__file__).resolve().parents[1] / "webapp" / "app.py")
 
@@ -48,9 +48,7 @@ def alerts(at: AppTest) -> str:
 
 def _maps_with_record(root: Path, folder: Path, separation: dict, peaks: list[float]) -> Path:
     """Maps from the demo's masks, and the detection.json `python -m core detect` writes beside them."""
-    from test_jobs import make_maps
-
-    make_maps(root, folder / "maps")
+    demo_maps(root, folder / "maps")
     (folder / "detection.json").write_text(json.dumps({"method": "learned", "normal_peaks": peaks,
                                                         "separation": separation}), encoding="utf-8")
     return folder / "maps"
@@ -86,10 +84,8 @@ def test_poor_maps_are_named_on_the_discover_page_before_a_run(workspace, tmp_pa
 
 
 def test_maps_without_a_separation_report_say_nothing(workspace, tmp_path):
-    from test_jobs import make_maps
-
     root = generate_demo(tmp_path / "demo", DemoConfig(**TINY_DEMO))
-    make_maps(root, tmp_path / "maps")
+    demo_maps(root, tmp_path / "maps")
     project = intake.create_project(workspace, "plain", intake.summarize_dataset(root, tmp_path / "maps"))
     assert worker.execute(workspace, workspace.start_run(project.id, jobs.DETECT, {}).id) == DONE
     assert stored_separation(workspace, project.id) is None
@@ -125,8 +121,6 @@ def test_runs_table_shows_the_epochs_a_run_trained(workspace, tmp_path):
 
 def test_labels_page_refuses_a_class_count_out_of_the_tables_bounds(tmp_path, monkeypatch):
     """'New classes to discover' = 99999999999999999999 is refused on the page, no run is started."""
-    from test_app_explore import fill_store
-
     filled = fill_store(tmp_path)
     monkeypatch.setenv(workspace_module.WORKSPACE_ENV, str(filled.store.workspace))
     monkeypatch.delenv(workspace_module.DATABASE_URL_ENV, raising=False)
