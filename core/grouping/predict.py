@@ -197,6 +197,8 @@ def assemble_results(
 ) -> tuple[list[RegionResult], list[ImageResult]]:
     """One result per region (class, confidence, probabilities, 2-D position, truth, label) and
     one per image, its class fused from its regions' probabilities (core.grouping.fusion.fuse_image, tau).
+    An image whose only region is a weak stand-in or the whole-image placeholder (nothing cleared the
+    floor: "no anomaly found") is normal at image level, whatever group its stand-in region joined.
 
     A region's truth is its region-level annotation (COCO) when there is one, else its image's.
     """
@@ -223,7 +225,10 @@ def assemble_results(
     image_results = []
     for key in image_keys:
         rows = by_image.get(key, [])
-        fused = fuse_image(predictions.probabilities[rows], [regions[i].area for i in rows], tau)
+        if any(regions[i].area > 0 and not regions[i].weak for i in rows):
+            fused = fuse_image(predictions.probabilities[rows], [regions[i].area for i in rows], tau)
+        else:  # nothing rose above what normal images reach: no anomaly found, never a defect class
+            fused = np.eye(len(predictions.names))[predictions.normal_class]
         cluster = int(fused.argmax())
         image_results.append(ImageResult(
             image=key, cluster=cluster, confidence=float(fused[cluster]), probabilities=fused,
