@@ -86,7 +86,7 @@ def to_image_maps(patch_scores: torch.Tensor, in_size: tuple[int, int], sizes: l
 
 
 def run_template(targets: Sequence[ImageRecord], pairs: dict[str, ImageRecord], config: DetectorConfig,
-                  progress: Progress | None, timings: dict[str, float]) -> dict[str, np.ndarray]:
+                 progress: Progress | None, timings: dict[str, float]) -> dict[str, np.ndarray]:
     started = time.perf_counter()
     maps: dict[str, np.ndarray] = {}
     notify(progress, "template: registered differences", 0, len(targets))
@@ -109,8 +109,8 @@ LEARNED_MODEL = "learned-model.pt"
 
 
 def run_learned(normal: Sequence[ImageRecord], targets: Sequence[ImageRecord], config: DetectorConfig,
-                 device: torch.device, progress: Progress | None, timings: dict[str, float],
-                 model_path: Path | None) -> dict[str, np.ndarray]:
+                device: torch.device, progress: Progress | None, timings: dict[str, float],
+                model_path: Path | None) -> dict[str, np.ndarray]:
     started = time.perf_counter()
     report = lambda stage, done, total: notify(progress, stage, done, total)  # noqa: E731
     model = LearnedDetector(config, device)
@@ -146,7 +146,7 @@ def run_learned(normal: Sequence[ImageRecord], targets: Sequence[ImageRecord], c
 
 
 def run_patchcore(featurizer: Featurizer, normal: Sequence[ImageRecord], targets: Sequence[ImageRecord],
-                   progress: Progress | None, timings: dict[str, float]) -> dict[str, np.ndarray]:
+                  progress: Progress | None, timings: dict[str, float]) -> dict[str, np.ndarray]:
     config = featurizer.config
     started = time.perf_counter()
     # Bounded memory: each image gives at most its share of the greedy's candidates (x2 for slack).
@@ -180,7 +180,7 @@ def run_patchcore(featurizer: Featurizer, normal: Sequence[ImageRecord], targets
 
 
 def run_zero_shot(featurizer: Featurizer, references: Sequence[ImageRecord], targets: Sequence[ImageRecord],
-                   progress: Progress | None, timings: dict[str, float]) -> dict[str, np.ndarray]:
+                  progress: Progress | None, timings: dict[str, float]) -> dict[str, np.ndarray]:
     config = featurizer.config
     started = time.perf_counter()
     patches: dict[str, torch.Tensor] = {}
