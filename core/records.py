@@ -18,6 +18,9 @@ GOOD = "good"
 #: label value meaning "labeled normal".
 NORMAL_CLASS = "normal"
 
+#: THE display name of a run's reserved normal / false-detection cluster (its slot in the predictions).
+NORMAL_CLUSTER_NAME = "normal / false detection"
+
 
 def region_key(image: str, index: int) -> str:
     """Stable identifier of a region within a data set: "<image relpath>#<index>"."""

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from core.config import DiscoveryConfig
+from core.decisions import decide
 from core.demo.build import DemoConfig, generate_demo, gt_masks_to_maps
 from core.imageio import read_gray
 from storage import CANCELLED, DONE, RUNNING, open_workspace
@@ -187,7 +187,7 @@ def test_start_button_launches_a_worker_process_and_cancel_stops_it(workspace, t
     assert run.settings["classes"] == 3 and run.settings["backbone"] == "vit_micro_scratch"
     assert run.settings["epochs"] == 300 and run.settings["pretrained"] is False
     assert run.settings["representation"] == "hybrid" and run.settings["refine"] == "none"
-    assert DiscoveryConfig.from_settings(run.settings).regions.refine == "none"  # the worker's reading of them
+    assert decide(run.settings).config.regions.refine == "none"  # the worker's reading of them
     at.button(key=f"cancel_{run.id}").click().run()
     assert jobs.wait_for(workspace, run.id, timeout=90).status == CANCELLED
 

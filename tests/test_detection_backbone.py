@@ -63,52 +63,65 @@ def _cache_timm_weights(cache, name: str) -> None:
 
 
 def test_discovery_vit_auto_trains_the_scratch_vit_offline_and_says_why(empty_caches):
-    from core.config import REAL_USE_BACKBONE, SCRATCH_EPOCHS, DiscoveryConfig, MGViTConfig, resolve_vit_backbone
+    from core.config import REAL_USE_BACKBONE, SCRATCH_EPOCHS, MGViTConfig
+    from core.decisions import decide
 
-    config = DiscoveryConfig.from_settings({"backbone": "auto"})
+    decided = decide({"backbone": "auto", "representation": "vit"})
+    config = decided.config
     assert config.model.backbone == MGViTConfig.backbone and not config.model.pretrained
     assert config.train.epochs == SCRATCH_EPOCHS  # epochs follow the backbone auto chose
-    why = resolve_vit_backbone(MGViTConfig(backbone="auto"))[1]
+    why = decided.decisions["backbone"].why
     assert "offline" in why and f"no pretrained {REAL_USE_BACKBONE} weights" in why
 
 
 def test_discovery_vit_auto_takes_dino_from_the_cache_or_a_weights_file(empty_caches, tmp_path):
-    from core.config import REAL_USE_BACKBONE, DiscoveryConfig, TrainConfig
+    from core.config import REAL_USE_BACKBONE, TrainConfig
+    from core.decisions import decide
+
+    def from_settings(settings):
+        return decide(settings).config
 
     weights = tmp_path / "dino.pth"
     weights.write_bytes(b"not read here")
-    given = DiscoveryConfig.from_settings({"backbone": "auto", "weights": str(weights)})
+    given = from_settings({"backbone": "auto", "weights": str(weights)})
     assert given.model.backbone == REAL_USE_BACKBONE and given.model.weights == weights
     assert given.train.epochs == TrainConfig.epochs
     _cache_timm_weights(empty_caches, REAL_USE_BACKBONE)
-    cached = DiscoveryConfig.from_settings({"backbone": "auto"})
+    cached = from_settings({"backbone": "auto"})
     assert cached.model.backbone == REAL_USE_BACKBONE and cached.model.pretrained
-    assert DiscoveryConfig.from_settings({"backbone": "vit_micro_scratch"}).model.backbone == "vit_micro_scratch"
+    assert from_settings({"backbone": "vit_micro_scratch"}).model.backbone == "vit_micro_scratch"
 
 
 def test_representation_auto_follows_the_backbone_auto_chose(empty_caches, tmp_path):
     """auto: the descriptors alone where the MGViT would start from scratch, the hybrid with pretrained
     weights (a file or the cache); an explicit choice is kept; an unknown one is named."""
-    from core.config import DiscoveryConfig, MGViTConfig, SettingsError, resolve_representation
+    from core.config import DiscoveryConfig, MGViTConfig, SettingsError
+    from core.decisions import decide, decide_representation
 
-    offline = DiscoveryConfig.from_settings({"backbone": "auto"})
+    def from_settings(settings):
+        return decide(settings).config
+
+    def resolve_representation(asked, model):
+        return decide_representation(asked, model).used, decide_representation(asked, model).why
+
+    offline = from_settings({"backbone": "auto"})
     assert offline.representation == "descriptors" == DiscoveryConfig().representation
-    assert DiscoveryConfig.from_settings({}).representation == "descriptors"
+    assert from_settings({}).representation == "descriptors"
     assert "trained from scratch" in resolve_representation("auto", offline.model)[1]
     for asked in ("hybrid", "vit", "descriptors"):
-        assert DiscoveryConfig.from_settings({"backbone": "auto", "representation": asked}).representation == asked
+        assert from_settings({"backbone": "auto", "representation": asked}).representation == asked
     weights = tmp_path / "dino.pth"
     weights.write_bytes(b"not read here")
-    assert DiscoveryConfig.from_settings({"backbone": "auto", "weights": str(weights)}).representation == "hybrid"
-    assert DiscoveryConfig.from_settings({"backbone": "vit_micro_scratch", "weights": str(weights)}).representation == "hybrid"
-    assert DiscoveryConfig.from_settings({"backbone": "vit_base_patch16_224.dino", "pretrained": True,
+    assert from_settings({"backbone": "auto", "weights": str(weights)}).representation == "hybrid"
+    assert from_settings({"backbone": "vit_micro_scratch", "weights": str(weights)}).representation == "hybrid"
+    assert from_settings({"backbone": "vit_base_patch16_224.dino", "pretrained": True,
                                           "representation": "auto"}).representation == "hybrid"
     _cache_timm_weights(empty_caches, "vit_base_patch16_224.dino")
-    cached = DiscoveryConfig.from_settings({"backbone": "auto"})
+    cached = from_settings({"backbone": "auto"})
     assert cached.representation == "hybrid" and "pretrained" in resolve_representation("auto", cached.model)[1]
     assert resolve_representation("auto", MGViTConfig(backbone="vit_micro_scratch"))[0] == "descriptors"
     with pytest.raises(SettingsError, match="representation must be one of"):
-        DiscoveryConfig.from_settings({"representation": "pixels"})
+        from_settings({"representation": "pixels"})
 
 
 @pytest.mark.slow

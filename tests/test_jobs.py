@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from core.config import DiscoveryConfig
+from core.decisions import decide
 from core.demo.build import DemoConfig, generate_demo, gt_masks_to_maps
 from core.imageio import read_gray
 from storage import CANCELLED, DONE, FAILED, RUNNING, SOURCE_GROUND_TRUTH, open_workspace
@@ -181,18 +181,33 @@ def test_a_queued_run_that_no_worker_took_is_failed(project):
 
 
 def test_run_settings_become_the_pipeline_config():
-    config = DiscoveryConfig.from_settings({
+    config = decide({
         "classes": "auto", "backbone": "vit_micro_scratch", "epochs": 3, "batch_size": 16, "lr": 0.01,
         "tau": 50.0, "seed": 7, "device": "cpu", "image_size": 48, "guided": False, "binarizer": "otsu",
         "mebin_sample_rate": 8, "mebin_min_interval_len": 3, "detector_method": "zero-shot",
-    })
+    }).config
     assert config.classes is None and config.device == "cpu" and config.seed == 7 and config.tau == 50.0
     assert config.model.backbone == "vit_micro_scratch" and config.model.input_size == 48
     assert (config.train.epochs, config.train.batch_size, config.train.guided) == (3, 16, False)
     assert config.train.lr == 0.01 and config.train.adamw_lr == 0.01
     assert (config.mebin.sample_rate, config.mebin.min_interval_len) == (8, 3)
     assert config.binarizer == "otsu" and config.detector.method == "zero-shot"
-    assert DiscoveryConfig.from_settings({"classes": 4}).classes == 4
+    assert decide({"classes": 4}).config.classes == 4
+
+
+def test_settings_stored_by_older_runs_still_decide(project):
+    """A run the database holds from before the settings table (the old form's keys, None for unset
+    fields, a retrain's copied settings) is read by the same table: the worker can rerun it."""
+    store, info = project
+    old = {"classes": "auto", "backbone": "auto", "weights": None, "pretrained": True, "device": "cpu",
+           "batch_size": 32, "lr": None, "tau": 100.0, "seed": 0, "guided": True, "binarizer": "mebin",
+           "representation": "auto", "refine": "references", "fallback": "peak", "prior": "none",
+           "recompute_maps": False, "mebin_sample_rate": 4, "mebin_min_interval_len": 4, "use_labeled_set": True,
+           "labels_from_project": True, "parent_run_id": 1, "epochs": None}
+    stored = store.get_run(store.start_run(info.id, jobs.DISCOVER, old).id).settings
+    decided = decide(stored)
+    assert decided.config.classes is None and decided.config.device == "cpu"
+    assert decided.decisions["backbone"].asked == "auto" and decided.decisions["representation"].asked == "auto"
 
 
 @pytest.mark.slow

@@ -19,6 +19,7 @@ import streamlit as st
 from core.regions import mebin
 from core.config import MEBinConfig, RegionConfig
 from core.imageio import ImageReadError, read_gray, read_image
+from core.detection.maps import to_uint8
 from core.regions.crops import recut_image
 from storage import BinarizationInput, ProjectInfo
 from webapp import intake, jobs, messages, navigation, widgets
@@ -41,11 +42,7 @@ def uint8_map(record: dict[str, Any]) -> np.ndarray:
 
 @st.cache_data(max_entries=64, show_spinner=False)
 def _uint8_map(path: str, low: float, high: float) -> np.ndarray:
-    array = np.load(path, allow_pickle=False).astype(np.float64)
-    span = high - low
-    if span <= 0:
-        return np.zeros(array.shape, dtype=np.uint8)
-    return np.clip(np.rint((array - low) / span * 255.0), 0, 255).astype(np.uint8)
+    return to_uint8(np.load(path, allow_pickle=False), low, high)
 
 
 @st.cache_data(max_entries=64, show_spinner=False)
