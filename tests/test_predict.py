@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from core.config import PredictConfig
-from core.grouping.predict import NORMAL_CLASS_NAME, class_names, embed_2d, predict_regions, region_probabilities
+from core.grouping.predict import class_names, embed_2d, predict_regions, region_probabilities
+from core.records import NORMAL_CLUSTER_NAME
 
 
 def test_probabilities_are_over_novel_classes_at_temperature():
@@ -26,16 +27,16 @@ def test_include_base_keeps_every_column():
 
 
 def test_names_put_the_normal_slot_first_among_novel_classes():
-    assert class_names(3) == [NORMAL_CLASS_NAME, "class 1", "class 2"]
-    assert class_names(2, ["scratch"], include_base=True) == ["scratch", NORMAL_CLASS_NAME, "class 1"]
-    assert class_names(2, ["scratch"], include_base=False) == [NORMAL_CLASS_NAME, "class 1"]
+    assert class_names(3) == [NORMAL_CLUSTER_NAME, "class 1", "class 2"]
+    assert class_names(2, ["scratch"], include_base=True) == ["scratch", NORMAL_CLUSTER_NAME, "class 1"]
+    assert class_names(2, ["scratch"], include_base=False) == [NORMAL_CLUSTER_NAME, "class 1"]
 
 
 def test_predict_regions_classes_and_confidence():
     logits = np.array([[0.0, 0.9, 0.1, 0.0], [0.0, 0.0, 0.0, 0.3], [0.5, 0.1, 0.1, 0.1]])
     features = np.eye(3, 8, dtype=np.float32)
     result = predict_regions(features, logits, n_base=1, base_classes=["crack"])
-    assert result.names == [NORMAL_CLASS_NAME, "class 1", "class 2"]
+    assert result.names == [NORMAL_CLUSTER_NAME, "class 1", "class 2"]
     assert result.classes.tolist() == [0, 2, 0]  # third row: novel logits tie -> first (normal)
     assert result.normal_class == 0
     # row 1: novel [0, 0, 3] -> e^3 / (e^3 + 2)

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from core.config import PredictConfig
+from core.records import NORMAL_CLUSTER_NAME
 
 if TYPE_CHECKING:
     from core.regions.mebin import MEBinResult
@@ -23,7 +24,6 @@ if TYPE_CHECKING:
     from core.results import ImageResult, RegionResult
 
 __all__ = [
-    "NORMAL_CLASS_NAME",
     "assemble_results",
     "PredictConfig",
     "Predictions",
@@ -34,8 +34,6 @@ __all__ = [
     "region_probabilities",
 ]
 
-#: Name of the reserved first novel slot.
-NORMAL_CLASS_NAME = "normal / false detection"
 
 
 @dataclass
@@ -76,7 +74,7 @@ def class_names(n_novel: int, base_classes: Sequence[str] = (), include_base: bo
     """Names of the probability columns: [base names...] + normal slot + "class 1".."class K"."""
     if n_novel < 1:
         raise ValueError("there must be at least the reserved normal novel class")
-    novel = [NORMAL_CLASS_NAME] + [f"class {i}" for i in range(1, n_novel)]
+    novel = [NORMAL_CLUSTER_NAME] + [f"class {i}" for i in range(1, n_novel)]
     return (list(base_classes) if include_base else []) + novel
 
 
