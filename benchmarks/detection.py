@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import resource
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -30,15 +29,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from core.commands.detect import detection_aurocs  # noqa: E402
-from core.dataset import load_dataset  # noqa: E402
-from core.demo.build import generate_demo  # noqa: E402
-from core.detection import DetectorConfig, detect  # noqa: E402
-from core.detection.boxes import box_scores, read_coco_boxes  # noqa: E402
-from core.demo.hard import generate_hard_demo  # noqa: E402
-from core.records import Manifest  # noqa: E402
+from core.commands.detect import detection_aurocs
+from core.dataset import load_dataset
+from core.demo.build import generate_demo
+from core.detection import DetectorConfig, detect
+from core.detection.boxes import box_scores, coco_truth_for_maps
+from core.demo.hard import generate_hard_demo
+from core.records import Manifest
 
 _REPO = Path(__file__).resolve().parents[1]
 #: ../shared beside the clone; a worktree one level deeper finds it two levels up.
@@ -91,7 +88,7 @@ def _row(job: tuple[str, str, str, dict], queue: multiprocessing.Queue) -> None:
     detection = detect(manifest, config, torch.device("cpu"))
     total = time.perf_counter() - started
     if set_name == "DeepPCB":
-        scores = box_scores(detection.maps, read_coco_boxes(DEEPPCB / "annotations.json"))
+        scores = box_scores(detection.maps, coco_truth_for_maps(DEEPPCB / "annotations.json", detection.maps))
         quality = {"image_auroc": float("nan"), "pixel_auroc": scores["pixel_auroc"], "recall": scores["defect_recall"]}
     else:
         quality = detection_aurocs(manifest, detection.maps)

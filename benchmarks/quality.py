@@ -32,23 +32,19 @@ supervised 2-fold reference (the same MGViT trained with the true classes of hal
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
+
+from core.detection.config import METHODS
+from core.imageio import read_gray, read_image
+from core.evaluation.metrics import cluster_metrics
+from core.records import GOOD
+
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-import cv2  # noqa: E402
-import numpy as np  # noqa: E402
-
-from core.detection.config import METHODS  # noqa: E402
-from core.imageio import read_gray, read_image  # noqa: E402
-from core.evaluation.metrics import cluster_metrics  # noqa: E402
-from core.records import GOOD  # noqa: E402
 
 #: Rows: key -> (shown name, extraction, binarizer, representation, guided training, what the hybrid's MGViT is taught).
 ROWS = {
@@ -163,7 +159,7 @@ def kmeans_labels(features: np.ndarray, k: int, seed: int) -> np.ndarray:
 
 
 def image_votes(records, regions, region_probabilities: np.ndarray, tau: float) -> tuple[list, list]:
-    """Ground truth and area-weighted fused class of each record (METHOD.md stage 6)."""
+    """Ground truth and area-weighted fused class of each record (docs/method.md stage 6)."""
     from core.grouping.fusion import fuse_image
 
     truth, predicted = [], []

@@ -73,7 +73,7 @@ class Manifest:
 
 @dataclass
 class Region:
-    """An anomaly-centred square crop of one image (METHOD.md stage 3)."""
+    """An anomaly-centred square crop of one image (docs/method.md stage 3)."""
 
     image: str  # relpath of the image it comes from
     index: int  # 0-based rank within its image (largest box first)

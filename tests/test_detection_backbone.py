@@ -1,7 +1,6 @@
 """`--backbone auto`: the pretrained backbone when its weights are here, else offline, said in one line."""
 
 import pytest
-import torch
 
 from core.cli import main
 from core.dataset import load_dataset
@@ -15,6 +14,8 @@ from core.detection.learned import MIN_REFERENCES
 @pytest.fixture
 def empty_caches(tmp_path, monkeypatch):
     """No weights anywhere and no network: empty timm/HF/torch caches, hub offline."""
+    import torch
+
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "torch"))
@@ -25,6 +26,8 @@ def empty_caches(tmp_path, monkeypatch):
 
 
 def test_auto_falls_back_offline_and_says_why(empty_caches, tmp_path, capsys):
+    import torch
+
     assert cached_weights(PAPER_BACKBONE) is None
     backbone, why = resolve_backbone(DetectorConfig())
     assert backbone == OFFLINE_BACKBONE and "no pretrained wide_resnet50_2 weights" in why
@@ -130,11 +133,11 @@ def test_an_app_run_with_auto_records_which_vit_it_trained_and_why(empty_caches,
     that backbone is given, and the run records what auto chose and why (metrics and message)."""
     from core.config import SCRATCH_EPOCHS
     from storage import DONE, open_workspace
-    from test_jobs import TINY_DEMO, TINY_RUN, make_maps
+    from builders import TINY_DEMO, TINY_RUN, demo_maps
     from webapp import intake, jobs, worker
 
     root = generate_demo(tmp_path / "demo", **TINY_DEMO)
-    make_maps(root, tmp_path / "maps")
+    demo_maps(root, tmp_path / "maps")
     store = open_workspace(tmp_path / "workspace")
     try:
         info = intake.create_project(store, "auto", intake.summarize_dataset(root, tmp_path / "maps"))

@@ -17,8 +17,9 @@ from storage import DONE, RUNNING, open_workspace
 from webapp import intake, jobs, worker, workspace as workspace_module
 from webapp.detection_job import stored_normal_peaks, stored_separation
 
+from builders import TINY_DEMO
+
 APP = str(Path(__file__).resolve().parents[1] / "webapp" / "app.py")
-TINY_DEMO = dict(image_size=64, n_train_good=4, n_test_good=2, n_per_class=3, defect_types=("scratch", "hole", "stain"))
 
 
 @pytest.fixture()

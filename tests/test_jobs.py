@@ -11,34 +11,19 @@ import numpy as np
 import pytest
 
 from core.decisions import decide
-from core.demo.build import DemoConfig, generate_demo, gt_masks_to_maps
-from core.imageio import read_gray
+from core.demo.build import DemoConfig, generate_demo
 from storage import CANCELLED, DONE, FAILED, RUNNING, SOURCE_GROUND_TRUTH, open_workspace
 from webapp import evaluation, intake, jobs, worker
 
-TINY_DEMO = dict(image_size=64, n_train_good=4, n_test_good=2, n_per_class=3,
-                 defect_types=("scratch", "hole", "stain"))
-# hybrid: these jobs train an MGViT (progress, cancel, checkpoint); auto would take the descriptors here
-TINY_RUN = {"classes": 3, "backbone": "vit_micro_scratch", "epochs": 1, "batch_size": 8, "device": "cpu",
-            "seed": 0, "representation": "hybrid"}
+from builders import TINY_DEMO, TINY_RUN, demo_maps
 
-
-def make_maps(root: Path, maps_dir: Path) -> None:
-    """Anomaly maps simulated from the demo's ground-truth masks (blurred, low noise)."""
-    for image in sorted((root / "test").rglob("*.png")):
-        kind = image.parent.name
-        mask_path = root / "ground_truth" / kind / f"{image.stem}_mask.png"
-        mask = read_gray(mask_path) if mask_path.is_file() else np.zeros((64, 64), np.uint8)
-        target = maps_dir / image.relative_to(root).with_suffix(".npy")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        np.save(target, gt_masks_to_maps([mask], seed=len(str(image)))[0])
 
 
 @pytest.fixture()
 def project(tmp_path):
     """A workspace with one tiny demo project whose maps are imported (no detector needed)."""
     root = generate_demo(tmp_path / "demo", DemoConfig(**TINY_DEMO))
-    make_maps(root, tmp_path / "maps")
+    demo_maps(root, tmp_path / "maps")
     store = open_workspace(tmp_path / "workspace")
     info = intake.create_project(store, "tiny", intake.summarize_dataset(root, tmp_path / "maps"))
     yield store, info
@@ -221,7 +206,7 @@ def test_a_run_with_coco_truth_keeps_it_and_the_evaluate_page_scores_what_the_ru
 
     root = generate_demo(tmp_path / "demo", DemoConfig(**TINY_DEMO))
     (root / "annotations.json").write_text(json.dumps(_coco_from_masks(load_dataset(root))))
-    make_maps(root, tmp_path / "maps")
+    demo_maps(root, tmp_path / "maps")
     store = open_workspace(tmp_path / "workspace")
     try:
         info = intake.create_project(store, "coco", intake.summarize_dataset(root, tmp_path / "maps"))

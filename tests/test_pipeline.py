@@ -63,7 +63,7 @@ def test_tiny_discovery_outputs_are_consistent(tiny_set, tiny_result):
         assert region.gt == result.images[[i.image for i in result.images].index(region.image)].gt
     # the defect images of the set all have one blurred gt blob -> MEBin finds anomalies there
     assert all(result.binarization[i.image].num_anomalies >= 1 for i in result.images if i.gt != "good")
-    # metrics per DESIGN.md: 9 defective images of 3 classes, 3 normal ones
+    # metrics as docs/architecture.md's output files say: 9 defective images of 3 classes, 3 normal ones
     metrics = result.metrics
     assert set(metrics) >= {"image", "region", "normal_images", "image_with_good"}
     assert metrics["image"]["n"] == 9 and metrics["image_with_good"]["n"] == 12

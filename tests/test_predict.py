@@ -50,7 +50,8 @@ def test_predict_regions_classes_and_confidence():
     assert with_base.classes.tolist() == [1, 3, 0]
 
 
-@pytest.mark.parametrize("n", [1, 2, 3, 4, 6, 12])
+# From 6 regions on UMAP runs, and its first call compiles numba code for tens of seconds: slow.
+@pytest.mark.parametrize("n", [1, 2, 3, 4, pytest.param(6, marks=pytest.mark.slow), pytest.param(12, marks=pytest.mark.slow)])
 def test_embed_2d_is_safe_on_tiny_sets(n):
     features = np.random.default_rng(0).normal(size=(n, 16)).astype(np.float32)
     coordinates = embed_2d(features, seed=0).coordinates
@@ -59,6 +60,7 @@ def test_embed_2d_is_safe_on_tiny_sets(n):
     assert np.isfinite(coordinates).all()
 
 
+@pytest.mark.slow  # UMAP: numba compiles for tens of seconds on its first call
 def test_embed_2d_is_seeded_and_keeps_clusters_apart():
     rng = np.random.default_rng(1)
     a = rng.normal(0, 0.05, size=(30, 16)) + np.eye(16)[0] * 3

@@ -1,4 +1,4 @@
-"""`python -m core detect`: anomaly maps with the built-in detector, written as DESIGN.md says."""
+"""`python -m core detect`: anomaly maps with the built-in detector, written as docs/architecture.md's output files say."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Anomaly map files and the global normalization of METHOD.md stage 1."""
+"""Anomaly map files and the global normalization of docs/method.md stage 1."""
 
 from __future__ import annotations
 

@@ -29,7 +29,7 @@ def hungarian_accuracy(y_true: Sequence, y_pred: Sequence) -> float:
     """Share of samples whose cluster maps to their class under the best one-to-one matching.
 
     With more clusters than classes (or fewer), unmatched clusters count as wrong: this equals
-    the micro-F1 of METHOD.md's metrics.
+    the micro-F1 of docs/method.md's metrics.
     """
     matrix = confusion(y_true, y_pred)
     rows, cols = linear_sum_assignment(-matrix)

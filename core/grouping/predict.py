@@ -1,4 +1,4 @@
-"""Prediction (METHOD.md stage 6): region probabilities, classes, confidences and a 2-D map.
+"""Prediction (docs/method.md stage 6): region probabilities, classes, confidences and a 2-D map.
 
 Region probabilities are softmax(logits / 0.1) over the novel classes only (the paper's
 protocol); the first novel slot is the reserved "normal / false detection" class. When the user
