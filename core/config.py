@@ -142,6 +142,7 @@ class DescriptorConfig:
     intensity: float = 1.5  # surroundings carry most, HOG least: it is not rotation invariant)
     texture: float = 0.7
     hog: float = 0.2
+    orientation: float = 0.7  # the mask's direction in the image (AITEX image NMI 0.469 -> 0.524, DeepPCB unchanged)
 
     def weight(self, group: str) -> float:
         return float(getattr(self, group))

@@ -169,3 +169,22 @@ def test_cli_writes_maps_scores_and_aurocs(tiny, tmp_path, capsys):
     code = main(["detect", "--dataset", str(tiny.root), "--out", str(tmp_path / "out"),
                  "--backbone", "resnet10t", "--weights", str(tmp_path / "missing.pth")])
     assert code == 2 and "missing.pth: weights file does not exist" in capsys.readouterr().err
+
+
+def test_cli_without_references_says_it_had_none(tiny, tmp_path, capsys):
+    """Only defective and inspected images, no normal/ folder: the run compares the images with each other,
+    and both the printed choice and detection.json say plainly that there were no references."""
+    import shutil
+
+    folder = tmp_path / "only_inspected"
+    folder.mkdir()
+    for record in tiny.unlabeled:
+        shutil.copy(record.path, folder / record.path.name.replace(".png", f"_{record.gt_class}.png"))
+    code = main(["detect", "--dataset", str(folder), "--out", str(tmp_path / "out"), "--image-size", "64",
+                 "--device", "cpu", "--no-cache"])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "zero-shot: no normal reference images" in out
+    summary = json.loads((tmp_path / "out" / "detection.json").read_text(encoding="utf-8"))
+    assert summary["method"] == "zero-shot" and summary["choice"].startswith("zero-shot: no normal reference images")
+    assert summary["held_out"] == [] and summary["separation"] is None

@@ -114,3 +114,31 @@ def test_auto_offline_keeps_the_detector_whose_maps_separate_better(cpu, tmp_pat
     assert all(np.array_equal(chosen.maps[k], v) for k, v in alone[expected].maps.items())
     again = detect(textured, config, cpu, cache_dir=tmp_path / "cache")
     assert not again.computed and again.config.method == expected
+
+
+def test_auto_offline_compares_on_a_sample_then_fits_only_the_chosen_detector(tmp_path, monkeypatch):
+    """Both candidates are fitted to a sample of the references only; the full fit runs once, for the one
+    chosen, and the choice line says what the sample was."""
+    from core.detection import detector
+
+    monkeypatch.setattr("core.detection.detector.resolve_backbone", lambda config: ("filterbank", "offline"))
+    monkeypatch.setattr(detector, "AUTO_SAMPLE_REFERENCES", MIN_REFERENCES)
+    monkeypatch.setattr(detector, "AUTO_SAMPLE_IMAGES", 4)
+    fits: list[tuple[str, int]] = []
+    for name in ("run_learned", "run_patchcore"):
+        real = getattr(detector, name)
+
+        def counted(*args, real=real, name=name, **kwargs):
+            normal = args[0] if name == "run_learned" else args[1]
+            fits.append((name, len(normal)))
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(detector, name, counted)
+    textured = _textured_set(tmp_path / "set", MIN_REFERENCES + 10)
+    chosen = detect(textured, DetectorConfig(**{**SMALL, "holdout_share": 0.2}), CPU)
+    full = len(textured.normal) - len(chosen.held_out)
+    assert full > MIN_REFERENCES
+    winner = "run_learned" if chosen.config.method == "learned" else "run_patchcore"
+    assert sorted(fits) == sorted([("run_learned", MIN_REFERENCES), ("run_patchcore", MIN_REFERENCES), (winner, full)])
+    assert f"compared on 4 inspected images and {len(chosen.held_out)} held-out normal images" in chosen.choice
+    assert set(chosen.maps) == {r.relpath for r in textured.unlabeled}

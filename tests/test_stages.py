@@ -159,9 +159,3 @@ def test_the_representation_says_what_each_stage_needs():
     assert (descriptors.trains_model, descriptors.grouped, descriptors.can_be_taught) == (False, True, False)
     assert (hybrid.trains_model, hybrid.grouped, hybrid.can_be_taught) == (True, True, True)
 
-
-def test_the_normal_cluster_has_one_name():
-    from core.grouping.predict import NORMAL_CLASS_NAME
-    from core.records import NORMAL_CLUSTER_NAME
-
-    assert NORMAL_CLASS_NAME == NORMAL_CLUSTER_NAME  # core.grouping.predict should import it (not owned here)
