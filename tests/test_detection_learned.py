@@ -116,7 +116,7 @@ def test_auto_offline_keeps_the_detector_whose_maps_separate_better(cpu, tmp_pat
     assert not again.computed and again.config.method == expected
 
 
-def test_auto_offline_compares_on_a_sample_then_fits_only_the_chosen_detector(tmp_path, monkeypatch):
+def test_auto_offline_compares_on_a_sample_then_fits_only_the_chosen_detector(tmp_path, monkeypatch, cpu):
     """Both candidates are fitted to a sample of the references only; the full fit runs once, for the one
     chosen, and the choice line says what the sample was."""
     from core.detection import detector
@@ -135,7 +135,7 @@ def test_auto_offline_compares_on_a_sample_then_fits_only_the_chosen_detector(tm
 
         monkeypatch.setattr(detector, name, counted)
     textured = _textured_set(tmp_path / "set", MIN_REFERENCES + 10)
-    chosen = detect(textured, DetectorConfig(**{**SMALL, "holdout_share": 0.2}), CPU)
+    chosen = detect(textured, DetectorConfig(**{**SMALL, "holdout_share": 0.2}), cpu)
     full = len(textured.normal) - len(chosen.held_out)
     assert full > MIN_REFERENCES
     winner = "run_learned" if chosen.config.method == "learned" else "run_patchcore"
