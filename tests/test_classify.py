@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from core.classify import BundleError, classify_images, fit_open_set, load_bundle, load_images, relabel_bundle
+from core.classify import (NO_ANOMALY, BundleError, classify_images, fit_open_set, load_bundle, load_images,
+                           relabel_bundle)
 from core.classify.from_run import write_run_bundle
 from core.config import DiscoveryConfig, PredictConfig
 from core.dataset import load_dataset
@@ -36,7 +37,8 @@ def run(tmp_path_factory):
     from core.pipeline import run_discovery
 
     base = tmp_path_factory.mktemp("classify")
-    settings = dict(image_size=96, n_train_good=4, n_test_good=2, n_per_class=4, defect_types=("scratch", "hole", "stain"))
+    settings = dict(image_size=96, n_train_good=4, n_test_good=2, n_per_class=4,
+                    defect_types=("scratch", "hole", "stain"))
     first = load_dataset(generate_demo(base / "first", seed=0, **settings))
     new = generate_demo(base / "new", seed=1, **settings) / "test"
     config = DiscoveryConfig(classes=3, device="cpu", predict=PredictConfig(umap_min_points=10 ** 9))
@@ -128,7 +130,8 @@ def test_relabel_makes_a_new_bundle_and_leaves_the_old_one(run, tmp_path):
     before = _digest(folder)
     bundle = load_bundle(folder)
     last = len(bundle.classes) - 1  # every other cluster merged into one named "pin-hole", the last "short"
-    named = {key: ("short" if label == last else "pin-hole") for key, label in zip(bundle.keys, bundle.classifier.labels)}
+    named = {key: ("short" if label == last else "pin-hole")
+             for key, label in zip(bundle.keys, bundle.classifier.labels)}
     relabelled = load_bundle(relabel_bundle(bundle, tmp_path / "v2", named))
     assert relabelled.classes == ["pin-hole", "short"]
     assert list(relabelled.classifier.labels) == [int(label == last) for label in bundle.classifier.labels]
@@ -215,11 +218,12 @@ def test_the_cli_writes_classes_unknowns_and_the_next_round(run, tmp_path):
     bundle = load_bundle(folder)
     images, regions = _rows(out / "images.csv"), _rows(out / "regions.csv")
     assert list(images[0])[:4] == ["image", "class", "confidence", "unknown"]
-    assert list(regions[0])[:10] == ["image", "region", "x0", "y0", "x1", "y1", "area", "class", "confidence", "unknown"]
+    assert list(regions[0])[:10] == ["image", "region", "x0", "y0", "x1", "y1", "area", "class", "confidence",
+                                     "unknown"]
     assert len(images) == len(load_dataset(new).unlabeled)
     for row in regions:
         assert row["class"] == ("unknown" if row["unknown"] == "1" else row["nearest_class"])
-        assert row["nearest_class"] in bundle.classes and 0.0 <= float(row["confidence"]) <= 1.0
+        assert row["nearest_class"] in [*bundle.classes, NO_ANOMALY] and 0.0 <= float(row["confidence"]) <= 1.0
     flagged = {r["image"] for r in regions if r["unknown"] == "1"}
     linked = {str(new / p.relative_to(out / "unknown")) for p in (out / "unknown").rglob("*.png")
               if "normal" not in p.relative_to(out / "unknown").parts}

@@ -21,7 +21,7 @@ import json
 import shutil
 import tempfile
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -219,13 +219,16 @@ def _scratch(folder: Path) -> Path:
 def write_bundle(folder: Path, source: BundleSource) -> Path:
     """Write the bundle of `source` into `folder` (which must not exist: bundles are never overwritten).
 
-    Raises BundleError when the folder exists or the run has no region.
+    Regions standing in for an image where nothing was found (Region.weak) are left out: they are no
+    class's example. Raises BundleError when the folder exists or the run found no anomaly.
     """
     from core.grouping.descriptors import describe_regions
 
     folder = Path(folder)
-    if not source.regions:
-        raise BundleError(f"{source.run}: the run has no regions to make a model of")
+    found = [i for i, r in enumerate(source.regions) if not r.weak]  # weak regions stand for "nothing found"
+    if not found:
+        raise BundleError(f"{source.run}: the run found no anomaly to make a model of")
+    source = replace(source, regions=[source.regions[i] for i in found], classes=[source.classes[i] for i in found])
     descriptors = describe_regions(source.regions, _Images(source.images), source.config.descriptors)
     shapes = [image_shape(source.images[key]) for key in sorted({r.image for r in source.regions})]
     scratch = _scratch(folder)
@@ -292,7 +295,8 @@ def load_bundle(path: Path) -> Bundle:
         raise BundleError(f"{file}: not a model bundle (its 'format' is not {FORMAT!r})")
     if info.get("format_version") != FORMAT_VERSION:
         raise BundleError(f"{file}: bundle format version {info.get('format_version')!r}; this Studio "
-                          f"(code {_code_version()}) reads version {FORMAT_VERSION}; make the bundle again from its run")
+                          f"(code {_code_version()}) reads version {FORMAT_VERSION}; make the bundle again from "
+                          "its run")
     folder = file.parent
     try:
         with np.load(folder / TRAINING_FILE, allow_pickle=False) as data:

@@ -23,10 +23,13 @@ from core.classify.bundle import Bundle, image_shape
 from core.errors import UserError
 from core.records import ROLE_NORMAL, ImageRecord, Manifest
 
-__all__ = ["UNKNOWN", "Classification", "ClassifiedImage", "ClassifiedRegion", "classify_images", "load_images"]
+__all__ = ["NO_ANOMALY", "UNKNOWN", "Classification", "ClassifiedImage", "ClassifiedRegion", "classify_images",
+           "load_images"]
 
 #: Class name of a region or image far from every named class.
 UNKNOWN = "unknown"
+#: Class of an image where nothing rose above the floor, and of the region standing in for it (Region.weak).
+NO_ANOMALY = "no anomaly found"
 #: A new image's height and width may differ this much from a size the run saw.
 SIZE_TOLERANCE = 0.1
 
@@ -98,8 +101,9 @@ def with_references(manifest: Manifest, bundle: Bundle) -> Manifest:
 
 
 def _maps(manifest: Manifest, bundle: Bundle, device, maps_folder: Path | None,
-          progress: Callable[[str, int, int], None] | None) -> tuple[dict, list[float], str]:
-    """Raw maps of the images: imported from maps_folder, or the run's detector on the bundle's references."""
+          progress: Callable[[str, int, int], None] | None, cache_dir: Path | None) -> tuple[dict, list[float], str]:
+    """Raw maps of the images: imported from maps_folder, or the run's detector on the bundle's references
+    (its map cache in cache_dir when given, else in a folder removed afterwards)."""
     from core.detection import import_maps
     from core.pipeline import detector_for, run_detection
 
@@ -112,14 +116,15 @@ def _maps(manifest: Manifest, bundle: Bundle, device, maps_folder: Path | None,
         raise UserError(f"{bundle.folder}: the run's maps came from another detector; give the new images' "
                         "maps with --maps")
     detector = detector_for(manifest, bundle.config.detector, bundle.config.seed)
-    cache = Path(tempfile.mkdtemp(prefix="classify-cache-"))
+    cache = Path(cache_dir) if cache_dir is not None else Path(tempfile.mkdtemp(prefix="classify-cache-"))
     try:
         if (bundle.folder / "detector").is_dir():  # the run's fitted state, where the cache looks for it
             shutil.copytree(bundle.folder / "detector", cache, dirs_exist_ok=True)
         summary: dict = {}
         maps = run_detection(manifest, detector, device, progress=progress, cache_dir=cache, summary=summary)
     finally:
-        shutil.rmtree(cache, ignore_errors=True)
+        if cache_dir is None:
+            shutil.rmtree(cache, ignore_errors=True)
     return maps, list(summary.get("normal_peaks", ())), str(summary.get("choice", detector.method))
 
 
@@ -135,37 +140,41 @@ def _regions(manifest: Manifest, bundle: Bundle, maps: dict, normal_peaks: Seque
     return map_set, cut_regions(map_set, binarization, config.regions, references=references)
 
 
-def _fuse(regions: Sequence, results, n_classes: int, keys: Sequence[str], tau: float, classes: list[str]
+def _fuse(regions: Sequence, results, weak: np.ndarray, keys: Sequence[str], tau: float, classes: list[str]
           ) -> list[ClassifiedImage]:
-    """Image classes by the discovery's area-weighted fusion; "unknown" is one more column."""
-    from core.grouping.fusion import fuse_image
+    """Image classes by the discovery's area-weighted fusion; "unknown" and "no anomaly found" are two more
+    columns."""
+    from collections import Counter
 
-    columns = np.zeros((len(regions), n_classes + 1))
-    columns[:, :n_classes] = results.probabilities * ~results.unknown[:, None]
+    from core.grouping.fusion import fuse_regions
+
+    n_classes = len(classes)
+    columns = np.zeros((len(regions), n_classes + 2))
+    columns[:, :n_classes] = results.probabilities * ~(results.unknown | weak)[:, None]
     columns[results.unknown, n_classes] = 1.0
-    rows_of: dict[str, list[int]] = {}
-    for index, region in enumerate(regions):
-        rows_of.setdefault(region.image, []).append(index)
+    columns[weak, n_classes + 1] = 1.0
+    fused = fuse_regions([r.image for r in regions], columns, [r.area for r in regions], tau) if regions else {}
+    counts = Counter(r.image for r in regions)
     images = []
     for key in keys:
-        rows = rows_of.get(key, [])
-        if not rows:
+        if key not in fused:  # cut_regions gives every image a region; kept safe all the same
             images.append(ClassifiedImage(key, UNKNOWN, 0.0, True, 0))
             continue
-        fused = fuse_image(columns[rows], [regions[i].area for i in rows], tau)
-        best = int(fused.argmax())
-        images.append(ClassifiedImage(key, UNKNOWN if best == n_classes else classes[best], float(fused[best]),
-                                      best == n_classes, len(rows)))
+        best = int(fused[key].argmax())
+        name = classes[best] if best < n_classes else (UNKNOWN, NO_ANOMALY)[best - n_classes]
+        images.append(ClassifiedImage(key, name, float(fused[key][best]), best == n_classes, counts[key]))
     return images
 
 
 def classify_images(bundle: Bundle, manifest: Manifest, *, device: str = "cpu", maps_folder: Path | None = None,
-                    maps: Mapping[str, np.ndarray] | None = None,
+                    maps: Mapping[str, np.ndarray] | None = None, cache_dir: Path | None = None,
                     progress: Callable[[str, int, int], None] | None = None) -> Classification:
     """Every image of `manifest` (load_images) and its regions: a named class with a confidence, or unknown.
 
     maps_folder: the images' anomaly maps as files; maps: the same in memory (raw, by image relpath);
-    neither: the run's detector. Raises UserError (PipelineError) for input it cannot use.
+    neither: the run's detector (its map cache kept in cache_dir when given). A region that stands in for
+    an image where nothing rose above the floor (Region.weak) is NO_ANOMALY, as is an image of only such.
+    Raises UserError (PipelineError) for input it cannot use.
     """
     from core.grouping.descriptors import combine, describe_regions
 
@@ -175,7 +184,7 @@ def classify_images(bundle: Bundle, manifest: Manifest, *, device: str = "cpu", 
     if maps is not None:
         normal_peaks, choice = [], "maps given"
     else:
-        maps, normal_peaks, choice = _maps(manifest, bundle, device, maps_folder, progress)
+        maps, normal_peaks, choice = _maps(manifest, bundle, device, maps_folder, progress, cache_dir)
     timings["maps"] = time.perf_counter() - started
     started = time.perf_counter()
     map_set, regions = _regions(manifest, bundle, maps, normal_peaks)
@@ -185,8 +194,11 @@ def classify_images(bundle: Bundle, manifest: Manifest, *, device: str = "cpu", 
     features = combine(raw, bundle.config.descriptors, reference=bundle.descriptors)
     results = bundle.classifier.predict(features)
     classes = bundle.classes
-    classified = [ClassifiedRegion(region, classes[int(c)], float(p), float(n), bool(u)) for region, c, p, n, u in
+    weak = np.array([r.weak for r in regions], bool)
+    results.unknown &= ~weak
+    classified = [ClassifiedRegion(region, NO_ANOMALY, 1.0, 0.0, False) if region.weak else
+                  ClassifiedRegion(region, classes[int(c)], float(p), float(n), bool(u)) for region, c, p, n, u in
                   zip(regions, results.classes, results.confidence, results.novelty, results.unknown)]
-    images = _fuse(regions, results, len(classes), map_set.keys, bundle.config.tau, classes)
+    images = _fuse(regions, results, weak, map_set.keys, bundle.config.tau, classes)
     timings["classify"] = time.perf_counter() - started
     return Classification(images, classified, bundle.describe_threshold(), timings, choice, raw)

@@ -45,7 +45,9 @@ def _unknown_set(result: Classification, images: Path, out: Path, bundle: Bundle
             target.symlink_to(source)
         except OSError:
             shutil.copy2(source, target)
-    if keys and not (images / "normal").is_dir():
+    if keys and (images / "normal").is_dir():  # the images' own references (template partners)
+        (folder / "normal").symlink_to((images / "normal").resolve(), target_is_directory=True)
+    elif keys:
         for reference in bundle.references:
             (folder / "normal").mkdir(parents=True, exist_ok=True)
             shutil.copy2(reference, folder / "normal" / reference.name)

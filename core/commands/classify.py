@@ -24,6 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, required=True, help="output folder (must be new or empty)")
     parser.add_argument("--maps", type=Path, help="the images' anomaly maps, when the run's maps were imported")
     parser.add_argument("--device", default="cpu", help="auto | cpu | cuda | cuda:N | mps [cpu]")
+    parser.add_argument("--workdir", type=Path, help="keep the detector's map cache here (a rerun reuses it)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -39,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
         device = resolve_device(args.device)
     except ValueError as error:
         raise UserError(str(error)) from error
-    result = classify_images(bundle, manifest, device=device, maps_folder=args.maps)
+    result = classify_images(bundle, manifest, device=device, maps_folder=args.maps, cache_dir=args.workdir)
     summary = write_classification(result, bundle, args.images, args.out)
     print(f"classify: {result.detector}")
     print(f"classify: {result.threshold}")
