@@ -231,3 +231,20 @@ def test_the_cli_writes_classes_unknowns_and_the_next_round(run, tmp_path):
     assert (out / "crops").is_dir() and "unknown when" in done.stdout
     done = _classify("--model", str(folder), "--images", str(new), "--maps", str(maps), "--out", str(out))
     assert done.returncode == 2 and str(out) in done.stderr  # never overwrites a classification
+
+
+def test_a_second_run_in_the_same_folder_keeps_the_first_bundle(run, tmp_path):
+    from core.pipeline import run_discovery
+
+    base = run[0]
+    first = load_dataset(base / "first")
+    config = DiscoveryConfig(classes=2, device="cpu", predict=PredictConfig(umap_min_points=10 ** 9))
+    folder = tmp_path / "run"
+    shutil.copytree(run[1] / "bundle", folder / "bundle")
+    before = _digest(folder / "bundle")
+    result = run_discovery(first, config, maps=maps_from_ground_truth(first.unlabeled))
+    assert write_run_bundle(folder, result, config, first, maps_imported=True) == folder / "bundle"
+    (kept,) = [p for p in folder.iterdir() if p.name.startswith("bundle-")]
+    assert _digest(kept) == before
+    assert len(load_bundle(folder).classes) == len(set(result.cluster_names[r.cluster] for r in result.regions
+                                                       if not r.region.weak))

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from core.classify.bundle import BundleSource, write_bundle
+import sys
+from datetime import datetime, timezone
+
+from core.classify.bundle import BundleError, BundleSource, write_bundle
 
 __all__ = ["BUNDLE_FOLDER", "write_run_bundle"]
 
@@ -12,10 +15,13 @@ __all__ = ["BUNDLE_FOLDER", "write_run_bundle"]
 BUNDLE_FOLDER = "bundle"
 
 
-def write_run_bundle(out: Path, result, config, manifest, *, maps_imported: bool, workdir: Path | None = None) -> Path:
+def write_run_bundle(out: Path, result, config, manifest, *, maps_imported: bool,
+                     workdir: Path | None = None) -> Path | None:
     """Write out/bundle/ from a core.results.DiscoveryResult: its regions under the cluster names the run
     gave them, the run's normal references, the learned detector's fitted state from workdir's detection
-    cache and out/model.pt when the run trained an MGViT."""
+    cache and out/model.pt when the run trained an MGViT. The bundle of an earlier run in the same folder is
+    moved to out/bundle-<time>, never overwritten. A run that found no anomaly gets none (said on stderr;
+    the run's results stand): returns None."""
     out = Path(out)
     source = BundleSource(
         regions=[r.region for r in result.regions],
@@ -29,4 +35,13 @@ def write_run_bundle(out: Path, result, config, manifest, *, maps_imported: bool
         model_file=out / "model.pt" if (out / "model.pt").is_file() else None,
         normal_class=result.cluster_names[result.normal_cluster],
     )
-    return write_bundle(out / BUNDLE_FOLDER, source)
+    target = out / BUNDLE_FOLDER
+    if target.exists():  # an earlier run wrote into this folder: its bundle is kept, beside
+        kept = out / f"{BUNDLE_FOLDER}-{datetime.now(timezone.utc):%Y%m%dT%H%M%S%f}"
+        target.rename(kept)
+        print(f"note: the earlier run's bundle in {out} moved to {kept}", file=sys.stderr)
+    try:
+        return write_bundle(target, source)
+    except BundleError as error:
+        print(f"warning: no model bundle: {error}", file=sys.stderr)
+        return None
