@@ -33,6 +33,7 @@ if str(ROOT) not in sys.path:
 
 import numpy as np  # noqa: E402
 
+from core.classify.openset import NEIGHBORS  # noqa: E402
 from core.records import NORMAL_CLASS, Manifest  # noqa: E402
 
 
@@ -113,7 +114,7 @@ def discover_half(root: Path, manifest: Manifest, first, maps, k: int, seed: int
     return config, run_discovery(half, config, maps={r.relpath: maps[r.relpath] for r in first})
 
 
-def evaluate(name: str, root: Path, make_maps, seed: int, limit: int) -> dict:
+def evaluate(name: str, root: Path, make_maps, seed: int, limit: int, neighbors: int = NEIGHBORS) -> dict:
     """Every number of one data set's rows."""
     from dataclasses import replace
 
@@ -150,11 +151,12 @@ def evaluate(name: str, root: Path, make_maps, seed: int, limit: int) -> dict:
            "maps_share": map_time * len(second) / elapsed, "threshold": bundle.info["classifier"]["threshold"]}
     found = [i for i, r in enumerate(regions_first) if not r.weak]  # the bundle's rows
     row["novelty"] = held_out(bundle.descriptors, [regions_first[i] for i in found], [truth_first[i] for i in found],
-                              classified, truth_second, config, k, seed)
+                              classified, truth_second, config, k, seed, neighbors)
     return row
 
 
-def held_out(raw_first, regions_first, truth_first, classified, truth_second, config, k: int, seed: int) -> dict:
+def held_out(raw_first, regions_first, truth_first, classified, truth_second, config, k: int, seed: int,
+             neighbors: int) -> dict:
     """AUROC of the novelty score for each defect type left out of the first half (class units, plain); raw_first:
     the first half's raw descriptors (the bundle's rows)."""
     from core.classify.openset import fit_open_set
@@ -177,8 +179,9 @@ def held_out(raw_first, regions_first, truth_first, classified, truth_second, co
         new = combine(raw_second, config.descriptors, reference=kept)
         positive = [t == held for t in truth_second]
         weak = np.array([c.region.weak for c in classified.regions])  # never unknown: "no anomaly found"
-        out[held] = tuple(auroc(positive, np.where(weak, 0.0, fit_open_set(features, labels, classes, normalize=n)
-                                                   .predict(new).novelty)) for n in (True, False))
+        out[held] = tuple(auroc(positive, np.where(weak, 0.0, fit_open_set(features, labels, classes, neighbors,
+                                                                           normalize=n).predict(new).novelty))
+                          for n in (True, False))
     return out
 
 
@@ -248,6 +251,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pcb-images", type=int, default=0, help="DeepPCB images drawn (0 = all 500)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--neighbors", type=int, default=NEIGHBORS, help="novelty rows: k of the class distance")
     parser.add_argument("--work", type=Path, help="demo: keep the generated sets and the run here")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -256,9 +260,10 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.sets.split(","):
         started = time.perf_counter()
         if name == "deeppcb":
-            rows.append(evaluate("DeepPCB", datasets / "deeppcb", deeppcb_maps, args.seed, args.pcb_images))
+            rows.append(evaluate("DeepPCB", datasets / "deeppcb", deeppcb_maps, args.seed, args.pcb_images,
+                                 args.neighbors))
         elif name == "aitex":
-            rows.append(evaluate("AITEX", datasets / "aitex", aitex_maps, args.seed, 0))
+            rows.append(evaluate("AITEX", datasets / "aitex", aitex_maps, args.seed, 0, args.neighbors))
         elif name == "demo":
             rows.append(demo_row(args.work or Path(tempfile.mkdtemp(prefix="classify-demo-")), args.seed))
         print(f"{name}: {time.perf_counter() - started:.0f} s", file=sys.stderr)
