@@ -2,6 +2,7 @@
 # Set-up and entry points of Defect Discovery Studio on a fresh machine.
 #   bash dev.sh app    create .venv if missing, install what is missing into it, start the Studio
 #   bash dev.sh test   the same (plus Chromium and PostgreSQL), then run all tests
+#   bash dev.sh test -m quick   the fast unit tests only (the local loop); extra arguments go to pytest
 # Everything Python runs from the project's own virtual environment .venv (never the python3 that
 # happens to be first on PATH); $PYTHON only chooses the interpreter the environment is made from.
 set -euo pipefail
@@ -20,8 +21,18 @@ make_venv() {
 
 install_python_packages() {
   make_venv
+  # requirements.txt is the pinned list; the project itself is then installed in editable mode
+  # (pyproject.toml), so core/, storage/ and webapp/ import from this checkout without path patches.
   # pip skips what is already installed; torch comes from this machine's wheel cache when present.
+  # A stamp of both files in .venv skips pip's own check (seconds) until either file changes.
+  local stamp="$VENV/.studio-installed" wanted
+  wanted=$(cat requirements.txt pyproject.toml | sha256sum | cut -d' ' -f1)
+  if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$wanted" ]; then
+    return 0
+  fi
   "$PYTHON" -m pip install -q --disable-pip-version-check -r requirements.txt
+  "$PYTHON" -m pip install -q --disable-pip-version-check -e .
+  echo "$wanted" >"$stamp"
 }
 
 have_debian_packages() {
@@ -46,11 +57,14 @@ case "${1:-}" in
   test)
     shift
     install_python_packages
-    install_debian_packages
-    # Starts a throw-away PostgreSQL on 127.0.0.1 and exports STUDIO_TEST_POSTGRES_URL.
-    # shellcheck source=.ci/postgres.sh
-    source .ci/postgres.sh
-    trap 'studio_postgres_stop || true' EXIT
+    # The quick loop (-m quick) needs neither Chromium nor PostgreSQL: its tests use SQLite.
+    if [ "$*" != "-m quick" ]; then
+      install_debian_packages
+      # Starts a throw-away PostgreSQL on 127.0.0.1 and exports STUDIO_TEST_POSTGRES_URL.
+      # shellcheck source=.ci/postgres.sh
+      source .ci/postgres.sh
+      trap 'studio_postgres_stop || true' EXIT
+    fi
     "$PYTHON" -m pytest -q -ra "$@"
     ;;
   *)

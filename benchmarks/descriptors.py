@@ -10,19 +10,13 @@ ring mask. Target (issue 13): 10,000 regions in under 10 s on 2 cores. Measured 
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+import cv2
+import numpy as np
 
-import cv2  # noqa: E402
-import numpy as np  # noqa: E402
-
-from core.grouping.descriptors import combine, describe  # noqa: E402
-from core.regions.mebin import _available_cores  # noqa: E402
+from core.grouping.descriptors import combine, describe
+from core.regions.mebin import _available_cores
 
 
 def synthetic_regions(count: int, seed: int = 0) -> tuple[list, list]:

@@ -4,7 +4,8 @@ Fills a temporary workspace through the storage API (synthetic images, crops, ma
 run with clusters, UMAP points and embeddings), then renders webapp/views/explore.py with
 Streamlit's AppTest: cold (empty caches: the baseline), warm (figure, points and thumbnails
 cached), with a 500-point selection, and right after an edit (new revision: the figure is
-rebuilt). Prints a table; run `python benchmarks/explore.py [--regions N]`.
+rebuilt). Prints a table; run `python -m benchmarks.explore [--regions N]` from the repository root
+(it fills the store with the tests' `builders.fill_store`).
 """
 
 from __future__ import annotations
@@ -12,19 +13,17 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
+import streamlit as st
+from streamlit.testing.v1 import AppTest
+
+from tests.builders import fill_store
+from webapp import selection as explore_selection
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-import streamlit as st  # noqa: E402
-from streamlit.testing.v1 import AppTest  # noqa: E402
-
-from tests.test_app_explore import fill_store  # noqa: E402
-from webapp import selection as explore_selection  # noqa: E402
 
 PAGE = ROOT / "webapp" / "views" / "explore.py"
 

@@ -19,15 +19,13 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import cv2
+import numpy as np
+
+from core.config import MEBinConfig
+from core.regions.mebin import binarize, binarize_reference
+
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-import cv2  # noqa: E402
-import numpy as np  # noqa: E402
-
-from core.config import MEBinConfig  # noqa: E402
-from core.regions.mebin import binarize, binarize_reference  # noqa: E402
 
 
 def make_maps(kind: str, count: int, size: int, seed: int = 0) -> list[np.ndarray]:
@@ -87,7 +85,7 @@ def compile_times() -> tuple[float, float]:
         "np.eye(8, dtype=np.uint8) * 9], workers=1); print(time.perf_counter() - t)"
     )
     with tempfile.TemporaryDirectory() as cache:
-        environment = dict(os.environ, NUMBA_CACHE_DIR=cache, PYTHONPATH=str(ROOT))
+        environment = dict(os.environ, NUMBA_CACHE_DIR=cache)
         runs = [
             float(subprocess.run([sys.executable, "-c", snippet], env=environment, cwd=ROOT,
                                  capture_output=True, text=True, check=True).stdout)

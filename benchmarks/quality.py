@@ -15,8 +15,14 @@ and the unguided and Otsu ablations of the hybrid. Columns:
 - DeepPCB, annotated: the differing pixels inside each annotated box as the maps (detection made
   perfect, only discovery judged). The paper's MEBin finds no stable threshold on such binary
   maps; a row it refuses prints "refused".
+- AITEX, masks: real woven fabric (4096 x 256 strips, 11 defect types, one per image); its
+  ground-truth masks as the maps (blurred, light noise: core.demo.build.maps_from_ground_truth),
+  image level, K = 11, so only discovery is judged;
+- AITEX, detector: the built-in detector's maps (defaults, fitted to train/good), end to end
+  (slow on 2 cores: tens of minutes; --sets names it to run it).
 
-Each cell: NMI / ARI / F1 (mean over seeds). Below the table, per set: the K that `--classes auto`
+Each cell: NMI / ARI / F1 (mean over seeds), then the share of defect-free test images called
+normal ("no anomaly found" or the normal slot) where the set has them. Below the table, per set: the K that `--classes auto`
 estimates with the descriptors and the hybrid representation, and the region recall (share of
 annotated defects some region covers) and precision of each extraction. --baselines adds, on the
 demo column only: k-means on untrained backbone features of whole images or of the crops, and a
@@ -26,23 +32,19 @@ supervised 2-fold reference (the same MGViT trained with the true classes of hal
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
+
+from core.detection.config import METHODS
+from core.imageio import read_gray, read_image
+from core.evaluation.metrics import cluster_metrics
+from core.records import GOOD
+
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-import cv2  # noqa: E402
-import numpy as np  # noqa: E402
-
-from core.detection.config import METHODS  # noqa: E402
-from core.imageio import read_gray, read_image  # noqa: E402
-from core.evaluation.metrics import cluster_metrics  # noqa: E402
-from core.records import GOOD  # noqa: E402
 
 #: Rows: key -> (shown name, extraction, binarizer, representation, guided training, what the hybrid's MGViT is taught).
 ROWS = {
@@ -157,7 +159,7 @@ def kmeans_labels(features: np.ndarray, k: int, seed: int) -> np.ndarray:
 
 
 def image_votes(records, regions, region_probabilities: np.ndarray, tau: float) -> tuple[list, list]:
-    """Ground truth and area-weighted fused class of each record (METHOD.md stage 6)."""
+    """Ground truth and area-weighted fused class of each record (docs/method.md stage 6)."""
     from core.grouping.fusion import fuse_image
 
     truth, predicted = [], []
@@ -241,13 +243,34 @@ def baseline(name: str, manifest, maps, config, device, k: int, seed: int, norma
 # ----------------------------------------------------------------------------------- main
 
 
-def _deeppcb_default() -> Path:
-    """shared/datasets/deeppcb in the nearest folder above the repository that has it (worktrees sit deeper)."""
+def _shared(name: str) -> Path:
+    """shared/datasets/<name> in the nearest folder above the repository that has it (worktrees sit deeper)."""
     for parent in ROOT.parents:
-        candidate = parent / "shared" / "datasets" / "deeppcb"
+        candidate = parent / "shared" / "datasets" / name
         if candidate.is_dir():
             return candidate
-    return ROOT.parent / "shared" / "datasets" / "deeppcb"
+    return ROOT.parent / "shared" / "datasets" / name
+
+
+def aitex_sets(root: Path, wanted: set[str], device) -> list[tuple]:
+    """AITEX columns: its masks as maps and, when asked, the built-in detector's maps (with its held-out peaks)."""
+    from core.dataset import load_dataset
+    from core.demo.build import maps_from_ground_truth
+    from core.detection import DetectorConfig, detect
+
+    manifest = load_dataset(root)
+    k = len({r.gt_class for r in manifest.unlabeled if r.gt_class not in (None, GOOD)})
+    sets = []
+    if "aitex" in wanted:
+        sets.append((f"AITEX masks ({len(manifest.unlabeled)}), image", manifest,
+                     maps_from_ground_truth(manifest.unlabeled), k, "image", []))
+    if "aitex-detector" in wanted:
+        started = time.perf_counter()
+        detection = detect(manifest, DetectorConfig(), device)
+        print(f"AITEX: built-in detector maps in {time.perf_counter() - started:.0f} s ({detection.choice})", flush=True)
+        sets.append((f"AITEX detector ({len(manifest.unlabeled)}), image", manifest, detection.maps, k, "image",
+                     list(detection.normal_peaks)))
+    return sets
 
 
 def _cell(runs: list[dict] | str | None) -> str:
@@ -255,19 +278,24 @@ def _cell(runs: list[dict] | str | None) -> str:
         return "not run"
     if isinstance(runs, str):
         return runs
-    return " / ".join(f"{np.mean([r[m] for r in runs]):.3f}" for m in ("nmi", "ari", "f1"))
+    cell = " / ".join(f"{np.mean([r[m] for r in runs]):.3f}" for m in ("nmi", "ari", "f1"))
+    shares = [r["normal_share"] for r in runs if r.get("normal_share") is not None]
+    return cell + (f", normal {np.mean(shares):.0%}" if shares else "")
 
 
-def main(argv: list[str] | None = None) -> int:
+def _arguments(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sets", default="demo,template,annotated", help="comma list of demo,template,annotated")
+    parser.add_argument("--sets", default="demo,template,annotated,aitex",
+                        help="comma list of demo,template,annotated,aitex,aitex-detector [demo,template,annotated,aitex]")
     parser.add_argument("--rows", default=",".join(ROWS), help=f"comma list of rows [{','.join(ROWS)}]")
     parser.add_argument("--baselines", default="", help=f"demo only, comma list of {','.join(BASELINES)} [none]")
     parser.add_argument("--dataset", type=Path, help="MVTec-layout folder for the demo column (default: generated)")
     parser.add_argument("--detector", default="auto", choices=METHODS,
                         help="built-in detector of the demo column [auto: offline, the learned detector or the filter bank, whichever separates better]")
     parser.add_argument("--per-class", type=int, default=14, help="generated demo: defective images per type [14]")
-    parser.add_argument("--deeppcb", type=Path, default=_deeppcb_default(),
+    parser.add_argument("--aitex", type=Path, default=_shared("aitex"), help="AITEX folder (MVTec layout) "
+                        "[shared/datasets/aitex in a folder above the repository]")
+    parser.add_argument("--deeppcb", type=Path, default=_shared("deeppcb"),
                         help="DeepPCB folder (images/, normal/, annotations.json) [shared/datasets/deeppcb in a "
                              "folder above the repository]")
     parser.add_argument("--pcb-images", type=int, default=0, help="DeepPCB images drawn (0 = all 500) [0]")
@@ -276,11 +304,77 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--weights", type=Path, help="local backbone weights (e.g. DINO)")
     parser.add_argument("--seeds", type=int, default=1)
     parser.add_argument("--device", default="cpu")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
 
+
+def _sets(args: argparse.Namespace, device) -> list[tuple]:
+    """(column name, manifest, maps, k, metrics level, held-out normal peaks) of every set asked for."""
+    wanted = {s for s in args.sets.split(",") if s}
+    sets = []
+    if "demo" in wanted:
+        started = time.perf_counter()
+        manifest, maps, choice, peaks = demo_set(args.dataset, args.per_class, 0, device, args.detector)
+        classes = sorted({r.gt_class for r in manifest.unlabeled if r.gt_class not in (None, GOOD)})
+        print(f"demo: {len(manifest.unlabeled)} images, {len(classes)} defect types, built-in detector maps in "
+              f"{time.perf_counter() - started:.0f} s ({choice})", flush=True)
+        sets.append((f"demo ({len(manifest.unlabeled)}), image", manifest, maps, len(classes), "image", peaks))
+    if {"template", "annotated"} & wanted:
+        if not args.deeppcb.is_dir():
+            print(f"{args.deeppcb}: not there, DeepPCB columns left out")
+        else:
+            started = time.perf_counter()
+            manifest, n_defects, maps = deeppcb_set(args.deeppcb, args.pcb_images, 0)
+            print(f"DeepPCB: {len(manifest.unlabeled)} images, {n_defects} annotated defects, maps in "
+                  f"{time.perf_counter() - started:.0f} s", flush=True)
+            sets += [(f"DeepPCB {kind} ({len(manifest.unlabeled)}), region", manifest, maps[kind], 6, "region", [])
+                     for kind in ("template", "annotated") if kind in wanted]
+    if {"aitex", "aitex-detector"} & wanted:
+        if not args.aitex.is_dir():
+            print(f"{args.aitex}: not there, AITEX columns left out")
+        else:
+            sets += aitex_sets(args.aitex, wanted, device)
+    return sets
+
+
+def _score(sets: list[tuple], rows: list[str], base, seeds: int, device) -> tuple[dict, list[str]]:
+    """Every row on every set: the table's cells and, per set, the class-count estimate and coverage line."""
+    from core.pipeline import PipelineError, run_discovery
+
+    table: dict[tuple[str, str], list[dict] | str] = {}
+    notes = []
+    for column, manifest, maps, k, level, peaks in sets:
+        for row in rows:
+            for seed in range(seeds):
+                started = time.perf_counter()
+                config = replace(row_config(base, row), classes=k, seed=seed)
+                try:
+                    result = run_discovery(manifest, config, maps=maps, normal_peaks=peaks)
+                except PipelineError as error:
+                    table[(row, column)] = "refused"
+                    print(f"  {column} | {ROWS[row][0]}: refused ({error})", flush=True)
+                    break
+                metrics = dict(result.metrics[level])
+                metrics["normal_share"] = (result.metrics.get("normal_images") or {}).get("share_predicted_normal")
+                runs = table.setdefault((row, column), [])
+                assert isinstance(runs, list)
+                runs.append(metrics)
+                print(f"  {column} | {ROWS[row][0]} seed {seed}: {len(result.regions)} regions, {_cell([metrics])} "
+                      f"({time.perf_counter() - started:.0f} s)", flush=True)
+        estimates, coverage = estimates_and_coverage(manifest, maps, base, device, peaks)
+        line = f"{column} (truth K = {k}): --classes auto " + ", ".join(
+            f"{name} {estimate.k} ({estimate.sureness}, {estimate.confidence:.2f})" for name, estimate in estimates.items())
+        for extraction, found in coverage.items():
+            line += (f"; {extraction} extraction: {found['regions']} regions, recall {found['recall']:.1%}, "
+                     f"precision {found['precision']:.1%}")
+        notes.append(line)
+        print(line, flush=True)
+    return table, notes
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _arguments(argv)
     from core.config import DiscoveryConfig, MGViTConfig, TrainConfig, recommended_epochs
     from core.device import resolve_device
-    from core.pipeline import PipelineError, run_discovery
 
     device = resolve_device(args.device)
     model = MGViTConfig()
@@ -291,61 +385,10 @@ def main(argv: list[str] | None = None) -> int:
     base = DiscoveryConfig(model=model, train=replace(TrainConfig(), epochs=args.epochs or recommended_epochs(model)),
                            device=str(device))
     rows = [r for r in args.rows.split(",") if r]
-    wanted = [s for s in args.sets.split(",") if s]
-    sets = []  # (column name, manifest, maps, k, metrics level)
-    demo = None
-    if "demo" in wanted:
-        started = time.perf_counter()
-        manifest, maps, choice, peaks = demo_set(args.dataset, args.per_class, 0, device, args.detector)
-        classes = sorted({r.gt_class for r in manifest.unlabeled if r.gt_class not in (None, GOOD)})
-        print(f"demo: {len(manifest.unlabeled)} images, {len(classes)} defect types, built-in detector maps in "
-              f"{time.perf_counter() - started:.0f} s ({choice})", flush=True)
-        demo = (manifest, maps, len(classes), peaks)
-        sets.append((f"demo ({len(manifest.unlabeled)}), image", manifest, maps, len(classes), "image", peaks))
-    if {"template", "annotated"} & set(wanted):
-        if not args.deeppcb.is_dir():
-            print(f"{args.deeppcb}: not there, DeepPCB columns left out")
-        else:
-            started = time.perf_counter()
-            manifest, n_defects, maps = deeppcb_set(args.deeppcb, args.pcb_images, 0)
-            print(f"DeepPCB: {len(manifest.unlabeled)} images, {n_defects} annotated defects, maps in "
-                  f"{time.perf_counter() - started:.0f} s", flush=True)
-            for kind in ("template", "annotated"):
-                if kind in wanted:
-                    sets.append((f"DeepPCB {kind} ({len(manifest.unlabeled)}), region", manifest, maps[kind], 6,
-                                 "region", []))
-
-    table: dict[tuple[str, str], list[dict] | str] = {}
-    notes = []
-    for column, manifest, maps, k, level, peaks in sets:
-        for row in rows:
-            for seed in range(args.seeds):
-                started = time.perf_counter()
-                config = replace(row_config(base, row), classes=k, seed=seed)
-                try:
-                    result = run_discovery(manifest, config, maps=maps, normal_peaks=peaks)
-                except PipelineError as error:
-                    table[(row, column)] = "refused"
-                    print(f"  {column} | {ROWS[row][0]}: refused ({error})", flush=True)
-                    break
-                metrics = result.metrics[level]
-                runs = table.setdefault((row, column), [])
-                assert isinstance(runs, list)
-                runs.append(metrics)
-                print(f"  {column} | {ROWS[row][0]} seed {seed}: {len(result.regions)} regions, NMI {metrics['nmi']:.3f} "
-                      f"ARI {metrics['ari']:.3f} F1 {metrics['f1']:.3f} ({time.perf_counter() - started:.0f} s)",
-                      flush=True)
-        estimates, coverage = estimates_and_coverage(manifest, maps, base, device, peaks)
-        line = f"{column} (truth K = {k}): --classes auto " + ", ".join(
-            f"{name} {estimate.k} ({estimate.sureness}, {estimate.confidence:.2f})" for name, estimate in estimates.items())
-        for extraction, found in coverage.items():
-            line += (f"; {extraction} extraction: {found['regions']} regions, recall {found['recall']:.1%}, "
-                     f"precision {found['precision']:.1%}")
-        notes.append(line)
-        print(line, flush=True)
-
+    sets = _sets(args, device)
+    table, notes = _score(sets, rows, base, args.seeds, device)
     columns = [s[0] for s in sets]
-    width = max([32] + [len(c) + 2 for c in columns])
+    width = max([32] + [len(c) + 2 for c in columns] + [len(_cell(v)) + 2 for v in table.values()])
     print()
     print(f"{'NMI / ARI / F1':<32}" + "".join(f"{c:>{width}}" for c in columns))
     for row in rows:
@@ -353,10 +396,10 @@ def main(argv: list[str] | None = None) -> int:
     print()
     for line in notes:
         print(line)
-
     chosen = [b for b in args.baselines.split(",") if b]
+    demo = next((s for s in sets if s[0].startswith("demo")), None)
     if chosen and demo is not None:
-        manifest, maps, k, peaks = demo
+        _, manifest, maps, k, _, peaks = demo
         config = replace(base, classes=k)
         print()
         print(f"{'method (image level, demo)':<32}{'NMI / ARI / F1':>{width}}")

@@ -14,18 +14,15 @@ import argparse
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from core.mgvit.augment import stored_size  # noqa: E402
-from core.config import MGViTConfig  # noqa: E402
-from core.mgvit.heads import DiscoveryModel  # noqa: E402
-from core.mgvit.losses import LossWeights  # noqa: E402
-from core.mgvit.model import build_mgvit  # noqa: E402
-from core.mgvit.train import train_step  # noqa: E402
+from core.mgvit.augment import stored_size
+from core.config import MGViTConfig
+from core.mgvit.heads import DiscoveryModel
+from core.mgvit.losses import LossWeights
+from core.mgvit.model import build_mgvit
+from core.mgvit.train import train_step
 
 
 def make_step(model: DiscoveryModel, device: torch.device, batch: int, amp: bool):

@@ -2,21 +2,23 @@
 
 Importable without torch, so the app's forms, the CLI's help and the job runner read the same
 defaults the engine runs with. One seed and one fusion temperature, both on DiscoveryConfig; the
-stages get them passed. `DiscoveryConfig.from_settings` turns the flat settings vocabulary of
-the app and the CLI (SETTINGS_KEYS) into a config, and `to_settings` turns it back.
+stages get them passed. The flat settings vocabulary of the app, the CLI and stored runs is the
+table in core.settings; the `auto` decisions (backbone, epochs, representation) are made, with
+their reasons, in core.decisions. This module does no file-system work.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from core.detection.config import DetectorConfig
 from core.errors import UserError
+from core.representation import (AUTO_REPRESENTATION, REPRESENTATION_CHOICES, REPRESENTATIONS, Representation,
+                                 representation)
 
 __all__ = [
+    "AUTO_REPRESENTATION",
     "AugmentConfig",
     "BINARIZERS",
     "DescriptorConfig",
@@ -30,6 +32,7 @@ __all__ = [
     "GroupingConfig",
     "MEBinConfig",
     "MGViTConfig",
+    "OPTIMIZERS",
     "PredictConfig",
     "REAL_USE_BACKBONE",
     "REPRESENTATIONS",
@@ -37,11 +40,9 @@ __all__ = [
     "RegionConfig",
     "SCRATCH_BACKBONES",
     "SCRATCH_EPOCHS",
-    "SETTINGS_KEYS",
     "SettingsError",
     "TrainConfig",
     "is_scratch",
-    "resolve_representation",
     "recommended_epochs",
 ]
 
@@ -124,12 +125,7 @@ class RegionConfig:
 
 # --------------------------------------------------------------- representation of a region
 
-#: What grouping works on: the paper's MGViT embedding and heads, fixed descriptors, or both.
-REPRESENTATIONS = ("vit", "descriptors", "hybrid")
-#: `representation="auto"` (the CLI's and the app's default): decided by `resolve_representation`.
-AUTO_REPRESENTATION = "auto"
-#: What the settings, the CLI and the app accept: auto or one of REPRESENTATIONS.
-REPRESENTATION_CHOICES = (AUTO_REPRESENTATION, *REPRESENTATIONS)
+#: REPRESENTATIONS, AUTO_REPRESENTATION and REPRESENTATION_CHOICES live in core.representation.
 #: What the hybrid's MGViT is taught: the descriptor groups as its targets, or the paper's teacher alone.
 PRIORS = ("descriptors", "none")
 
@@ -146,6 +142,7 @@ class DescriptorConfig:
     intensity: float = 1.5  # surroundings carry most, HOG least: it is not rotation invariant)
     texture: float = 0.7
     hog: float = 0.2
+    orientation: float = 0.7  # the mask's direction in the image (AITEX image NMI 0.469 -> 0.524, DeepPCB unchanged)
 
     def weight(self, group: str) -> float:
         return float(getattr(self, group))
@@ -202,58 +199,13 @@ class MGViTConfig:
             object.__setattr__(self, "weights", Path(self.weights))
 
 
-#: `backbone="auto"`: REAL_USE_BACKBONE when its weights are here, else the scratch default.
+#: `backbone="auto"`: decided in core.decisions (REAL_USE_BACKBONE when its weights are here).
 AUTO_VIT = "auto"
-
-
-def resolve_vit_backbone(model: MGViTConfig) -> tuple[MGViTConfig, str]:
-    """(the config with "auto" decided, one line saying which backbone and why).
-
-    auto takes REAL_USE_BACKBONE with a --weights file, or pretrained when its weights are already
-    in the timm / Hugging Face cache; else the offline scratch default. It never downloads (name
-    the backbone with --pretrained for that). Other names pass unchanged.
-    """
-    if model.backbone != AUTO_VIT:
-        return model, f"backbone {model.backbone} as asked"
-    if model.weights is not None:
-        return (replace(model, backbone=REAL_USE_BACKBONE, pretrained=False),
-                f"backbone {REAL_USE_BACKBONE} with the weights file {model.weights.name}")
-    from core.detection.backbones import cached_weights  # timm: imported only when auto is asked
-
-    found = cached_weights(REAL_USE_BACKBONE)
-    if found is not None:
-        return (replace(model, backbone=REAL_USE_BACKBONE, pretrained=True),
-                f"backbone {REAL_USE_BACKBONE}: its pretrained weights are in the cache ({found.parent})")
-    scratch = MGViTConfig.backbone
-    return (replace(model, backbone=scratch, pretrained=False),
-            f"backbone {scratch} (offline, trained from scratch): no pretrained {REAL_USE_BACKBONE} weights in "
-            f"the timm/Hugging Face cache and no --weights; auto does not download (name --backbone "
-            f"{REAL_USE_BACKBONE} --pretrained to download it once)")
 
 
 def is_scratch(config: MGViTConfig) -> bool:
     """True when the backbone starts from random weights (nothing pretrained, no file)."""
     return config.weights is None and (config.backbone in SCRATCH_BACKBONES or not config.pretrained)
-
-
-def resolve_representation(representation: str, model: MGViTConfig) -> tuple[str, str]:
-    """(the representation a run groups on, one line saying why) for a resolved backbone.
-
-    auto: "hybrid" when the MGViT starts from pretrained weights (a weights file or timm's
-    pretrained weights), "descriptors" when it would be trained from scratch. Measured offline
-    (scratch ViT, K given): the hybrid never beat the descriptors alone beyond noise, on five
-    generated demos (image NMI 0.337-0.504 against 0.423-0.542), the hard textured set (0.504
-    both) and all 500 DeepPCB images (region NMI 0.807 against 0.802 with the template maps,
-    0.758 against 0.774 with the annotated pixels), and it trains for minutes (22 against ~1 on
-    DeepPCB). Other names pass unchanged.
-    """
-    if representation != AUTO_REPRESENTATION:
-        return representation, f"regions grouped on {representation} as asked"
-    if is_scratch(model):
-        return "descriptors", (f"regions grouped on their descriptors alone (the {model.backbone} ViT would be "
-                               "trained from scratch, which adds nothing measurable beside them; give DINO "
-                               "weights for the hybrid)")
-    return "hybrid", f"regions grouped on the descriptors beside the pretrained {model.backbone} embedding (hybrid)"
 
 
 @dataclass(frozen=True)
@@ -277,6 +229,10 @@ class AugmentConfig:
     blur_sigma: tuple[float, float] = (0.1, 2.0)  # Gaussian blur sigma range, pixels at input size
     posterize_prob: float = 0.2  # posterize
     posterize_bits: int = 4  # bits kept by posterize
+
+
+#: TrainConfig.optimizer: auto (sgd with loaded weights, adamw from scratch), sgd or adamw.
+OPTIMIZERS = ("auto", "sgd", "adamw")
 
 
 @dataclass(frozen=True)
@@ -350,54 +306,6 @@ class EstimateConfig:
 
 # ------------------------------------------------------------------------------ the whole run
 
-#: The flat settings vocabulary of the app's forms, the CLI and stored runs -> what it sets.
-SETTINGS_KEYS: dict[str, str] = {
-    "classes": "K novel defect classes, or 'auto' to estimate K",
-    "backbone": "MGViTConfig.backbone",
-    "weights": "MGViTConfig.weights (a local file; must exist)",
-    "pretrained": "MGViTConfig.pretrained",
-    "image_size": "MGViTConfig.input_size (0 or None: the backbone's own)",
-    "epochs": "TrainConfig.epochs (None: SCRATCH_EPOCHS from scratch, 50 otherwise)",
-    "batch_size": "TrainConfig.batch_size (at least 2)",
-    "lr": "start learning rate of whichever optimizer runs (sets TrainConfig.lr and adamw_lr)",
-    "sgd_lr": "TrainConfig.lr alone",
-    "adamw_lr": "TrainConfig.adamw_lr alone",
-    "optimizer": "TrainConfig.optimizer",
-    "guided": "TrainConfig.guided (False: the unguided ablation)",
-    "tau": "DiscoveryConfig.tau, the fusion temperature",
-    "seed": "DiscoveryConfig.seed, for every seeded stage",
-    "device": "DiscoveryConfig.device",
-    "binarizer": "DiscoveryConfig.binarizer",
-    "representation": "DiscoveryConfig.representation (auto, vit, descriptors or hybrid; auto = hybrid with a pretrained ViT, else descriptors)",
-    "prior": "DiscoveryConfig.prior (hybrid: descriptors = the MGViT learns the descriptor groups; none = the paper's teacher)",
-    "extraction": "RegionConfig.extraction (components or reference)",
-    "refine": "RegionConfig.refine (references: masks redrawn against the normal references; none: the map's)",
-    "fallback": "RegionConfig.fallback (peak: an image where nothing clears the floor gets its strongest spot; whole: the image)",
-    "ground_truth": "DiscoveryConfig.ground_truth (a COCO file; must exist)",
-    "detector_method": "DetectorConfig.method",
-    "detector_backbone": "DetectorConfig.backbone",
-    "detector_weights": "DetectorConfig.weights",
-    "mebin_sample_rate": "MEBinConfig.sample_rate",
-    "mebin_min_interval_len": "MEBinConfig.min_interval_len",
-    "mebin_erode": "MEBinConfig.erode",
-    "mebin_kernel_size": "MEBinConfig.kernel_size",
-}
-
-
-def _given(settings: Mapping[str, Any], key: str) -> bool:
-    return settings.get(key) not in (None, "")
-
-
-def _number(settings: Mapping[str, Any], key: str, cast: type) -> Any:
-    value = settings[key]
-    if isinstance(value, bool):
-        raise SettingsError(f"{key} must be a number, not {value!r}")
-    try:
-        return cast(value)
-    except (TypeError, ValueError):
-        raise SettingsError(f"{key} must be a {'whole ' if cast is int else ''}number, not {value!r}") from None
-
-
 @dataclass(frozen=True)
 class DiscoveryConfig:
     """Every setting of one discovery run; each stage's settings keep their published defaults."""
@@ -413,7 +321,7 @@ class DiscoveryConfig:
     detector: DetectorConfig = field(default_factory=DetectorConfig)  # built-in detector (its seed is `seed`)
     binarizer: str = "mebin"  # "mebin" (the method) or "otsu" (fixed per-map Otsu threshold)
     representation: str = "descriptors"  # what grouping works on: "vit" (the paper), "descriptors", "hybrid"
-    # (settings and CLI: "auto" = resolve_representation, hybrid with a pretrained ViT; the default
+    # (settings and CLI: "auto" = core.decisions, hybrid with a pretrained ViT; the default
     # model here is the scratch ViT, so the default representation is what auto takes for it)
     descriptors: DescriptorConfig = field(default_factory=DescriptorConfig)  # fixed region descriptors
     grouping: GroupingConfig = field(default_factory=GroupingConfig)  # spectral grouping, fusion weight
@@ -432,150 +340,7 @@ class DiscoveryConfig:
         if self.prior not in PRIORS:
             raise SettingsError(f"prior must be one of {PRIORS}, not {self.prior!r}")
 
-    @classmethod
-    def from_settings(cls, settings: Mapping[str, Any]) -> DiscoveryConfig:
-        """The config of a run's flat settings (SETTINGS_KEYS); missing keys keep the defaults.
-
-        Keys outside SETTINGS_KEYS belong to the job (maps folder, labels, ...) and are ignored.
-        Without `epochs` a from-scratch backbone gets SCRATCH_EPOCHS, others the published 50.
-        Raises SettingsError naming the setting that cannot be used.
-        """
-        model = MGViTConfig()
-        if _given(settings, "backbone"):
-            model = replace(model, backbone=str(settings["backbone"]))
-        if _given(settings, "weights"):
-            weights = Path(settings["weights"]).expanduser()
-            if not weights.is_file():
-                raise SettingsError(f"{weights}: weight file does not exist")
-            model = replace(model, weights=weights)
-        if settings.get("pretrained") is not None:
-            model = replace(model, pretrained=bool(settings["pretrained"]))
-        if _given(settings, "image_size"):
-            size = _number(settings, "image_size", int)
-            if size < 0:
-                raise SettingsError(f"image_size must be 0 (the backbone's own) or positive, got {size}")
-            model = replace(model, input_size=size or None)
-        model, _ = resolve_vit_backbone(model)
-
-        train: dict[str, Any] = {}
-        epochs = _number(settings, "epochs", int) if _given(settings, "epochs") else recommended_epochs(model)
-        if epochs < 1:
-            raise SettingsError(f"epochs must be at least 1, got {epochs}")
-        train["epochs"] = epochs
-        if _given(settings, "batch_size"):
-            train["batch_size"] = _number(settings, "batch_size", int)
-            if train["batch_size"] < 2:
-                raise SettingsError(f"batch_size must be at least 2, got {train['batch_size']}")
-        if _given(settings, "lr"):  # one learning rate for whichever optimizer the run uses
-            train["lr"] = train["adamw_lr"] = _number(settings, "lr", float)
-        if _given(settings, "sgd_lr"):
-            train["lr"] = _number(settings, "sgd_lr", float)
-        if _given(settings, "adamw_lr"):
-            train["adamw_lr"] = _number(settings, "adamw_lr", float)
-        for key in ("lr", "adamw_lr"):
-            if key in train and train[key] <= 0:
-                raise SettingsError(f"learning rate must be positive, got {train[key]}")
-        if _given(settings, "optimizer"):
-            if settings["optimizer"] not in ("auto", "sgd", "adamw"):
-                raise SettingsError(f"optimizer must be auto, sgd or adamw, not {settings['optimizer']!r}")
-            train["optimizer"] = str(settings["optimizer"])
-        if settings.get("guided") is not None:
-            train["guided"] = bool(settings["guided"])
-
-        seed = _number(settings, "seed", int) if _given(settings, "seed") else cls.seed
-        detector: dict[str, Any] = {"seed": seed}
-        if _given(settings, "detector_method"):
-            detector["method"] = str(settings["detector_method"])
-        if _given(settings, "detector_backbone"):
-            detector["backbone"] = str(settings["detector_backbone"])
-        if _given(settings, "detector_weights"):
-            detector["weights"] = Path(settings["detector_weights"]).expanduser()
-        try:
-            detector_config = DetectorConfig(**detector)
-        except ValueError as error:
-            raise SettingsError(f"detector: {error}") from error
-
-        mebin: dict[str, Any] = {}
-        for item in fields(MEBinConfig):
-            key = f"mebin_{item.name}"
-            if settings.get(key) is not None:
-                mebin[item.name] = bool(settings[key]) if item.name == "erode" else _number(settings, key, int)
-        if mebin.get("sample_rate", 1) < 1 or mebin.get("min_interval_len", 1) < 1 or mebin.get("kernel_size", 1) < 1:
-            raise SettingsError(f"MEBin settings must be at least 1, got {mebin}")
-
-        classes = settings.get("classes")
-        if classes in (None, "", "auto"):
-            k = None
-        else:
-            k = _number(settings, "classes", int)
-        values: dict[str, Any] = dict(
-            model=model, train=TrainConfig(**train), mebin=MEBinConfig(**mebin), classes=k,
-            detector=detector_config, seed=seed,
-        )
-        if _given(settings, "tau"):
-            values["tau"] = _number(settings, "tau", float)
-        if _given(settings, "device"):
-            values["device"] = str(settings["device"])
-        if _given(settings, "binarizer"):
-            values["binarizer"] = str(settings["binarizer"])
-        asked = str(settings["representation"]) if _given(settings, "representation") else AUTO_REPRESENTATION
-        if asked not in REPRESENTATION_CHOICES:
-            raise SettingsError(f"representation must be one of {REPRESENTATION_CHOICES}, not {asked!r}")
-        values["representation"] = resolve_representation(asked, model)[0]
-        if _given(settings, "prior"):
-            values["prior"] = str(settings["prior"])
-        regions: dict[str, Any] = {}
-        if _given(settings, "extraction"):
-            if settings["extraction"] not in EXTRACTIONS:
-                raise SettingsError(f"extraction must be one of {EXTRACTIONS}, not {settings['extraction']!r}")
-            regions["extraction"] = str(settings["extraction"])
-        if _given(settings, "refine"):
-            if settings["refine"] not in REFINEMENTS:
-                raise SettingsError(f"refine must be one of {REFINEMENTS}, not {settings['refine']!r}")
-            regions["refine"] = str(settings["refine"])
-        if _given(settings, "fallback"):
-            if settings["fallback"] not in FALLBACKS:
-                raise SettingsError(f"fallback must be one of {FALLBACKS}, not {settings['fallback']!r}")
-            regions["fallback"] = str(settings["fallback"])
-        if regions:
-            values["regions"] = RegionConfig(**regions)
-        if _given(settings, "ground_truth"):
-            truth = Path(settings["ground_truth"]).expanduser()
-            if not truth.is_file():
-                raise SettingsError(f"{truth}: ground-truth file does not exist")
-            values["ground_truth"] = truth
-        return cls(**values)
-
-    def to_settings(self) -> dict[str, Any]:
-        """The flat settings (SETTINGS_KEYS) that from_settings turns back into this config.
-
-        Fields outside the vocabulary (loss weights, augmentation, ...) are not written: a config
-        that changes them does not survive the round trip, one built by from_settings does.
-        """
-        return {
-            "classes": "auto" if self.classes is None else int(self.classes),
-            "backbone": self.model.backbone,
-            "weights": None if self.model.weights is None else str(self.model.weights),
-            "pretrained": self.model.pretrained,
-            "image_size": self.model.input_size,
-            "epochs": self.train.epochs,
-            "batch_size": self.train.batch_size,
-            "sgd_lr": self.train.lr,
-            "adamw_lr": self.train.adamw_lr,
-            "optimizer": self.train.optimizer,
-            "guided": self.train.guided,
-            "tau": self.tau,
-            "seed": self.seed,
-            "device": self.device,
-            "binarizer": self.binarizer,
-            "representation": self.representation,
-            "prior": self.prior,
-            "extraction": self.regions.extraction,
-            "refine": self.regions.refine,
-            "fallback": self.regions.fallback,
-            "ground_truth": None if self.ground_truth is None else str(self.ground_truth),
-            "detector_method": self.detector.method,
-            "detector_backbone": self.detector.backbone,
-            "detector_weights": None if self.detector.weights is None else str(self.detector.weights),
-            **{f"mebin_{item.name}": getattr(self.mebin, item.name) for item in fields(MEBinConfig)},
-        }
+    @property
+    def space(self) -> Representation:
+        """The representation regions are grouped on, as an object (core.representation)."""
+        return representation(self.representation)

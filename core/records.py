@@ -18,6 +18,9 @@ GOOD = "good"
 #: label value meaning "labeled normal".
 NORMAL_CLASS = "normal"
 
+#: THE display name of a run's reserved normal / false-detection cluster (its slot in the predictions).
+NORMAL_CLUSTER_NAME = "normal / false detection"
+
 
 def region_key(image: str, index: int) -> str:
     """Stable identifier of a region within a data set: "<image relpath>#<index>"."""
@@ -70,7 +73,7 @@ class Manifest:
 
 @dataclass
 class Region:
-    """An anomaly-centred square crop of one image (METHOD.md stage 3)."""
+    """An anomaly-centred square crop of one image (docs/method.md stage 3)."""
 
     image: str  # relpath of the image it comes from
     index: int  # 0-based rank within its image (largest box first)

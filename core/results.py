@@ -123,7 +123,7 @@ class DiscoveryResult:
     base_classes: list[str]
     binarization: dict[str, MEBinResult]  # image key -> MEBin (or Otsu) result
     normalized_maps: dict[str, np.ndarray]  # image key -> the uint8 map MEBin ran on (global scale)
-    metrics: dict[str, Any] | None  # DESIGN.md metrics.json content; None without ground truth
+    metrics: dict[str, Any] | None  # metrics.json as docs/architecture.md's output files say; None without ground truth
     timings: dict[str, float]  # seconds per stage
     estimate: ClassEstimate | None  # how K was estimated (None when given)
     model: DiscoveryModel | None  # None: the descriptors representation trains no model

@@ -9,7 +9,8 @@ thin front over the modules that hold each part:
 - storage.regions     regions (crops) of the images, versioned per image
 - storage.maps        anomaly maps, MEBin binarizations (versioned) and threshold overrides
 - storage.runs        run lifecycle and progress
-- storage.results     a run's clusters and assignments, and the reads of them (image classes)
+- storage.results     a run's clusters and assignments, and the reads of them
+- storage.image_classes  image-level classes: the regions' votes along the edits, fused
 - storage.edits       the engineer's cluster edits, each with its apply/revert pair
 - storage.history     the edit log: undo and redo
 - storage.labels      labels and the labeled set

@@ -7,20 +7,18 @@ import io
 import zipfile
 from pathlib import Path
 
-import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from core.config import DiscoveryConfig
-from core.demo.build import DemoConfig, generate_demo, gt_masks_to_maps
-from core.imageio import read_gray
+from core.decisions import decide
+from core.demo.build import DemoConfig, generate_demo
 from storage import CANCELLED, DONE, RUNNING, open_workspace
 from webapp import figures, intake, jobs, uploads, widgets, workspace as workspace_module
 
+from builders import TINY_DEMO, demo_maps
+
 APP = str(Path(__file__).resolve().parents[1] / "webapp" / "app.py")
 MY_PAGES = ("views/home.py", "views/review.py", "views/discover.py")
-TINY_DEMO = dict(image_size=64, n_train_good=4, n_test_good=2, n_per_class=3,
-                 defect_types=("scratch", "hole", "stain"))
 
 
 @pytest.fixture()
@@ -33,17 +31,6 @@ def workspace(tmp_path, monkeypatch):
     store = open_workspace(folder)
     yield store
     store.close()
-
-
-def make_maps(root: Path, maps_dir: Path) -> Path:
-    """Anomaly maps simulated from the demo's ground-truth masks."""
-    for image in sorted((root / "test").rglob("*.png")):
-        mask_path = root / "ground_truth" / image.parent.name / f"{image.stem}_mask.png"
-        mask = read_gray(mask_path) if mask_path.is_file() else np.zeros((64, 64), np.uint8)
-        target = maps_dir / image.relative_to(root).with_suffix(".npy")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        np.save(target, gt_masks_to_maps([mask], seed=len(str(image)))[0])
-    return maps_dir
 
 
 def open_page(page: str, **session) -> AppTest:
@@ -98,7 +85,7 @@ def test_one_click_demo_project_then_every_page_renders(workspace):
 
 def test_review_page_shows_maps_evidence_and_overrides_one_threshold(workspace, tmp_path):
     root = generate_demo(tmp_path / "demo", DemoConfig(**TINY_DEMO))
-    summary = intake.summarize_dataset(root, make_maps(root, tmp_path / "maps"))
+    summary = intake.summarize_dataset(root, demo_maps(root, tmp_path / "maps"))
     project = intake.create_project(workspace, "gt maps", summary)
     at = open_page("views/review.py", project_id=project.id)
     assert at.radio(key="maps_source").value == "Import from a folder"  # the project has a maps folder
@@ -159,7 +146,7 @@ def test_discover_page_shows_live_progress_and_loss_and_a_finished_run(workspace
 
 def test_start_button_launches_a_worker_process_and_cancel_stops_it(workspace, tmp_path):
     root = generate_demo(tmp_path / "demo", DemoConfig(**TINY_DEMO))
-    project = intake.create_project(workspace, "p", intake.summarize_dataset(root, make_maps(root, tmp_path / "maps")))
+    project = intake.create_project(workspace, "p", intake.summarize_dataset(root, demo_maps(root, tmp_path / "maps")))
     at = open_page("views/discover.py", project_id=project.id)
     at.toggle(key="d_auto").set_value(False).run()
     at.number_input(key="d_classes").set_value(3)
@@ -187,7 +174,7 @@ def test_start_button_launches_a_worker_process_and_cancel_stops_it(workspace, t
     assert run.settings["classes"] == 3 and run.settings["backbone"] == "vit_micro_scratch"
     assert run.settings["epochs"] == 300 and run.settings["pretrained"] is False
     assert run.settings["representation"] == "hybrid" and run.settings["refine"] == "none"
-    assert DiscoveryConfig.from_settings(run.settings).regions.refine == "none"  # the worker's reading of them
+    assert decide(run.settings).config.regions.refine == "none"  # the worker's reading of them
     at.button(key=f"cancel_{run.id}").click().run()
     assert jobs.wait_for(workspace, run.id, timeout=90).status == CANCELLED
 
@@ -197,7 +184,7 @@ def test_start_button_launches_a_worker_process_and_cancel_stops_it(workspace, t
 
 def test_create_project_from_a_server_folder_with_maps(workspace, tmp_path):
     root = generate_demo(tmp_path / "demo", DemoConfig(**TINY_DEMO))
-    maps = make_maps(root, tmp_path / "maps")
+    maps = demo_maps(root, tmp_path / "maps")
     (maps / "test" / "extra.npy").write_bytes(b"not a map")
     at = open_page("views/home.py")
     at.text_input(key="folder_root").set_value(str(root))
@@ -361,7 +348,7 @@ def test_a_refused_zip_leaves_no_folder_and_a_maps_folder_is_checked_first(works
     (tmp_path / "empty").mkdir()
     assert "no map files" in intake.check_maps_folder(tmp_path / "empty")
     root = generate_demo(tmp_path / "demo", DemoConfig(**TINY_DEMO))
-    assert intake.check_maps_folder(make_maps(root, tmp_path / "maps")) is None
+    assert intake.check_maps_folder(demo_maps(root, tmp_path / "maps")) is None
     project = intake.create_project(workspace, "p", intake.summarize_dataset(root))
     at = open_page("views/review.py", project_id=project.id)
     at.radio(key="maps_source").set_value("Import from a folder").run()

@@ -9,7 +9,6 @@ from __future__ import annotations
 import io
 import json
 import zipfile
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -18,74 +17,13 @@ import pytest
 import streamlit as st
 from streamlit.testing.v1 import AppTest
 
-from core.records import ROLE_NORMAL, ROLE_UNLABELED, ImageRecord, Region
-from core.imageio import write_image
-from storage import AssignmentInput, ClusterInput, Store, open_workspace
+from storage import AssignmentInput, ClusterInput
 from webapp import downloads, evaluation, figures, selection
+
+from builders import Filled, fill_store
 
 ROOT = Path(__file__).resolve().parents[1]
 VIEWS = ROOT / "webapp" / "views"
-CLASSES = ("scratch", "hole", "stain", "crack", "dent", "burr", "pit", "smear")
-
-
-@dataclass
-class Filled:
-    store: Store
-    project_id: int
-    run_id: int
-    region_ids: list[int]
-    cluster_ids: list[int]  # by slot; the last one is the normal slot
-
-
-def fill_store(root: Path, *, n_images: int = 9, regions_per_image: int = 2, n_classes: int = 3,
-               seed: int = 0, image_size: int = 64, with_embeddings: bool = True) -> Filled:
-    """A workspace with one project, its images and regions, and one finished discovery run.
-
-    Region j of an image of class c is assigned to cluster slot c (the last slot is the normal
-    slot, empty); UMAP points and embeddings are drawn around one center per class.
-    """
-    rng = np.random.default_rng(seed)
-    store = open_workspace(root / "workspace")
-    data = root / "data"
-    records = []
-    for i in range(n_images):
-        cls = CLASSES[i % n_classes]
-        relpath = f"test/{cls}/{i:05d}.png"
-        image = rng.integers(90, 140, size=(image_size, image_size, 3), dtype=np.uint8)
-        write_image(data / relpath, image)
-        records.append(ImageRecord(data / relpath, relpath, ROLE_UNLABELED, gt_class=cls))
-    good = data / "train/good/000.png"
-    write_image(good, np.full((image_size, image_size, 3), 120, dtype=np.uint8))
-    records.append(ImageRecord(good, "train/good/000.png", ROLE_NORMAL, gt_class="good"))
-    project = store.create_project("Synthetic flanges", data)
-    store.record_images(project.id, records, compute_hash=False)
-    regions = []
-    crop = max(8, image_size // 2)
-    for i, record in enumerate(records[:n_images]):
-        for j in range(regions_per_image):
-            x0 = int(rng.integers(0, image_size - crop))
-            y0 = int(rng.integers(0, image_size - crop))
-            mask = np.zeros((crop, crop), dtype=np.uint8)
-            mask[crop // 4 : 3 * crop // 4, crop // 4 : 3 * crop // 4] = 255
-            patch = rng.integers(0, 255, size=(crop, crop, 3), dtype=np.uint8)
-            regions.append(Region(record.relpath, j, (x0, y0, x0 + crop, y0 + crop), patch, mask,
-                                  int((mask > 0).sum()) - 10 * j, float(rng.uniform(0.3, 1.0))))
-    infos = store.record_regions(project.id, regions)
-    run = store.start_run(project.id, "discover", {"classes": n_classes, "epochs": 1}, status="running")
-    clusters = [ClusterInput(slot=s) for s in range(n_classes)] + [ClusterInput(slot=n_classes, is_normal=True)]
-    centers = rng.normal(scale=6.0, size=(n_classes, 2))
-    embed_centers = rng.normal(size=(n_classes, 8))
-    assignments = []
-    for info in infos:
-        slot = CLASSES.index(info.image.split("/")[1])
-        xy = centers[slot] + rng.normal(scale=0.6, size=2)
-        assignments.append(AssignmentInput(
-            info.id, slot, float(rng.uniform(0.4, 1.0)), float(xy[0]), float(xy[1]),
-            (embed_centers[slot] + rng.normal(scale=0.3, size=8)).astype(np.float32) if with_embeddings else None,
-        ))
-    written = store.write_results(run.id, clusters, assignments)
-    store.finish_run(run.id, metrics={"image": {"nmi": 1.0, "ari": 1.0, "f1": 1.0, "n": n_images}})
-    return Filled(store, project.id, run.id, [r.id for r in infos], [c.id for c in sorted(written, key=lambda c: c.slot)])
 
 
 @pytest.fixture()

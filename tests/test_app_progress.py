@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from core.config import DiscoveryConfig
+from core.decisions import decide
 from webapp import worker
 from webapp.progress import Reporter, RemainingTime, StepSpan
 
@@ -73,10 +73,10 @@ def test_core_messages_reach_the_page_without_command_line_options():
 
 
 def test_a_retrain_with_auto_leaves_room_for_new_classes():
-    config = DiscoveryConfig.from_settings({"classes": "auto"})
+    config = decide({"classes": "auto"}).config
     labeled = SimpleNamespace(base_classes=["scratch"])
     roomy = worker.with_room_for_new_classes(config, labeled, {"a#0": "hole", "b#0": "scratch", "c#0": "stain"})
     assert roomy.estimate.k_min == 3 + 2 and roomy.estimate.k_max >= roomy.estimate.k_min
     assert worker.with_room_for_new_classes(config, None, None) is config  # nothing named: unchanged
-    fixed = DiscoveryConfig.from_settings({"classes": 4})
+    fixed = decide({"classes": 4}).config
     assert worker.with_room_for_new_classes(fixed, None, {"a#0": "hole"}) is fixed

@@ -277,7 +277,7 @@ def test_whole_flow_in_a_browser(server, browser):
         goto(page, "Discover")
         page.get_by_text("Estimate the number of classes").click()
         settle(page)
-        for label, value in (("Defect classes (K)", "3"), ("Epochs (0 = the backbone's own)", "1")):
+        for label, value in (("Defect classes (K)", "3"), ("Epochs (0 = auto)", "1")):
             field = page.get_by_role("spinbutton", name=label, exact=True)
             field.fill(value)
             field.press("Enter")

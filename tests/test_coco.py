@@ -138,3 +138,25 @@ def test_labeled_set_file_names_unreadable_and_missing_images_and_uses_the_rest(
     assert "annotations.json" in left_out
     assert "could not be read" in left_out and "b.png" in left_out
     assert "gone.png" in left_out
+
+
+def test_box_scores_read_the_file_through_load_coco(tmp_path):
+    """Boxes score a detector's maps through the one COCO reader: images the file lists count (one
+    without annotations is all normal pixels), maps of images it does not list are left out."""
+    from core.detection.boxes import box_scores, coco_truth_for_maps
+
+    maps = {name: np.zeros((20, 20), np.float32) for name in ("a.png", "b.png", "c.png")}
+    maps["a.png"][2:6, 2:6] = 1.0  # the first box's defect stands out; the second box is flat
+    maps["c.png"][:] = 9.0  # not in the file: were it scored, its pixels would set the threshold
+    path = _write(tmp_path, {
+        "images": [{"id": 1, "file_name": "a.png"}, {"id": 2, "file_name": "b.png"}],
+        "categories": [{"id": 1, "name": "short"}],
+        "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [2, 2, 4, 4]},
+                        {"id": 2, "image_id": 1, "category_id": 1, "bbox": [12, 12, 4, 4]}],
+    })
+    truth = coco_truth_for_maps(path, maps)
+    assert truth.images == ["a.png", "b.png"] and [a.box for a in truth.by_image["a.png"]] == [(2, 2, 6, 6), (12, 12, 16, 16)]
+    scores = box_scores(maps, truth)
+    assert scores["defects"] == 2 and scores["defect_recall"] == 0.5 and scores["threshold"] == 0.0
+    # 32 box pixels (16 at 1, 16 at 0) against 768 normal pixels at 0, 400 of them from b.png
+    assert scores["pixel_auroc"] == pytest.approx(0.75)  # the 16 flat box pixels tie with the normal ones

@@ -5,9 +5,6 @@ import json
 
 import numpy as np
 import pytest
-import timm
-import torch
-from safetensors.torch import save_file
 
 from core.cli import main
 from core.commands.detect import detection_aurocs
@@ -17,8 +14,6 @@ from core.detection import DetectionError, DetectorConfig, detect, write_detecti
 from core.detection.features import build_feature_extractor
 from core.detection.patchcore import greedy_coreset, nearest_distances
 from core.imageio import image_size
-
-CPU = torch.device("cpu")
 
 
 @pytest.fixture(scope="module")
@@ -34,6 +29,8 @@ TINY = DetectorConfig(image_size=64, batch_size=4)
 
 
 def test_coreset_keeps_outliers_and_nearest_distance_is_exact():
+    import torch
+
     generator = torch.Generator().manual_seed(0)
     cloud = torch.randn(500, 16, generator=generator) * 0.1
     outliers = torch.eye(16)[:3] * 10
@@ -45,8 +42,8 @@ def test_coreset_keeps_outliers_and_nearest_distance_is_exact():
     assert torch.allclose(nearest_distances(queries, points), expected, atol=1e-5)
 
 
-def test_patchcore_maps_cover_every_image_at_its_size(tiny, tmp_path):
-    detection = detect(tiny, TINY, CPU)
+def test_patchcore_maps_cover_every_image_at_its_size(cpu, tiny, tmp_path):
+    detection = detect(tiny, TINY, cpu)
     assert sorted(detection.maps) == sorted(r.relpath for r in tiny.unlabeled)
     for record in tiny.unlabeled:
         array = detection.maps[record.relpath]
@@ -64,31 +61,35 @@ def test_patchcore_maps_cover_every_image_at_its_size(tiny, tmp_path):
     assert {row[0] for row in rows[1:]} == set(detection.maps)
 
 
-def test_patchcore_without_normal_images_says_use_zero_shot(tiny):
+def test_patchcore_without_normal_images_says_use_zero_shot(cpu, tiny):
     only_unlabeled = type(tiny)(tiny.root, tiny.layout, tiny.unlabeled)
     with pytest.raises(DetectionError, match="zero-shot"):
-        detect(only_unlabeled, DetectorConfig(method="patchcore", image_size=64), CPU)
-    zero_shot = detect(only_unlabeled, DetectorConfig(method="zero-shot", image_size=64), CPU)
+        detect(only_unlabeled, DetectorConfig(method="patchcore", image_size=64), cpu)
+    zero_shot = detect(only_unlabeled, DetectorConfig(method="zero-shot", image_size=64), cpu)
     assert sorted(zero_shot.maps) == sorted(r.relpath for r in tiny.unlabeled)
     # the default says up front that it falls back to zero-shot, and why
-    auto = detect(only_unlabeled, TINY, CPU)
+    auto = detect(only_unlabeled, TINY, cpu)
     assert auto.config.method == "zero-shot" and auto.choice.startswith("zero-shot: no normal reference images")
 
 
-def test_second_run_comes_from_the_cache(tiny, tmp_path):
-    first = detect(tiny, TINY, CPU, cache_dir=tmp_path)
+def test_second_run_comes_from_the_cache(cpu, tiny, tmp_path):
+    first = detect(tiny, TINY, cpu, cache_dir=tmp_path)
     assert first.images_featurized == len(tiny.normal) + len(tiny.unlabeled) and not first.cached
-    second = detect(tiny, TINY, CPU, cache_dir=tmp_path)
+    second = detect(tiny, TINY, cpu, cache_dir=tmp_path)
     assert second.images_featurized == 0 and not second.computed
     assert sorted(second.cached) == sorted(first.maps)
     for key, array in first.maps.items():
         assert np.array_equal(array, second.maps[key])
     # Other settings are other entries: nothing is reused across them.
-    other = detect(tiny, DetectorConfig(image_size=64, sigma=2.0), CPU, cache_dir=tmp_path)
+    other = detect(tiny, DetectorConfig(image_size=64, sigma=2.0), cpu, cache_dir=tmp_path)
     assert other.images_featurized > 0 and not other.cached
 
 
 def _tiny_weights(tmp_path):
+    import timm
+    import torch
+    from safetensors.torch import save_file
+
     torch.manual_seed(0)
     model = timm.create_model("resnet10t", pretrained=False)
     state = {k: v.contiguous() for k, v in model.state_dict().items()}
@@ -98,29 +99,34 @@ def _tiny_weights(tmp_path):
 
 
 @pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
-def test_local_weights_file_is_loaded(tmp_path, tiny, suffix):
+def test_local_weights_file_is_loaded(cpu, tmp_path, tiny, suffix):
+    import torch
+
     source = _tiny_weights(tmp_path)
     weights = tmp_path / f"resnet10t{suffix}"
     config = DetectorConfig(backbone="resnet10t", weights=weights, image_size=64, embed_dim=64)
-    extractor = build_feature_extractor(config, CPU)
+    extractor = build_feature_extractor(config, cpu)
     loaded = dict(extractor.named_parameters())
     name = next(n for n in loaded if n.endswith("conv1.0.weight"))
     assert torch.equal(loaded[name], source.state_dict()["conv1.0.weight"])
     # A fresh random model differs, so equality above means the file was read.
-    fresh = build_feature_extractor(DetectorConfig(backbone="resnet10t", pretrained=False), CPU)
+    fresh = build_feature_extractor(DetectorConfig(backbone="resnet10t", pretrained=False), cpu)
     assert not torch.equal(dict(fresh.named_parameters())[name], loaded[name])
-    detection = detect(tiny, config, CPU)
+    detection = detect(tiny, config, cpu)
     assert len(detection.maps) == len(tiny.unlabeled)
 
 
-def test_bad_weights_are_named(tmp_path):
+def test_bad_weights_are_named(cpu, tmp_path):
+    import timm
+    import torch
+
     torch.save(timm.create_model("resnet18", pretrained=False).state_dict(), tmp_path / "r18.pth")
     with pytest.raises(DetectionError, match=r"r18.pth: cannot load these weights into resnet10t"):
-        build_feature_extractor(DetectorConfig(backbone="resnet10t", weights=tmp_path / "r18.pth"), CPU)
+        build_feature_extractor(DetectorConfig(backbone="resnet10t", weights=tmp_path / "r18.pth"), cpu)
     with pytest.raises(DetectionError, match=r"nothing.pth: weights file does not exist"):
-        build_feature_extractor(DetectorConfig(backbone="resnet10t", weights=tmp_path / "nothing.pth"), CPU)
+        build_feature_extractor(DetectorConfig(backbone="resnet10t", weights=tmp_path / "nothing.pth"), cpu)
     with pytest.raises(DetectionError, match="unknown backbone"):
-        build_feature_extractor(DetectorConfig(backbone="no_such_net"), CPU)
+        build_feature_extractor(DetectorConfig(backbone="no_such_net"), cpu)
 
 
 @pytest.fixture(scope="module")
@@ -131,8 +137,8 @@ def demo(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_offline_patchcore_finds_the_demo_defects(demo):
-    detection = detect(demo, DetectorConfig(method="patchcore", backbone="filterbank"), CPU)
+def test_offline_patchcore_finds_the_demo_defects(cpu, demo):
+    detection = detect(demo, DetectorConfig(method="patchcore", backbone="filterbank"), cpu)
     aurocs = detection_aurocs(demo, detection.maps)
     print("offline PatchCore on the demo set:", aurocs)
     assert aurocs["image_auroc"] >= 0.90
@@ -140,9 +146,9 @@ def test_offline_patchcore_finds_the_demo_defects(demo):
 
 
 @pytest.mark.slow
-def test_zero_shot_finds_the_demo_defects_without_normal_images(demo):
+def test_zero_shot_finds_the_demo_defects_without_normal_images(cpu, demo):
     unlabeled_only = type(demo)(demo.root, demo.layout, demo.unlabeled)
-    detection = detect(unlabeled_only, DetectorConfig(method="zero-shot", image_size=128), CPU)
+    detection = detect(unlabeled_only, DetectorConfig(method="zero-shot", image_size=128), cpu)
     aurocs = detection_aurocs(demo, detection.maps)
     print("offline zero-shot on the demo set:", aurocs)
     assert aurocs["image_auroc"] >= 0.70
@@ -163,3 +169,22 @@ def test_cli_writes_maps_scores_and_aurocs(tiny, tmp_path, capsys):
     code = main(["detect", "--dataset", str(tiny.root), "--out", str(tmp_path / "out"),
                  "--backbone", "resnet10t", "--weights", str(tmp_path / "missing.pth")])
     assert code == 2 and "missing.pth: weights file does not exist" in capsys.readouterr().err
+
+
+def test_cli_without_references_says_it_had_none(tiny, tmp_path, capsys):
+    """Only defective and inspected images, no normal/ folder: the run compares the images with each other,
+    and both the printed choice and detection.json say plainly that there were no references."""
+    import shutil
+
+    folder = tmp_path / "only_inspected"
+    folder.mkdir()
+    for record in tiny.unlabeled:
+        shutil.copy(record.path, folder / record.path.name.replace(".png", f"_{record.gt_class}.png"))
+    code = main(["detect", "--dataset", str(folder), "--out", str(tmp_path / "out"), "--image-size", "64",
+                 "--device", "cpu", "--no-cache"])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "zero-shot: no normal reference images" in out
+    summary = json.loads((tmp_path / "out" / "detection.json").read_text(encoding="utf-8"))
+    assert summary["method"] == "zero-shot" and summary["choice"].startswith("zero-shot: no normal reference images")
+    assert summary["held_out"] == [] and summary["separation"] is None

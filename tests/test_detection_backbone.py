@@ -1,7 +1,6 @@
 """`--backbone auto`: the pretrained backbone when its weights are here, else offline, said in one line."""
 
 import pytest
-import torch
 
 from core.cli import main
 from core.dataset import load_dataset
@@ -15,6 +14,8 @@ from core.detection.learned import MIN_REFERENCES
 @pytest.fixture
 def empty_caches(tmp_path, monkeypatch):
     """No weights anywhere and no network: empty timm/HF/torch caches, hub offline."""
+    import torch
+
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "torch"))
@@ -25,6 +26,8 @@ def empty_caches(tmp_path, monkeypatch):
 
 
 def test_auto_falls_back_offline_and_says_why(empty_caches, tmp_path, capsys):
+    import torch
+
     assert cached_weights(PAPER_BACKBONE) is None
     backbone, why = resolve_backbone(DetectorConfig())
     assert backbone == OFFLINE_BACKBONE and "no pretrained wide_resnet50_2 weights" in why
@@ -63,52 +66,65 @@ def _cache_timm_weights(cache, name: str) -> None:
 
 
 def test_discovery_vit_auto_trains_the_scratch_vit_offline_and_says_why(empty_caches):
-    from core.config import REAL_USE_BACKBONE, SCRATCH_EPOCHS, DiscoveryConfig, MGViTConfig, resolve_vit_backbone
+    from core.config import REAL_USE_BACKBONE, SCRATCH_EPOCHS, MGViTConfig
+    from core.decisions import decide
 
-    config = DiscoveryConfig.from_settings({"backbone": "auto"})
+    decided = decide({"backbone": "auto", "representation": "vit"})
+    config = decided.config
     assert config.model.backbone == MGViTConfig.backbone and not config.model.pretrained
     assert config.train.epochs == SCRATCH_EPOCHS  # epochs follow the backbone auto chose
-    why = resolve_vit_backbone(MGViTConfig(backbone="auto"))[1]
+    why = decided.decisions["backbone"].why
     assert "offline" in why and f"no pretrained {REAL_USE_BACKBONE} weights" in why
 
 
 def test_discovery_vit_auto_takes_dino_from_the_cache_or_a_weights_file(empty_caches, tmp_path):
-    from core.config import REAL_USE_BACKBONE, DiscoveryConfig, TrainConfig
+    from core.config import REAL_USE_BACKBONE, TrainConfig
+    from core.decisions import decide
+
+    def from_settings(settings):
+        return decide(settings).config
 
     weights = tmp_path / "dino.pth"
     weights.write_bytes(b"not read here")
-    given = DiscoveryConfig.from_settings({"backbone": "auto", "weights": str(weights)})
+    given = from_settings({"backbone": "auto", "weights": str(weights)})
     assert given.model.backbone == REAL_USE_BACKBONE and given.model.weights == weights
     assert given.train.epochs == TrainConfig.epochs
     _cache_timm_weights(empty_caches, REAL_USE_BACKBONE)
-    cached = DiscoveryConfig.from_settings({"backbone": "auto"})
+    cached = from_settings({"backbone": "auto"})
     assert cached.model.backbone == REAL_USE_BACKBONE and cached.model.pretrained
-    assert DiscoveryConfig.from_settings({"backbone": "vit_micro_scratch"}).model.backbone == "vit_micro_scratch"
+    assert from_settings({"backbone": "vit_micro_scratch"}).model.backbone == "vit_micro_scratch"
 
 
 def test_representation_auto_follows_the_backbone_auto_chose(empty_caches, tmp_path):
     """auto: the descriptors alone where the MGViT would start from scratch, the hybrid with pretrained
     weights (a file or the cache); an explicit choice is kept; an unknown one is named."""
-    from core.config import DiscoveryConfig, MGViTConfig, SettingsError, resolve_representation
+    from core.config import DiscoveryConfig, MGViTConfig, SettingsError
+    from core.decisions import decide, decide_representation
 
-    offline = DiscoveryConfig.from_settings({"backbone": "auto"})
+    def from_settings(settings):
+        return decide(settings).config
+
+    def resolve_representation(asked, model):
+        return decide_representation(asked, model).used, decide_representation(asked, model).why
+
+    offline = from_settings({"backbone": "auto"})
     assert offline.representation == "descriptors" == DiscoveryConfig().representation
-    assert DiscoveryConfig.from_settings({}).representation == "descriptors"
+    assert from_settings({}).representation == "descriptors"
     assert "trained from scratch" in resolve_representation("auto", offline.model)[1]
     for asked in ("hybrid", "vit", "descriptors"):
-        assert DiscoveryConfig.from_settings({"backbone": "auto", "representation": asked}).representation == asked
+        assert from_settings({"backbone": "auto", "representation": asked}).representation == asked
     weights = tmp_path / "dino.pth"
     weights.write_bytes(b"not read here")
-    assert DiscoveryConfig.from_settings({"backbone": "auto", "weights": str(weights)}).representation == "hybrid"
-    assert DiscoveryConfig.from_settings({"backbone": "vit_micro_scratch", "weights": str(weights)}).representation == "hybrid"
-    assert DiscoveryConfig.from_settings({"backbone": "vit_base_patch16_224.dino", "pretrained": True,
+    assert from_settings({"backbone": "auto", "weights": str(weights)}).representation == "hybrid"
+    assert from_settings({"backbone": "vit_micro_scratch", "weights": str(weights)}).representation == "hybrid"
+    assert from_settings({"backbone": "vit_base_patch16_224.dino", "pretrained": True,
                                           "representation": "auto"}).representation == "hybrid"
     _cache_timm_weights(empty_caches, "vit_base_patch16_224.dino")
-    cached = DiscoveryConfig.from_settings({"backbone": "auto"})
+    cached = from_settings({"backbone": "auto"})
     assert cached.representation == "hybrid" and "pretrained" in resolve_representation("auto", cached.model)[1]
     assert resolve_representation("auto", MGViTConfig(backbone="vit_micro_scratch"))[0] == "descriptors"
     with pytest.raises(SettingsError, match="representation must be one of"):
-        DiscoveryConfig.from_settings({"representation": "pixels"})
+        from_settings({"representation": "pixels"})
 
 
 @pytest.mark.slow
@@ -117,11 +133,11 @@ def test_an_app_run_with_auto_records_which_vit_it_trained_and_why(empty_caches,
     that backbone is given, and the run records what auto chose and why (metrics and message)."""
     from core.config import SCRATCH_EPOCHS
     from storage import DONE, open_workspace
-    from test_jobs import TINY_DEMO, TINY_RUN, make_maps
+    from builders import TINY_DEMO, TINY_RUN, demo_maps
     from webapp import intake, jobs, worker
 
     root = generate_demo(tmp_path / "demo", **TINY_DEMO)
-    make_maps(root, tmp_path / "maps")
+    demo_maps(root, tmp_path / "maps")
     store = open_workspace(tmp_path / "workspace")
     try:
         info = intake.create_project(store, "auto", intake.summarize_dataset(root, tmp_path / "maps"))

@@ -5,7 +5,6 @@ import io
 
 import numpy as np
 import pytest
-import torch
 
 from core.commands.detect import detection_aurocs
 from core.dataset import load_dataset
@@ -16,8 +15,6 @@ from core.detection.progress import LineProgress
 from core.detection.separation import holdout_indices, separation_report
 from core.demo.hard import HardDemoConfig, generate_hard_demo, render_hard_sample
 
-CPU = torch.device("cpu")
-
 
 @pytest.fixture(scope="module")
 def small_demo(tmp_path_factory):
@@ -27,6 +24,8 @@ def small_demo(tmp_path_factory):
 
 
 def test_bank_is_bounded_and_keeps_outliers():
+    import torch
+
     generator = torch.Generator().manual_seed(0)
     points = torch.cat([torch.randn(20_000, 8, generator=generator) * 0.1, torch.eye(8)[:2] * 10])
     seen = []
@@ -37,10 +36,10 @@ def test_bank_is_bounded_and_keeps_outliers():
     assert seen == sorted(seen) and seen[-1] == 300 and len(seen) > 100  # fine, monotone steps
 
 
-def test_bounded_coreset_keeps_the_full_greedy_auroc(small_demo):
+def test_bounded_coreset_keeps_the_full_greedy_auroc(cpu, small_demo):
     common = dict(method="patchcore", image_size=160, holdout_share=0.0)
-    full = detect(small_demo, DetectorConfig(coreset_max=10**7, coreset_candidates=10**7, **common), CPU)
-    bounded = detect(small_demo, DetectorConfig(coreset_max=1_000, coreset_candidates=8_000, **common), CPU)
+    full = detect(small_demo, DetectorConfig(coreset_max=10**7, coreset_candidates=10**7, **common), cpu)
+    bounded = detect(small_demo, DetectorConfig(coreset_max=1_000, coreset_candidates=8_000, **common), cpu)
     full_auroc, bounded_auroc = detection_aurocs(small_demo, full.maps), detection_aurocs(small_demo, bounded.maps)
     patches = 12 * 40 * 40
     assert 0.1 * patches > 1_000 and patches > 8_000  # the caps bind: the full coreset holds 1920 patches
@@ -71,8 +70,8 @@ def test_separation_report_both_ways():
     assert len(holdout_indices([f"h{i}" for i in range(800)], 0.1, 0)) == 50  # bounded cost
 
 
-def test_detect_holds_out_normals_and_reports(small_demo, tmp_path):
-    detection = detect(small_demo, DetectorConfig(method="patchcore", image_size=64), CPU)
+def test_detect_holds_out_normals_and_reports(cpu, small_demo, tmp_path):
+    detection = detect(small_demo, DetectorConfig(method="patchcore", image_size=64), cpu)
     assert len(detection.held_out) == 2 and set(detection.held_out) <= {r.relpath for r in small_demo.normal}
     assert detection.separation["held_out"] == 2 and detection.separation["inspected"] == len(small_demo.unlabeled)
     assert set(detection.maps) == {r.relpath for r in small_demo.unlabeled}
@@ -94,14 +93,14 @@ def test_hard_set_is_seeded_and_varied(tmp_path):
 
 
 @pytest.mark.slow
-def test_separation_flags_poor_maps_on_the_hard_set_not_on_the_demo(tmp_path):
+def test_separation_flags_poor_maps_on_the_hard_set_not_on_the_demo(cpu, tmp_path):
     hard = load_dataset(generate_hard_demo(tmp_path / "hard", max_side=256, n_train_good=60, n_test_good=12,
                                            n_per_class=5))
     demo = load_dataset(generate_demo(tmp_path / "demo", image_size=160, n_train_good=30, n_test_good=8,
                                       n_per_class=4))
     config = DetectorConfig(method="patchcore", backbone="filterbank")
-    on_hard = detect(hard, config, CPU).separation
-    on_demo = detect(demo, config, CPU).separation
+    on_hard = detect(hard, config, cpu).separation
+    on_demo = detect(demo, config, cpu).separation
     print("hard:", on_hard["summary"], "demo:", on_demo["summary"])
     assert on_hard["low"] and on_hard["warning"]
     assert not on_demo["low"] and on_demo["warning"] is None

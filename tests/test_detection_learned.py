@@ -3,7 +3,6 @@
 import cv2
 import numpy as np
 import pytest
-import torch
 
 from core.commands.detect import detection_aurocs
 from core.dataset import load_dataset
@@ -11,7 +10,6 @@ from core.detection import DetectionError, DetectorConfig, detect
 from core.detection.detector import LEARNED_MODEL
 from core.detection.learned import MIN_REFERENCES, LearnedDetector
 
-CPU = torch.device("cpu")
 SMALL = dict(image_size=64, coreset_max=400, coreset_candidates=4000, learned_cells_per_image=150, holdout_share=0.0)
 
 
@@ -54,8 +52,8 @@ def textured(tmp_path_factory):
     return _textured_set(tmp_path_factory.mktemp("textured"), MIN_REFERENCES)
 
 
-def test_learned_separates_a_pasted_defect_on_mixed_sizes_and_grey(textured, tmp_path):
-    detection = detect(textured, DetectorConfig(method="learned", **SMALL), CPU, cache_dir=tmp_path / "cache")
+def test_learned_separates_a_pasted_defect_on_mixed_sizes_and_grey(cpu, textured, tmp_path):
+    detection = detect(textured, DetectorConfig(method="learned", **SMALL), cpu, cache_dir=tmp_path / "cache")
     assert detection.config.method == "learned" and detection.choice.startswith("learned: fitted to 20")
     for record in textured.unlabeled:
         assert detection.maps[record.relpath].shape == cv2.imread(str(record.path), 0).shape
@@ -63,17 +61,18 @@ def test_learned_separates_a_pasted_defect_on_mixed_sizes_and_grey(textured, tmp
     assert aurocs["image_auroc"] >= 0.9 and aurocs["pixel_auroc"] >= 0.9, aurocs
     # The fitted model and the maps are cached: a second run fits nothing and computes nothing.
     assert any(p.name == LEARNED_MODEL for p in (tmp_path / "cache").rglob("*"))
-    again = detect(textured, DetectorConfig(method="learned", **SMALL), CPU, cache_dir=tmp_path / "cache")
+    again = detect(textured, DetectorConfig(method="learned", **SMALL), cpu, cache_dir=tmp_path / "cache")
     assert not again.computed and all(np.array_equal(again.maps[k], v) for k, v in detection.maps.items())
 
 
-def test_learned_training_is_deterministic_for_a_seed(textured):
+def test_learned_training_is_deterministic_for_a_seed(cpu, textured):
+    import torch
     from core.imageio import read_image
 
     images = [read_image(r.path) for r in textured.normal]
     config = DetectorConfig(**SMALL)
     stages = []
-    fits = [LearnedDetector(config, CPU).fit(lambda i: images[i], len(images), lambda *a: stages.append(a))
+    fits = [LearnedDetector(config, cpu).fit(lambda i: images[i], len(images), lambda *a: stages.append(a))
             for _ in range(2)]
     assert fits[0].state.keys() == fits[1].state.keys()
     for key in fits[0].state:
@@ -81,21 +80,21 @@ def test_learned_training_is_deterministic_for_a_seed(textured):
     probe = read_image(textured.unlabeled[0].path)
     assert torch.equal(fits[0].score(probe)[0], fits[1].score(probe)[0])
     assert ("learned: features of normal images", len(images), len(images)) in stages
-    other = LearnedDetector(DetectorConfig(**{**SMALL, "seed": 1}), CPU).fit(lambda i: images[i], len(images),
+    other = LearnedDetector(DetectorConfig(**{**SMALL, "seed": 1}), cpu).fit(lambda i: images[i], len(images),
                                                                              lambda *a: None)
     assert not torch.equal(other.state["structure"], fits[0].state["structure"])
 
 
-def test_too_few_references_names_the_minimum_and_auto_falls_back(tmp_path):
+def test_too_few_references_names_the_minimum_and_auto_falls_back(cpu, tmp_path):
     few = _textured_set(tmp_path / "few", 8, good=1, defective=1)
     with pytest.raises(DetectionError, match=f"at least {MIN_REFERENCES} normal reference images"):
-        detect(few, DetectorConfig(method="learned", **SMALL), CPU)
-    detection = detect(few, DetectorConfig(**SMALL, backbone="auto"), CPU)
+        detect(few, DetectorConfig(method="learned", **SMALL), cpu)
+    detection = detect(few, DetectorConfig(**SMALL, backbone="auto"), cpu)
     assert detection.config.method == "patchcore"
     assert f"the learned detector needs at least {MIN_REFERENCES}" in detection.choice
 
 
-def test_auto_offline_keeps_the_detector_whose_maps_separate_better(tmp_path, monkeypatch):
+def test_auto_offline_keeps_the_detector_whose_maps_separate_better(cpu, tmp_path, monkeypatch):
     """auto without weights runs the learned detector and PatchCore on the filter bank, keeps the one
     whose held-out normals separate better from the inspected images (the filter bank only when
     AUTO_MARGIN better), says both numbers, and caches both: a second run computes nothing."""
@@ -105,13 +104,41 @@ def test_auto_offline_keeps_the_detector_whose_maps_separate_better(tmp_path, mo
     textured = _textured_set(tmp_path / "set", MIN_REFERENCES + 6)
     config = DetectorConfig(**{**SMALL, "holdout_share": 0.2})
     alone = {method: detect(textured, DetectorConfig(**{**SMALL, "holdout_share": 0.2}, method=method,
-                                                     backbone="filterbank"), CPU)
+                                                     backbone="filterbank"), cpu)
              for method in ("learned", "patchcore")}
     learned, bank = (alone[m].separation["auroc"] for m in ("learned", "patchcore"))
     expected = "patchcore" if bank >= learned + detector.AUTO_MARGIN else "learned"
-    chosen = detect(textured, config, CPU, cache_dir=tmp_path / "cache")
+    chosen = detect(textured, config, cpu, cache_dir=tmp_path / "cache")
     assert chosen.config.method == expected
     assert f"learned {learned:.2f}, filter bank {bank:.2f}" in chosen.choice
     assert all(np.array_equal(chosen.maps[k], v) for k, v in alone[expected].maps.items())
-    again = detect(textured, config, CPU, cache_dir=tmp_path / "cache")
+    again = detect(textured, config, cpu, cache_dir=tmp_path / "cache")
     assert not again.computed and again.config.method == expected
+
+
+def test_auto_offline_compares_on_a_sample_then_fits_only_the_chosen_detector(tmp_path, monkeypatch):
+    """Both candidates are fitted to a sample of the references only; the full fit runs once, for the one
+    chosen, and the choice line says what the sample was."""
+    from core.detection import detector
+
+    monkeypatch.setattr("core.detection.detector.resolve_backbone", lambda config: ("filterbank", "offline"))
+    monkeypatch.setattr(detector, "AUTO_SAMPLE_REFERENCES", MIN_REFERENCES)
+    monkeypatch.setattr(detector, "AUTO_SAMPLE_IMAGES", 4)
+    fits: list[tuple[str, int]] = []
+    for name in ("run_learned", "run_patchcore"):
+        real = getattr(detector, name)
+
+        def counted(*args, real=real, name=name, **kwargs):
+            normal = args[0] if name == "run_learned" else args[1]
+            fits.append((name, len(normal)))
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(detector, name, counted)
+    textured = _textured_set(tmp_path / "set", MIN_REFERENCES + 10)
+    chosen = detect(textured, DetectorConfig(**{**SMALL, "holdout_share": 0.2}), CPU)
+    full = len(textured.normal) - len(chosen.held_out)
+    assert full > MIN_REFERENCES
+    winner = "run_learned" if chosen.config.method == "learned" else "run_patchcore"
+    assert sorted(fits) == sorted([("run_learned", MIN_REFERENCES), ("run_patchcore", MIN_REFERENCES), (winner, full)])
+    assert f"compared on 4 inspected images and {len(chosen.held_out)} held-out normal images" in chosen.choice
+    assert set(chosen.maps) == {r.relpath for r in textured.unlabeled}

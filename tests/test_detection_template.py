@@ -5,15 +5,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-import torch
 
 from core.dataset import load_dataset
 from core.detection import DetectionError, DetectorConfig, detect
-from core.detection.boxes import box_scores, read_coco_boxes
+from core.detection.boxes import box_scores, coco_truth_for_maps
 from core.detection.template import register, template_map
 from core.records import Manifest
 
-CPU = torch.device("cpu")
 _REPO = Path(__file__).resolve().parents[1]
 #: ../shared beside the clone (CI); a worktree one level deeper finds it two levels up.
 DEEPPCB = next((p for p in (_REPO.parent / "shared" / "datasets" / "deeppcb",
@@ -59,10 +57,10 @@ def test_registration_recovers_a_shift():
     assert np.abs(aligned - image)[8:-8, 8:-8].mean() < 0.2 * np.abs(reference - image)[8:-8, 8:-8].mean()
 
 
-def test_auto_pairs_by_name_and_the_map_peaks_on_the_defect(tmp_path):
+def test_auto_pairs_by_name_and_the_map_peaks_on_the_defect(cpu, tmp_path):
     cuts = _pair_set(tmp_path)
     manifest = load_dataset(tmp_path)
-    detection = detect(manifest, DetectorConfig(), CPU, cache_dir=tmp_path / "cache")
+    detection = detect(manifest, DetectorConfig(), cpu, cache_dir=tmp_path / "cache")
     assert detection.config.method == "template"
     assert detection.choice.startswith("template comparison: each of the 4 images has its own reference")
     for (y, x), record in zip(cuts, sorted(manifest.unlabeled, key=lambda r: r.relpath)):
@@ -70,57 +68,57 @@ def test_auto_pairs_by_name_and_the_map_peaks_on_the_defect(tmp_path):
         assert array.shape == (96, 96) and array.dtype == np.float32
         peak = np.unravel_index(int(np.argmax(array)), array.shape)
         assert abs(peak[0] - y) <= 4 and abs(peak[1] - x) <= 4, (record.relpath, peak, (y, x))
-    again = detect(manifest, DetectorConfig(), CPU, cache_dir=tmp_path / "cache")
+    again = detect(manifest, DetectorConfig(), cpu, cache_dir=tmp_path / "cache")
     assert sorted(again.cached) == sorted(detection.maps) and not again.computed
 
 
-def test_a_shifted_defect_free_pair_gives_a_flat_map(tmp_path):
+def test_a_shifted_defect_free_pair_gives_a_flat_map(cpu, tmp_path):
     _pair_set(tmp_path, count=2, defect=False)
     manifest = load_dataset(tmp_path)
-    detection = detect(manifest, DetectorConfig(method="template"), CPU)
+    detection = detect(manifest, DetectorConfig(method="template"), cpu)
     assert max(detection.scores.values()) < 0.05  # tracks of 255 would give ~1 unregistered
 
 
-def test_pairing_file_and_its_errors(tmp_path):
+def test_pairing_file_and_its_errors(cpu, tmp_path):
     _pair_set(tmp_path, count=2)
     for path in (tmp_path / "normal").iterdir():
         path.rename(tmp_path / "normal" / path.name.replace("_temp", "_golden_copy"))
     manifest = load_dataset(tmp_path)
     # the names no longer pair: auto falls back to PatchCore, and template says which images lack one
-    method_auto = detect(manifest, DetectorConfig(image_size=64), CPU)
+    method_auto = detect(manifest, DetectorConfig(image_size=64), cpu)
     assert method_auto.config.method == "patchcore"
     with pytest.raises(DetectionError, match=r"2 have none \(images/0000_test.png"):
-        detect(manifest, DetectorConfig(method="template"), CPU)
+        detect(manifest, DetectorConfig(method="template"), cpu)
     pairing = tmp_path / "pairs.csv"
     pairing.write_text("image,reference\nimages/0000_test.png,normal/0000_golden_copy.png\n"
                        "images/0001_test.png,normal/0001_golden_copy.png\n", encoding="utf-8")
-    paired = detect(manifest, DetectorConfig(pairing=pairing), CPU)
+    paired = detect(manifest, DetectorConfig(pairing=pairing), cpu)
     assert paired.config.method == "template" and "paired by pairs.csv" in paired.choice
     pairing.write_text("image,reference\nimages/0000_test.png,normal/missing.png\n", encoding="utf-8")
     with pytest.raises(DetectionError, match=r"pairs.csv, line 2: reference 'normal/missing.png' does not exist"):
-        detect(manifest, DetectorConfig(pairing=pairing), CPU)
+        detect(manifest, DetectorConfig(pairing=pairing), cpu)
 
 
-def test_gray_and_colour_of_different_sizes(tmp_path):
+def test_gray_and_colour_of_different_sizes(cpu, tmp_path):
     _pair_set(tmp_path, count=2)
     colour = cv2.cvtColor(cv2.imread(str(tmp_path / "images" / "0001_test.png"), cv2.IMREAD_GRAYSCALE),
                           cv2.COLOR_GRAY2BGR)
     cv2.imwrite(str(tmp_path / "images" / "0001_test.png"), cv2.resize(colour, (120, 100)))
     manifest = load_dataset(tmp_path)
-    detection = detect(manifest, DetectorConfig(), CPU)
+    detection = detect(manifest, DetectorConfig(), cpu)
     assert detection.maps["images/0001_test.png"].shape == (100, 120)
     assert np.isfinite(detection.maps["images/0001_test.png"]).all()
 
 
 @pytest.mark.slow
 @pytest.mark.skipif(not (DEEPPCB / "annotations.json").is_file(), reason="DeepPCB is not beside the clone")
-def test_template_finds_deeppcb_defects():
+def test_template_finds_deeppcb_defects(cpu):
     manifest = load_dataset(DEEPPCB)
     targets = sorted(manifest.unlabeled, key=lambda r: r.relpath)[:12]
     ids = {Path(r.relpath).stem.replace("_test", "") for r in targets}
     normal = [r for r in manifest.normal if Path(r.relpath).stem.replace("_temp", "") in ids]
-    detection = detect(Manifest(manifest.root, manifest.layout, targets + normal), DetectorConfig(), CPU)
+    detection = detect(Manifest(manifest.root, manifest.layout, targets + normal), DetectorConfig(), cpu)
     assert detection.config.method == "template"
-    scores = box_scores(detection.maps, read_coco_boxes(DEEPPCB / "annotations.json"))
+    scores = box_scores(detection.maps, coco_truth_for_maps(DEEPPCB / "annotations.json", detection.maps))
     print("template comparison on 12 DeepPCB images:", scores)
     assert scores["pixel_auroc"] >= 0.8 and scores["defect_recall"] >= 0.95

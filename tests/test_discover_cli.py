@@ -104,7 +104,7 @@ def test_bad_input_exits_2_without_traceback(tiny, tmp_path):
                      *TINY)
     assert done.returncode == 2
     assert "Traceback" not in done.stderr
-    assert "at least 2 defect classes" in done.stderr
+    assert "classes must be between 2 and 100, not 1" in done.stderr  # the settings table's bounds
 
 
 def _main(capsys, *args):
@@ -115,8 +115,24 @@ def _main(capsys, *args):
 def test_more_classes_than_regions(tiny, tmp_path, capsys):
     root, maps, _ = tiny
     code, err = _main(capsys, "--dataset", str(root), "--maps", str(maps), "--out", str(tmp_path), "--classes",
-                      "400", *TINY)
+                      "100", *TINY)
     assert code == 2 and "larger than the number of regions" in err
+
+
+def test_poor_separation_of_the_maps_is_said_before_the_run(tiny, tmp_path, capsys):
+    """maps from `core detect` whose detection.json says they barely separate: the CLI warns first."""
+    import shutil
+
+    from core.detection.separation import separation_report
+
+    root, maps, _ = tiny
+    shutil.copytree(maps, tmp_path / "d" / "maps")
+    poor = separation_report([1.0, 1.1, 0.9, 1.0], [1.0, 1.05, 0.95])
+    (tmp_path / "d" / "detection.json").write_text(json.dumps({"normal_peaks": [], "separation": poor}))
+    code, err = _main(capsys, "--dataset", str(root), "--maps", str(tmp_path / "d" / "maps"), "--out",
+                      str(tmp_path / "o"), "--classes", "100", *TINY)
+    assert code == 2 and f"warning: {poor['warning']}" in err
+    assert err.index("barely tell your images") < err.index("larger than the number of regions")
 
 
 def test_no_anomalies_found(tiny, tmp_path, capsys):
@@ -172,12 +188,15 @@ def test_default_backbone_is_auto_and_says_which_it_used(tiny, tmp_path):
 
 def test_maps_from_the_detect_command_bring_its_held_out_normal_peaks(tmp_path, capsys):
     """`detect --out D` writes D/maps and D/detection.json; `discover --maps D/maps` reads the peaks beside them."""
-    from core.commands.discover import _normal_peaks
+    from core.stages import detection_record
 
     (tmp_path / "maps").mkdir()
-    assert _normal_peaks(tmp_path / "maps") == []
-    (tmp_path / "detection.json").write_text(json.dumps({"method": "learned", "normal_peaks": [1.5, 2, 2.5]}))
-    assert _normal_peaks(tmp_path / "maps") == [1.5, 2.0, 2.5]
+    assert detection_record(tmp_path / "maps").normal_peaks == []
+    separation = {"auroc": 0.56, "low": True}
+    (tmp_path / "detection.json").write_text(json.dumps({"method": "learned", "normal_peaks": [1.5, 2, 2.5],
+                                                         "separation": separation}))
+    record = detection_record(tmp_path / "maps")
+    assert record.normal_peaks == [1.5, 2.0, 2.5] and record.separation == separation and not record.problems
     (tmp_path / "detection.json").write_text("[1, 2")
-    assert _normal_peaks(tmp_path / "maps") == []
-    assert "detection.json: not a detection record" in capsys.readouterr().err
+    record = detection_record(tmp_path / "maps")
+    assert record.normal_peaks == [] and "detection.json: not a detection record" in record.problems[0]

@@ -10,35 +10,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from core.config import DiscoveryConfig
-from core.demo.build import DemoConfig, generate_demo, gt_masks_to_maps
-from core.imageio import read_gray
+from core.decisions import decide
+from core.demo.build import DemoConfig, generate_demo
 from storage import CANCELLED, DONE, FAILED, RUNNING, SOURCE_GROUND_TRUTH, open_workspace
 from webapp import evaluation, intake, jobs, worker
 
-TINY_DEMO = dict(image_size=64, n_train_good=4, n_test_good=2, n_per_class=3,
-                 defect_types=("scratch", "hole", "stain"))
-# hybrid: these jobs train an MGViT (progress, cancel, checkpoint); auto would take the descriptors here
-TINY_RUN = {"classes": 3, "backbone": "vit_micro_scratch", "epochs": 1, "batch_size": 8, "device": "cpu",
-            "seed": 0, "representation": "hybrid"}
+from builders import TINY_DEMO, TINY_RUN, demo_maps
 
-
-def make_maps(root: Path, maps_dir: Path) -> None:
-    """Anomaly maps simulated from the demo's ground-truth masks (blurred, low noise)."""
-    for image in sorted((root / "test").rglob("*.png")):
-        kind = image.parent.name
-        mask_path = root / "ground_truth" / kind / f"{image.stem}_mask.png"
-        mask = read_gray(mask_path) if mask_path.is_file() else np.zeros((64, 64), np.uint8)
-        target = maps_dir / image.relative_to(root).with_suffix(".npy")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        np.save(target, gt_masks_to_maps([mask], seed=len(str(image)))[0])
 
 
 @pytest.fixture()
 def project(tmp_path):
     """A workspace with one tiny demo project whose maps are imported (no detector needed)."""
     root = generate_demo(tmp_path / "demo", DemoConfig(**TINY_DEMO))
-    make_maps(root, tmp_path / "maps")
+    demo_maps(root, tmp_path / "maps")
     store = open_workspace(tmp_path / "workspace")
     info = intake.create_project(store, "tiny", intake.summarize_dataset(root, tmp_path / "maps"))
     yield store, info
@@ -181,18 +166,33 @@ def test_a_queued_run_that_no_worker_took_is_failed(project):
 
 
 def test_run_settings_become_the_pipeline_config():
-    config = DiscoveryConfig.from_settings({
+    config = decide({
         "classes": "auto", "backbone": "vit_micro_scratch", "epochs": 3, "batch_size": 16, "lr": 0.01,
         "tau": 50.0, "seed": 7, "device": "cpu", "image_size": 48, "guided": False, "binarizer": "otsu",
         "mebin_sample_rate": 8, "mebin_min_interval_len": 3, "detector_method": "zero-shot",
-    })
+    }).config
     assert config.classes is None and config.device == "cpu" and config.seed == 7 and config.tau == 50.0
     assert config.model.backbone == "vit_micro_scratch" and config.model.input_size == 48
     assert (config.train.epochs, config.train.batch_size, config.train.guided) == (3, 16, False)
     assert config.train.lr == 0.01 and config.train.adamw_lr == 0.01
     assert (config.mebin.sample_rate, config.mebin.min_interval_len) == (8, 3)
     assert config.binarizer == "otsu" and config.detector.method == "zero-shot"
-    assert DiscoveryConfig.from_settings({"classes": 4}).classes == 4
+    assert decide({"classes": 4}).config.classes == 4
+
+
+def test_settings_stored_by_older_runs_still_decide(project):
+    """A run the database holds from before the settings table (the old form's keys, None for unset
+    fields, a retrain's copied settings) is read by the same table: the worker can rerun it."""
+    store, info = project
+    old = {"classes": "auto", "backbone": "auto", "weights": None, "pretrained": True, "device": "cpu",
+           "batch_size": 32, "lr": None, "tau": 100.0, "seed": 0, "guided": True, "binarizer": "mebin",
+           "representation": "auto", "refine": "references", "fallback": "peak", "prior": "none",
+           "recompute_maps": False, "mebin_sample_rate": 4, "mebin_min_interval_len": 4, "use_labeled_set": True,
+           "labels_from_project": True, "parent_run_id": 1, "epochs": None}
+    stored = store.get_run(store.start_run(info.id, jobs.DISCOVER, old).id).settings
+    decided = decide(stored)
+    assert decided.config.classes is None and decided.config.device == "cpu"
+    assert decided.decisions["backbone"].asked == "auto" and decided.decisions["representation"].asked == "auto"
 
 
 @pytest.mark.slow
@@ -206,7 +206,7 @@ def test_a_run_with_coco_truth_keeps_it_and_the_evaluate_page_scores_what_the_ru
 
     root = generate_demo(tmp_path / "demo", DemoConfig(**TINY_DEMO))
     (root / "annotations.json").write_text(json.dumps(_coco_from_masks(load_dataset(root))))
-    make_maps(root, tmp_path / "maps")
+    demo_maps(root, tmp_path / "maps")
     store = open_workspace(tmp_path / "workspace")
     try:
         info = intake.create_project(store, "coco", intake.summarize_dataset(root, tmp_path / "maps"))

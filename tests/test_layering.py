@@ -1,4 +1,4 @@
-"""DESIGN.md's layering: core imports neither streamlit nor sqlalchemy and never calls .cuda(."""
+"""docs/architecture.md's layering: core imports neither streamlit nor sqlalchemy and never calls .cuda(."""
 
 import ast
 import re

@@ -51,3 +51,25 @@ def test_aurocs():
     good_map = mask.astype(np.float32) + 0.1
     assert pixel_auroc([mask], [good_map]) == 1.0
     assert pixel_auroc([mask], [-good_map]) == 0.0
+
+
+def test_component_recall_counts_each_defect_once_at_the_false_positive_threshold():
+    from core.evaluation.metrics import component_recall
+
+    rng = np.random.default_rng(0)
+    maps = [rng.random((64, 64)).astype(np.float32) for _ in range(3)]
+    masks = [np.zeros((64, 64), np.uint8) for _ in range(3)]
+    masks[0][10:12, 10:12] = 1  # a tiny defect that the map lights up
+    maps[0][11, 11] = 5.0
+    masks[1][30:50, 30:50] = 1  # a large one it misses: background-level scores inside
+    maps[1][30:50, 30:50] *= 0.5
+    masks[1][5:7, 50:52] = 1  # and a second small one it finds
+    maps[1][6, 51] = 3.0
+    found = component_recall(masks, maps, false_positive_rate=0.01)
+    assert found["components"] == 3
+    assert found["recall"] == 2 / 3
+    outside = np.concatenate([m[k == 0] for m, k in zip(maps, masks)])
+    assert np.isclose(found["threshold"], np.quantile(outside, 0.99))
+    assert np.isnan(component_recall([np.zeros((4, 4))], [np.zeros((4, 4))])["recall"])
+    with pytest.raises(ValueError):
+        component_recall([np.zeros((4, 4))], [np.zeros((4, 5))])

@@ -10,7 +10,7 @@ from core.dataset import DatasetError, load_dataset, load_labeled_crops
 from core.demo.build import generate_demo, maps_from_ground_truth
 from core.errors import DiscoveryCancelled, PipelineError
 from core.pipeline import run_discovery
-from core.grouping.predict import NORMAL_CLASS_NAME
+from core.records import NORMAL_CLUSTER_NAME
 from core.progress import STAGES
 
 TINY = DiscoveryConfig(
@@ -44,7 +44,7 @@ def test_tiny_discovery_outputs_are_consistent(tiny_set, tiny_result):
     result, reports = tiny_result
     keys = {r.relpath for r in manifest.unlabeled}
     assert [i.image for i in result.images] == [r.relpath for r in manifest.unlabeled]
-    assert result.cluster_names == [NORMAL_CLASS_NAME, "class 1", "class 2", "class 3"]
+    assert result.cluster_names == [NORMAL_CLUSTER_NAME, "class 1", "class 2", "class 3"]
     assert result.normal_cluster == 0 and result.n_novel == 3
     assert {r.image for r in result.regions} <= keys
     n_regions = {key: sum(r.image == key for r in result.regions) for key in keys}
@@ -63,7 +63,7 @@ def test_tiny_discovery_outputs_are_consistent(tiny_set, tiny_result):
         assert region.gt == result.images[[i.image for i in result.images].index(region.image)].gt
     # the defect images of the set all have one blurred gt blob -> MEBin finds anomalies there
     assert all(result.binarization[i.image].num_anomalies >= 1 for i in result.images if i.gt != "good")
-    # metrics per DESIGN.md: 9 defective images of 3 classes, 3 normal ones
+    # metrics as docs/architecture.md's output files say: 9 defective images of 3 classes, 3 normal ones
     metrics = result.metrics
     assert set(metrics) >= {"image", "region", "normal_images", "image_with_good"}
     assert metrics["image"]["n"] == 9 and metrics["image_with_good"]["n"] == 12
@@ -89,7 +89,7 @@ def test_region_labels_become_base_classes_and_are_predicted(tiny_set, tiny_resu
     result = run_discovery(manifest, replace(TINY, classes=2), maps=maps,
                            region_labels={scratch[0]: "scratch", scratch[1]: "scratch", "gone.png#0": "x"})
     assert result.base_classes == ["scratch"]
-    assert result.cluster_names == ["scratch", NORMAL_CLASS_NAME, "class 1", "class 2"]
+    assert result.cluster_names == ["scratch", NORMAL_CLUSTER_NAME, "class 1", "class 2"]
     assert result.normal_cluster == 1
     assert {r.key: r.label for r in result.regions if r.label} == {scratch[0]: "scratch", scratch[1]: "scratch"}
     assert any("gone.png#0" in p for p in result.problems)

@@ -13,9 +13,10 @@ from core.dataset import load_dataset
 from core.demo.build import DemoConfig, generate_demo
 from core.records import GOOD
 
+from builders import TINY_DEMO
+
 ROOT = Path(__file__).resolve().parents[1]
-TINY_DEMO = dict(image_size=64, n_train_good=4, n_test_good=2, n_per_class=4,
-                 defect_types=("scratch", "hole", "stain"))
+QUALITY_DEMO = dict(TINY_DEMO, n_per_class=4)  # two folds need at least 2 images per type
 
 
 def _quality_module():
@@ -27,7 +28,7 @@ def _quality_module():
 
 @pytest.fixture(scope="module")
 def tiny_demo(tmp_path_factory) -> Path:
-    return generate_demo(tmp_path_factory.mktemp("quality") / "demo", DemoConfig(**TINY_DEMO))
+    return generate_demo(tmp_path_factory.mktemp("quality") / "demo", DemoConfig(**QUALITY_DEMO))
 
 
 def test_two_folds_split_every_class_and_never_share_an_image(tiny_demo: Path) -> None:
@@ -36,7 +37,7 @@ def test_two_folds_split_every_class_and_never_share_an_image(tiny_demo: Path) -
     folds = quality.two_folds(records, seed=3)
     assert set(folds) == {r.relpath for r in records}
     per_class = Counter((r.gt_class, folds[r.relpath]) for r in records)
-    for name in TINY_DEMO["defect_types"]:
+    for name in QUALITY_DEMO["defect_types"]:
         assert per_class[(name, 0)] == per_class[(name, 1)] == 2
     assert folds == quality.two_folds(records, seed=3)
     assert any(quality.two_folds(records, seed=s) != folds for s in range(4, 10))

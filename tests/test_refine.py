@@ -105,6 +105,7 @@ def test_refinement_settings_are_checked():
         RegionConfig(refine_ratio=0.5)
 
 
+@pytest.mark.slow  # two whole discovery runs
 def test_a_run_redraws_blurred_map_masks_closer_to_the_defects(tmp_path):
     from dataclasses import replace
 

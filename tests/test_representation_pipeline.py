@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from core.config import DiscoveryConfig, MGViTConfig, TrainConfig
+from core.decisions import decide
 from core.dataset import load_dataset
 from core.demo.build import generate_demo, maps_from_ground_truth
 from core.grouping.spectral import LABELED_NORMAL
@@ -13,6 +14,7 @@ from core.imageio import read_gray
 from core.labels import plan_labels, training_data
 from core.pipeline import binarize_maps, cut_regions, prepare_maps, run_discovery
 from core.records import GOOD, NORMAL_CLASS
+from core.settings import to_settings
 
 TINY = DiscoveryConfig(
     representation="hybrid",  # the default for a scratch ViT is the descriptors alone; these tests train one
@@ -120,8 +122,8 @@ def test_the_hybrid_mgvit_is_taught_the_descriptor_groups(tiny_set):
         assert descriptor_prior(regions, plan, descriptors, 3, config) is None
     with pytest.raises(ValueError, match="prior must be one of"):
         DiscoveryConfig(prior="teacher")
-    assert DiscoveryConfig.from_settings({"prior": "descriptors"}).prior == "descriptors"
-    assert DiscoveryConfig(prior="descriptors").to_settings()["prior"] == "descriptors"
+    assert decide({"prior": "descriptors"}).config.prior == "descriptors"
+    assert to_settings(DiscoveryConfig(prior="descriptors"))["prior"] == "descriptors"
 
 
 @pytest.mark.slow

@@ -124,3 +124,38 @@ def test_compute_metrics_reads_the_results():
     assert metrics["image"]["n"] == 2 and metrics["image"]["f1"] == 0.5
     assert metrics["region"]["f1"] == 1.0
     assert metrics["normal_images"]["share_predicted_normal"] == 1.0
+
+
+def test_stages_runner_checks_cancel_times_and_reports_each_stage():
+    from core.errors import DiscoveryCancelled
+    from core.stages import Stages
+
+    events = []
+    stages = Stages(events.append, should_cancel=lambda: False)
+    with stages("maps", "anomaly maps") as stage:
+        stage.report(0.5, "half")
+        stage.summary = "2 maps"
+    with stages("mebin") as stage:
+        stage.summary = "1 of 2 images with anomalies"
+    assert [(e.stage, e.fraction, e.message) for e in events] == [
+        ("maps", 0.0, "anomaly maps"), ("maps", 0.5, "half"), ("maps", 1.0, "2 maps"),
+        ("mebin", 1.0, "1 of 2 images with anomalies")]
+    assert events[-1].overall == pytest.approx(0.14)  # core.progress.STAGES: maps 10 %, mebin 4 %
+    assert set(stages.timings) == {"maps", "mebin"} and min(stages.timings.values()) >= 0
+    cancelled = Stages(should_cancel=lambda: True)
+    with pytest.raises(DiscoveryCancelled, match="before regions"):
+        with cancelled("regions"):
+            raise AssertionError("a cancelled stage does not start")
+    with cancelled("metrics", cancellable=False):
+        pass  # the last stages of a run finish what training started
+    assert "metrics" in cancelled.timings
+
+
+def test_the_representation_says_what_each_stage_needs():
+    from core.config import DiscoveryConfig
+
+    vit, descriptors, hybrid = (DiscoveryConfig(representation=name).space for name in ("vit", "descriptors", "hybrid"))
+    assert (vit.trains_model, vit.grouped, vit.can_be_taught) == (True, False, False)
+    assert (descriptors.trains_model, descriptors.grouped, descriptors.can_be_taught) == (False, True, False)
+    assert (hybrid.trains_model, hybrid.grouped, hybrid.can_be_taught) == (True, True, True)
+

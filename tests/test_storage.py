@@ -1,4 +1,4 @@
-"""Storage API: every call, on SQLite and on a real PostgreSQL (see storage_fixtures)."""
+"""Storage API: every call, on SQLite and on a real PostgreSQL (fixtures in conftest.py)."""
 
 from __future__ import annotations
 
@@ -25,15 +25,8 @@ from storage.records import (
     NotFound,
     StorageError,
 )
-from storage_fixtures import (  # noqa: F401  (fixtures are found by name)
-    build_scenario,
-    database_url,
-    make_dataset,
-    make_regions,
-    postgres_admin_url,
-    slot_of,
-    store,
-)
+
+from builders import build_scenario, make_dataset, make_regions, slot_of
 
 STRANGE_NAMES = ['<b>bold</b> & "quotes" \'single\'', "日本語の傷 ✓", "=SUM(A1:A9)", "  spaced  ", "a/b\\c; DROP TABLE x;--"]
 

@@ -13,7 +13,8 @@ import pytest
 from storage import export
 from storage.api import Store
 from storage.records import NORMAL_CLASS
-from storage_fixtures import Scenario, build_scenario, database_url, postgres_admin_url, store  # noqa: F401
+
+from builders import Scenario, build_scenario
 
 FORMULA = "=HYPERLINK(\"http://x\",\"click\")"
 NAMES = {1: FORMULA, 2: "Kratzer «groß» <i>&amp;</i>, \"q\""}

@@ -11,7 +11,8 @@ import pytest
 from core.grouping.fusion import fuse_image
 from storage.api import Store
 from storage.records import NORMAL_CLASS, AssignmentInput, ClusterInput, StorageError
-from storage_fixtures import database_url, make_dataset, postgres_admin_url, square_region, store  # noqa: F401
+
+from builders import make_dataset, square_region
 
 #: Image 0: two equal-area regions, p = [.4, .6, 0] and [.4, 0, .6] (the issue's example).
 #: Image 1: three regions of different areas, where tau decides the winner.

@@ -12,7 +12,8 @@ from storage import export
 from storage import models as m
 from storage.api import Store
 from storage.records import AssignmentInput, BinarizationInput, ClusterInput
-from storage_fixtures import build_scenario, database_url, postgres_admin_url, square_region, store  # noqa: F401
+
+from builders import build_scenario, square_region
 
 IMAGE = "test/img_00.png"
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import threading
@@ -20,7 +19,8 @@ from storage import models as m
 from storage.api import Store, open_workspace
 from storage.records import EditConflict
 from webapp.jobs import pid_alive
-from storage_fixtures import build_scenario, database_url, postgres_admin_url, store  # noqa: F401
+
+from builders import build_scenario
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -61,7 +61,6 @@ def test_killed_run_is_failed_and_leaves_no_half_written_result(store: Store, tm
     child = subprocess.Popen(
         [sys.executable, "-c", CHILD, str(store.workspace), store.engine.url.render_as_string(hide_password=False), str(run.id), str(marker)],
         cwd=REPO,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
         stderr=subprocess.PIPE,
     )
     try:

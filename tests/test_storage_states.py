@@ -22,7 +22,8 @@ from storage.records import (
     AssignmentInput,
     ClusterInput,
 )
-from storage_fixtures import database_url, make_dataset, postgres_admin_url, square_region, store  # noqa: F401
+
+from builders import make_dataset, square_region
 
 #: img_00: one real defect; img_01: a real region the model calls normal; img_02 and img_03: MEBin
 #: found nothing (whole-image placeholder, area 0), the model put both in its normal slot.

@@ -6,18 +6,12 @@ folder), opens the workspace once per server process and runs the chosen page.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
-# `streamlit run webapp/app.py` puts webapp/ (not the repository root) on sys.path.
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+import streamlit as st
 
-import streamlit as st  # noqa: E402
-
-from webapp.navigation import restore_from_url  # noqa: E402
-from webapp.workspace import get_store  # noqa: E402
+from webapp.navigation import restore_from_url
+from webapp.workspace import get_store
 
 VIEWS = Path(__file__).resolve().parent / "views"
 

@@ -9,13 +9,14 @@ and read by the Detection & MEBin page.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from core.config import DiscoveryConfig, MEBinConfig
+from core.detection.maps import global_range
 from core.regions.mebin import search_range
 from core.records import Manifest, Region, region_key
 from storage import BinarizationInput, MapInput, ProjectInfo, Store
@@ -58,36 +59,49 @@ def stored_maps(store: Store, project_id: int, relpaths: Sequence[str]) -> dict[
     return maps
 
 
-def compute_maps(store: Store, project: ProjectInfo, manifest: Manifest, settings: Mapping[str, Any],
-                 report: Reporter, span: tuple[float, float]) -> tuple[dict[str, np.ndarray], str, list[str], list[float]]:
-    """Raw maps of the images to inspect: imported from the maps folder or from the built-in detector
-    (configured by the run's settings), reported on the part `span` of the job's progress bar.
+@dataclass
+class ComputedMaps:
+    """Raw maps of the images to inspect, where they came from, and the detector's record of them."""
 
-    Returns (maps by relpath, source name, problems by file, the detector's held-out normal images'
-    map peaks: none for imported maps).
-    """
+    maps: dict[str, np.ndarray]  # by relpath
+    source: str  # "imported" or "built-in <method>"
+    problems: list[str] = field(default_factory=list)  # by file
+    normal_peaks: list[float] = field(default_factory=list)  # the held-out normal images' map peaks
+    separation: dict[str, Any] | None = None  # core.detection.separation's report on these maps
+    summary: dict[str, Any] = field(default_factory=dict)  # the built-in detector's: method, why, separation
+
+
+def _imported(manifest: Manifest, maps_dir: str, report: Reporter, start: float) -> ComputedMaps:
+    from core.detection.importer import import_maps
+    from core.stages import detection_record
+
+    report(start, "maps", f"importing maps from {maps_dir}", force=True)
+    imported = import_maps(manifest.unlabeled, Path(maps_dir), strict=False)
+    missing = [r.relpath for r in manifest.unlabeled if r.relpath not in imported.maps]
+    if not imported.maps:
+        raise ValueError(f"{maps_dir}: no usable anomaly map; " + "; ".join(str(p) for p in imported.problems[:3]))
+    if missing:
+        raise ValueError(f"{len(missing)} image(s) have no usable map ({', '.join(missing[:3])} ...); "
+                         + "; ".join(str(p) for p in imported.problems[:3]))
+    record = detection_record(Path(maps_dir))  # `python -m core detect` wrote one beside its maps
+    return ComputedMaps(imported.maps, "imported", [str(p) for p in imported.problems] + record.problems,
+                        record.normal_peaks, record.separation)
+
+
+def compute_maps(store: Store, project: ProjectInfo, manifest: Manifest, config: DiscoveryConfig,
+                 settings: Mapping[str, Any], report: Reporter, span: tuple[float, float]) -> ComputedMaps:
+    """Raw maps of the images to inspect: imported from the maps folder or from the built-in detector
+    (config.detector), reported on the part `span` of the job's progress bar."""
     maps_dir = settings.get("maps_dir") or project.settings.get("maps_dir")
     source = settings.get("map_source") or ("import" if maps_dir else "builtin")
     if source == "import":
         if not maps_dir:
             raise ValueError("no maps folder is set for this project: choose the built-in detector")
-        from core.detection.importer import import_maps
-
-        report(span[0], "maps", f"importing maps from {maps_dir}", force=True)
-        imported = import_maps(manifest.unlabeled, Path(maps_dir), strict=False)
-        missing = [r.relpath for r in manifest.unlabeled if r.relpath not in imported.maps]
-        if not imported.maps:
-            raise ValueError(f"{maps_dir}: no usable anomaly map; "
-                             + "; ".join(str(p) for p in imported.problems[:3]))
-        if missing:
-            raise ValueError(f"{len(missing)} image(s) have no usable map ({', '.join(missing[:3])} ...); "
-                             + "; ".join(str(p) for p in imported.problems[:3]))
-        return imported.maps, "imported", [str(p) for p in imported.problems], []
+        return _imported(manifest, maps_dir, report, span[0])
 
     from core.device import resolve_device
     from core.pipeline import detector_for, run_detection
 
-    config = DiscoveryConfig.from_settings(settings)
     detector = detector_for(manifest, config.detector, config.seed)
     steps = StepSpan(*span)  # the detector's phases on one forward-only part of the bar
 
@@ -98,26 +112,42 @@ def compute_maps(store: Store, project: ProjectInfo, manifest: Manifest, setting
     summary: dict[str, Any] = {}  # method and backbone as run, why, separation: kept with the run
     maps = run_detection(manifest, detector, resolve_device(config.device), progress=progress,
                          cache_dir=store.project_dir(project.id) / "detection_cache", summary=summary)
-    if isinstance(report, Reporter):
-        report.metrics = {"detection": summary}
-    return maps, f"built-in {summary.get('method', detector.method)}", [], list(summary.get("normal_peaks", []))
+    return ComputedMaps(maps, f"built-in {summary.get('method', detector.method)}", [],
+                        list(summary.get("normal_peaks", [])), summary.get("separation"), summary)
 
 
 def save_maps(store: Store, project_id: int, maps: Mapping[str, np.ndarray], source: str,
-              normal_peaks: Sequence[float] = ()) -> None:
-    """Write raw maps as .npy under the project folder and record them with the set's global range
-    and the detector's held-out normal peaks (stored_normal_peaks)."""
-    low = min(float(np.min(a)) for a in maps.values())
-    high = max(float(np.max(a)) for a in maps.values())
+              normal_peaks: Sequence[float] = (), separation: Mapping[str, Any] | None = None) -> None:
+    """Write raw maps as .npy under the project folder and record them with the set's global range,
+    the detector's held-out normal peaks (stored_normal_peaks) and its separation report (stored_separation)."""
+    low, high = global_range(list(maps.values()))
     inputs = []
     for relpath, array in maps.items():
         path = _map_file(store, project_id, relpath, source)
         path.parent.mkdir(parents=True, exist_ok=True)
         np.save(path, np.asarray(array, dtype=np.float32))
         stats = {"min": float(np.min(array)), "max": float(np.max(array)), "mean": float(np.mean(array)),
-                 "global_min": low, "global_max": high, "normal_peaks": [float(v) for v in normal_peaks]}
+                 "global_min": low, "global_max": high, "normal_peaks": [float(v) for v in normal_peaks],
+                 "separation": None if separation is None else dict(separation)}
         inputs.append(MapInput(relpath=relpath, path=str(path), stats=stats, source=source))
     store.record_maps(project_id, inputs)
+
+
+def stored_separation(store: Store, project_id: int) -> dict[str, Any] | None:
+    """The separation report (core.detection.separation) of the project's newest maps; None when they
+    have none (imported without a detection record, or fewer normal images than a hold-out needs).
+
+    Maps stored before the report was kept with them: the newest finished detection job's report."""
+    records = list(latest_maps(store, project_id).values())
+    if not records:
+        return None
+    stats = records[0].get("stats") or {}
+    if "separation" in stats:
+        return stats["separation"]
+    if not str(records[0].get("source", "")).startswith("built-in"):
+        return None
+    done = next((r for r in store.list_runs(project_id, kind="detect") if r.status == "done"), None)
+    return (((done.metrics or {}).get("detection") or {}).get("separation")) if done is not None else None
 
 
 def binarization_inputs(results: Mapping[str, Any], config: MEBinConfig, source: str = "mebin") -> list[BinarizationInput]:

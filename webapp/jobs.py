@@ -49,7 +49,6 @@ def worker_environment(store: Store) -> dict[str, str]:
     env = dict(os.environ)
     env[WORKSPACE_ENV] = str(Path(store.workspace).resolve())
     env[DATABASE_URL_ENV] = _database_url(store)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
     env.setdefault("PYTHONUNBUFFERED", "1")
     return env
 

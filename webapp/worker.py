@@ -22,9 +22,10 @@ from typing import Any
 
 import numpy as np
 
-from core.config import AUTO_REPRESENTATION, AUTO_VIT, DiscoveryConfig, resolve_representation, resolve_vit_backbone
+from core.config import DiscoveryConfig
 from core.dataset import load_dataset, load_labeled_crops
-from core.records import region_key
+from core.decisions import Decided, decide
+from core.records import NORMAL_CLUSTER_NAME, region_key
 from storage import QUEUED, SOURCE_GROUND_TRUTH, AssignmentInput, ClusterInput, RunInfo, Store, environment, open_workspace
 from webapp.detection_job import (
     binarization_inputs,
@@ -41,51 +42,49 @@ from webapp.progress import JobCancelled, Reporter
 
 __all__ = ["latest_maps", "execute", "main"]
 
-NORMAL_CLUSTER_NAME = "normal / false detection"
-
 
 # ------------------------------------------------------------------------------ maps and MEBin
 
 
+#: Where the detection job's bar stands when core's stages "mebin" and "regions" start, and their spans.
+DETECT_SPANS = {"mebin": (0.80, 0.05), "regions": (0.85, 0.14)}
+
+
 def run_detect(store: Store, run: RunInfo, report: Reporter) -> str:
-    """Maps (import or built-in detector) -> stored maps -> MEBin -> stored masks and crops."""
-    from core.pipeline import binarize_maps, cut_regions, prepare_maps
-    from core.regions.refine import references_for
-    from core.regions.crops import set_floor
+    """Maps (import or built-in detector) -> stored maps -> core's MEBin and regions chain -> stored masks and crops."""
+    from core.pipeline import Stages, find_regions, prepare_maps
 
     project = store.get_project(run.project_id)
-    settings = run.settings
+    config = decide(run.settings).config  # a setting it cannot use fails the job before any work
     report(0.0, "loading", project.data_root, force=True)
     manifest = load_dataset(Path(project.data_root))
     store.record_images(project.id, manifest.images)
     report.check()
     # The detector is most of a detection job: it gets most of the bar (measured on the demo).
-    config = DiscoveryConfig.from_settings(settings)
-    maps, source, problems, normal_peaks = compute_maps(store, project, manifest, settings, report, span=(0.02, 0.80))
+    computed = compute_maps(store, project, manifest, config, run.settings, report, span=(0.02, 0.80))
+    if computed.summary:
+        report.metrics = {"detection": computed.summary}  # method, why, separation: kept with the run
     report.check()
-    keys = [r.relpath for r in manifest.unlabeled if r.relpath in maps]
-    save_maps(store, project.id, {k: maps[k] for k in keys}, source, normal_peaks)
-    report(0.80, "mebin", f"{len(keys)} maps", force=True)
+    keys = [r.relpath for r in manifest.unlabeled if r.relpath in computed.maps]
+    save_maps(store, project.id, {k: computed.maps[k] for k in keys}, computed.source, computed.normal_peaks,
+              computed.separation)
     records = {r.relpath: r for r in manifest.unlabeled}
-    map_set = prepare_maps([records[k] for k in keys], maps, normal_peaks)
-    results = binarize_maps(map_set, config.mebin, config.binarizer)
-    floor = set_floor([map_set.normalized[k] for k in map_set.keys], map_set.normal_peaks, config.regions)
-    store.record_binarizations(project.id, with_search_range(
-        binarization_inputs(results, config.mebin, source=config.binarizer), map_set.normalized, floor))
-    report.check()
-    report(0.85, "regions", "cropping", force=True)
+    map_set = prepare_maps([records[k] for k in keys], computed.maps, computed.normal_peaks)
 
-    def progress(done: int, total: int) -> None:
-        report(0.85 + 0.14 * done / total, "regions", f"{done}/{total} images")
+    def progress(event: Any) -> None:
+        start, span = DETECT_SPANS[event.stage]
+        report(start + span * event.fraction, event.stage, event.message, force=event.fraction == 0.0)
         report.check()
 
-    references = references_for([r.path for r in manifest.normal], config.regions)
-    problems = list(problems) + (references.problems if references is not None else [])
-    regions = cut_regions(map_set, results, config.regions, progress=progress, references=references, floor=floor)
-    store_regions(store, project.id, regions)
-    with_anomaly = sum(1 for r in results.values() if r.num_anomalies > 0)
+    found = find_regions(map_set, manifest.normal, config, Stages(progress), require_anomalies=False)
+    store.record_binarizations(project.id, with_search_range(
+        binarization_inputs(found.binarization, config.mebin, source=config.binarizer), map_set.normalized,
+        found.floor))
+    store_regions(store, project.id, found.regions)
+    problems = computed.problems + found.problems
     note = f"; {len(problems)} problem(s) with maps or references" if problems else ""
-    return f"{len(keys)} maps ({source}), {with_anomaly} images with anomalies, {len(regions)} regions{note}"
+    return (f"{len(keys)} maps ({computed.source}), {found.with_anomalies} images with anomalies, "
+            f"{len(found.regions)} regions{note}")
 
 
 # ------------------------------------------------------------------------------ discovery
@@ -115,28 +114,19 @@ def with_room_for_new_classes(config: DiscoveryConfig, labeled: Any, region_labe
     return replace(config, estimate=estimate)
 
 
-def run_discover(store: Store, run: RunInfo, report: Reporter) -> str:
-    """The whole pipeline on the project's data; clusters and assignments written atomically."""
-    from core.errors import DiscoveryCancelled
-    from core.pipeline import run_discovery
-
-    project = store.get_project(run.project_id)
+def _discovery_inputs(store: Store, run: RunInfo, project: Any, manifest: Any, config: DiscoveryConfig,
+                      report: Reporter) -> dict[str, Any]:
+    """The stored maps (or new ones), the labeled set and the engineer's region labels of a discovery run."""
     settings = run.settings
-    config = DiscoveryConfig.from_settings(settings)
-    report(0.0, "loading", project.data_root, force=True)
-    manifest = load_dataset(Path(project.data_root))
-    store.record_images(project.id, manifest.images)
-    report.check()
-
     keys = [r.relpath for r in manifest.unlabeled]
     maps = None if settings.get("recompute_maps") else stored_maps(store, project.id, keys)
     normal_peaks = stored_normal_peaks(store, project.id, keys)
     if maps is None:
         # core.pipeline gives the maps stage its first 10 % of the bar; the worker makes them here.
-        maps, source, _, normal_peaks = compute_maps(store, project, manifest, settings, report, span=(0.0, 0.097))
-        save_maps(store, project.id, maps, source, normal_peaks)
+        computed = compute_maps(store, project, manifest, config, settings, report, span=(0.0, 0.097))
+        maps, normal_peaks = computed.maps, computed.normal_peaks
+        save_maps(store, project.id, maps, computed.source, normal_peaks, computed.separation)
     report.check()
-
     labeled = None
     if project.settings.get("labeled_dir") and settings.get("use_labeled_set", True):
         labeled = load_labeled_crops(project.settings["labeled_dir"])
@@ -144,8 +134,11 @@ def run_discover(store: Store, run: RunInfo, report: Reporter) -> str:
     if settings.get("labels_from_project"):
         by_id = {info.id: region_key(info.image, info.index) for info in store.list_regions(project.id)}
         region_labels = {by_id[i]: name for i, name in store.labeled_set(project.id).items() if i in by_id}
-    config = with_room_for_new_classes(config, labeled, region_labels)
+    return {"maps": maps, "normal_peaks": normal_peaks, "labeled": labeled, "region_labels": region_labels}
 
+
+def _progress(report: Reporter) -> Callable[[Any], None]:
+    """core's progress events on the job's bar (up to 97 %), the loss history on the way."""
     def on_progress(event: Any) -> None:
         if report.should_cancel():
             raise JobCancelled()  # stop now rather than predict with a half-trained model
@@ -158,20 +151,40 @@ def run_discover(store: Store, run: RunInfo, report: Reporter) -> str:
             if step.epoch_done or not report.loss_history or report.loss_history[-1].get("x") != point["x"]:
                 report.add_loss(point)
         report(0.97 * event.overall, event.stage, event.message, force=bool(step and step.epoch_done))
+    return on_progress
 
+
+def run_discover(store: Store, run: RunInfo, report: Reporter) -> str:
+    """The whole pipeline on the project's data; clusters and assignments written atomically."""
+    from core.errors import DiscoveryCancelled
+    from core.pipeline import run_discovery
+
+    project = store.get_project(run.project_id)
+    decided = decide(run.settings)  # each auto decision made once, recorded with the run below
+    report(0.0, "loading", project.data_root, force=True)
+    manifest = load_dataset(Path(project.data_root))
+    store.record_images(project.id, manifest.images)
+    report.check()
+    inputs = _discovery_inputs(store, run, project, manifest, decided.config, report)
+    config = with_room_for_new_classes(decided.config, inputs["labeled"], inputs["region_labels"])
     overrides = store.threshold_overrides(project.id)  # the engineer's, from the Detection page
     workdir = store.project_dir(project.id) / "runs" / str(run.id)
     try:
-        result = run_discovery(manifest, config, maps=maps, labeled=labeled, region_labels=region_labels,
-                               progress=on_progress, should_cancel=report.should_cancel, workdir=workdir,
-                               thresholds=overrides, normal_peaks=normal_peaks)
+        result = run_discovery(manifest, config, **inputs, progress=_progress(report),
+                               should_cancel=report.should_cancel, workdir=workdir, thresholds=overrides)
     except DiscoveryCancelled as error:
         raise JobCancelled() from error
     if result.cancelled or report.should_cancel():
         raise JobCancelled()
-
     report(0.97, "saving", "writing results", force=True)
-    # The model first: a run whose checkpoint cannot be written fails before any result is stored.
+    checkpoint = _save_results(store, run, result, config, workdir)
+    _finish(store, run, result, decided, report, checkpoint, overrides, inputs)
+    return ""
+
+
+def _save_results(store: Store, run: RunInfo, result: Any, config: DiscoveryConfig, workdir: Path) -> Path:
+    """The model (first: a run whose checkpoint cannot be written fails before any result is stored),
+    the masks, the regions and the clusters with their assignments."""
     from core.mgvit.checkpoint import save_checkpoint
 
     checkpoint = workdir / "model.pt"
@@ -181,12 +194,12 @@ def run_discover(store: Store, run: RunInfo, report: Reporter) -> str:
                             model_config=config.model, train_config=config.train)
     except OSError as error:
         raise RuntimeError(f"the trained model could not be saved to {checkpoint}: {error}") from error
-    store.record_binarizations(project.id, with_search_range(
+    store.record_binarizations(run.project_id, with_search_range(
         binarization_inputs(result.binarization, config.mebin, source=config.binarizer), result.normalized_maps,
         result.floor))
-    ids = store_regions(store, project.id, [r.region for r in result.regions])
+    ids = store_regions(store, run.project_id, [r.region for r in result.regions])
     if (result.metrics or {}).get("region_truth"):  # COCO region truth: kept for the Evaluate page
-        store.set_labels(project.id, {ids[r.region.key]: str(r.gt) for r in result.regions if r.gt},
+        store.set_labels(run.project_id, {ids[r.region.key]: str(r.gt) for r in result.regions if r.gt},
                          source=SOURCE_GROUND_TRUTH)
     clusters = []
     for slot, name in enumerate(result.cluster_names):
@@ -204,19 +217,17 @@ def run_discover(store: Store, run: RunInfo, report: Reporter) -> str:
         for r in result.regions
     ]
     store.write_results(run.id, clusters, assignments)
+    return checkpoint
 
+
+def _finish(store: Store, run: RunInfo, result: Any, decided: Decided, report: Reporter, checkpoint: Path,
+            overrides: Mapping[str, int], inputs: Mapping[str, Any]) -> None:
+    """The run's record: metrics with what auto decided and why, timings, loss history, one message."""
     previous = _previous_run_id(store, run)
-    carried = 0
-    if previous is not None:
-        carried = sum(1 for _ in store.carry_over_names(previous, run.id))
-
+    carried = sum(1 for _ in store.carry_over_names(previous, run.id)) if previous is not None else 0
     metrics = dict(result.metrics or {})
-    if settings.get("backbone") == AUTO_VIT:  # what auto chose, and why, recorded with the run
-        why = resolve_vit_backbone(replace(config.model, backbone=AUTO_VIT))[1]
-        metrics["backbone"] = {"asked": AUTO_VIT, "used": config.model.backbone, "why": why}
-    if settings.get("representation") in (None, "", AUTO_REPRESENTATION):  # and the representation auto chose
-        metrics["representation"] = {"asked": AUTO_REPRESENTATION, "used": config.representation,
-                                     "why": resolve_representation(AUTO_REPRESENTATION, config.model)[1]}
+    metrics.update({key: decision.record() for key, decision in decided.automatic().items()})
+    metrics["training"] = {"epochs_done": int(result.train_result.epochs_done)}
     if result.estimate is not None:
         metrics["class_estimate"] = estimate_record(result.estimate, result.n_novel)
     history = report.loss_history or [
@@ -224,11 +235,8 @@ def run_discover(store: Store, run: RunInfo, report: Reporter) -> str:
         for i, h in enumerate(result.train_result.history)]
     parts = [f"{len(result.regions)} regions in {result.n_novel} classes"
              + (" (estimated)" if result.estimate is not None else "")]
-    if "backbone" in metrics:
-        parts.append(f"auto chose {metrics['backbone']['why']}")
-    if "representation" in metrics:
-        parts.append(f"auto: {metrics['representation']['why']}")
-    if labeled is not None or region_labels:
+    parts += [f"auto chose {why}" for why in decided.lines()]
+    if inputs["labeled"] is not None or inputs["region_labels"]:
         parts.append(f"{len(result.base_classes)} labeled classes")
     if overrides:
         parts.append(f"{len(overrides)} threshold override(s) from the Detection & MEBin page applied")
@@ -239,7 +247,6 @@ def run_discover(store: Store, run: RunInfo, report: Reporter) -> str:
     store.finish_run(run.id, metrics=metrics, timings=dict(result.timings),
                      checkpoint_path=str(checkpoint) if checkpoint.is_file() else None,  # descriptors: no model
                      loss_history=history, message=", ".join(parts))
-    return ""
 
 
 # ------------------------------------------------------------------------------ entry point

@@ -1,4 +1,4 @@
-"""`python -m core detect`: anomaly maps with the built-in detector, written as DESIGN.md says."""
+"""`python -m core detect`: anomaly maps with the built-in detector, written as docs/architecture.md's output files say."""
 
 from __future__ import annotations
 
@@ -66,10 +66,11 @@ class _Bar:
 
 
 def detection_aurocs(manifest, maps: dict[str, np.ndarray]) -> dict[str, float]:
-    """Image and pixel AUROC over the unlabeled images with a ground-truth class (masks where known)."""
+    """Image and pixel AUROC over the unlabeled images with a ground-truth class (masks where known), and
+    the share of mask components found at 1% pixel false positives (recall)."""
     from core.imageio import read_gray
     from core.detection.maps import resize_to
-    from core.evaluation.metrics import image_auroc, pixel_auroc
+    from core.evaluation.metrics import component_recall, image_auroc, pixel_auroc
     from core.records import GOOD
 
     records = [r for r in manifest.unlabeled if r.gt_class is not None and r.relpath in maps]
@@ -88,6 +89,7 @@ def detection_aurocs(manifest, maps: dict[str, np.ndarray]) -> dict[str, float]:
             masks.append(mask)
         pixel_maps.append(score_map)
     result["pixel_auroc"] = pixel_auroc(masks, pixel_maps) if masks else float("nan")
+    result["recall"] = component_recall(masks, pixel_maps)["recall"] if masks else float("nan")
     return result
 
 

@@ -20,84 +20,51 @@ from typing import Any
 
 import numpy as np
 
-from core.commands import add_with_default
-from core.config import (
-    AUTO_VIT,
-    BINARIZERS,
-    EXTRACTIONS,
-    FALLBACKS,
-    PRIORS,
-    REFINEMENTS,
-    AUTO_REPRESENTATION,
-    REPRESENTATION_CHOICES,
-    SCRATCH_EPOCHS,
-    DetectorConfig,
-    DiscoveryConfig,
-    MGViTConfig,
-    RegionConfig,
-    TrainConfig,
-    resolve_representation,
-    resolve_vit_backbone,
-)
-from core.detection.config import METHODS
+from core.decisions import Decided, decide
 from core.errors import UserError
+from core.settings import SETTING, Setting, to_settings
 
 HELP = "run the whole pipeline: maps -> MEBin -> regions -> MGViT -> classes"
 
+#: The settings (core.settings) `python -m core discover` takes as options, in the order --help shows them.
+CLI_SETTINGS = ("classes", "device", "backbone", "weights", "pretrained", "epochs", "batch_size", "seed",
+                "detector_method", "binarizer", "tau", "representation", "prior", "extraction", "refine", "fallback",
+                "ground_truth", "guided")
 
-def _classes(value: str) -> int | None:
-    if value.lower() == "auto":
-        return None
-    try:
-        number = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--classes takes a whole number or 'auto', not {value!r}") from None
-    return number
+
+def _typed(setting: Setting) -> Any:
+    def parse(text: str) -> Any:
+        from core.config import SettingsError
+
+        try:
+            return setting.parse(text)
+        except SettingsError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+    parse.__name__ = setting.key  # argparse names it in "invalid ... value"
+    return parse
+
+
+def add_setting(parser: argparse.ArgumentParser, setting: Setting) -> None:
+    """One option from the settings table: its help and default come from there; None = not given."""
+    default = setting.default
+    shown = f"{default:g}" if isinstance(default, float) else default
+    options: dict[str, Any] = {"dest": setting.key, "default": None}
+    if setting.kind is bool:  # a switch to the other value than the default
+        options.update(action="store_const", const=not default)
+    else:
+        options.update(type=_typed(setting), metavar="K|auto" if setting.key == "classes" else None)
+        if setting.choices:
+            options["metavar"] = "{" + ",".join(setting.choices) + "}"
+    help_text = setting.help if default is None or setting.kind is bool else f"{setting.help} [{shown}]"
+    parser.add_argument(setting.option, help=help_text, **options)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset", type=Path, required=True, help="data set folder (MVTec layout or plain folder)")
     parser.add_argument("--out", type=Path, required=True, help="output folder")
     parser.add_argument("--maps", type=Path, help="folder of anomaly maps from any detector (default: built-in detector)")
-    parser.add_argument("--classes", type=_classes, default=None, metavar="K|auto",
-                        help="number of defect classes to discover (normal slot on top) [auto]")
-    parser.add_argument("--device", default=DiscoveryConfig.device, help="auto | cpu | cuda | cuda:N | mps [auto]")
-    parser.add_argument("--backbone", default=AUTO_VIT,
-                        help="ViT backbone: auto (vit_base_patch16_224.dino when its weights are in the cache or "
-                             "given with --weights, else vit_tiny_scratch), vit_tiny_scratch, vit_micro_scratch, "
-                             "or a timm name [auto]")
-    parser.add_argument("--weights", type=Path, help="local weight file for the backbone (timm or DINO layout)")
-    parser.add_argument("--pretrained", action="store_true", help="load timm's pretrained weights for a timm backbone")
-    parser.add_argument("--epochs", type=int,
-                        help=f"training epochs [{SCRATCH_EPOCHS} scratch backbone, {TrainConfig.epochs} pretrained]")
-    parser.add_argument("--batch-size", type=int, default=None, help=f"training batch size [{TrainConfig.batch_size}]")
-    add_with_default(parser, "--seed", DiscoveryConfig.seed, "random seed", type=int)
-    parser.add_argument("--detector", choices=METHODS, default=DetectorConfig.method,
-                        help="built-in detector when --maps is not given (zero-shot when no normal images) "
-                             f"[{DetectorConfig.method}]")
-    add_with_default(parser, "--binarizer", DiscoveryConfig.binarizer, "how maps become masks", choices=BINARIZERS)
-    add_with_default(parser, "--tau", DiscoveryConfig.tau, "area-weighted fusion temperature", type=float)
-    parser.add_argument("--representation", choices=REPRESENTATION_CHOICES, default=AUTO_REPRESENTATION,
-                        help="what regions are grouped on: vit (the paper: MGViT embedding and heads), descriptors "
-                             "(fixed mask/contrast/texture descriptors, no MGViT trained), hybrid (both), or auto: "
-                             "hybrid when the backbone starts from pretrained weights, else descriptors (a ViT "
-                             f"trained from scratch adds nothing measurable beside them) [{AUTO_REPRESENTATION}]")
-    parser.add_argument("--prior", choices=PRIORS, default=DiscoveryConfig.prior,
-                        help="hybrid: descriptors (the MGViT is taught the descriptor groups) or none (the paper's "
-                             f"teacher-student alone) [{DiscoveryConfig.prior}]")
-    parser.add_argument("--extraction", choices=EXTRACTIONS, default="components",
-                        help="regions: components (every defect its own region) or reference (the paper's MEBin "
-                             "main elements) [components]")
-    parser.add_argument("--refine", choices=REFINEMENTS, default="references",
-                        help="components masks: references (redrawn from each image's difference to the best-matching "
-                             "normal reference patch) or none (the map's own mask) [references]")
-    parser.add_argument("--fallback", choices=FALLBACKS, default=RegionConfig.fallback,
-                        help="an image where no component clears the floor: peak (its map's strongest spot, a weak "
-                             "region that does not shape the groups) or whole (the whole image) "
-                             f"[{RegionConfig.fallback}]")
-    parser.add_argument("--ground-truth", type=Path,
-                        help="COCO annotations for region-level metrics [DATASET/annotations.json when present]")
-    parser.add_argument("--unguided", action="store_true", help="plain attention instead of mask-guided (ablation)")
+    for key in CLI_SETTINGS:
+        add_setting(parser, SETTING[key])
     parser.add_argument("--labels", type=Path,
                         help="imported labeled set: a folder per class of crops (optional <crop>_mask.png), or a "
                              "COCO annotations .json (its images relative to the file) whose categories become classes")
@@ -135,21 +102,6 @@ def _load_maps(manifest: Any, folder: Path) -> dict[str, np.ndarray]:
     return imported.maps
 
 
-def _normal_peaks(folder: Path) -> list[float]:
-    """The held-out normal images' map peaks `python -m core detect` wrote in detection.json beside
-    (or inside) the maps folder: the regions' floor (core.regions.crops.set_floor). [] when there is none."""
-    for candidate in (folder / "detection.json", folder.parent / "detection.json"):
-        if candidate.is_file():
-            try:
-                peaks = json.loads(candidate.read_text(encoding="utf-8")).get("normal_peaks") or []
-                return [float(v) for v in peaks]
-            except (ValueError, TypeError, AttributeError) as error:
-                print(f"warning: {candidate}: not a detection record ({error}); the regions' floor comes "
-                      "from the maps alone", file=sys.stderr)
-                return []
-    return []
-
-
 def _region_labels(path: Path) -> dict[str, str]:
     if not path.is_file():
         raise UserError(f"{path}: region labels file does not exist")
@@ -160,29 +112,9 @@ def _region_labels(path: Path) -> dict[str, str]:
         return {row["region"]: row["class"] for row in reader if row["region"] and row["class"]}
 
 
-def _config(args: argparse.Namespace) -> DiscoveryConfig:
-    """The run's DiscoveryConfig from the command line, through the settings vocabulary the app uses too."""
-    settings: dict[str, Any] = {
-        "classes": "auto" if args.classes is None else args.classes,
-        "backbone": args.backbone,
-        "weights": args.weights,
-        "pretrained": True if args.pretrained else None,
-        "epochs": args.epochs,
-        "batch_size": args.batch_size,
-        "seed": args.seed,
-        "detector_method": args.detector,
-        "binarizer": args.binarizer,
-        "representation": args.representation,
-        "prior": args.prior,
-        "extraction": args.extraction,
-        "refine": args.refine,
-        "fallback": args.fallback,
-        "ground_truth": args.ground_truth,
-        "tau": args.tau,
-        "guided": False if args.unguided else None,
-        "device": args.device,
-    }
-    return DiscoveryConfig.from_settings(settings)
+def _decided(args: argparse.Namespace) -> Decided:
+    """The run's config and auto decisions from the command line, through the settings table the app uses too."""
+    return decide({key: getattr(args, key) for key in CLI_SETTINGS if getattr(args, key) is not None})
 
 
 # ------------------------------------------------------------------------------ progress
@@ -259,7 +191,10 @@ def write_results(result: Any, out: Path, *, save_crops: bool = False) -> None:
             write_image(folder / f"{stem}_mask.png", r.region.mask_crop)
 
 
-def _run_json(result: Any, config: Any, args: argparse.Namespace) -> dict[str, Any]:
+def _run_json(result: Any, decided: Decided, args: argparse.Namespace) -> dict[str, Any]:
+    """run.json: the full config, the flat settings that rebuild it (core.settings.record_settings reads
+    both this and older files) and every decision with its reason."""
+    config = decided.config
     def plain(value: Any) -> Any:
         if isinstance(value, Path):
             return str(value)
@@ -273,8 +208,8 @@ def _run_json(result: Any, config: Any, args: argparse.Namespace) -> dict[str, A
         "dataset": str(args.dataset),
         "maps": str(args.maps) if args.maps else None,
         "config": plain(asdict(config)),
-        "representation": {"asked": args.representation, "used": config.representation,
-                           "why": resolve_representation(args.representation, config.model)[1]},
+        "settings": to_settings(config),
+        **{key: decision.record() for key, decision in decided.decisions.items()},
         "cluster_names": result.cluster_names,
         "normal_cluster": result.normal_cluster,
         "n_novel": result.n_novel,
@@ -327,13 +262,13 @@ def run(args: argparse.Namespace) -> int:
     from core.pipeline import run_discovery
     from core.mgvit.checkpoint import save_checkpoint
     from core.mgvit.distributed import init_distributed_from_env
+    from core.stages import DetectionRecord, detection_record
 
     manifest = _load_manifest(args.dataset)
-    config = _config(args)
-    if args.backbone == AUTO_VIT:  # one line: which backbone auto chose, and why
-        print(f"discover: {resolve_vit_backbone(MGViTConfig(backbone=AUTO_VIT, weights=config.model.weights))[1]}")
-    if args.representation == AUTO_REPRESENTATION:  # and which representation auto chose for that backbone
-        print(f"discover: {resolve_representation(AUTO_REPRESENTATION, config.model)[1]}")
+    decided = _decided(args)
+    config = decided.config
+    for line in decided.lines():  # what auto chose (backbone, representation, epochs), and why
+        print(f"discover: {line}")
     # Under `torchrun --nproc-per-node N` every rank runs the pipeline and training shards its
     # batches with DistributedDataParallel; only rank 0 writes the outputs.
     environ = dict(os.environ)  # the command's one read of the environment (torchrun's WORLD_SIZE, RANK, ...)
@@ -341,7 +276,11 @@ def run(args: argparse.Namespace) -> int:
     if rank_device is not None:
         config = replace(config, device=str(rank_device))
     maps = _load_maps(manifest, args.maps) if args.maps is not None else None
-    normal_peaks = _normal_peaks(args.maps) if args.maps is not None else []
+    record = detection_record(args.maps) if args.maps is not None else DetectionRecord()
+    for problem in record.problems:
+        print(f"warning: {problem}", file=sys.stderr)
+    if record.separation and record.separation.get("warning"):  # said before any time goes into clusters
+        print(f"warning: {record.separation['warning']}", file=sys.stderr)
     if args.labels is not None and args.labels.suffix.lower() == ".json":
         from core.evaluation.coco import labeled_crops_from_file
 
@@ -357,7 +296,7 @@ def run(args: argparse.Namespace) -> int:
     bar = _Progress(args.quiet)
     try:
         result = run_discovery(manifest, config, maps=maps, labeled=labeled, region_labels=region_labels,
-                               progress=bar, workdir=args.workdir, normal_peaks=normal_peaks)
+                               progress=bar, workdir=args.workdir, normal_peaks=record.normal_peaks)
     except WeightsError as error:
         raise UserError(str(error)) from error
     finally:
@@ -371,7 +310,7 @@ def run(args: argparse.Namespace) -> int:
         save_checkpoint(out / "model.pt", result.train_result, extra={
             "cluster_names": result.cluster_names, "normal_cluster": result.normal_cluster,
             "n_novel": result.n_novel, "tau": config.tau, "guided": config.train.guided})
-    (out / "run.json").write_text(json.dumps(_run_json(result, config, args), indent=2, default=str) + "\n",
+    (out / "run.json").write_text(json.dumps(_run_json(result, decided, args), indent=2, default=str) + "\n",
                                   encoding="utf-8")
     from core.classify.from_run import write_run_bundle  # the model bundle `classify --model OUT` reads
 

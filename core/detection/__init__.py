@@ -2,7 +2,7 @@
 
 import_maps reads maps made elsewhere and matches them to images; detect runs PatchCore (fit on
 normal images) or a MuSc-style zero-shot mode (no normal images), with an on-disk cache;
-write_detection writes the maps and scores as DESIGN.md's `detect` contract says.
+write_detection writes the maps and scores as docs/architecture.md's output files say.
 """
 
 from typing import Any

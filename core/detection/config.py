@@ -36,6 +36,7 @@ class DetectorConfig:
     neighbourhood: int = 3  # local aggregation window, patches (PatchCore: 3x3)
     sigma: float = 4.0  # Gaussian smoothing of the map, in feature-input pixels (PatchCore: 4)
     image_size: int = 224  # shorter side of the feature input, pixels (aspect ratio kept)
+    tile_downscale: float = 5.0  # images whose shorter side exceeds image_size x this are detected in tiles (0 = never)
     batch_size: int = 8  # images per forward pass
     zero_shot_fraction: float = 0.3  # zero-shot: share of most similar other images averaged (MuSc: 30%)
     zero_shot_references: int = 64  # zero-shot: most other images each image is compared with
@@ -72,6 +73,8 @@ class DetectorConfig:
         if min(self.learned_patch_norm, self.learned_washout_weight, self.learned_dark_weight) < 0:
             raise ValueError(f"learned_patch_norm, learned_washout_weight and learned_dark_weight must be >= 0, not "
                              f"{self.learned_patch_norm}, {self.learned_washout_weight}, {self.learned_dark_weight}")
+        if self.tile_downscale < 0 or 0 < self.tile_downscale < 1:
+            raise ValueError(f"tile_downscale must be 0 (never tile) or >= 1, not {self.tile_downscale}")
         if self.neighbourhood < 1 or self.neighbourhood % 2 == 0:
             raise ValueError(f"neighbourhood must be an odd number >= 1, not {self.neighbourhood}")
 

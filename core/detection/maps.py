@@ -1,4 +1,4 @@
-"""Anomaly map files and the global normalization of METHOD.md stage 1."""
+"""Anomaly map files and the global normalization of docs/method.md stage 1."""
 
 from __future__ import annotations
 
@@ -72,7 +72,8 @@ def resize_to(array: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return cv2.resize(array, (width, height), interpolation=cv2.INTER_LINEAR)
 
 
-def _global_range(maps: Sequence[np.ndarray]) -> tuple[float, float]:
+def global_range(maps: Sequence[np.ndarray]) -> tuple[float, float]:
+    """(min, max) over every map of the set: the one range normalize_global scales them with."""
     return min(float(np.min(a)) for a in maps), max(float(np.max(a)) for a in maps)
 
 
@@ -80,10 +81,18 @@ def on_global_scale(values: Sequence[float], maps: Sequence[np.ndarray]) -> list
     """Raw map values (e.g. normal images' peaks) on the 0..255 scale normalize_global gives these maps, clipped."""
     if not len(maps) or not len(values):
         return []
-    low, high = _global_range(maps)
+    low, high = global_range(maps)
     if high <= low:
         return [0.0 for _ in values]
     return [float(np.clip((float(v) - low) / (high - low) * 255.0, 0.0, 255.0)) for v in values]
+
+
+def to_uint8(array: np.ndarray, low: float, high: float) -> np.ndarray:
+    """One raw map on the 0..255 scale of the range (low, high); zeros when the range is empty."""
+    array = np.asarray(array, dtype=np.float64)
+    if high - low <= 0:
+        return np.zeros(array.shape, dtype=np.uint8)
+    return np.clip(np.rint((array - low) / (high - low) * 255.0), 0, 255).astype(np.uint8)
 
 
 def normalize_global(maps: Sequence[np.ndarray]) -> list[np.ndarray]:
@@ -91,18 +100,11 @@ def normalize_global(maps: Sequence[np.ndarray]) -> list[np.ndarray]:
 
     Per-image scaling would make every map's maximum 255 and destroy the spread of maxima
     that MEBin's search range is built on. A set whose values are all equal maps to zeros.
+    A stored map is brought back to that scale with to_uint8 and the set's stored global_range.
     """
     if len(maps) == 0:
         return []
     for index, array in enumerate(maps):
         check_finite(np.asarray(array), f"map {index}")
-    low, high = _global_range(maps)
-    span = high - low
-    out = []
-    for array in maps:
-        array = np.asarray(array, dtype=np.float64)
-        if span <= 0:
-            out.append(np.zeros(array.shape, dtype=np.uint8))
-        else:
-            out.append(np.clip(np.rint((array - low) / span * 255.0), 0, 255).astype(np.uint8))
-    return out
+    low, high = global_range(maps)
+    return [to_uint8(array, low, high) for array in maps]

@@ -75,6 +75,7 @@ class CocoTruth:
     categories: list[str]
     by_image: dict[str, list[Annotation]]
     problems: list[str] = field(default_factory=list)
+    images: list[str] = field(default_factory=list)  # keys of every image the file lists, annotated or not
 
     @property
     def annotations(self) -> list[Annotation]:
@@ -139,14 +140,8 @@ def _polygons(segmentation: Any) -> tuple[np.ndarray, ...]:
     return tuple(polygons)
 
 
-def load_coco(path: Path | str, image_sizes: Mapping[str, tuple[int, int]]) -> CocoTruth:
-    """Read a COCO file against the data set's images (relpath -> (height, width)).
-
-    Images are matched by relative path, then by file name, then by stem. A box given only as a
-    polygon gets the polygon's bounding box. Raises CocoError when the file is unreadable, not
-    COCO, or leaves no usable annotation; every other problem is listed in `problems`.
-    """
-    path = Path(path)
+def _read_coco_json(path: Path) -> dict[str, Any]:
+    """The file's JSON object; CocoError naming the file when it is unreadable or not COCO."""
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as error:
@@ -159,10 +154,11 @@ def load_coco(path: Path | str, image_sizes: Mapping[str, tuple[int, int]]) -> C
         raise CocoError(f"{path}: not valid JSON ({error})") from error
     if not isinstance(data, dict) or not isinstance(data.get("annotations"), list):
         raise CocoError(f"{path}: not a COCO file (needs 'images', 'annotations' and 'categories' lists)")
-    categories = {}
-    for entry in data.get("categories") or []:
-        if isinstance(entry, dict) and "id" in entry:
-            categories[entry["id"]] = str(entry.get("name", entry["id"]))
+    return data
+
+
+def _matched_images(data: dict[str, Any], image_sizes: Mapping[str, tuple[int, int]]) -> tuple[dict[Any, str], list[str]]:
+    """COCO image id -> manifest key, and the names of the listed images not in the data set."""
     index = _image_index(image_sizes)
     images: dict[Any, str] = {}
     missing: list[str] = []
@@ -176,68 +172,104 @@ def load_coco(path: Path | str, image_sizes: Mapping[str, tuple[int, int]]) -> C
             missing.append(name or f"id {entry['id']}")
         else:
             images[entry["id"]] = key
-    problems: list[str] = []
-    if missing:
-        problems.append(f"{len(missing)} image(s) named in the file are not in the data set ({_shown(missing)}); "
-                        "their annotations were left out")
-    unknown_category: list[Any] = []
-    unknown_image: list[Any] = []
-    outside: list[Any] = []
-    malformed: list[Any] = []
+    return images, missing
+
+
+def _xywh(entry: dict[str, Any], polygons: tuple[np.ndarray, ...]) -> tuple[float, float, float, float]:
+    """An annotation's box as x, y, w, h: its bbox, else its polygons' bounds; ValueError without."""
+    bbox = entry.get("bbox")
+    if isinstance(bbox, (list, tuple)) and len(bbox) == 4:
+        x, y, w, h = (float(v) for v in bbox)
+        return x, y, w, h
+    if polygons:
+        points = np.concatenate(polygons)
+        x, y = points.min(axis=0)
+        w, h = points.max(axis=0) - (x, y)
+        return float(x), float(y), float(w), float(h)
+    raise ValueError("no bbox")
+
+
+@dataclass
+class _LeftOut:
+    """The annotations load_coco left out (or clipped), by reason, for its problem messages."""
+
+    missing_images: list[str] = field(default_factory=list)
+    unknown_category: list[Any] = field(default_factory=list)
+    unknown_image: list[Any] = field(default_factory=list)
+    outside: list[Any] = field(default_factory=list)
+    malformed: list[Any] = field(default_factory=list)
+
+    def messages(self) -> list[str]:
+        out = []
+        if self.missing_images:
+            out.append(f"{len(self.missing_images)} image(s) named in the file are not in the data set "
+                       f"({_shown(self.missing_images)}); their annotations were left out")
+        if self.unknown_category:
+            out.append(f"{len(self.unknown_category)} annotation(s) with unknown category ids "
+                       f"({_shown(sorted(set(map(str, self.unknown_category))))}) were left out")
+        if self.unknown_image:
+            out.append(f"{len(self.unknown_image)} annotation(s) of images not in the data set were left out")
+        if self.outside:
+            out.append(f"{len(self.outside)} annotation box(es) reach outside their image (ids {_shown(self.outside)}); "
+                       "clipped to the image, dropped when nothing was left")
+        if self.malformed:
+            out.append(f"{len(self.malformed)} malformed annotation(s) without a usable bbox "
+                       f"(ids {_shown(self.malformed)}) were left out")
+        return out
+
+
+def load_coco(path: Path | str, image_sizes: Mapping[str, tuple[int, int]]) -> CocoTruth:
+    """Read a COCO file against the data set's images (relpath -> (height, width)).
+
+    Images are matched by relative path, then by file name, then by stem. A box given only as a
+    polygon gets the polygon's bounding box. Raises CocoError when the file is unreadable, not
+    COCO, or leaves no usable annotation; every other problem is listed in `problems`.
+    """
+    path = Path(path)
+    data = _read_coco_json(path)
+    categories = {}
+    for entry in data.get("categories") or []:
+        if isinstance(entry, dict) and "id" in entry:
+            categories[entry["id"]] = str(entry.get("name", entry["id"]))
+    images, missing = _matched_images(data, image_sizes)
+    left_out = _LeftOut(missing_images=missing)
     by_image: dict[str, list[Annotation]] = {}
     for number, entry in enumerate(data["annotations"]):
         if not isinstance(entry, dict):
-            malformed.append(f"#{number}")
+            left_out.malformed.append(f"#{number}")
             continue
         ident = entry.get("id", number)
         if entry.get("category_id") not in categories:
-            unknown_category.append(entry.get("category_id"))
+            left_out.unknown_category.append(entry.get("category_id"))
             continue
         if entry.get("image_id") not in images:
-            unknown_image.append(ident)
+            left_out.unknown_image.append(ident)
             continue
         key = images[entry["image_id"]]
         height, width = image_sizes[key]
         polygons = _polygons(entry.get("segmentation"))
-        bbox = entry.get("bbox")
         try:
-            if isinstance(bbox, (list, tuple)) and len(bbox) == 4:
-                x, y, w, h = (float(v) for v in bbox)
-            elif polygons:
-                points = np.concatenate(polygons)
-                x, y = points.min(axis=0)
-                w, h = points.max(axis=0) - (x, y)
-            else:
-                raise ValueError("no bbox")
+            x, y, w, h = _xywh(entry, polygons)
         except (TypeError, ValueError):
-            malformed.append(ident)
+            left_out.malformed.append(ident)
             continue
         x0, y0 = int(np.floor(x)), int(np.floor(y))
         x1, y1 = int(np.ceil(x + w)), int(np.ceil(y + h))
         if x0 < 0 or y0 < 0 or x1 > width or y1 > height:
-            outside.append(ident)
+            left_out.outside.append(ident)
         x0, y0, x1, y1 = max(x0, 0), max(y0, 0), min(x1, width), min(y1, height)
         if x1 <= x0 or y1 <= y0:
             continue  # entirely outside (counted above): nothing left to match
         by_image.setdefault(key, []).append(
             Annotation(int(ident), key, categories[entry["category_id"]], (x0, y0, x1, y1), polygons))
-    if unknown_category:
-        problems.append(f"{len(unknown_category)} annotation(s) with unknown category ids "
-                        f"({_shown(sorted(set(map(str, unknown_category))))}) were left out")
-    if unknown_image:
-        problems.append(f"{len(unknown_image)} annotation(s) of images not in the data set were left out")
-    if outside:
-        problems.append(f"{len(outside)} annotation box(es) reach outside their image (ids {_shown(outside)}); "
-                        "clipped to the image, dropped when nothing was left")
-    if malformed:
-        problems.append(f"{len(malformed)} malformed annotation(s) without a usable bbox (ids {_shown(malformed)}) "
-                        "were left out")
+    problems = left_out.messages()
     if not by_image:
         detail = "; ".join(problems) if problems else "it lists no annotations"
         raise CocoError(f"{path}: no usable annotation ({detail})")
     used = sorted({a.category for rows in by_image.values() for a in rows})
     names = [n for n in dict.fromkeys(categories.values()) if n in used]
-    return CocoTruth(source=path, categories=names, by_image=by_image, problems=problems)
+    return CocoTruth(source=path, categories=names, by_image=by_image, problems=problems,
+                     images=sorted(set(images.values())))
 
 
 def _region_mask(region: Region, shape: tuple[int, int]) -> np.ndarray:

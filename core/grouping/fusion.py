@@ -1,4 +1,4 @@
-"""Area-weighted region fusion (METHOD.md stage 6): image probabilities from its regions'.
+"""Area-weighted region fusion (docs/method.md stage 6): image probabilities from its regions'.
 
 weights = softmax(sqrt(mask pixel count) / tau) over an image's regions; the image's
 probabilities are the weighted sum of its regions' probabilities. Large regions dominate, so

@@ -1,4 +1,4 @@
-"""Prediction (METHOD.md stage 6): region probabilities, classes, confidences and a 2-D map.
+"""Prediction (docs/method.md stage 6): region probabilities, classes, confidences and a 2-D map.
 
 Region probabilities are softmax(logits / 0.1) over the novel classes only (the paper's
 protocol); the first novel slot is the reserved "normal / false detection" class. When the user
@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from core.config import PredictConfig
+from core.records import NORMAL_CLUSTER_NAME
 
 if TYPE_CHECKING:
     from core.regions.mebin import MEBinResult
@@ -23,7 +24,6 @@ if TYPE_CHECKING:
     from core.results import ImageResult, RegionResult
 
 __all__ = [
-    "NORMAL_CLASS_NAME",
     "assemble_results",
     "PredictConfig",
     "Predictions",
@@ -34,8 +34,6 @@ __all__ = [
     "region_probabilities",
 ]
 
-#: Name of the reserved first novel slot.
-NORMAL_CLASS_NAME = "normal / false detection"
 
 
 @dataclass
@@ -76,7 +74,7 @@ def class_names(n_novel: int, base_classes: Sequence[str] = (), include_base: bo
     """Names of the probability columns: [base names...] + normal slot + "class 1".."class K"."""
     if n_novel < 1:
         raise ValueError("there must be at least the reserved normal novel class")
-    novel = [NORMAL_CLASS_NAME] + [f"class {i}" for i in range(1, n_novel)]
+    novel = [NORMAL_CLUSTER_NAME] + [f"class {i}" for i in range(1, n_novel)]
     return (list(base_classes) if include_base else []) + novel
 
 
@@ -197,6 +195,8 @@ def assemble_results(
 ) -> tuple[list[RegionResult], list[ImageResult]]:
     """One result per region (class, confidence, probabilities, 2-D position, truth, label) and
     one per image, its class fused from its regions' probabilities (core.grouping.fusion.fuse_image, tau).
+    An image whose only region is a weak stand-in or the whole-image placeholder (nothing cleared the
+    floor: "no anomaly found") is normal at image level, whatever group its stand-in region joined.
 
     A region's truth is its region-level annotation (COCO) when there is one, else its image's.
     """
@@ -223,7 +223,10 @@ def assemble_results(
     image_results = []
     for key in image_keys:
         rows = by_image.get(key, [])
-        fused = fuse_image(predictions.probabilities[rows], [regions[i].area for i in rows], tau)
+        if any(regions[i].area > 0 and not regions[i].weak for i in rows):
+            fused = fuse_image(predictions.probabilities[rows], [regions[i].area for i in rows], tau)
+        else:  # nothing rose above what normal images reach: no anomaly found, never a defect class
+            fused = np.eye(len(predictions.names))[predictions.normal_class]
         cluster = int(fused.argmax())
         image_results.append(ImageResult(
             image=key, cluster=cluster, confidence=float(fused[cluster]), probabilities=fused,

@@ -1,4 +1,4 @@
-"""Training views of anomaly crops (METHOD.md stage 5): geometric changes hit image and mask alike,
+"""Training views of anomaly crops (docs/method.md stage 5): geometric changes hit image and mask alike,
 photometric ones the image only.
 
 Everything runs batched on tensors on the training device; random parameters come from a seeded

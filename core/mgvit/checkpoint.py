@@ -11,15 +11,22 @@ from __future__ import annotations
 import os
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch
 
 from core.config import AugmentConfig, MGViTConfig, TrainConfig
 from core.mgvit.heads import DiscoveryModel, build_model
 
-if TYPE_CHECKING:
-    from core.mgvit.train import TrainResult
+
+class Trained(Protocol):
+    """What save_checkpoint reads of a training's outcome (core.mgvit.train.TrainResult has it); the
+    checkpoint module does not import training, which imports it."""
+
+    model: DiscoveryModel
+    history: list[dict[str, float]]
+    model_config: MGViTConfig
+    train_config: TrainConfig
 
 __all__ = ["CHECKPOINT_FORMAT", "load_checkpoint", "model_payload", "restore_training", "save_checkpoint",
            "write_checkpoint"]
@@ -58,15 +65,13 @@ def model_payload(model: DiscoveryModel, model_config: MGViTConfig, train_config
     }
 
 
-def save_checkpoint(path: Path | str, result_or_model: TrainResult | DiscoveryModel, extra: dict | None = None,
+def save_checkpoint(path: Path | str, result_or_model: Trained | DiscoveryModel, extra: dict | None = None,
                     model_config: MGViTConfig | None = None, train_config: TrainConfig | None = None) -> None:
     """Write a self-contained checkpoint (configs + weights + extra) that load_checkpoint reloads.
 
     The configs come from the TrainResult unless given; a bare model needs them given.
     """
-    from core.mgvit.train import TrainResult
-
-    is_result = isinstance(result_or_model, TrainResult)
+    is_result = not isinstance(result_or_model, DiscoveryModel)
     model = result_or_model.model if is_result else result_or_model
     if is_result:
         model_config = model_config or result_or_model.model_config

@@ -1,4 +1,4 @@
-"""The discovery model (METHOD.md stage 5): MGViT backbone + projector MLP + cosine classifier heads.
+"""The discovery model (docs/method.md stage 5): MGViT backbone + projector MLP + cosine classifier heads.
 
 DiscoveryModel = MGViT backbone + projector MLP (contrastive learning) + n_heads cosine
 classifiers on the L2-normalized [CLS] feature, each with n_base + n_novel outputs (base classes

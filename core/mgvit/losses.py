@@ -1,4 +1,4 @@
-"""The training losses of METHOD.md stage 5 (SimGCD-style teacher-student with AnomalyNCD's changes).
+"""The training losses of docs/method.md stage 5 (SimGCD-style teacher-student with AnomalyNCD's changes).
 
 Conventions: two views per sample are stacked view-major, i.e. rows [0, B) are view 1 and rows
 [B, 2B) view 2 of the same B samples. Logits are raw cosine logits (in [-1, 1]); temperatures are
@@ -116,7 +116,7 @@ def teacher_temperature(epoch: int, epochs: int, start: float = 0.07, end: float
 
 @dataclass(frozen=True)
 class LossWeights:
-    """How the terms are combined (METHOD.md stage 5)."""
+    """How the terms are combined (docs/method.md stage 5)."""
 
     sup_weight: float = 0.3  # lambda [0.3]
     memax_weight: float = 4.0  # weight of L_reg^u [4]

@@ -1,4 +1,4 @@
-"""Mask-guided ViT (MGViT, METHOD.md stage 4) built on timm's VisionTransformer.
+"""Mask-guided ViT (MGViT, docs/method.md stage 4) built on timm's VisionTransformer.
 
 In the last L_m blocks the [CLS] query may attend only to itself, the other prefix tokens and
 the patches whose pooled crop mask is >= 0.5; patch queries keep their full context. The mask

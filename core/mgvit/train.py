@@ -110,6 +110,15 @@ def resolve_optimizer(config: TrainConfig, scratch: bool) -> tuple[str, float, f
     return name, (config.lr if name == "sgd" else config.adamw_lr), clip
 
 
+def _optimizer(model: nn.Module, config: TrainConfig, scratch: bool) -> tuple[torch.optim.Optimizer, float, float | None]:
+    """(the optimizer resolve_optimizer names, its start learning rate, the gradient clip)."""
+    name, start_lr, grad_clip = resolve_optimizer(config, scratch)
+    if name == "sgd":
+        return (torch.optim.SGD(_param_groups(model, config.weight_decay), lr=start_lr, momentum=config.momentum),
+                start_lr, grad_clip)
+    return torch.optim.AdamW(_param_groups(model, config.adamw_weight_decay), lr=start_lr), start_lr, grad_clip
+
+
 def _lr_at(step: int, total_steps: int, start_lr: float, floor_fraction: float) -> float:
     floor = start_lr * floor_fraction
     progress = min(1.0, step / max(1, total_steps))
@@ -307,17 +316,10 @@ def train(
         scores_np[normal] = config.plc_offset - 1.0 if config.plc else 0.0
         labels_np = np.where(normal, -1, labels_np)
 
-    optimizer_name, start_lr, grad_clip = resolve_optimizer(config, is_scratch(model_config))
-    if optimizer_name == "sgd":
-        optimizer = torch.optim.SGD(_param_groups(model, config.weight_decay), lr=start_lr, momentum=config.momentum)
-    else:
-        optimizer = torch.optim.AdamW(_param_groups(model, config.adamw_weight_decay), lr=start_lr)
+    optimizer, start_lr, grad_clip = _optimizer(model, config, is_scratch(model_config))
     weights = LossWeights(
-        sup_weight=config.sup_weight,
-        memax_weight=config.memax_weight,
-        student_temp=config.student_temp,
-        unsup_con_temp=config.unsup_con_temp,
-        sup_con_temp=config.sup_con_temp,
+        sup_weight=config.sup_weight, memax_weight=config.memax_weight, student_temp=config.student_temp,
+        unsup_con_temp=config.unsup_con_temp, sup_con_temp=config.sup_con_temp,
         plc_offset=config.plc_offset if config.plc else None,
     )
     history: list[dict[str, float]] = []

@@ -1,4 +1,4 @@
-"""Anomaly-centred sub-images (METHOD.md stage 3): square crops around MEBin's components.
+"""Anomaly-centred sub-images (docs/method.md stage 3): square crops around MEBin's components.
 
 Two extractions, chosen by `RegionConfig.extraction`:
 

@@ -1,4 +1,4 @@
-"""MEBin, main element binarization (METHOD.md stage 2): one mask, threshold and count per map.
+"""MEBin, main element binarization (docs/method.md stage 2): one mask, threshold and count per map.
 
 Two implementations with identical output:
 

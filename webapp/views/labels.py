@@ -9,6 +9,8 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
+from core.config import SettingsError
+from core.settings import SETTING
 from storage import DONE, SOURCE_ENGINEER, SOURCE_IMPORTED, RunInfo
 from webapp import downloads, evaluation, jobs, messages, navigation
 from webapp.workspace import get_store
@@ -135,7 +137,8 @@ with st.form("labels_retrain", border=True):
     classes_text = cols[0].text_input(
         "New classes to discover", value=str(settings.get("classes", "auto")),
         help="How many clusters beyond the labeled classes, or 'auto' to estimate.")
-    epochs = cols[1].number_input("Epochs", min_value=1, max_value=500, value=int(settings.get("epochs") or 10))
+    epochs = cols[1].number_input("Epochs", min_value=int(SETTING["epochs"].low), max_value=int(SETTING["epochs"].high),
+                                  value=int(settings.get("epochs") or 10))
     seed = cols[2].number_input("Seed", min_value=0, max_value=2**31 - 1, value=int(settings.get("seed") or 0))
     st.caption(f"Starts from the settings of run #{run.id}; the new run's clusters get the names of the "
                "clusters they share most regions with, so no naming work is lost.")
@@ -144,11 +147,12 @@ with st.form("labels_retrain", border=True):
     if not labeled_set:
         st.caption("Add named clusters to the labeled set first.")
 if submitted:
-    classes = classes_text.strip().lower()
-    if classes != "auto" and not classes.isdigit():
-        messages.flash("error", f"'New classes to discover' must be a number or 'auto', not {escape_markdown(classes_text)!r}.")
+    try:  # the bounds of the settings table (core.settings): refused here, not by the run 14 s later
+        classes = SETTING["classes"].parse(classes_text)
+    except SettingsError as error:
+        messages.flash("error", f"'New classes to discover': {escape_markdown(str(error))}.")
     else:
-        settings.update(classes="auto" if classes == "auto" else int(classes), epochs=int(epochs), seed=int(seed),
+        settings.update(classes=classes, epochs=int(epochs), seed=int(seed),
                         labels_from_project=True, parent_run_id=run_id)
         new_id = jobs.start_job(store, project_id, jobs.DISCOVER, settings, parent_run_id=run_id)
         messages.flash("success", f"Run #{new_id} started; it learns {len(labeled_set):,} labeled regions. "
