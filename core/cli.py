@@ -19,6 +19,7 @@ SUBCOMMANDS = {
     "detect": "write anomaly maps with the built-in detector (PatchCore or zero-shot)",
     "discover": "run the whole pipeline: maps -> MEBin -> regions -> MGViT -> classes",
     "demo": "write the synthetic demo data set (MVTec layout)",
+    "classify": "classify new images with a run's named classes (its model bundle); flag the unknown",
 }
 
 

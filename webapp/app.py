@@ -23,6 +23,7 @@ PAGES = [
     ("discover.py", "Discover", ":material/rocket_launch:", "Discovery"),
     ("explore.py", "Explore", ":material/scatter_plot:", "Discovery"),
     ("labels.py", "Labels & runs", ":material/sell:", "Discovery"),
+    ("classify.py", "Classify new images", ":material/category:", "Results"),
     ("evaluate.py", "Evaluate", ":material/analytics:", "Results"),
     ("export.py", "Export", ":material/download:", "Results"),
 ]

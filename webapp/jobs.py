@@ -22,8 +22,8 @@ from storage import (CANCELLED, DATABASE_URL_ENV, DONE, FAILED, QUEUED, RUNNING,
                      Store)
 
 #: Kinds of job the worker runs.
-DISCOVER, DETECT = "discover", "detect"
-JOB_KINDS = (DISCOVER, DETECT)
+DISCOVER, DETECT, CLASSIFY = "discover", "detect", "classify"
+JOB_KINDS = (DISCOVER, DETECT, CLASSIFY)
 ACTIVE = (QUEUED, RUNNING)
 FINISHED = (DONE, FAILED, CANCELLED)
 

@@ -37,6 +37,7 @@ from webapp.detection_job import (
     stored_maps,
     with_search_range,
 )
+from webapp.classify_job import run_classify
 from webapp.progress import JobCancelled, Reporter
 
 __all__ = ["latest_maps", "execute", "main"]
@@ -250,7 +251,8 @@ def _finish(store: Store, run: RunInfo, result: Any, decided: Decided, report: R
 
 # ------------------------------------------------------------------------------ entry point
 
-JOBS: dict[str, Callable[[Store, RunInfo, Reporter], str]] = {"detect": run_detect, "discover": run_discover}
+JOBS: dict[str, Callable[[Store, RunInfo, Reporter], str]] = {"detect": run_detect, "discover": run_discover,
+                                                              "classify": run_classify}
 
 
 #: Command-line options core's messages may name, rewritten in the words of the app's forms (in order).

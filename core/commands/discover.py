@@ -312,6 +312,9 @@ def run(args: argparse.Namespace) -> int:
             "n_novel": result.n_novel, "tau": config.tau, "guided": config.train.guided})
     (out / "run.json").write_text(json.dumps(_run_json(result, decided, args), indent=2, default=str) + "\n",
                                   encoding="utf-8")
+    from core.classify.from_run import write_run_bundle  # the model bundle `classify --model OUT` reads
+
+    write_run_bundle(out, result, config, manifest, maps_imported=args.maps is not None, workdir=args.workdir)
     for problem in result.problems:
         print(f"warning: {problem}", file=sys.stderr)
     print(f"wrote {len(result.regions)} regions and {len(result.images)} images to {out} "

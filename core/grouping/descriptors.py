@@ -366,15 +366,20 @@ def describe_regions(regions: Sequence, images: Mapping[str, np.ndarray],
 
 
 def combine(descriptors: Descriptors, config: DescriptorConfig = DescriptorConfig(),
-            groups: Sequence[str] = DESCRIPTOR_GROUPS) -> np.ndarray:
-    """Standardized, group-weighted descriptor matrix [N, D'] (each group's total variance = weight^2)."""
+            groups: Sequence[str] = DESCRIPTOR_GROUPS, reference: Descriptors | None = None) -> np.ndarray:
+    """Standardized, group-weighted descriptor matrix [N, D'] (each group's total variance = weight^2).
+
+    reference: the set whose column means and spreads standardize these descriptors (default: their
+    own); a classified region is placed in its run's space with the run's descriptors as reference.
+    """
     blocks = []
     for name in groups:
         block = descriptors.group(name).astype(np.float64)
         if block.shape[1] == 0:
             continue
-        centred = block - block.mean(axis=0, keepdims=True)
-        scale = centred.std(axis=0, keepdims=True)
+        source = block if reference is None else reference.group(name).astype(np.float64)
+        centred = block - source.mean(axis=0, keepdims=True)
+        scale = (source - source.mean(axis=0, keepdims=True)).std(axis=0, keepdims=True)
         scale[scale < 1e-8] = 1.0
         standardized = np.clip(centred / scale, -5.0, 5.0)
         blocks.append(standardized * config.weight(name) / np.sqrt(block.shape[1]))
