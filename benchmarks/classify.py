@@ -1,6 +1,6 @@
 """Classifying new images with a run's named classes: accuracy, novelty and throughput.
 
-    nice -n 10 python benchmarks/classify.py [--sets deeppcb,aitex] [--pcb-images 0] [--seed 0] [--threads 2]
+    nice -n 10 python -m benchmarks.classify [--sets deeppcb,aitex] [--pcb-images 0] [--seed 0] [--threads 2]
 
 Per data set: the images are split in two seeded halves. Discovery runs on the first half (K = the
 number of defect types there); each cluster is named by the majority true class of its regions (as an
@@ -27,14 +27,12 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+
+from core.classify.openset import NEIGHBORS
+from core.records import NORMAL_CLASS, Manifest
+
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-import numpy as np  # noqa: E402
-
-from core.classify.openset import NEIGHBORS  # noqa: E402
-from core.records import NORMAL_CLASS, Manifest  # noqa: E402
 
 
 def halves(manifest: Manifest, seed: int, limit: int = 0) -> tuple[list, list]:

@@ -7,6 +7,7 @@ Fixtures (found by name, no import needed):
   except under CI=true where they fail.
 - `database_url`: an empty database per test, once on SQLite and once on PostgreSQL.
 - `store`: a Store opened on that database.
+- `workspace`, `filled`: an empty / a filled workspace the app's pages open; `browser`: Chromium.
 
 Data the tests build (tiny sets, regions, finished runs) lives in builders.py. `bash dev.sh test
 -m quick` runs the modules of QUICK_MODULES below and does not even import the others; none of
@@ -217,3 +218,54 @@ def store(database_url: str, tmp_path: Path) -> Iterator[Store]:
     opened = open_workspace(tmp_path / "workspace", database_url)
     yield opened
     opened.close()
+
+
+# ------------------------------------------------------------------------------ the app's pages
+
+
+@pytest.fixture()
+def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Store]:
+    """An empty workspace the app opens through STUDIO_WORKSPACE (tiny demo size)."""
+    from storage import open_workspace
+    from webapp import intake
+    from webapp import workspace as workspace_module
+
+    folder = tmp_path / "workspace"
+    monkeypatch.setenv(workspace_module.WORKSPACE_ENV, str(folder))
+    monkeypatch.delenv(workspace_module.DATABASE_URL_ENV, raising=False)
+    monkeypatch.setenv(intake.DEMO_SIZE_ENV, "tiny")
+    opened = open_workspace(folder)
+    yield opened
+    opened.close()
+
+
+@pytest.fixture()
+def filled(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
+    """A synthetic workspace (builders.fill_store) the app opens through STUDIO_WORKSPACE, fresh caches."""
+    import streamlit as st
+
+    from builders import fill_store
+
+    result = fill_store(tmp_path)
+    monkeypatch.setenv("STUDIO_WORKSPACE", str(result.store.workspace))
+    monkeypatch.delenv("STUDIO_DATABASE_URL", raising=False)
+    st.cache_resource.clear()
+    st.cache_data.clear()
+    yield result
+    st.cache_resource.clear()
+    result.store.close()
+
+
+@pytest.fixture(scope="module")
+def browser():  # type: ignore[no-untyped-def]
+    """Debian's Chromium driven by Playwright (test_browser.CHROMIUM and its arguments), once per module."""
+    from playwright.sync_api import sync_playwright
+
+    from test_browser import CHROMIUM, CHROMIUM_ARGS
+
+    with sync_playwright() as playwright:
+        instance = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        try:
+            yield instance
+        finally:
+            instance.close()

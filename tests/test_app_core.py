@@ -12,25 +12,13 @@ from streamlit.testing.v1 import AppTest
 
 from core.decisions import decide
 from core.demo.build import DemoConfig, generate_demo
-from storage import CANCELLED, DONE, RUNNING, open_workspace
-from webapp import figures, intake, jobs, uploads, widgets, workspace as workspace_module
+from storage import CANCELLED, DONE, RUNNING
+from webapp import figures, intake, jobs, uploads, widgets
 
 from builders import TINY_DEMO, demo_maps
 
 APP = str(Path(__file__).resolve().parents[1] / "webapp" / "app.py")
 MY_PAGES = ("views/home.py", "views/review.py", "views/discover.py")
-
-
-@pytest.fixture()
-def workspace(tmp_path, monkeypatch):
-    """An empty workspace the app opens through STUDIO_WORKSPACE (tiny demo size)."""
-    folder = tmp_path / "workspace"
-    monkeypatch.setenv(workspace_module.WORKSPACE_ENV, str(folder))
-    monkeypatch.delenv(workspace_module.DATABASE_URL_ENV, raising=False)
-    monkeypatch.setenv(intake.DEMO_SIZE_ENV, "tiny")
-    store = open_workspace(folder)
-    yield store
-    store.close()
 
 
 def open_page(page: str, **session) -> AppTest:

@@ -11,13 +11,15 @@ import re
 
 from core.demo import DemoConfig, generate_demo
 from storage import DONE
-from tests.test_app_core import TINY_DEMO, assert_clean, make_maps, open_page, workspace  # noqa: F401 - fixture
 from webapp import intake, jobs
 
+from builders import TINY_DEMO, demo_maps
+from test_app_core import assert_clean, open_page
 
-def test_detection_counts_agree_with_the_crops_and_the_override_caption_with_what_it_records(workspace, tmp_path):  # noqa: F811
+
+def test_detection_counts_agree_with_the_crops_and_the_override_caption_with_what_it_records(workspace, tmp_path):
     root = generate_demo(tmp_path / "demo", DemoConfig(**TINY_DEMO))
-    project = intake.create_project(workspace, "gt maps", intake.summarize_dataset(root, make_maps(root, tmp_path / "maps")))
+    project = intake.create_project(workspace, "gt maps", intake.summarize_dataset(root, demo_maps(root, tmp_path / "maps")))
     at = open_page("views/review.py", project_id=project.id)
     at.button(key="maps_start").click().run()
     (run,) = workspace.list_runs(project.id, kind=jobs.DETECT)

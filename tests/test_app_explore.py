@@ -26,19 +26,6 @@ ROOT = Path(__file__).resolve().parents[1]
 VIEWS = ROOT / "webapp" / "views"
 
 
-@pytest.fixture()
-def filled(tmp_path, monkeypatch) -> Filled:
-    """A synthetic workspace the app opens through $STUDIO_WORKSPACE (fresh caches per test)."""
-    result = fill_store(tmp_path)
-    monkeypatch.setenv("STUDIO_WORKSPACE", str(result.store.workspace))
-    monkeypatch.delenv("STUDIO_DATABASE_URL", raising=False)
-    st.cache_resource.clear()
-    st.cache_data.clear()
-    yield result
-    st.cache_resource.clear()
-    result.store.close()
-
-
 def page(name: str, filled: Filled, **session) -> AppTest:
     """An AppTest of one page with the synthetic project and run selected."""
     at = AppTest.from_file(str(VIEWS / f"{name}.py"), default_timeout=60)

@@ -12,10 +12,8 @@ at 1440x900 into tests/artifacts/screenshots/ (git-ignored). The server is alway
 
 from __future__ import annotations
 
-import io
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -113,18 +111,6 @@ def _stop_workers(workspace: Path) -> None:
                         pass
     finally:
         store.close()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        instance = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        try:
-            yield instance
-        finally:
-            instance.close()
 
 
 # ------------------------------------------------------------------------------ helpers

@@ -15,10 +15,9 @@ from pathlib import Path
 import pytest
 
 from storage import AssignmentInput, ClusterInput
-from tests.test_app_explore import fill_store
-from tests.test_browser import goto, settle
-from tests.test_browser import browser  # noqa: F401 - the Chromium fixture
-from tests.test_browser import start_server
+
+from builders import fill_store
+from test_browser import goto, settle, start_server
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -69,7 +68,7 @@ def pick(page, label: str, option: str | re.Pattern) -> None:
     settle(page)
 
 
-def test_pickers_follow_the_page_when_switching(two_projects, browser):  # noqa: F811 - pytest fixture
+def test_pickers_follow_the_page_when_switching(two_projects, browser):
     url, project_one, project_two, runs = two_projects
     newest_of_two, older_of_two = max(runs[project_two]), min(runs[project_two])
     page = browser.new_page(viewport={"width": 1440, "height": 900})

@@ -15,7 +15,7 @@ from webapp import intake, jobs, worker
 from webapp.classify_job import CLASSIFY, classification_dir
 
 from test_classify import _digest
-from test_jobs import TINY_DEMO, make_maps
+from builders import TINY_DEMO, demo_maps
 
 RUN = {"classes": 3, "device": "cpu", "seed": 0, "representation": "descriptors"}
 
@@ -25,9 +25,9 @@ def finished(tmp_path_factory):
     """A workspace with a finished discovery run (imported maps) and a new demo draw with its maps."""
     base = tmp_path_factory.mktemp("classify_job")
     root = generate_demo(base / "demo", DemoConfig(**TINY_DEMO))
-    make_maps(root, base / "maps")
+    demo_maps(root, base / "maps")
     new = generate_demo(base / "new", DemoConfig(**{**TINY_DEMO, "seed": 1}))
-    make_maps(new, base / "new_maps")
+    demo_maps(new, base / "new_maps")
     store = open_workspace(base / "workspace")
     info = intake.create_project(store, "tiny", intake.summarize_dataset(root, base / "maps"))
     run = store.start_run(info.id, jobs.DISCOVER, RUN)

@@ -12,8 +12,9 @@ import string
 
 import pytest
 
-from tests.test_app_explore import filled, no_exception, page  # noqa: F401 - pytest fixture
 from webapp import widgets
+
+from test_app_explore import no_exception, page
 
 NAMES = [
     'x **bold** [link](http://example.com) :red[red]',
@@ -43,7 +44,7 @@ def test_literal_keeps_plain_words_and_flattens_line_breaks():
     assert widgets.literal(12) == "12"
 
 
-def test_explore_shows_a_markdown_name_literally_in_the_image_metric_and_the_rename_message(filled):  # noqa: F811
+def test_explore_shows_a_markdown_name_literally_in_the_image_metric_and_the_rename_message(filled):
     name = NAMES[0]
     first = filled.store.run_assignments(filled.run_id)[0]
     at = page("explore", filled, explore_image=first.region.image).run()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.test_app_explore import fill_store
+from builders import fill_store
 
 
 @pytest.fixture()
