@@ -44,7 +44,7 @@ def run_bundle(store, run_id: int) -> Path:
     Raises StorageError when the run is not a finished discovery or its files are gone.
     """
     from core.classify import BundleSource, write_bundle
-    from core.config import DiscoveryConfig
+    from core.decisions import decide
     from core.dataset import load_dataset
 
     run = store.get_run(run_id)
@@ -63,7 +63,7 @@ def run_bundle(store, run_id: int) -> Path:
     maps_dir = run.settings.get("maps_dir") or project.settings.get("maps_dir")
     source = BundleSource(
         regions=regions, classes=[classes[r.key] for r in regions],
-        images={r.relpath: r.path for r in manifest.unlabeled}, config=DiscoveryConfig.from_settings(settings),
+        images={r.relpath: r.path for r in manifest.unlabeled}, config=decide(settings).config,
         references=[r.path for r in manifest.normal],
         maps_imported=(run.settings.get("map_source") or ("import" if maps_dir else "builtin")) == "import",
         run=f"project {project.name!r}, run {run_id}",

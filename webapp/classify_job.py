@@ -36,7 +36,7 @@ def run_classify(store: Any, run: Any, report: Any) -> str:
     """Bundle of the source run (current labels) -> the new images classified -> files in classification_dir."""
     from core.classify import classify_images, load_bundle, load_images
     from core.classify.outputs import write_classification
-    from core.config import DiscoveryConfig
+    from core.decisions import decide
     from core.device import resolve_device
     from storage.bundles import run_bundle
 
@@ -46,7 +46,7 @@ def run_classify(store: Any, run: Any, report: Any) -> str:
     bundle = load_bundle(run_bundle(store, int(settings["source_run"])))
     manifest = load_images(images, bundle)
     report.check()
-    device = resolve_device(DiscoveryConfig.from_settings(store.get_run(int(settings["source_run"])).settings).device)
+    device = resolve_device(decide(store.get_run(int(settings["source_run"])).settings).config.device)
 
     def progress(stage: str, done: int, total: int) -> None:
         report(0.05 + 0.8 * done / max(total, 1), "maps", f"{stage} {done}/{total}")

@@ -29,7 +29,9 @@ import numpy as np
 
 from core.classify.openset import OpenSetClassifier, fit_open_set
 from core.config import DiscoveryConfig
+from core.decisions import decide
 from core.errors import UserError
+from core.settings import to_settings
 
 __all__ = ["BUNDLE_FILE", "FORMAT", "FORMAT_VERSION", "Bundle", "BundleError", "BundleSource", "image_shape",
            "load_bundle", "relabel_bundle", "write_bundle"]
@@ -133,7 +135,7 @@ def _code_version() -> str:
 
 def _info(source: BundleSource, descriptors, shapes: list) -> dict:
     """bundle.json without what _finish adds (classes, classifier, created)."""
-    settings = {k: (None if k in _LOCAL_PATHS else v) for k, v in source.config.to_settings().items()}
+    settings = {k: (None if k in _LOCAL_PATHS else v) for k, v in to_settings(source.config).items()}
     detector = {k: (None if k == "weights" else v) for k, v in source.config.detector.as_dict().items()}
     return {
         "format": FORMAT, "format_version": FORMAT_VERSION, "code_version": _code_version(), "run": source.run,
@@ -188,7 +190,7 @@ def _finish(folder: Path, scratch: Path, info: dict, values: np.ndarray, keys: S
         labels = np.array([classes.index(c) for c in names], np.int64)
         groups = {k: slice(*v) for k, v in info["descriptors"]["groups"].items()}
         descriptors = Descriptors(np.asarray(values, np.float32), groups, list(info["descriptors"]["names"]))
-        config = DiscoveryConfig.from_settings({k: v for k, v in info["settings"].items() if v is not None})
+        config = decide({k: v for k, v in info["settings"].items() if v is not None}).config
         classifier = fit_open_set(combine(descriptors, config.descriptors), labels, classes)
         for key, name in zip(keys, names):
             if name == normal_class:
@@ -303,7 +305,7 @@ def load_bundle(path: Path) -> Bundle:
             values, labels = data["values"].astype(np.float32), data["labels"].astype(np.int64)
             keys = [str(k) for k in data["keys"]]
         settings = {k: v for k, v in info["settings"].items() if v is not None}
-        config = DiscoveryConfig.from_settings(settings)
+        config = decide(settings).config
         groups = {k: slice(*v) for k, v in info["descriptors"]["groups"].items()}
         descriptors = Descriptors(values, groups, list(info["descriptors"]["names"]))
         state, classes = info["classifier"], list(info["classes"])
