@@ -53,15 +53,18 @@ class ExploreContext:
         self.by_cluster_id = {c.id: c for c in self.clusters}
         self.indexed = self.points.set_index("region_id", drop=False)
         self.known_ids = set(self.indexed.index.tolist())
-        self.seen_versions: dict[int, int] = dict(st.session_state.get(SEEN_KEY, {}).get(self.run_id, {}))
         # Pickers list populated clusters first (largest first), then the empty ones (e.g. the normal slot).
         self.cluster_ids = [c.id for c in sorted(self.clusters, key=lambda c: (c.region_count == 0, -c.region_count,
                                                                                 c.slot))]
         self.populated = [c for c in self.clusters if c.region_count > 0]
 
     def expected(self, cluster_id: int) -> int | None:
-        """The version of a cluster as the engineer saw it (None: not seen yet, no check)."""
-        return self.seen_versions.get(cluster_id)
+        """The version of a cluster as the engineer saw it (None: not seen yet, no check).
+
+        Read from the session when asked, not when the context was made: the panels' fragment reruns
+        with the context of the last full render, whose remember_seen ran after it was made (a copy
+        taken then made the edit after a rename a false conflict)."""
+        return st.session_state.get(SEEN_KEY, {}).get(self.run_id, {}).get(cluster_id)
 
     def expected_versions(self, cluster_ids: list[int]) -> dict[int, int]:
         return {i: v for i in cluster_ids if (v := self.expected(i)) is not None}
