@@ -237,7 +237,7 @@ OPTIMIZERS = ("auto", "sgd", "adamw")
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Settings of the training stage (published defaults of METHOD.md stage 5); the seed is passed."""
+    """Settings of the training stage (published defaults of docs/method.md stage 5); the seed is passed."""
 
     epochs: int = 50  # [50]; the scratch backbone is usually run with SCRATCH_EPOCHS
     batch_size: int = 32  # [32]

@@ -287,8 +287,8 @@ def map_relpath(image_relpath: str) -> str:
 
 
 def write_detection(detection: Detection, manifest: Manifest, out_dir: Path) -> None:
-    """Write DESIGN.md's contract: out_dir/maps/<relpath>.npy (float32, image size) and scores.csv,
-    plus out_dir/detection.json: method, backbone, why, and the separation report."""
+    """Write the maps contract (docs/architecture.md, Output files): out_dir/maps/<relpath>.npy (float32,
+    image size) and scores.csv, plus out_dir/detection.json: method, backbone, why, the separation report."""
     out_dir = Path(out_dir)
     ordered = [r.relpath for r in manifest.images if r.relpath in detection.maps]
     targets: dict[str, str] = {}

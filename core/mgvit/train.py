@@ -1,4 +1,4 @@
-"""Teacher-student training of the discovery model (METHOD.md stage 5).
+"""Teacher-student training of the discovery model (docs/method.md stage 5).
 
 `train` runs the whole training (model, optimizer, resume, epochs, per-epoch checkpoint);
 `train_one_epoch` runs one epoch of steps; `train_step` is one step (two augmented views,
