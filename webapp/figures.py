@@ -35,9 +35,10 @@ COLOUR_BY = ("cluster", "confidence")
 WEBGL_MIN_POINTS = 1500
 #: The plot draws at most this many points (a fixed sample of a larger run, every region that is
 #: not an ordinary defect and every highlighted one included): box and lasso still select every
-#: region inside them (webapp.selection), and the browser stays quick (a box select over 50,000
-#: WebGL points took 1.4 s in plotly alone, headless Chromium on 2 busy cores).
-DRAWN_POINTS = 15_000
+#: region inside them (webapp.selection), and the browser stays quick. benchmarks/explore.py at 50,000
+#: regions in Chromium on 2 cores: 15,000 drawn points gave a worst warm interaction of 1.62 s (box
+#: select 1.62 s, colour by 1.53 s), 5,000 gave 0.95 s (box select 0.68 s): drawing is the browser's.
+DRAWN_POINTS = 5_000
 #: Longest label drawn in a legend or on an axis; longer names are cut with an ellipsis.
 LABEL_CHARS = 32
 
