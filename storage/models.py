@@ -148,6 +148,11 @@ class Run(Base):
     host: Mapped[str | None] = mapped_column(String(255))
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     parent_run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id", ondelete="SET NULL"))
+    queue: Mapped[str | None] = mapped_column(String(64))  # the job queue it waits in (jobs.engine)
+    worker: Mapped[str | None] = mapped_column(String(255))  # the worker that took it last
+    device: Mapped[str | None] = mapped_column(String(64))  # the device that worker runs on
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    events: Mapped[list[Any] | None] = mapped_column(JSON)  # taken, lost, retried: the run's history
 
 
 class Cluster(Base):

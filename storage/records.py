@@ -160,6 +160,11 @@ class RunInfo:
     host: str | None
     cancel_requested: bool
     parent_run_id: int | None
+    queue: str | None = None
+    worker: str | None = None
+    device: str | None = None
+    attempts: int = 0
+    events: list[Any] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,10 @@
-"""Runs: their lifecycle (queued, running, done, failed, cancelled), progress and stale-run recovery.
+"""Runs: their lifecycle (queued, running, done, failed, cancelled), progress, and the lease of
+the queue's workers (jobs.worker): a worker claims a run atomically (claim_run), renews its
+heartbeat (heartbeat), and a run whose heartbeat is older than the lease is lost (lost_runs) and
+may be claimed again, its history (events) saying so.
 
-Whether a process is alive is the job runner's knowledge (webapp.jobs.pid_alive); storage is
-handed that check and only records the outcome.
+recover_stale_runs (a process check handed in by the caller) serves scripts that run a job in their
+own process; the app and the workers no longer use it.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select, update
 
 from storage import models as m
 from storage.records import (
@@ -52,6 +55,11 @@ def run_info(row: m.Run) -> RunInfo:
         host=row.host,
         cancel_requested=bool(row.cancel_requested),
         parent_run_id=row.parent_run_id,
+        queue=row.queue,
+        worker=row.worker,
+        device=row.device,
+        attempts=int(row.attempts or 0),
+        events=list(row.events or []),
     )
 
 
@@ -66,6 +74,7 @@ class RunStore(Workspace):
         *,
         status: str = QUEUED,
         parent_run_id: int | None = None,
+        queue: str | None = None,
     ) -> RunInfo:
         """Create a run (queued, or running when the caller is the worker itself)."""
         if status not in (QUEUED, RUNNING):
@@ -81,6 +90,9 @@ class RunStore(Workspace):
                 progress=0.0,
                 parent_run_id=parent_run_id,
                 heartbeat_at=now,
+                queue=queue,
+                attempts=0,
+                events=[],
             )
             if status == RUNNING:
                 row.started_at = now
@@ -104,6 +116,63 @@ class RunStore(Workspace):
             row.heartbeat_at = now
             session.flush()
             return run_info(row)
+
+    def claim_run(self, run_id: int, *, worker: str, device: str, lease_s: float) -> RunInfo | None:
+        """A worker takes the run, atomically: a queued run, or a running one whose worker stopped
+        reporting for lease_s (taken again: the run's history says so). None when it cannot be
+        taken (finished, cancelled, or running on a worker that still reports)."""
+        now = m.utcnow()
+        with self._session(write=True) as session:
+            row = self._get(session, m.Run, run_id, "run")
+            lost = row.status == RUNNING and (aware(row.heartbeat_at) or now) < now - timedelta(seconds=lease_s)
+            if row.status != QUEUED and not lost:
+                return None
+            claimed = session.execute(
+                update(m.Run).where(m.Run.id == run_id, m.Run.status == row.status,
+                                    m.Run.attempts == row.attempts)
+                .values(status=RUNNING, attempts=m.Run.attempts + 1, worker=worker, device=device,
+                        host=worker.split(":")[0], pid=None, heartbeat_at=now,
+                        started_at=row.started_at or now)).rowcount
+            if not claimed:  # another worker took it between our read and our write
+                return None
+            session.refresh(row)
+            event = {"at": now.isoformat(), "event": "retried" if lost else "started", "attempt": row.attempts,
+                     "worker": worker, "device": device}
+            if lost:
+                event["note"] = (f"the previous worker {row.events[-1]['worker'] if row.events else '?'} stopped "
+                                 f"reporting during stage {row.stage!r}; taken again")
+            row.events = [*(row.events or []), event]
+            session.flush()
+            return run_info(row)
+
+    def heartbeat(self, run_ids: list[int], worker: str | None = None) -> list[int]:
+        """A worker is alive and still running these runs (only those it still holds, when named:
+        a run taken again by another worker is no longer renewed by the first); returns those
+        whose cancel was requested."""
+        if not run_ids:
+            return []
+        with self._session(write=True) as session:
+            held = [m.Run.id.in_(run_ids), m.Run.status == RUNNING] + ([m.Run.worker == worker] if worker else [])
+            session.execute(update(m.Run).where(*held).values(heartbeat_at=m.utcnow()))
+            flagged = select(m.Run.id).where(m.Run.id.in_(run_ids), m.Run.cancel_requested.is_(True))
+            return list(session.scalars(flagged))
+
+    def lost_runs(self, lease_s: float) -> list[RunInfo]:
+        """Running runs whose worker has not reported for lease_s (it died or lost the database)."""
+        limit = m.utcnow() - timedelta(seconds=lease_s)
+        with self._session() as session:
+            rows = session.scalars(select(m.Run).where(m.Run.status == RUNNING, m.Run.heartbeat_at < limit))
+            return [run_info(r) for r in rows]
+
+    def queue_position(self, run_id: int) -> int:
+        """1 for the next queued run of its queue, 2 for the one after... (0 when not queued)."""
+        with self._session() as session:
+            row = self._get(session, m.Run, run_id, "run")
+            if row.status != QUEUED:
+                return 0
+            ahead = select(func.count()).select_from(m.Run).where(
+                m.Run.status == QUEUED, m.Run.queue == row.queue, m.Run.id < row.id)
+            return int(session.scalar(ahead) or 0) + 1
 
     def update_progress(
         self,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import threading
@@ -18,11 +19,27 @@ from storage import db
 from storage import models as m
 from storage.api import Store, open_workspace
 from storage.records import EditConflict
-from webapp.jobs import pid_alive
 
 from builders import build_scenario
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process of this host still runs; a zombie (killed, not yet reaped) counts as gone."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, under another user
+        return True
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as handle:
+            state = handle.read().rsplit(")", 1)[1].split()[0]
+        return state not in ("Z", "X")
+    except (OSError, IndexError):  # no /proc (macOS) or an unreadable line: kill(0) said it exists
+        return True
+
 
 CHILD = r"""
 import sys, time
@@ -211,7 +228,7 @@ def test_migrations_create_exactly_the_models(database_url: str) -> None:
     engine = db.create_studio_engine(database_url)
     assert db.current_revision(engine) is None
     db.upgrade(engine)
-    assert db.current_revision(engine) == db.head_revision() == "0006"
+    assert db.current_revision(engine) == db.head_revision() == "0007"
     with engine.connect() as connection:
         context = MigrationContext.configure(connection, opts={"compare_type": True})
         assert compare_metadata(context, m.Base.metadata) == []
