@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Set-up and entry points of Defect Discovery Studio on a fresh machine.
 #   bash dev.sh app    create .venv if missing, install what is missing into it, start the Studio
+#                      and one local worker that runs its jobs (STUDIO_LOCAL_WORKER=0: workers run elsewhere)
 #   bash dev.sh test   the same (plus Chromium and PostgreSQL), then run all tests
 #   bash dev.sh test -m quick   the fast unit tests only (the local loop); extra arguments go to pytest
 # Everything Python runs from the project's own virtual environment .venv (never the python3 that
@@ -52,7 +53,18 @@ case "${1:-}" in
   app)
     shift
     install_python_packages
-    exec "$PYTHON" -m streamlit run webapp/app.py "$@"
+    # The workspace's database is made (or migrated) once, before the app and the worker open it.
+    "$PYTHON" -c 'from storage import environment, open_workspace; open_workspace(*environment()).close()'
+    if [ "${STUDIO_LOCAL_WORKER:-1}" != 0 ]; then
+      # One local worker takes the jobs from the queue in the workspace (docs/jobs.md: more elsewhere).
+      log="${STUDIO_WORKSPACE:-workspace}/jobs/worker.log"
+      mkdir -p "$(dirname "$log")"
+      "$PYTHON" -m jobs.worker --queue gpu,cpu --concurrency 1 >>"$log" 2>&1 &
+      worker=$!
+      trap 'kill "$worker" 2>/dev/null; wait "$worker" 2>/dev/null || true' EXIT
+      echo "Local worker (pid $worker) started; its log: $log" >&2
+    fi
+    "$PYTHON" -m streamlit run webapp/app.py "$@"
     ;;
   test)
     shift

@@ -3,7 +3,7 @@
 `detector_for` + `run_detection` make raw maps with the built-in detector, `prepare_maps` brings
 them to one global scale, `find_regions` runs MEBin and cuts the regions (the floor, the normal
 references their masks are redrawn against, the crops): the discovery pipeline (core.pipeline)
-and the app's detection job (webapp/worker.py) call this one chain. `Stages` runs named stages
+and the app's detection job (jobs/detect.py) call this one chain. `Stages` runs named stages
 for both: the cancel check before each, its time, its share of the one progress bar.
 """
 

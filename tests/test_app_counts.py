@@ -11,6 +11,7 @@ import re
 
 from core.demo import DemoConfig, generate_demo
 from storage import DONE
+from jobs import runner
 from webapp import intake, jobs
 
 from builders import TINY_DEMO, demo_maps
@@ -23,7 +24,7 @@ def test_detection_counts_agree_with_the_crops_and_the_override_caption_with_wha
     at = open_page("views/review.py", project_id=project.id)
     at.button(key="maps_start").click().run()
     (run,) = workspace.list_runs(project.id, kind=jobs.DETECT)
-    assert jobs.wait_for(workspace, run.id, timeout=90).status == DONE
+    assert runner.execute(workspace, run.id) == DONE  # the page queued it; a worker's runner, here in this process
 
     at = open_page("views/review.py", project_id=project.id)
     assert_clean(at)

@@ -311,14 +311,14 @@ def test_retrain_starts_a_job_with_the_labeled_set(filled, monkeypatch):
     from webapp import jobs
 
     launched = []
-    monkeypatch.setattr(jobs, "launch_worker", lambda store, run: launched.append(run))
+    monkeypatch.setattr(jobs.engine.JobClient, "enqueue", lambda client, run_id, kind: launched.append(run_id))
     store = filled.store
     store.rename_cluster(filled.cluster_ids[0], "scratch")
     store.promote_to_labels(filled.run_id)
     at = page("labels", filled).run()
     click(at, "Start the new run")
     assert len(launched) == 1
-    run = store.get_run(launched[0].id)
+    run = store.get_run(launched[0])
     assert run.settings["labels_from_project"] is True and run.parent_run_id == filled.run_id
     assert f"Run #{run.id} started" in texts(at)
 

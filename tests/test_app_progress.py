@@ -8,8 +8,8 @@ from types import SimpleNamespace
 import pytest
 
 from core.decisions import decide
-from webapp import worker
-from webapp.progress import LINEAR_BAND, Reporter, RemainingTime, StepSpan, linear_remaining
+from jobs import discover, wording
+from jobs.progress import LINEAR_BAND, Reporter, RemainingTime, StepSpan, linear_remaining
 
 
 def test_detector_phases_make_one_bar_that_never_goes_back():
@@ -101,20 +101,20 @@ def test_reporter_keeps_the_bar_monotonic_whatever_the_stages_report():
 
 
 def test_core_messages_reach_the_page_without_command_line_options():
-    text = worker.app_wording("the regions look like a single class (k=2); pass --classes K to split them anyway")
+    text = wording.app_wording("the regions look like a single class (k=2); pass --classes K to split them anyway")
     assert "--" not in text and "set the number of classes (K)" in text
-    assert worker.app_wording("--classes 7 is larger than the number of regions found (3)").startswith("K = 7")
-    assert "--" not in worker.app_wording("no weights: pass --weights FILE or --backbone NAME")
+    assert wording.app_wording("--classes 7 is larger than the number of regions found (3)").startswith("K = 7")
+    assert "--" not in wording.app_wording("no weights: pass --weights FILE or --backbone NAME")
 
 
 def test_a_retrain_with_auto_leaves_room_for_new_classes():
     config = decide({"classes": "auto"}).config
     labeled = SimpleNamespace(base_classes=["scratch"])
-    roomy = worker.with_room_for_new_classes(config, labeled, {"a#0": "hole", "b#0": "scratch", "c#0": "stain"})
+    roomy = discover.with_room_for_new_classes(config, labeled, {"a#0": "hole", "b#0": "scratch", "c#0": "stain"})
     assert roomy.estimate.k_min == 3 + 2 and roomy.estimate.k_max >= roomy.estimate.k_min
-    assert worker.with_room_for_new_classes(config, None, None) is config  # nothing named: unchanged
+    assert discover.with_room_for_new_classes(config, None, None) is config  # nothing named: unchanged
     fixed = decide({"classes": 4}).config
-    assert worker.with_room_for_new_classes(fixed, None, {"a#0": "hole"}) is fixed
+    assert discover.with_room_for_new_classes(fixed, None, {"a#0": "hole"}) is fixed
 
 
 def test_the_page_runs_a_stalled_workers_estimate_down_but_not_to_zero():

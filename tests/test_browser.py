@@ -46,13 +46,16 @@ def free_port() -> int:
 
 @contextmanager
 def start_server(workspace: Path) -> Iterator[str]:
-    """`streamlit run webapp/app.py` on a free local port over `workspace`; stopped (with its workers) at the end."""
+    """`streamlit run webapp/app.py` and one job worker over `workspace` (free local port); both stopped at the end."""
     if not Path(CHROMIUM).exists():
         pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium (bash dev.sh test does)")
     port = free_port()
     env = {**os.environ, "STUDIO_WORKSPACE": str(workspace), "STUDIO_DEMO_SIZE": "tiny", "PYTHONUNBUFFERED": "1"}
     env.pop("STUDIO_DATABASE_URL", None)
     log = open(workspace / "server.log", "w")
+    # As `bash dev.sh app`: the app and one local worker taking the jobs of both queues.
+    worker = subprocess.Popen([sys.executable, "-m", "jobs.worker", "--queue", "gpu,cpu", "--concurrency", "1"],
+                              cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     process = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", "webapp/app.py", "--server.address", "127.0.0.1",
          "--server.port", str(port), "--server.headless", "true", "--browser.gatherUsageStats", "false"],
@@ -74,14 +77,14 @@ def start_server(workspace: Path) -> Iterator[str]:
             time.sleep(0.5)
         yield url
     finally:
-        _stop_workers(workspace)
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait(timeout=15)
+        for running in (process, worker):
+            if running.poll() is None:
+                os.killpg(running.pid, signal.SIGTERM)
+                try:
+                    running.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    os.killpg(running.pid, signal.SIGKILL)
+                    running.wait(timeout=15)
         log.close()
 
 
@@ -91,26 +94,6 @@ def server(tmp_path_factory) -> Iterator[tuple[str, Path]]:
     workspace = tmp_path_factory.mktemp("browser-workspace")
     with start_server(workspace) as url:
         yield url, workspace
-
-
-def _stop_workers(workspace: Path) -> None:
-    """Stop job processes the server launched (they run in their own sessions) if still alive."""
-    from storage import open_workspace
-
-    try:
-        store = open_workspace(workspace)
-    except Exception:  # noqa: BLE001 - nothing was created, nothing to stop
-        return
-    try:
-        for project in store.list_projects():
-            for run in store.list_runs(project.id):
-                if run.pid and run.status in ("queued", "running"):
-                    try:
-                        os.killpg(run.pid, signal.SIGTERM)
-                    except (ProcessLookupError, PermissionError):
-                        pass
-    finally:
-        store.close()
 
 
 # ------------------------------------------------------------------------------ helpers

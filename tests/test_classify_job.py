@@ -11,7 +11,8 @@ import pytest
 from core.demo.build import DemoConfig, generate_demo
 from core.imageio import read_image, write_image
 from storage import DONE, FAILED, open_workspace
-from webapp import intake, jobs, worker
+from jobs import runner as worker
+from webapp import intake, jobs
 from webapp.classify_job import CLASSIFY, classification_dir
 
 from test_classify import _digest
@@ -91,7 +92,7 @@ def test_the_page_shows_a_finished_classification_by_class(finished, monkeypatch
     assert done.status == DONE, done.message
     monkeypatch.setenv(workspace_module.WORKSPACE_ENV, str(store.workspace))
     monkeypatch.delenv(workspace_module.DATABASE_URL_ENV, raising=False)
-    at = AppTest.from_file(str(Path(worker.__file__).parent / "app.py"), default_timeout=60)
+    at = AppTest.from_file(str(Path(jobs.__file__).parent / "app.py"), default_timeout=60)
     at.session_state["project_id"], at.session_state["run_id"] = info.id, run_id
     at.run()
     at.switch_page("views/classify.py").run()

@@ -134,7 +134,8 @@ def test_an_app_run_with_auto_records_which_vit_it_trained_and_why(empty_caches,
     from core.config import SCRATCH_EPOCHS
     from storage import DONE, open_workspace
     from builders import TINY_DEMO, TINY_RUN, demo_maps
-    from webapp import intake, jobs, worker
+    from jobs import runner as worker
+    from webapp import intake, jobs
 
     root = generate_demo(tmp_path / "demo", **TINY_DEMO)
     demo_maps(root, tmp_path / "maps")

@@ -14,8 +14,9 @@ from core.demo.build import DemoConfig, generate_demo
 from core.detection.separation import separation_report
 from core.settings import SETTING
 from storage import DONE, RUNNING, open_workspace
-from webapp import intake, jobs, worker, workspace as workspace_module
-from webapp.detection_job import stored_normal_peaks, stored_separation
+from jobs import runner as worker
+from webapp import intake, jobs, workspace as workspace_module
+from jobs.maps import stored_normal_peaks, stored_separation
 
 from builders import TINY_DEMO, demo_maps, fill_store
 
@@ -125,7 +126,7 @@ def test_labels_page_refuses_a_class_count_out_of_the_tables_bounds(tmp_path, mo
     monkeypatch.setenv(workspace_module.WORKSPACE_ENV, str(filled.store.workspace))
     monkeypatch.delenv(workspace_module.DATABASE_URL_ENV, raising=False)
     launched = []
-    monkeypatch.setattr(jobs, "launch_worker", lambda store, run: launched.append(run))
+    monkeypatch.setattr(jobs.engine.JobClient, "enqueue", lambda client, run_id, kind: launched.append(run_id))
     st.cache_data.clear()
     try:
         filled.store.rename_cluster(filled.cluster_ids[0], "scratch")

@@ -1,9 +1,9 @@
-"""The job runner: real worker processes run, cancel, crash and die, and the database says so."""
+"""The job runner: runs executed, claimed, lost, retried and given up, and the database says so
+(real worker processes on the queue: test_jobs_distributed.py)."""
 
 from __future__ import annotations
 
 import os
-import signal
 import time
 from pathlib import Path
 
@@ -13,7 +13,9 @@ import pytest
 from core.decisions import decide
 from core.demo.build import DemoConfig, generate_demo
 from storage import CANCELLED, DONE, FAILED, RUNNING, SOURCE_GROUND_TRUTH, open_workspace
-from webapp import evaluation, intake, jobs, worker
+from jobs import runner as worker
+from jobs.runner import MAX_ATTEMPTS, WorkerInfo
+from webapp import evaluation, intake, jobs
 
 from builders import TINY_DEMO, TINY_RUN, demo_maps
 
@@ -30,24 +32,14 @@ def project(tmp_path):
     store.close()
 
 
-def _wait_running(store, run_id: int, stage_prefix: str | None = None, timeout: float = 60.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        run = store.get_run(run_id)
-        if run.status == RUNNING and run.pid and (stage_prefix is None or (run.stage or "").startswith(stage_prefix)):
-            return run
-        assert run.status not in jobs.FINISHED, f"run ended early: {run.status} {run.message}"
-        time.sleep(0.1)
-    raise TimeoutError(f"run {run_id} never reached {stage_prefix or 'running'}")
-
-
 @pytest.mark.slow
-def test_discovery_job_runs_in_a_subprocess_to_done_and_writes_clusters(project):
+def test_discovery_job_runs_to_done_and_writes_clusters(project):
     store, info = project
-    run_id = jobs.start_job(store, info.id, jobs.DISCOVER, TINY_RUN)
-    run = jobs.wait_for(store, run_id, timeout=240)
-    assert run.status == DONE, (run.message, jobs.read_log_tail(store, run))
-    assert run.pid and run.pid != os.getpid()  # a separate process did the work
+    run_id = store.start_run(info.id, jobs.DISCOVER, TINY_RUN).id
+    assert worker.execute(store, run_id) == DONE
+    run = store.get_run(run_id)
+    assert run.status == DONE, run.message
+    assert run.attempts == 1 and run.worker.endswith(f":inline:{os.getpid()}")
     assert run.progress == pytest.approx(1.0)
     clusters = store.list_clusters(run_id)
     assert len(clusters) == TINY_RUN["classes"] + 1  # K defect classes + the normal slot
@@ -61,7 +53,7 @@ def test_discovery_job_runs_in_a_subprocess_to_done_and_writes_clusters(project)
     assert len(store.list_maps(info.id)) == 11 and len(store.list_binarizations(info.id)) == 11
     assert run.checkpoint_path and Path(run.checkpoint_path).is_file()
 
-    # Retraining (in this process, the subprocess path is proven above): the engineer's labels
+    # Retraining: the engineer's labels
     # become a known class, and names carry over from the previous run.
     biggest = max((c for c in clusters if not c.is_normal), key=lambda c: c.region_count)
     store.rename_cluster(biggest.id, "dents")
@@ -82,38 +74,37 @@ def test_discovery_job_runs_in_a_subprocess_to_done_and_writes_clusters(project)
 
 
 
-def test_cancel_makes_a_running_job_cancelled(project):
+def _lose(store, run_id: int) -> None:
+    """The run's worker stopped reporting long ago."""
+    import sqlalchemy as sa
+
+    from storage import models as m
+
+    with store.engine.begin() as connection:
+        connection.execute(sa.update(m.Run).where(m.Run.id == run_id).values(heartbeat_at=m.utcnow().replace(year=2000)))
+
+
+def test_a_run_is_claimed_once_and_a_lost_one_is_taken_again_then_given_up(project):
     store, info = project
-    run_id = jobs.start_job(store, info.id, jobs.DISCOVER, {**TINY_RUN, "epochs": 400})
-    _wait_running(store, run_id, "Training")
-    jobs.cancel_job(store, run_id)
-    run = jobs.wait_for(store, run_id, timeout=60)
-    assert run.status == CANCELLED
-    assert store.list_clusters(run_id) == []  # a cancelled run leaves no half results
-
-
-def test_a_killed_worker_leaves_the_run_failed_after_recovery(project):
-    """The app was down when the worker died: recover_stale_runs finds the dead pid."""
-    store, info = project
-    run = store.start_run(info.id, jobs.DISCOVER, {**TINY_RUN, "epochs": 400})
-    process = jobs.launch_worker(store, run, watch=False)  # nobody watches, as after an app restart
-    run = _wait_running(store, run.id)
-    assert run.pid == process.pid
-    os.kill(process.pid, signal.SIGKILL)
-    process.wait()
-    assert store.get_run(run.id).status == RUNNING  # nothing recorded the death yet
-    assert store.recover_stale_runs(process_alive=jobs.pid_alive) == [run.id]
-    run = store.get_run(run.id)
-    assert run.status == FAILED and run.message
-
-
-def test_the_runner_fails_a_run_whose_worker_died_without_a_word(project):
-    store, info = project
-    run_id = jobs.start_job(store, info.id, jobs.DISCOVER, {**TINY_RUN, "epochs": 400})
-    run = _wait_running(store, run_id)
-    os.kill(run.pid, signal.SIGKILL)
-    run = jobs.wait_for(store, run_id, timeout=20)
-    assert run.status == FAILED and "killed by signal SIGKILL" in run.message
+    run = store.start_run(info.id, jobs.DISCOVER, {})
+    first = store.claim_run(run.id, worker="gpu-1:gpu:11", device="cuda:0", lease_s=30)
+    assert first.status == RUNNING and first.attempts == 1 and first.host == "gpu-1"
+    assert jobs.place(store, first) == "running on gpu-1, cuda:0"
+    assert store.claim_run(run.id, worker="gpu-2:gpu:12", device="cpu", lease_s=30) is None  # still reporting
+    assert store.lost_runs(30) == [] and store.heartbeat([run.id]) == []
+    for attempt in range(2, MAX_ATTEMPTS + 1):
+        _lose(store, run.id)
+        assert [r.id for r in store.lost_runs(30)] == [run.id]
+        again = store.claim_run(run.id, worker=f"gpu-{attempt}:gpu:1{attempt}", device="cpu", lease_s=30)
+        assert again.attempts == attempt and again.events[-1]["event"] == "retried"
+        assert f"gpu-{attempt - 1}" in again.events[-1]["note"]
+    _lose(store, run.id)
+    assert worker.execute(store, run.id, WorkerInfo("gpu-9:gpu:19", "cpu", lease_s=30)) == FAILED
+    failed = store.get_run(run.id)
+    assert f"lost {MAX_ATTEMPTS} times" in failed.message and failed.attempts == MAX_ATTEMPTS
+    cancelled = store.start_run(info.id, jobs.DISCOVER, {}).id
+    store.cancel_run(cancelled)
+    assert store.claim_run(cancelled, worker="w:gpu:1", device="cpu", lease_s=30) is None
 
 
 def test_the_worker_records_a_crash_as_failed_with_its_message(project, tmp_path):
@@ -157,12 +148,19 @@ def test_detect_job_imports_maps_and_stores_masks_and_crops_in_process(project):
     assert [r.id for r in store.list_regions(info.id)] == [r.id for r in regions]
 
 
-def test_a_queued_run_that_no_worker_took_is_failed(project):
+def test_only_runs_that_can_never_end_are_failed_and_one_waiting_in_line_is_not(project):
     store, info = project
-    run = store.start_run(info.id, jobs.DISCOVER, {})  # launched by nobody
+    waiting = jobs.start_job(store, info.id, jobs.DISCOVER, {})  # in the queue, no worker yet
+    lost = store.start_run(info.id, jobs.DISCOVER, {})  # recorded, its job never queued
+    assert jobs.place(store, store.get_run(waiting)) == "queued, 1st in line on the gpu queue"
     assert jobs.fail_abandoned(store, older_than_s=3600) == []
-    assert jobs.fail_abandoned(store, older_than_s=0) == [run.id]
-    assert store.get_run(run.id).status == FAILED
+    assert jobs.fail_abandoned(store, older_than_s=0) == [lost.id]
+    assert store.get_run(lost.id).status == FAILED and store.get_run(waiting).status == "queued"
+    store.claim_run(waiting, worker="gone:gpu:1", device="cpu", lease_s=30)
+    _lose(store, waiting)
+    assert jobs.fail_abandoned(store, older_than_s=0) == [waiting]
+    assert "gone:gpu:1 stopped reporting" in store.get_run(waiting).message
+    jobs.client(store).close()
 
 
 def test_run_settings_become_the_pipeline_config():
@@ -234,7 +232,7 @@ def test_a_run_with_coco_truth_keeps_it_and_the_evaluate_page_scores_what_the_ru
 def test_stored_maps_keep_the_detectors_normal_peaks_for_the_next_run(project):
     """A discovery on stored maps cuts at the same floor as the detection job that made them."""
     from core.dataset import load_dataset
-    from webapp.detection_job import save_maps, stored_normal_peaks
+    from jobs.maps import save_maps, stored_normal_peaks
 
     store, info = project
     keys = [r.relpath for r in load_dataset(Path(info.data_root)).unlabeled]
@@ -245,3 +243,21 @@ def test_stored_maps_keep_the_detectors_normal_peaks_for_the_next_run(project):
     assert stored_normal_peaks(store, info.id, keys) == [0.5, 1.5]
     save_maps(store, info.id, maps, "imported")  # a later import has no normal images' peaks
     assert stored_normal_peaks(store, info.id, keys) == []
+
+
+def test_each_kind_waits_in_its_queue_and_classify_on_the_cpu_queue(project):
+    from jobs import engine
+
+    store, info = project
+    ids = {kind: jobs.start_job(store, info.id, kind, {}) for kind in jobs.JOB_KINDS}
+    queues = {kind: store.get_run(run_id).queue for kind, run_id in ids.items()}
+    assert queues == {jobs.DISCOVER: "gpu", jobs.DETECT: "gpu", jobs.CLASSIFY: "cpu"}
+    found = jobs.client(store)._open().list_workflows(workflow_ids=[engine.workflow_id(i) for i in ids.values()])
+    assert {w.workflow_id: (w.queue_name, str(w.status)) for w in found} == {
+        engine.workflow_id(ids[kind]): (queue, "ENQUEUED") for kind, queue in queues.items()}
+    assert jobs.place(store, store.get_run(ids[jobs.CLASSIFY])) == "queued, 1st in line on the cpu queue"
+    assert jobs.place(store, store.get_run(ids[jobs.DETECT])) == "queued, 2nd in line on the gpu queue"
+    jobs.cancel_job(store, ids[jobs.CLASSIFY])  # a queued job leaves the queue at once
+    (cancelled,) = jobs.client(store)._open().list_workflows(workflow_ids=[engine.workflow_id(ids[jobs.CLASSIFY])])
+    assert str(cancelled.status) == "CANCELLED" and store.get_run(ids[jobs.CLASSIFY]).status == CANCELLED
+    jobs.client(store).close()

@@ -29,7 +29,16 @@ def test_core_is_free_of_ui_and_sql_and_cuda_calls():
 
 def test_storage_never_imports_the_webapp():
     for path in sorted((ROOT / "storage").rglob("*.py")):
+        assert not _imports(path) & {"streamlit", "webapp", "jobs"}, path
+
+
+def test_the_job_layer_lives_outside_the_app():
+    files = sorted((ROOT / "jobs").rglob("*.py"))
+    assert files
+    for path in files:
         assert not _imports(path) & {"streamlit", "webapp"}, path
+    for path in sorted((ROOT / "webapp").rglob("*.py")):  # the pages enqueue through webapp/jobs.py only
+        assert "dbos" not in _imports(path) and "subprocess" not in _imports(path), path
 
 
 def test_webapp_holds_no_sql():

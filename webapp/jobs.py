@@ -1,138 +1,62 @@
-"""The job runner: long work (detection, discovery) runs in its own process, never in Streamlit.
+"""The app's side of the jobs: enqueue a run, cancel it, say where it stands. No `st.*` here.
 
-`start_job` records a queued run and launches `python -m webapp.worker RUN_ID` in a new session,
-so the job survives page reloads and a restart of the app server and blocks no other user. The
-worker writes progress, loss history and results to the database; pages poll it. Cancelling sets
-a flag the worker polls. No `st.*` here: the module is usable from tests and scripts.
+Long work (detection, discovery) runs in workers (`python -m jobs.worker`, one started by
+`bash dev.sh app`, more on other machines) that take jobs from the durable queue in the
+workspace's database (jobs.engine). `start_job` records a queued run and enqueues its job; the
+worker writes progress, loss history and results to the database and pages poll it. Cancelling
+sets the flag the worker polls (and takes a queued job out of the queue).
 """
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from storage import (CANCELLED, DATABASE_URL_ENV, DONE, FAILED, QUEUED, RUNNING, WORKSPACE_ENV, RunInfo, StorageError,
-                     Store)
+from jobs import engine
+from storage import CANCELLED, DONE, FAILED, QUEUED, RUNNING, RunInfo, Store
 
-#: Kinds of job the worker runs.
+#: Kinds of job the workers run (jobs.runner.JOBS); engine.QUEUE_OF routes each to its queue.
 DISCOVER, DETECT, CLASSIFY = "discover", "detect", "classify"
 JOB_KINDS = (DISCOVER, DETECT, CLASSIFY)
 ACTIVE = (QUEUED, RUNNING)
 FINISHED = (DONE, FAILED, CANCELLED)
 
-#: Repository root: the worker runs with it as working directory so `webapp` and `core` import.
-REPO_ROOT = Path(__file__).resolve().parents[1]
+_CLIENTS: dict[str, engine.JobClient] = {}
 
 
-def log_path(store: Store, run: RunInfo) -> Path:
-    """Where a run's worker writes its console output (for the engineer's 'details')."""
-    return store.project_dir(run.project_id) / "jobs" / f"run-{run.id}.log"
-
-
-def _database_url(store: Store) -> str:
-    """The store's URL with its password (kept out of the command line: passed by environment)."""
-    engine = getattr(store, "engine", None)
-    if engine is not None:
-        return engine.url.render_as_string(hide_password=False)
-    return str(store.url)
-
-
-def worker_environment(store: Store) -> dict[str, str]:
-    """Environment of a worker process: the same workspace and database as the app."""
-    env = dict(os.environ)
-    env[WORKSPACE_ENV] = str(Path(store.workspace).resolve())
-    env[DATABASE_URL_ENV] = _database_url(store)
-    env.setdefault("PYTHONUNBUFFERED", "1")
-    return env
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether a process of this host still runs; a zombie (killed, not yet reaped) counts as gone."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # it exists, under another user
-        return True
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as handle:
-            state = handle.read().rsplit(")", 1)[1].split()[0]
-        return state not in ("Z", "X")
-    except (OSError, IndexError):  # no /proc (macOS) or an unreadable line: kill(0) said it exists
-        return True
-
-
-def _describe_exit(code: int) -> str:
-    if code < 0:
-        try:
-            return f"killed by signal {signal.Signals(-code).name}"
-        except ValueError:
-            return f"killed by signal {-code}"
-    return f"exit code {code}"
-
-
-def watch_worker(store: Store, run_id: int, process: subprocess.Popen) -> None:
-    """Wait for a worker and fail its run if the process ended without recording an outcome.
-
-    Covers what the worker cannot report itself: a crash while importing, a segfault, the
-    out-of-memory killer. Also reaps the child, so no zombie lingers in the app server.
-    """
-    code = process.wait()
-    try:
-        run = store.get_run(run_id)
-        if run.status in ACTIVE:
-            lines = [line for line in read_log_tail(store, run, 2000).splitlines() if line.strip()]
-            last = f": {lines[-1].strip()}" if lines else ""
-            store.fail_run(run_id, f"the worker process ended unexpectedly ({_describe_exit(code)}){last}")
-    except (StorageError, OSError) as error:
-        # Said, not swallowed: the run stays active until recover() finds its dead pid. Any other
-        # error ends this daemon thread through threading.excepthook (printed), not the app.
-        print(f"run {run_id}: could not record the worker's end ({_describe_exit(code)}): {error}", file=sys.stderr)
-
-
-def launch_worker(store: Store, run: RunInfo, *, watch: bool = True) -> subprocess.Popen:
-    """Start the worker process of a queued run (new session: it outlives the page and the app).
-
-    With watch, a daemon thread waits for it and records a failure the worker could not record.
-    """
-    path = log_path(store, run)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "ab") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "webapp.worker", str(run.id)],
-            cwd=str(REPO_ROOT), env=worker_environment(store),
-            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-            start_new_session=True, close_fds=True,
-        )
-    if watch:
-        threading.Thread(target=watch_worker, args=(store, run.id, process), name=f"watch-run-{run.id}",
-                         daemon=True).start()
-    return process
+def client(store: Store) -> engine.JobClient:
+    """The queue's client for this store's workspace (one per system database, kept)."""
+    url = engine.system_database_url(Path(store.workspace), store.engine.url.render_as_string(hide_password=False))
+    if url not in _CLIENTS:
+        _CLIENTS[url] = engine.JobClient(url)
+    return _CLIENTS[url]
 
 
 def start_job(store: Store, project_id: int, kind: str, settings: dict[str, Any] | None = None, *,
               parent_run_id: int | None = None) -> int:
-    """Record a queued run of `kind` and launch its worker process; returns the run id."""
+    """Record a queued run of `kind` and put its job in the queue; returns the run id."""
     if kind not in JOB_KINDS:
         raise ValueError(f"unknown job kind {kind!r}; known: {', '.join(JOB_KINDS)}")
-    run = store.start_run(project_id, kind, dict(settings or {}), status=QUEUED, parent_run_id=parent_run_id)
+    run = store.start_run(project_id, kind, dict(settings or {}), status=QUEUED, parent_run_id=parent_run_id,
+                          queue=engine.queue_of(kind))
     try:
-        launch_worker(store, run)
-    except OSError as error:
-        store.fail_run(run.id, f"could not start the worker process: {error}")
+        client(store).enqueue(run.id, kind)
+    except Exception as error:  # noqa: BLE001 - the run says why it will never start
+        store.fail_run(run.id, f"could not put the job in the queue: {type(error).__name__}: {error}")
     return run.id
 
 
 def cancel_job(store: Store, run_id: int) -> RunInfo:
     """Ask a run to stop; a queued run is cancelled at once, a running one at its next step."""
-    return store.cancel_run(run_id)
+    run = store.cancel_run(run_id)
+    if run.status == CANCELLED:
+        try:
+            client(store).cancel(run_id)
+        except Exception as error:  # noqa: BLE001 - a worker that takes it finds it cancelled anyway
+            print(f"run {run_id}: could not take its job out of the queue: {error}")
+    return run
 
 
 def active_runs(store: Store, project_id: int, kind: str | None = None) -> list[RunInfo]:
@@ -146,32 +70,54 @@ def latest_run(store: Store, project_id: int, kind: str) -> RunInfo | None:
     return runs[0] if runs else None
 
 
-#: A queued run whose worker has not reported within this many seconds never got one.
+def _ordinal(n: int) -> str:
+    return f"{n}{'th' if 10 <= n % 100 <= 20 else {1: 'st', 2: 'nd', 3: 'rd'}.get(n % 10, 'th')}"
+
+
+def place(store: Store, run: RunInfo) -> str:
+    """Where a run stands for the run page: 'running on gpu-2, cuda:0' or 'queued, 3rd in line'."""
+    if run.status == RUNNING:
+        retried = f" (attempt {run.attempts})" if run.attempts > 1 else ""
+        return f"running on {run.host or '?'}, {run.device or '?'}{retried}"
+    if run.status == QUEUED:
+        return f"queued, {_ordinal(store.queue_position(run.id))} in line on the {run.queue or 'gpu'} queue"
+    return ""
+
+
+#: A queued run whose job is not in the queue after this long will never start.
 ABANDONED_AFTER_S = 300.0
+#: A running run whose worker was lost and that no worker took again within this long is failed.
+LOST_AFTER_S = 900.0
 
 
-def fail_abandoned(store: Store, older_than_s: float = ABANDONED_AFTER_S) -> list[int]:
-    """Fail queued runs whose worker never started (e.g. it crashed while importing).
+def _age_s(moment: datetime | None) -> float:
+    if moment is None:
+        return 0.0
+    moment = moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+    return (datetime.now(timezone.utc) - moment).total_seconds()
 
-    Workers mark their run running within seconds; storage's recover_stale_runs leaves queued
-    runs without a pid alone (they might wait for a runner), but this runner launches every run
-    at once, so such a run is lost. Returns the ids failed.
-    """
+
+def fail_abandoned(store: Store, older_than_s: float = ABANDONED_AFTER_S, lost_after_s: float = LOST_AFTER_S) -> list[int]:
+    """Fail runs that can never end on their own: queued for older_than_s with no job in the queue
+    (a run merely waiting in line is left alone), or running with no heartbeat for lost_after_s
+    (its worker died and no worker took it again). Returns the ids failed."""
     failed = []
-    now = datetime.now(timezone.utc)
     for project in store.list_projects():
         for run in store.list_runs(project.id, status=QUEUED):
-            created = run.created_at if run.created_at.tzinfo else run.created_at.replace(tzinfo=timezone.utc)
-            if run.pid is None and (now - created).total_seconds() > older_than_s:
-                store.fail_run(run.id, f"no worker picked the run up within {int(older_than_s)} s; "
-                                       "see the worker log and start it again")
+            if _age_s(run.created_at) > older_than_s and client(store).status(run.id) is None:
+                store.fail_run(run.id, "its job is not in the queue (it could not be queued); start it again")
+                failed.append(run.id)
+        for run in store.list_runs(project.id, status=RUNNING):
+            if _age_s(run.heartbeat_at or run.started_at) > lost_after_s:
+                store.fail_run(run.id, f"its worker {run.worker or run.host} stopped reporting and no worker took the "
+                                       f"run again within {int(lost_after_s)} s; start it again")
                 failed.append(run.id)
     return failed
 
 
 def recover(store: Store) -> list[int]:
-    """Fail runs whose worker died or never started (called on app start and by stalled monitors)."""
-    return sorted(store.recover_stale_runs(process_alive=pid_alive) + fail_abandoned(store))
+    """Fail runs that can never end (called on app start and by stalled monitors)."""
+    return sorted(fail_abandoned(store))
 
 
 def wait_for(store: Store, run_id: int, timeout: float = 300.0, poll: float = 0.25,
@@ -187,13 +133,18 @@ def wait_for(store: Store, run_id: int, timeout: float = 300.0, poll: float = 0.
         time.sleep(poll)
 
 
+def log_path(store: Store) -> Path:
+    """The log of the worker `bash dev.sh app` starts (workers elsewhere log where they run)."""
+    return Path(store.workspace) / "jobs" / "worker.log"
+
+
 def read_log_tail(store: Store, run: RunInfo, max_chars: int = 6000) -> str:
-    """The end of a run's worker log, or '' when there is none."""
-    path = log_path(store, run)
+    """The end of the local worker's log, or '' when there is none (the run's lines are marked 'run N')."""
+    path = log_path(store)
     if not path.is_file():
         return ""
     with open(path, "rb") as handle:
-        handle.seek(0, os.SEEK_END)
+        handle.seek(0, 2)
         size = handle.tell()
         handle.seek(max(0, size - max_chars))
         return handle.read().decode("utf-8", errors="replace")

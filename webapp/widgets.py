@@ -14,7 +14,7 @@ import pandas as pd
 import streamlit as st
 
 from storage import CANCELLED, DONE, FAILED, QUEUED, RUNNING, RunInfo
-from webapp.progress import LINEAR_BAND, linear_remaining
+from jobs.progress import LINEAR_BAND, linear_remaining
 
 #: Badge color per run status.
 STATUS_COLORS = {QUEUED: "gray", RUNNING: "blue", DONE: "green", FAILED: "red", CANCELLED: "orange"}

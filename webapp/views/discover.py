@@ -15,7 +15,7 @@ from core.representation import REPRESENTATIONS, representation
 from core.settings import AUTO, SETTING
 from storage import ProjectInfo, RunInfo
 from webapp import figures, jobs, messages, navigation, widgets
-from webapp.detection_job import stored_separation
+from jobs.maps import stored_separation
 from webapp.workspace import get_store
 
 store = get_store()
@@ -216,6 +216,7 @@ def live_run(run_id: int, shown_status: str) -> None:
     if heartbeat is not None and (pd.Timestamp.now(tz="UTC") - pd.Timestamp(heartbeat)).total_seconds() > 20:
         jobs.recover(store)  # a worker that died leaves a failed run, not an eternal spinner
     widgets.progress_panel(run)
+    st.caption(jobs.place(store, run))  # "running on gpu-2, cuda:0" or "queued, 3rd in line"
     figure = figures.loss_chart(run.loss_history)
     if figure is not None:
         st.plotly_chart(figure, config={"displayModeBar": False}, key=f"live_loss_{run.id}")

@@ -63,8 +63,7 @@ def follow_run(active_id: int) -> None:
     if current.status not in jobs.ACTIVE:
         st.rerun()
     progress_panel(current)
-    if current.status == "queued":
-        st.caption("Waiting for the worker process to start (a few seconds).")
+    st.caption(jobs.place(store, current))  # "queued, 2nd in line on the gpu queue" or "running on gpu-2, cuda:0"
     page_link("views/discover.py", "See its loss chart on the Discover page", ":material/rocket_launch:")
 
 

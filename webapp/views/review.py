@@ -24,7 +24,7 @@ from core.regions.crops import recut_image
 from storage import BinarizationInput, ProjectInfo
 from webapp import intake, jobs, messages, navigation, widgets
 from webapp.mebin_figures import distribution_charts, draw_boxes, enlarge, evidence_chart, heat_overlay, mask_view
-from webapp.worker import latest_maps
+from jobs.maps import latest_maps
 from webapp.workspace import get_store
 
 store = get_store()
@@ -158,6 +158,7 @@ def job_monitor(run_id: int) -> None:
         if heartbeat is not None and (pd.Timestamp.now(tz="UTC") - pd.Timestamp(heartbeat)).total_seconds() > 20:
             jobs.recover(store)
         widgets.progress_panel(run)
+        st.caption(jobs.place(store, run))  # "running on gpu-2, cuda:0" or "queued, 3rd in line"
         if st.button("Cancel", icon=":material/stop_circle:", key=f"cancel_{run.id}"):
             jobs.cancel_job(store, run.id)
             st.rerun(scope="fragment")

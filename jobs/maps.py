@@ -20,7 +20,7 @@ from core.detection.maps import global_range
 from core.regions.mebin import search_range
 from core.records import Manifest, Region, region_key
 from storage import BinarizationInput, MapInput, ProjectInfo, Store
-from webapp.progress import Reporter, StepSpan
+from jobs.progress import Reporter, StepSpan
 
 
 def _map_file(store: Store, project_id: int, relpath: str, source: str) -> Path:

@@ -1,21 +1,10 @@
-"""The job process: `python -m webapp.worker RUN_ID` runs one queued run and records the outcome.
-
-Kinds: "detect" (anomaly maps imported or from the built-in detector, then MEBin and the crops,
-all stored for the Detection page) and "discover" (the whole pipeline through
-core.pipeline.run_discovery, results written in one transaction). Progress (one forward-only bar
-with a measured remaining time, webapp.progress), heartbeat and the loss history go to the
-database; the cancel flag is polled there. Any error ends the run as failed with a message the
-engineer can act on; the console output goes to the run's log.
-"""
+"""The discover job: the whole pipeline through core.pipeline.run_discovery; the model, regions,
+clusters and assignments written so that running it again replaces rather than adds (a retried run
+stores its results once)."""
 
 from __future__ import annotations
 
-import os
-import re
-import signal
-import sys
-import traceback
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -26,69 +15,11 @@ from core.config import DiscoveryConfig
 from core.dataset import load_dataset, load_labeled_crops
 from core.decisions import Decided, decide
 from core.records import NORMAL_CLUSTER_NAME, region_key
-from storage import QUEUED, SOURCE_GROUND_TRUTH, AssignmentInput, ClusterInput, RunInfo, Store, environment, open_workspace
-from webapp.detection_job import (
-    binarization_inputs,
-    compute_maps,
-    latest_maps,
-    save_maps,
-    stored_normal_peaks,
-    store_regions,
-    stored_maps,
-    with_search_range,
-)
-from webapp.classify_job import run_classify
-from webapp.progress import JobCancelled, Reporter
-
-__all__ = ["latest_maps", "execute", "main"]
-
-
-# ------------------------------------------------------------------------------ maps and MEBin
-
-
-#: Where the detection job's bar stands when core's stages "mebin" and "regions" start, and their spans.
-DETECT_SPANS = {"mebin": (0.80, 0.05), "regions": (0.85, 0.14)}
-
-
-def run_detect(store: Store, run: RunInfo, report: Reporter) -> str:
-    """Maps (import or built-in detector) -> stored maps -> core's MEBin and regions chain -> stored masks and crops."""
-    from core.pipeline import Stages, find_regions, prepare_maps
-
-    project = store.get_project(run.project_id)
-    config = decide(run.settings).config  # a setting it cannot use fails the job before any work
-    report(0.0, "loading", project.data_root, force=True)
-    manifest = load_dataset(Path(project.data_root))
-    store.record_images(project.id, manifest.images)
-    report.check()
-    # The detector is most of a detection job: it gets most of the bar (measured on the demo).
-    computed = compute_maps(store, project, manifest, config, run.settings, report, span=(0.02, 0.80))
-    if computed.summary:
-        report.metrics = {"detection": computed.summary}  # method, why, separation: kept with the run
-    report.check()
-    keys = [r.relpath for r in manifest.unlabeled if r.relpath in computed.maps]
-    save_maps(store, project.id, {k: computed.maps[k] for k in keys}, computed.source, computed.normal_peaks,
-              computed.separation)
-    records = {r.relpath: r for r in manifest.unlabeled}
-    map_set = prepare_maps([records[k] for k in keys], computed.maps, computed.normal_peaks)
-
-    def progress(event: Any) -> None:
-        start, span = DETECT_SPANS[event.stage]
-        report(start + span * event.fraction, event.stage, event.message, force=event.fraction == 0.0)
-        report.check()
-
-    found = find_regions(map_set, manifest.normal, config, Stages(progress), require_anomalies=False)
-    store.record_binarizations(project.id, with_search_range(
-        binarization_inputs(found.binarization, config.mebin, source=config.binarizer), map_set.normalized,
-        found.floor))
-    store_regions(store, project.id, found.regions)
-    problems = computed.problems + found.problems
-    note = f"; {len(problems)} problem(s) with maps or references" if problems else ""
-    return (f"{len(keys)} maps ({computed.source}), {found.with_anomalies} images with anomalies, "
-            f"{len(found.regions)} regions{note}")
-
-
-# ------------------------------------------------------------------------------ discovery
-
+from jobs.maps import (binarization_inputs, compute_maps, save_maps, store_regions, stored_maps, stored_normal_peaks,
+                       with_search_range)
+from jobs.progress import JobCancelled, Reporter
+from jobs.wording import app_wording
+from storage import SOURCE_GROUND_TRUTH, AssignmentInput, ClusterInput, RunInfo, Store
 
 def _previous_run_id(store: Store, run: RunInfo) -> int | None:
     """The run whose names a retraining run carries over: its parent, else the newest done run."""
@@ -249,44 +180,6 @@ def _finish(store: Store, run: RunInfo, result: Any, decided: Decided, report: R
                      loss_history=history, message=", ".join(parts))
 
 
-# ------------------------------------------------------------------------------ entry point
-
-JOBS: dict[str, Callable[[Store, RunInfo, Reporter], str]] = {"detect": run_detect, "discover": run_discover,
-                                                              "classify": run_classify}
-
-
-#: Command-line options core's messages may name, rewritten in the words of the app's forms (in order).
-APP_WORDS: list[tuple[str, str]] = [
-    (r"(?:pass|use|give|set) --classes(?: K)?", "set the number of classes (K) on the Discover or Labels page"),
-    (r"--classes (\d+)", r"K = \1"),
-    (r"pass the number of classes", "set the number of classes (K)"),
-    (r"--classes(?: K)?", "the number of classes (K)"),
-    (r"(?:pass|use|give) --weights(?: FILE)?", "give a weights file (the 'Weights file' field)"),
-    (r"--weights(?: FILE)?", "the weights file"),
-    (r"(?:pass|use|give) --backbone(?: NAME)?", "choose another backbone"),
-    (r"--backbone(?: NAME)?", "the backbone"),
-    (r"--device(?: (?:auto|cpu|cuda))?", "the device"),
-    (r"(?:pass|use|give) --maps(?: DIR)?", "import anomaly maps on the Detection & MEBin page"),
-    (r"--maps(?: DIR)?", "the maps folder"),
-    (r"--epochs(?: N)?", "the number of epochs"),
-    (r"--ground-truth(?: FILE)?", "a ground-truth file"),
-]
-
-
-def app_wording(text: str) -> str:
-    """A message of core in the app's words: command-line options become the fields that set them."""
-    for pattern, words in APP_WORDS:
-        text = re.sub(pattern, words, text)
-    return text
-
-
-def _describe(error: BaseException) -> str:
-    text = app_wording(str(error).strip())
-    if isinstance(error, (ValueError, OSError, KeyError)) or type(error).__name__.endswith("Error"):
-        return text or type(error).__name__
-    return f"{type(error).__name__}: {text}" if text else type(error).__name__
-
-
 def estimate_record(estimate: Any, n_classes: int) -> dict[str, Any]:
     """What a run records of core's class-count estimate: K (all classes, and the new ones this run
     discovers), how sure core is (confidence, word, sentence), and the evidence."""
@@ -301,63 +194,3 @@ def estimate_record(estimate: Any, n_classes: int) -> dict[str, Any]:
         if callable(method):
             record["description" if name == "describe" else name] = app_wording(str(method()))
     return record
-
-
-def execute(store: Store, run_id: int) -> str:
-    """Run one queued run to its end in this process; returns its final status."""
-    run = store.get_run(run_id)
-    if run.status != QUEUED:
-        print(f"run {run_id} is {run.status}, not queued: nothing to do", file=sys.stderr)
-        return run.status
-    if run.cancel_requested:
-        store.mark_cancelled(run_id, "cancelled before it started")
-        return "cancelled"
-    job = JOBS.get(run.kind)
-    if job is None:
-        store.fail_run(run_id, f"unknown job kind {run.kind!r}")
-        return "failed"
-    run = store.mark_running(run_id, os.getpid())
-    report = Reporter(store, run_id)
-    try:
-        message = job(store, run, report)
-        if run.kind != "discover":
-            store.finish_run(run_id, message=message, loss_history=report.loss_history or None,
-                             metrics=report.metrics)
-        return "done"
-    except JobCancelled:
-        store.mark_cancelled(run_id, "cancelled by the engineer")
-        return "cancelled"
-    except BaseException as error:  # noqa: BLE001 - every failure is recorded for the engineer
-        traceback.print_exc()
-        try:
-            store.fail_run(run_id, _describe(error))
-        except Exception:  # noqa: BLE001
-            traceback.print_exc()
-        if isinstance(error, KeyboardInterrupt):
-            raise
-        return "failed"
-
-
-def _terminate(signum: int, _frame: Any) -> None:
-    raise SystemExit(f"stopped by signal {signal.Signals(signum).name}")
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m webapp.worker RUN_ID`: workspace and database from the environment."""
-    args = list(sys.argv[1:] if argv is None else argv)
-    if len(args) != 1 or not args[0].isdigit():
-        print("usage: python -m webapp.worker RUN_ID", file=sys.stderr)
-        return 2
-    signal.signal(signal.SIGTERM, _terminate)
-    store = open_workspace(*environment())  # the worker's one read of the environment
-    print(f"worker pid {os.getpid()} running run {args[0]}", flush=True)
-    try:
-        status = execute(store, int(args[0]))
-    finally:
-        store.close()
-    print(f"run {args[0]} {status}", flush=True)
-    return 0 if status in ("done", "cancelled") else 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())
