@@ -8,6 +8,7 @@ Fixtures (found by name, no import needed):
 - `database_url`: an empty database per test, once on SQLite and once on PostgreSQL.
 - `store`: a Store opened on that database.
 - `workspace`, `filled`: an empty / a filled workspace the app's pages open; `browser`: Chromium.
+- `postgres_url`: an empty database on the PostgreSQL server only (the job queue's distributed tests).
 
 Data the tests build (tiny sets, regions, finished runs) lives in builders.py. `bash dev.sh test
 -m quick` runs the modules of QUICK_MODULES below and does not even import the others; none of
@@ -24,6 +25,7 @@ import subprocess
 import tempfile
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -192,6 +194,21 @@ def postgres_admin_url() -> Iterator[str]:
         server.stop()
 
 
+@contextmanager
+def fresh_postgres_database(admin_url: str, prefix: str = "studio_t") -> Iterator[str]:
+    """A new empty database on the server of admin_url, dropped (its connections too) afterwards."""
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield make_url(admin_url).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as connection:
+            connection.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
 @pytest.fixture(params=BACKENDS)
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """An empty database, once on SQLite and once on PostgreSQL."""
@@ -199,15 +216,15 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
     if backend == "sqlite":
         yield f"sqlite:///{(tmp_path / 'studio.sqlite').as_posix()}"
         return
-    admin_url = request.getfixturevalue("postgres_admin_url")
-    name = f"studio_t_{uuid.uuid4().hex[:12]}"
-    admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    yield make_url(admin_url).set(database=name).render_as_string(hide_password=False)
-    with admin.connect() as connection:
-        connection.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
+    with fresh_postgres_database(request.getfixturevalue("postgres_admin_url")) as url:
+        yield url
+
+
+@pytest.fixture()
+def postgres_url(postgres_admin_url: str) -> Iterator[str]:
+    """An empty database on the suite's PostgreSQL server only (tests of processes sharing it)."""
+    with fresh_postgres_database(postgres_admin_url, "studio_jobs") as url:
+        yield url
 
 
 @pytest.fixture()

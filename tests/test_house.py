@@ -218,7 +218,7 @@ def test_pyproject_asks_for_what_requirements_txt_pins() -> None:
     assert sorted(_requirement_lines(declared)) == sorted(pinned)
 
 
-@pytest.mark.parametrize("marker", ["quick", "slow", "browser", "postgres"])
+@pytest.mark.parametrize("marker", ["quick", "slow", "browser", "postgres", "distributed"])
 def test_markers_are_registered_in_pyproject(marker: str) -> None:
     config = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["pytest"]["ini_options"]
     assert any(line.startswith(f"{marker}:") for line in config["markers"])
