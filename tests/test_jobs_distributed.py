@@ -37,15 +37,23 @@ class Workers:
             self.env["STUDIO_DATABASE_URL"] = database_url
         self.processes: list[subprocess.Popen] = []
 
-    def start(self, concurrency: int = 1) -> subprocess.Popen:
+    def start(self, concurrency: int = 1, queue: str = "gpu") -> subprocess.Popen:
         log = open(self.tmp / f"worker-{len(self.processes)}.log", "wb")  # noqa: SIM115 - closed with the process
         process = subprocess.Popen(
-            [sys.executable, "-m", "jobs.worker", "--queue", "gpu", "--concurrency", str(concurrency),
+            [sys.executable, "-m", "jobs.worker", "--queue", queue, "--concurrency", str(concurrency),
              "--device", "cpu", "--lease", str(LEASE_S)],
             cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         log.close()
         self.processes.append(process)
         return process
+
+    def wait_ready(self, process: subprocess.Popen, timeout: float = 120.0) -> None:
+        """Until the worker has said it listens (its first line)."""
+        log = self.tmp / f"worker-{self.processes.index(process)}.log"
+        deadline = time.monotonic() + timeout
+        while " at once" not in (log.read_text(errors="replace") if log.is_file() else ""):
+            assert process.poll() is None and time.monotonic() < deadline, self.logs()
+            time.sleep(0.2)
 
     def logs(self) -> str:
         return "\n".join(p.read_text(errors="replace")[-3000:] for p in sorted(self.tmp.glob("worker-*.log")))
@@ -165,6 +173,34 @@ def test_the_sqlite_default_runs_a_demo_discovery_through_the_queue(tmp_path):
         assert run.status == DONE, (run.message, workers.logs())
         assert _pid(run) == worker.pid and run.device == "cpu" and (tmp_path / "workspace" / "jobs.sqlite").is_file()
         assert len(store.list_clusters(run_id)) == TINY_RUN["classes"] + 1
+    finally:
+        workers.stop()
+        store.close()
+
+
+@pytest.mark.distributed
+@pytest.mark.slow
+def test_a_classify_job_waits_for_a_cpu_worker_and_a_gpu_worker_leaves_it(tmp_path):
+    from jobs import runner
+    from webapp.classify_job import classification_dir, start_classification
+
+    store, (info,), workers = _setup(tmp_path, None)
+    try:
+        source = store.start_run(info.id, jobs.DISCOVER, {"classes": 3, "device": "cpu", "seed": 0,
+                                                          "representation": "descriptors"})
+        assert runner.execute(store, source.id) == DONE, store.get_run(source.id).message
+        new = generate_demo(tmp_path / "new", DemoConfig(**{**TINY_DEMO, "seed": 1}))
+        demo_maps(new, tmp_path / "new_maps")
+        run_id = start_classification(store, source.id, new / "test", tmp_path / "new_maps" / "test")
+        assert jobs.place(store, store.get_run(run_id)) == "queued, 1st in line on the cpu queue"
+        workers.wait_ready(workers.start(queue="gpu"))
+        time.sleep(3)  # six polls of the queue: a gpu worker does not take a cpu job
+        assert store.get_run(run_id).status == "queued"
+        cpu = workers.start(queue="cpu")
+        run = jobs.wait_for(store, run_id, timeout=240)
+        assert run.status == DONE, (run.message, workers.logs())
+        assert _pid(run) == cpu.pid and ":cpu:" in run.worker
+        assert (classification_dir(store, run) / "images.csv").is_file()
     finally:
         workers.stop()
         store.close()
