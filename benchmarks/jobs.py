@@ -1,5 +1,5 @@
 """Jobs on the queue (jobs.worker, DBOS Transact) against the runner they replaced (one
-`python -m webapp.worker RUN_ID` process per run: webapp/jobs.py of OLD_REF), in one run:
+`python -m webapp.worker RUN_ID` process per run: webapp/job_control.py of OLD_REF), in one run:
 
 - enqueue-to-start: from the run's record to its worker marking it running (started_at - created_at),
   a run that fails at once (its data folder is gone) so only the start is timed;
@@ -32,7 +32,7 @@ from core.imageio import read_gray
 from storage import open_workspace
 
 REPO = Path(__file__).resolve().parents[1]
-#: The last main whose runner launched one worker process per run (webapp/jobs.py, webapp/worker.py).
+#: The last main whose runner launched one worker process per run (webapp/job_control.py, webapp/worker.py).
 OLD_REF = "243c6b8"
 #: The tests' tiny demo (tests/builders.py) and a discovery that trains a tiny MGViT.
 TINY_DEMO = dict(image_size=64, n_train_good=4, n_test_good=2, n_per_class=3, defect_types=("scratch", "hole", "stain"))
@@ -54,14 +54,14 @@ OLD_RUNNER = r"""
 import json, sys, time
 from storage import open_workspace
 import webapp
-from webapp import intake, jobs
+from webapp import intake, job_control
 assert webapp.__file__.startswith(sys.path[0] or __import__("os").getcwd()), webapp.__file__  # the old tree's
 workspace, data, maps, starts, discover = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5] == "1"
 store = open_workspace(workspace)
 bad = store.create_project("gone", workspace + "/no-such-folder")
 out = {"start_s": []}
 for _ in range(starts):
-    run = jobs.wait_for(store, jobs.start_job(store, bad.id, jobs.DETECT, {}), timeout=120)
+    run = job_control.wait_for(store, job_control.start_job(store, bad.id, job_control.DETECT, {}), timeout=120)
     out["start_s"].append((run.started_at - run.created_at).total_seconds())
 began = time.perf_counter()
 for _ in range(100):
@@ -69,7 +69,7 @@ for _ in range(100):
 out["progress_ms"] = 10 * (time.perf_counter() - began)
 if discover:
     info = intake.create_project(store, "tiny", intake.summarize_dataset(data, maps))
-    run = jobs.wait_for(store, jobs.start_job(store, info.id, jobs.DISCOVER, json.loads(sys.argv[6])), timeout=900)
+    run = job_control.wait_for(store, job_control.start_job(store, info.id, job_control.DISCOVER, json.loads(sys.argv[6])), timeout=900)
     out["discovery_s"] = (run.finished_at - run.created_at).total_seconds()
     out["discovery_status"] = run.status
 print("RESULT " + json.dumps(out))
@@ -92,7 +92,7 @@ def old_runner(tmp: Path, data: Path, maps: Path, starts: int, discover: bool, s
 
 def new_runner(tmp: Path, data: Path, maps: Path, starts: int, discover: bool, settings: dict,
                database_url: str | None) -> dict:
-    from webapp import intake, jobs
+    from webapp import intake, job_control
 
     workspace = tmp / f"new-ws-{uuid.uuid4().hex[:6]}"
     store = open_workspace(workspace, database_url)
@@ -105,21 +105,21 @@ def new_runner(tmp: Path, data: Path, maps: Path, starts: int, discover: bool, s
     out: dict = {"start_s": []}
     try:
         bad = store.create_project("gone", str(workspace / "no-such-folder"))
-        jobs.wait_for(store, jobs.start_job(store, bad.id, jobs.DETECT, {}), timeout=300)  # the worker is up
+        job_control.wait_for(store, job_control.start_job(store, bad.id, job_control.DETECT, {}), timeout=300)  # the worker is up
         for _ in range(starts):
-            run = jobs.wait_for(store, jobs.start_job(store, bad.id, jobs.DETECT, {}), timeout=120, poll=0.02)
+            run = job_control.wait_for(store, job_control.start_job(store, bad.id, job_control.DETECT, {}), timeout=120, poll=0.02)
             out["start_s"].append((run.started_at - run.created_at).total_seconds())
         out["progress_ms"] = _timed(lambda: store.update_progress(run.id, 0.5, "Training", "epoch 1/2"))
         out["heartbeat_ms"] = _timed(lambda: store.heartbeat([run.id]))
         if discover:
             info = intake.create_project(store, "tiny", intake.summarize_dataset(data, maps))
-            run = jobs.wait_for(store, jobs.start_job(store, info.id, jobs.DISCOVER, settings), timeout=900)
+            run = job_control.wait_for(store, job_control.start_job(store, info.id, job_control.DISCOVER, settings), timeout=900)
             out["discovery_s"] = (run.finished_at - run.created_at).total_seconds()
             out["discovery_status"] = run.status
     finally:
         worker.terminate()
         worker.wait(timeout=60)
-        jobs.client(store).close()
+        job_control.client(store).close()
         store.close()
     return out
 

@@ -14,7 +14,7 @@ from core.decisions import decide
 from core.demo.build import DemoConfig, generate_demo
 from jobs import runner
 from storage import CANCELLED, DONE, RUNNING
-from webapp import figures, intake, jobs, uploads, widgets
+from webapp import figures, intake, job_control, uploads, widgets
 
 from builders import TINY_DEMO, demo_maps
 
@@ -80,7 +80,7 @@ def test_review_page_shows_maps_evidence_and_overrides_one_threshold(workspace, 
     assert at.radio(key="maps_source").value == "Import from a folder"  # the project has a maps folder
     assert at.text_input(key="maps_folder").value == str(tmp_path / "maps")
     at.button(key="maps_start").click().run()
-    (run,) = workspace.list_runs(project.id, kind=jobs.DETECT)
+    (run,) = workspace.list_runs(project.id, kind=job_control.DETECT)
     assert runner.execute(workspace, run.id) == DONE  # the page queued it; a worker's runner, here in this process
 
     at = open_page("views/review.py", project_id=project.id)
@@ -112,7 +112,7 @@ def test_review_page_shows_maps_evidence_and_overrides_one_threshold(workspace, 
 def test_discover_page_shows_live_progress_and_loss_and_a_finished_run(workspace, tmp_path):
     root = generate_demo(tmp_path / "demo", DemoConfig(**TINY_DEMO))
     project = intake.create_project(workspace, "p", intake.summarize_dataset(root))
-    run = workspace.start_run(project.id, jobs.DISCOVER, {"classes": 3, "epochs": 2}, status=RUNNING)
+    run = workspace.start_run(project.id, job_control.DISCOVER, {"classes": 3, "epochs": 2}, status=RUNNING)
     history = [{"x": 0.5, "loss": 3.0, "rep": 2.0}, {"x": 1.0, "loss": 2.5, "rep": 1.8, "epoch_done": True}]
     workspace.update_progress(run.id, 0.4, "Training the mask-guided ViT", "epoch 2/2", loss_history=history)
     at = open_page("views/discover.py", project_id=project.id)
@@ -123,7 +123,7 @@ def test_discover_page_shows_live_progress_and_loss_and_a_finished_run(workspace
     assert workspace.get_run(run.id).cancel_requested
 
     workspace.mark_cancelled(run.id)
-    done = workspace.start_run(project.id, jobs.DISCOVER, {"classes": 3}, status=RUNNING)
+    done = workspace.start_run(project.id, job_control.DISCOVER, {"classes": 3}, status=RUNNING)
     workspace.finish_run(done.id, metrics={"image": {"nmi": 0.8, "ari": 0.7, "f1": 0.9, "n": 9}},
                          loss_history=history, message="13 regions in 3 classes")
     at = open_page("views/discover.py", project_id=project.id)
@@ -159,13 +159,13 @@ def test_start_button_launches_a_worker_process_and_cancel_stops_it(workspace, t
     at.toggle(key="d_refine").set_value(False)
     at.button(key="d_start").click().run()
     assert_clean(at)
-    (run,) = workspace.list_runs(project.id, kind=jobs.DISCOVER)
+    (run,) = workspace.list_runs(project.id, kind=job_control.DISCOVER)
     assert run.settings["classes"] == 3 and run.settings["backbone"] == "vit_micro_scratch"
     assert run.settings["epochs"] == 300 and run.settings["pretrained"] is False
     assert run.settings["representation"] == "hybrid" and run.settings["refine"] == "none"
     assert decide(run.settings).config.regions.refine == "none"  # the worker's reading of them
     at.button(key=f"cancel_{run.id}").click().run()
-    assert jobs.wait_for(workspace, run.id, timeout=90).status == CANCELLED
+    assert job_control.wait_for(workspace, run.id, timeout=90).status == CANCELLED
 
 
 # ------------------------------------------------------------------------------ project intake
@@ -362,9 +362,9 @@ def test_the_demo_is_offered_to_open_not_copied_silently(workspace):
 def test_runs_table_shows_a_dash_for_missing_metrics_and_the_chosen_k(workspace, tmp_path):
     root = generate_demo(tmp_path / "demo", DemoConfig(**TINY_DEMO))
     project = intake.create_project(workspace, "p", intake.summarize_dataset(root))
-    cancelled = workspace.start_run(project.id, jobs.DISCOVER, {"classes": "auto"}, status=RUNNING)
+    cancelled = workspace.start_run(project.id, job_control.DISCOVER, {"classes": "auto"}, status=RUNNING)
     workspace.mark_cancelled(cancelled.id)
-    done = workspace.start_run(project.id, jobs.DISCOVER, {"classes": "auto"}, status=RUNNING)
+    done = workspace.start_run(project.id, job_control.DISCOVER, {"classes": "auto"}, status=RUNNING)
     workspace.finish_run(done.id, metrics={"class_estimate": {"k": 4, "n_classes": 4, "confidence": 0.2,
                                                               "sureness": "unsure", "description": "k=4 <-"}})
     at = open_page("views/discover.py", project_id=project.id)

@@ -12,7 +12,7 @@ import re
 from core.demo import DemoConfig, generate_demo
 from storage import DONE
 from jobs import runner
-from webapp import intake, jobs
+from webapp import intake, job_control
 
 from builders import TINY_DEMO, demo_maps
 from test_app_core import assert_clean, open_page
@@ -23,7 +23,7 @@ def test_detection_counts_agree_with_the_crops_and_the_override_caption_with_wha
     project = intake.create_project(workspace, "gt maps", intake.summarize_dataset(root, demo_maps(root, tmp_path / "maps")))
     at = open_page("views/review.py", project_id=project.id)
     at.button(key="maps_start").click().run()
-    (run,) = workspace.list_runs(project.id, kind=jobs.DETECT)
+    (run,) = workspace.list_runs(project.id, kind=job_control.DETECT)
     assert runner.execute(workspace, run.id) == DONE  # the page queued it; a worker's runner, here in this process
 
     at = open_page("views/review.py", project_id=project.id)

@@ -308,10 +308,10 @@ def test_labels_page_compares_runs_and_carries_names(filled):
 
 
 def test_retrain_starts_a_job_with_the_labeled_set(filled, monkeypatch):
-    from webapp import jobs
+    from webapp import job_control
 
     launched = []
-    monkeypatch.setattr(jobs.engine.JobClient, "enqueue", lambda client, run_id, kind: launched.append(run_id))
+    monkeypatch.setattr(job_control.engine.JobClient, "enqueue", lambda client, run_id, kind: launched.append(run_id))
     store = filled.store
     store.rename_cluster(filled.cluster_ids[0], "scratch")
     store.promote_to_labels(filled.run_id)

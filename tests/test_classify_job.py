@@ -12,7 +12,7 @@ from core.demo.build import DemoConfig, generate_demo
 from core.imageio import read_image, write_image
 from storage import DONE, FAILED, open_workspace
 from jobs import runner as worker
-from webapp import intake, jobs
+from webapp import intake, job_control
 from webapp.classify_job import CLASSIFY, classification_dir
 
 from test_classify import _digest
@@ -31,7 +31,7 @@ def finished(tmp_path_factory):
     demo_maps(new, base / "new_maps")
     store = open_workspace(base / "workspace")
     info = intake.create_project(store, "tiny", intake.summarize_dataset(root, base / "maps"))
-    run = store.start_run(info.id, jobs.DISCOVER, RUN)
+    run = store.start_run(info.id, job_control.DISCOVER, RUN)
     assert worker.execute(store, run.id) == DONE, store.get_run(run.id).message
     yield store, info, run.id, new / "test", base / "new_maps" / "test"
     store.close()
@@ -92,7 +92,7 @@ def test_the_page_shows_a_finished_classification_by_class(finished, monkeypatch
     assert done.status == DONE, done.message
     monkeypatch.setenv(workspace_module.WORKSPACE_ENV, str(store.workspace))
     monkeypatch.delenv(workspace_module.DATABASE_URL_ENV, raising=False)
-    at = AppTest.from_file(str(Path(jobs.__file__).parent / "app.py"), default_timeout=60)
+    at = AppTest.from_file(str(Path(job_control.__file__).parent / "app.py"), default_timeout=60)
     at.session_state["project_id"], at.session_state["run_id"] = info.id, run_id
     at.run()
     at.switch_page("views/classify.py").run()

@@ -135,7 +135,7 @@ def test_an_app_run_with_auto_records_which_vit_it_trained_and_why(empty_caches,
     from storage import DONE, open_workspace
     from builders import TINY_DEMO, TINY_RUN, demo_maps
     from jobs import runner as worker
-    from webapp import intake, jobs
+    from webapp import intake, job_control
 
     root = generate_demo(tmp_path / "demo", **TINY_DEMO)
     demo_maps(root, tmp_path / "maps")
@@ -143,7 +143,7 @@ def test_an_app_run_with_auto_records_which_vit_it_trained_and_why(empty_caches,
     try:
         info = intake.create_project(store, "auto", intake.summarize_dataset(root, tmp_path / "maps"))
         settings = {key: value for key, value in TINY_RUN.items() if key != "epochs"}
-        run = store.start_run(info.id, jobs.DISCOVER, {**settings, "backbone": "auto", "representation": "vit"})
+        run = store.start_run(info.id, job_control.DISCOVER, {**settings, "backbone": "auto", "representation": "vit"})
         assert worker.execute(store, run.id) == DONE, store.get_run(run.id).message
         done = store.get_run(run.id)
         assert done.metrics["backbone"]["asked"] == "auto"

@@ -15,7 +15,7 @@ from core.detection.separation import separation_report
 from core.settings import SETTING
 from storage import DONE, RUNNING, open_workspace
 from jobs import runner as worker
-from webapp import intake, jobs, workspace as workspace_module
+from webapp import intake, job_control, workspace as workspace_module
 from jobs.maps import stored_normal_peaks, stored_separation
 
 from builders import TINY_DEMO, demo_maps, fill_store
@@ -64,7 +64,7 @@ def test_poor_maps_are_named_on_the_discover_page_before_a_run(workspace, tmp_pa
     assert poor["low"]
     maps = _maps_with_record(root, tmp_path / "poor", poor, [0.4, 0.5])
     project = intake.create_project(workspace, "poor", intake.summarize_dataset(root, maps))
-    run = workspace.start_run(project.id, jobs.DETECT, {})
+    run = workspace.start_run(project.id, job_control.DETECT, {})
     assert worker.execute(workspace, run.id) == DONE, workspace.get_run(run.id).message
     assert stored_separation(workspace, project.id)["auroc"] == pytest.approx(poor["auroc"])
     keys = [i.relpath for i in workspace.list_images(project.id, role="unlabeled")]
@@ -79,7 +79,7 @@ def test_poor_maps_are_named_on_the_discover_page_before_a_run(workspace, tmp_pa
     good = separation_report(rng.normal(3.0, 0.1, 40), rng.normal(1.0, 0.1, 20))
     maps = _maps_with_record(root, tmp_path / "good", good, [0.4])
     fine = intake.create_project(workspace, "fine", intake.summarize_dataset(root, maps))
-    assert worker.execute(workspace, workspace.start_run(fine.id, jobs.DETECT, {}).id) == DONE
+    assert worker.execute(workspace, workspace.start_run(fine.id, job_control.DETECT, {}).id) == DONE
     at = open_discover(fine.id)
     assert not at.warning and f"separation AUROC {good['auroc']:.2f}" in alerts(at)
 
@@ -88,7 +88,7 @@ def test_maps_without_a_separation_report_say_nothing(workspace, tmp_path):
     root = generate_demo(tmp_path / "demo", DemoConfig(**TINY_DEMO))
     demo_maps(root, tmp_path / "maps")
     project = intake.create_project(workspace, "plain", intake.summarize_dataset(root, tmp_path / "maps"))
-    assert worker.execute(workspace, workspace.start_run(project.id, jobs.DETECT, {}).id) == DONE
+    assert worker.execute(workspace, workspace.start_run(project.id, job_control.DETECT, {}).id) == DONE
     assert stored_separation(workspace, project.id) is None
     assert "separation" not in alerts(open_discover(project.id))
 
@@ -109,11 +109,11 @@ def test_form_bounds_come_from_the_table_and_a_missing_weights_file_blocks_start
 def test_runs_table_shows_the_epochs_a_run_trained(workspace, tmp_path):
     root = generate_demo(tmp_path / "demo", DemoConfig(**TINY_DEMO))
     project = intake.create_project(workspace, "p", intake.summarize_dataset(root))
-    hybrid = workspace.start_run(project.id, jobs.DISCOVER, {"classes": 3, "representation": "hybrid"},
+    hybrid = workspace.start_run(project.id, job_control.DISCOVER, {"classes": 3, "representation": "hybrid"},
                                  status=RUNNING)  # epochs left to auto: the run decided 30
     history = [{"x": i + 1.0, "loss": 1.0, "epoch_done": True} for i in range(30)]
     workspace.finish_run(hybrid.id, metrics={}, loss_history=history, message="done")
-    grouped = workspace.start_run(project.id, jobs.DISCOVER, {"classes": 3}, status=RUNNING)
+    grouped = workspace.start_run(project.id, job_control.DISCOVER, {"classes": 3}, status=RUNNING)
     workspace.finish_run(grouped.id, metrics={"training": {"epochs_done": 0}}, message="done")
     at = open_discover(project.id)
     table = at.dataframe[-1].value.set_index("run")
@@ -126,7 +126,7 @@ def test_labels_page_refuses_a_class_count_out_of_the_tables_bounds(tmp_path, mo
     monkeypatch.setenv(workspace_module.WORKSPACE_ENV, str(filled.store.workspace))
     monkeypatch.delenv(workspace_module.DATABASE_URL_ENV, raising=False)
     launched = []
-    monkeypatch.setattr(jobs.engine.JobClient, "enqueue", lambda client, run_id, kind: launched.append(run_id))
+    monkeypatch.setattr(job_control.engine.JobClient, "enqueue", lambda client, run_id, kind: launched.append(run_id))
     st.cache_data.clear()
     try:
         filled.store.rename_cluster(filled.cluster_ids[0], "scratch")
@@ -136,7 +136,7 @@ def test_labels_page_refuses_a_class_count_out_of_the_tables_bounds(tmp_path, mo
         at.run()
         next(t for t in at.text_input if t.label == "New classes to discover").set_value("99999999999999999999")
         next(b for b in at.button if b.label == "Start the new run").click().run()
-        assert not launched and len(filled.store.list_runs(filled.project_id, kind=jobs.DISCOVER)) == 1
+        assert not launched and len(filled.store.list_runs(filled.project_id, kind=job_control.DISCOVER)) == 1
         assert "between 2 and 100" in " ".join(e.value for e in at.error)
     finally:
         filled.store.close()

@@ -15,7 +15,7 @@ from core.demo.build import DemoConfig, generate_demo
 from storage import CANCELLED, DONE, FAILED, RUNNING, SOURCE_GROUND_TRUTH, open_workspace
 from jobs import runner as worker
 from jobs.runner import MAX_ATTEMPTS, WorkerInfo
-from webapp import evaluation, intake, jobs
+from webapp import evaluation, intake, job_control
 
 from builders import TINY_DEMO, TINY_RUN, demo_maps
 
@@ -35,7 +35,7 @@ def project(tmp_path):
 @pytest.mark.slow
 def test_discovery_job_runs_to_done_and_writes_clusters(project):
     store, info = project
-    run_id = store.start_run(info.id, jobs.DISCOVER, TINY_RUN).id
+    run_id = store.start_run(info.id, job_control.DISCOVER, TINY_RUN).id
     assert worker.execute(store, run_id) == DONE
     run = store.get_run(run_id)
     assert run.status == DONE, run.message
@@ -59,7 +59,7 @@ def test_discovery_job_runs_to_done_and_writes_clusters(project):
     store.rename_cluster(biggest.id, "dents")
     labeled = {r.id: "scratch" for r in regions if r.image.startswith("test/scratch/")}
     store.set_labels(info.id, labeled, source="engineer")
-    retrain = store.start_run(info.id, jobs.DISCOVER, {**TINY_RUN, "labels_from_project": True},
+    retrain = store.start_run(info.id, job_control.DISCOVER, {**TINY_RUN, "labels_from_project": True},
                               parent_run_id=run_id)
     assert worker.execute(store, retrain.id) == DONE, store.get_run(retrain.id).message
     names = {c.name for c in store.list_clusters(retrain.id)}
@@ -86,10 +86,10 @@ def _lose(store, run_id: int) -> None:
 
 def test_a_run_is_claimed_once_and_a_lost_one_is_taken_again_then_given_up(project):
     store, info = project
-    run = store.start_run(info.id, jobs.DISCOVER, {})
+    run = store.start_run(info.id, job_control.DISCOVER, {})
     first = store.claim_run(run.id, worker="gpu-1:gpu:11", device="cuda:0", lease_s=30)
     assert first.status == RUNNING and first.attempts == 1 and first.host == "gpu-1"
-    assert jobs.place(store, first) == "running on gpu-1, cuda:0"
+    assert job_control.place(store, first) == "running on gpu-1, cuda:0"
     assert store.claim_run(run.id, worker="gpu-2:gpu:12", device="cpu", lease_s=30) is None  # still reporting
     assert store.lost_runs(30) == [] and store.heartbeat([run.id]) == []
     for attempt in range(2, MAX_ATTEMPTS + 1):
@@ -102,7 +102,7 @@ def test_a_run_is_claimed_once_and_a_lost_one_is_taken_again_then_given_up(proje
     assert worker.execute(store, run.id, WorkerInfo("gpu-9:gpu:19", "cpu", lease_s=30)) == FAILED
     failed = store.get_run(run.id)
     assert f"lost {MAX_ATTEMPTS} times" in failed.message and failed.attempts == MAX_ATTEMPTS
-    cancelled = store.start_run(info.id, jobs.DISCOVER, {}).id
+    cancelled = store.start_run(info.id, job_control.DISCOVER, {}).id
     store.cancel_run(cancelled)
     assert store.claim_run(cancelled, worker="w:gpu:1", device="cpu", lease_s=30) is None
 
@@ -111,7 +111,7 @@ def test_the_worker_records_a_crash_as_failed_with_its_message(project, tmp_path
     store, info = project
     gone = tmp_path / "moved-away"
     bad = store.create_project("broken", str(gone))
-    run = store.start_run(bad.id, jobs.DETECT, {})
+    run = store.start_run(bad.id, job_control.DETECT, {})
     assert worker.execute(store, run.id) == FAILED
     failed = store.get_run(run.id)
     assert failed.status == FAILED and str(gone) in failed.message
@@ -123,15 +123,15 @@ def test_the_worker_refuses_unknown_kinds_and_skips_runs_not_queued(project):
     assert worker.execute(store, odd.id) == FAILED
     assert "teleport" in store.get_run(odd.id).message
     with pytest.raises(ValueError, match="unknown job kind"):
-        jobs.start_job(store, info.id, "teleport", {})
-    cancelled = store.start_run(info.id, jobs.DETECT, {})
+        job_control.start_job(store, info.id, "teleport", {})
+    cancelled = store.start_run(info.id, job_control.DETECT, {})
     store.cancel_run(cancelled.id)
     assert worker.execute(store, cancelled.id) == CANCELLED
 
 
 def test_detect_job_imports_maps_and_stores_masks_and_crops_in_process(project):
     store, info = project
-    run = store.start_run(info.id, jobs.DETECT, {"map_source": "import"})
+    run = store.start_run(info.id, job_control.DETECT, {"map_source": "import"})
     assert worker.execute(store, run.id) == DONE
     binarizations = store.list_binarizations(info.id)
     assert len(binarizations) == 11
@@ -143,24 +143,24 @@ def test_detect_job_imports_maps_and_stores_masks_and_crops_in_process(project):
     regions = store.list_regions(info.id)
     assert regions and all(Path(r.crop_path).is_file() for r in regions)
     # Re-running keeps unchanged regions (and any labels on them).
-    again = store.start_run(info.id, jobs.DETECT, {"map_source": "import"})
+    again = store.start_run(info.id, job_control.DETECT, {"map_source": "import"})
     assert worker.execute(store, again.id) == DONE
     assert [r.id for r in store.list_regions(info.id)] == [r.id for r in regions]
 
 
 def test_only_runs_that_can_never_end_are_failed_and_one_waiting_in_line_is_not(project):
     store, info = project
-    waiting = jobs.start_job(store, info.id, jobs.DISCOVER, {})  # in the queue, no worker yet
-    lost = store.start_run(info.id, jobs.DISCOVER, {})  # recorded, its job never queued
-    assert jobs.place(store, store.get_run(waiting)) == "queued, 1st in line on the gpu queue"
-    assert jobs.fail_abandoned(store, older_than_s=3600) == []
-    assert jobs.fail_abandoned(store, older_than_s=0) == [lost.id]
+    waiting = job_control.start_job(store, info.id, job_control.DISCOVER, {})  # in the queue, no worker yet
+    lost = store.start_run(info.id, job_control.DISCOVER, {})  # recorded, its job never queued
+    assert job_control.place(store, store.get_run(waiting)) == "queued, 1st in line on the gpu queue"
+    assert job_control.fail_abandoned(store, older_than_s=3600) == []
+    assert job_control.fail_abandoned(store, older_than_s=0) == [lost.id]
     assert store.get_run(lost.id).status == FAILED and store.get_run(waiting).status == "queued"
     store.claim_run(waiting, worker="gone:gpu:1", device="cpu", lease_s=30)
     _lose(store, waiting)
-    assert jobs.fail_abandoned(store, older_than_s=0) == [waiting]
+    assert job_control.fail_abandoned(store, older_than_s=0) == [waiting]
     assert "gone:gpu:1 stopped reporting" in store.get_run(waiting).message
-    jobs.client(store).close()
+    job_control.client(store).close()
 
 
 def test_run_settings_become_the_pipeline_config():
@@ -187,7 +187,7 @@ def test_settings_stored_by_older_runs_still_decide(project):
            "representation": "auto", "refine": "references", "fallback": "peak", "prior": "none",
            "recompute_maps": False, "mebin_sample_rate": 4, "mebin_min_interval_len": 4, "use_labeled_set": True,
            "labels_from_project": True, "parent_run_id": 1, "epochs": None}
-    stored = store.get_run(store.start_run(info.id, jobs.DISCOVER, old).id).settings
+    stored = store.get_run(store.start_run(info.id, job_control.DISCOVER, old).id).settings
     decided = decide(stored)
     assert decided.config.classes is None and decided.config.device == "cpu"
     assert decided.decisions["backbone"].asked == "auto" and decided.decisions["representation"].asked == "auto"
@@ -209,7 +209,7 @@ def test_a_run_with_coco_truth_keeps_it_and_the_evaluate_page_scores_what_the_ru
     try:
         info = intake.create_project(store, "coco", intake.summarize_dataset(root, tmp_path / "maps"))
         settings = {key: value for key, value in TINY_RUN.items() if key != "representation"}
-        run = store.start_run(info.id, jobs.DISCOVER, settings)  # representation auto, a scratch backbone
+        run = store.start_run(info.id, job_control.DISCOVER, settings)  # representation auto, a scratch backbone
         assert worker.execute(store, run.id) == DONE, store.get_run(run.id).message
         finished = store.get_run(run.id)
         recorded = finished.metrics
@@ -249,15 +249,15 @@ def test_each_kind_waits_in_its_queue_and_classify_on_the_cpu_queue(project):
     from jobs import engine
 
     store, info = project
-    ids = {kind: jobs.start_job(store, info.id, kind, {}) for kind in jobs.JOB_KINDS}
+    ids = {kind: job_control.start_job(store, info.id, kind, {}) for kind in job_control.JOB_KINDS}
     queues = {kind: store.get_run(run_id).queue for kind, run_id in ids.items()}
-    assert queues == {jobs.DISCOVER: "gpu", jobs.DETECT: "gpu", jobs.CLASSIFY: "cpu"}
-    found = jobs.client(store)._open().list_workflows(workflow_ids=[engine.workflow_id(i) for i in ids.values()])
+    assert queues == {job_control.DISCOVER: "gpu", job_control.DETECT: "gpu", job_control.CLASSIFY: "cpu"}
+    found = job_control.client(store)._open().list_workflows(workflow_ids=[engine.workflow_id(i) for i in ids.values()])
     assert {w.workflow_id: (w.queue_name, str(w.status)) for w in found} == {
         engine.workflow_id(ids[kind]): (queue, "ENQUEUED") for kind, queue in queues.items()}
-    assert jobs.place(store, store.get_run(ids[jobs.CLASSIFY])) == "queued, 1st in line on the cpu queue"
-    assert jobs.place(store, store.get_run(ids[jobs.DETECT])) == "queued, 2nd in line on the gpu queue"
-    jobs.cancel_job(store, ids[jobs.CLASSIFY])  # a queued job leaves the queue at once
-    (cancelled,) = jobs.client(store)._open().list_workflows(workflow_ids=[engine.workflow_id(ids[jobs.CLASSIFY])])
-    assert str(cancelled.status) == "CANCELLED" and store.get_run(ids[jobs.CLASSIFY]).status == CANCELLED
-    jobs.client(store).close()
+    assert job_control.place(store, store.get_run(ids[job_control.CLASSIFY])) == "queued, 1st in line on the cpu queue"
+    assert job_control.place(store, store.get_run(ids[job_control.DETECT])) == "queued, 2nd in line on the gpu queue"
+    job_control.cancel_job(store, ids[job_control.CLASSIFY])  # a queued job leaves the queue at once
+    (cancelled,) = job_control.client(store)._open().list_workflows(workflow_ids=[engine.workflow_id(ids[job_control.CLASSIFY])])
+    assert str(cancelled.status) == "CANCELLED" and store.get_run(ids[job_control.CLASSIFY]).status == CANCELLED
+    job_control.client(store).close()

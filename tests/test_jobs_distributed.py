@@ -17,7 +17,7 @@ import pytest
 
 from core.demo.build import DemoConfig, generate_demo
 from storage import CANCELLED, DONE, RUNNING, open_workspace
-from webapp import intake, jobs
+from webapp import intake, job_control
 
 from builders import TINY_DEMO, TINY_RUN, demo_maps
 
@@ -85,7 +85,7 @@ def _wait_stage(store, run_id: int, prefix: str, timeout: float = 240.0):
         run = store.get_run(run_id)
         if run.status == RUNNING and (run.stage or "").startswith(prefix):
             return run
-        assert run.status in jobs.ACTIVE, f"run ended early: {run.status} {run.message}"
+        assert run.status in job_control.ACTIVE, f"run ended early: {run.status} {run.message}"
         time.sleep(0.1)
     raise TimeoutError(f"run {run_id} never reached {prefix}")
 
@@ -99,10 +99,10 @@ def _pid(run) -> int:
 def test_two_workers_share_four_jobs_and_never_exceed_their_concurrency(tmp_path, postgres_url):
     store, infos, workers = _setup(tmp_path, postgres_url, projects=4)
     try:
-        ids = [jobs.start_job(store, info.id, jobs.DETECT, {"map_source": "import"}) for info in infos]
-        assert [jobs.place(store, store.get_run(i)) for i in ids][3] == "queued, 4th in line on the gpu queue"
+        ids = [job_control.start_job(store, info.id, job_control.DETECT, {"map_source": "import"}) for info in infos]
+        assert [job_control.place(store, store.get_run(i)) for i in ids][3] == "queued, 4th in line on the gpu queue"
         workers.start(), workers.start()
-        runs = [jobs.wait_for(store, i, timeout=300) for i in ids]
+        runs = [job_control.wait_for(store, i, timeout=300) for i in ids]
         assert all(r.status == DONE for r in runs), ([r.message for r in runs], workers.logs())
         assert len({r.worker for r in runs}) == 2  # both workers took jobs
         assert all(r.attempts == 1 and [e["event"] for e in r.events] == ["started"] for r in runs)  # none lost
@@ -122,14 +122,14 @@ def test_two_workers_share_four_jobs_and_never_exceed_their_concurrency(tmp_path
 def test_a_worker_killed_mid_discovery_leaves_the_run_to_the_other_worker_which_stores_it_once(tmp_path, postgres_url):
     store, (info,), workers = _setup(tmp_path, postgres_url)
     try:
-        run_id = jobs.start_job(store, info.id, jobs.DISCOVER, {**TINY_RUN, "epochs": 2})
+        run_id = job_control.start_job(store, info.id, job_control.DISCOVER, {**TINY_RUN, "epochs": 2})
         first = workers.start()
         taken = _wait_stage(store, run_id, "Training")
-        assert _pid(taken) == first.pid and jobs.place(store, taken) == f"running on {taken.host}, cpu"
+        assert _pid(taken) == first.pid and job_control.place(store, taken) == f"running on {taken.host}, cpu"
         workers.start()  # the other machine
         os.kill(first.pid, signal.SIGKILL)
         first.wait(timeout=30)
-        run = jobs.wait_for(store, run_id, timeout=400)
+        run = job_control.wait_for(store, run_id, timeout=400)
         assert run.status == DONE, (run.message, workers.logs())
         assert run.attempts == 2 and [e["event"] for e in run.events] == ["started", "retried"]
         assert _pid(run) != first.pid and f"{first.pid}" in run.events[1]["note"]
@@ -148,12 +148,12 @@ def test_a_worker_killed_mid_discovery_leaves_the_run_to_the_other_worker_which_
 def test_cancel_reaches_a_running_job_on_another_worker_process_within_10_s(tmp_path, postgres_url):
     store, (info,), workers = _setup(tmp_path, postgres_url)
     try:
-        run_id = jobs.start_job(store, info.id, jobs.DISCOVER, {**TINY_RUN, "epochs": 400})
+        run_id = job_control.start_job(store, info.id, job_control.DISCOVER, {**TINY_RUN, "epochs": 400})
         workers.start()
         _wait_stage(store, run_id, "Training")
         asked = time.monotonic()
-        jobs.cancel_job(store, run_id)
-        run = jobs.wait_for(store, run_id, timeout=10, poll=0.1)
+        job_control.cancel_job(store, run_id)
+        run = job_control.wait_for(store, run_id, timeout=10, poll=0.1)
         assert run.status == CANCELLED and time.monotonic() - asked < 10
         assert store.list_clusters(run_id) == []
     finally:
@@ -166,10 +166,10 @@ def test_cancel_reaches_a_running_job_on_another_worker_process_within_10_s(tmp_
 def test_the_sqlite_default_runs_a_demo_discovery_through_the_queue(tmp_path):
     store, (info,), workers = _setup(tmp_path, None)
     try:
-        run_id = jobs.start_job(store, info.id, jobs.DISCOVER, TINY_RUN)
-        assert jobs.place(store, store.get_run(run_id)) == "queued, 1st in line on the gpu queue"
+        run_id = job_control.start_job(store, info.id, job_control.DISCOVER, TINY_RUN)
+        assert job_control.place(store, store.get_run(run_id)) == "queued, 1st in line on the gpu queue"
         worker = workers.start()
-        run = jobs.wait_for(store, run_id, timeout=400)
+        run = job_control.wait_for(store, run_id, timeout=400)
         assert run.status == DONE, (run.message, workers.logs())
         assert _pid(run) == worker.pid and run.device == "cpu" and (tmp_path / "workspace" / "jobs.sqlite").is_file()
         assert len(store.list_clusters(run_id)) == TINY_RUN["classes"] + 1
@@ -186,18 +186,18 @@ def test_a_classify_job_waits_for_a_cpu_worker_and_a_gpu_worker_leaves_it(tmp_pa
 
     store, (info,), workers = _setup(tmp_path, None)
     try:
-        source = store.start_run(info.id, jobs.DISCOVER, {"classes": 3, "device": "cpu", "seed": 0,
+        source = store.start_run(info.id, job_control.DISCOVER, {"classes": 3, "device": "cpu", "seed": 0,
                                                           "representation": "descriptors"})
         assert runner.execute(store, source.id) == DONE, store.get_run(source.id).message
         new = generate_demo(tmp_path / "new", DemoConfig(**{**TINY_DEMO, "seed": 1}))
         demo_maps(new, tmp_path / "new_maps")
         run_id = start_classification(store, source.id, new / "test", tmp_path / "new_maps" / "test")
-        assert jobs.place(store, store.get_run(run_id)) == "queued, 1st in line on the cpu queue"
+        assert job_control.place(store, store.get_run(run_id)) == "queued, 1st in line on the cpu queue"
         workers.wait_ready(workers.start(queue="gpu"))
         time.sleep(3)  # six polls of the queue: a gpu worker does not take a cpu job
         assert store.get_run(run_id).status == "queued"
         cpu = workers.start(queue="cpu")
-        run = jobs.wait_for(store, run_id, timeout=240)
+        run = job_control.wait_for(store, run_id, timeout=240)
         assert run.status == DONE, (run.message, workers.logs())
         assert _pid(run) == cpu.pid and ":cpu:" in run.worker
         assert (classification_dir(store, run) / "images.csv").is_file()

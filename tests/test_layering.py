@@ -37,10 +37,19 @@ def test_the_job_layer_lives_outside_the_app():
     assert files
     for path in files:
         assert not _imports(path) & {"streamlit", "webapp"}, path
-    for path in sorted((ROOT / "webapp").rglob("*.py")):  # the pages enqueue through webapp/jobs.py only
+    for path in sorted((ROOT / "webapp").rglob("*.py")):  # the pages enqueue through webapp/job_control.py only
         assert "dbos" not in _imports(path) and "subprocess" not in _imports(path), path
 
 
 def test_webapp_holds_no_sql():
     for path in sorted((ROOT / "webapp").rglob("*.py")):
         assert "sqlalchemy" not in _imports(path), path
+
+
+def test_no_app_module_shadows_a_top_level_package():
+    """`streamlit run webapp/app.py` puts webapp/ first on sys.path: a webapp/jobs.py would be what
+    `import jobs` finds there, in the app's process, instead of the job package."""
+    packages = {p.name for p in ROOT.iterdir() if (p / "__init__.py").is_file()}
+    assert "jobs" in packages
+    shadowing = sorted(name for name in packages if (ROOT / "webapp" / f"{name}.py").exists())
+    assert not shadowing, shadowing

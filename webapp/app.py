@@ -6,21 +6,13 @@ folder), opens the workspace once per server process and runs the chosen page.
 
 from __future__ import annotations
 
-import os
-import sys
 from pathlib import Path
 
-# `streamlit run webapp/app.py` puts webapp/ first on sys.path, where webapp/jobs.py would shadow the
-# top-level job package `jobs` (jobs.engine, jobs.maps, ...): drop it, and import the package now.
-_HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
-import jobs  # noqa: E402,F401 - the job package, before anything could shadow it
+import streamlit as st
 
-import streamlit as st  # noqa: E402
-
-from webapp.navigation import restore_from_url  # noqa: E402
-from webapp.page_icon import page_icon  # noqa: E402
-from webapp.workspace import get_store  # noqa: E402
+from webapp.navigation import restore_from_url
+from webapp.page_icon import page_icon
+from webapp.workspace import get_store
 
 VIEWS = Path(__file__).resolve().parent / "views"
 

@@ -14,9 +14,9 @@ __all__ = ["CLASSIFY", "classification_dir", "start_classification"]
 
 def start_classification(store: Any, source_run_id: int, images: Path | str, maps_dir: Path | str | None = None) -> int:
     """Queue a classify run in the source run's project; returns the run id."""
-    from webapp import jobs
+    from webapp import job_control
 
     source = store.get_run(source_run_id)
     settings = {"source_run": int(source_run_id), "images": str(images),
                 "maps_dir": str(maps_dir) if maps_dir else None}
-    return jobs.start_job(store, source.project_id, CLASSIFY, settings, parent_run_id=source_run_id)
+    return job_control.start_job(store, source.project_id, CLASSIFY, settings, parent_run_id=source_run_id)

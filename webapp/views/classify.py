@@ -11,7 +11,7 @@ import pandas as pd
 import streamlit as st
 
 from storage import DONE, FAILED
-from webapp import gallery, jobs, messages, navigation, widgets
+from webapp import gallery, job_control, messages, navigation, widgets
 from webapp.classify_job import CLASSIFY, classification_dir, start_classification
 from webapp.workspace import get_store
 
@@ -49,13 +49,13 @@ chosen = st.selectbox("Classification", runs, format_func=lambda r: f"#{r.id} {r
 @st.fragment(run_every=2.0)
 def watch(run_id_: int) -> None:
     run = store.get_run(run_id_)
-    if run.status in jobs.ACTIVE:
+    if run.status in job_control.ACTIVE:
         widgets.progress_panel(run)
     elif run.status != DONE:
         st.rerun()
 
 
-if chosen.status in jobs.ACTIVE:
+if chosen.status in job_control.ACTIVE:
     watch(chosen.id)
     st.stop()
 if chosen.status == FAILED:
@@ -103,6 +103,6 @@ if summary.get("unknown_images_folder"):
         source = store.get_run(run_id)
         settings = {"labeled_dir": summary["labeled_set"]} if summary.get("labeled_set") else {}
         project = store.create_project(f"unknown of classification #{chosen.id}", out / "unknown", settings)
-        jobs.start_job(store, project.id, jobs.DISCOVER, {**source.settings, "classes": "auto"})
+        job_control.start_job(store, project.id, job_control.DISCOVER, {**source.settings, "classes": "auto"})
         navigation.set_project(project.id)
         st.switch_page("views/discover.py")

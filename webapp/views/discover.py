@@ -14,7 +14,7 @@ from core.detection.config import METHODS
 from core.representation import REPRESENTATIONS, representation
 from core.settings import AUTO, SETTING
 from storage import ProjectInfo, RunInfo
-from webapp import figures, jobs, messages, navigation, widgets
+from webapp import figures, job_control, messages, navigation, widgets
 from jobs.maps import stored_separation
 from webapp.workspace import get_store
 
@@ -214,9 +214,9 @@ def live_run(run_id: int, shown_status: str) -> None:
         st.rerun()  # the whole page follows: the finished run, or "running" in the runs table too
     heartbeat = widgets.as_utc(run.heartbeat_at or run.created_at)
     if heartbeat is not None and (pd.Timestamp.now(tz="UTC") - pd.Timestamp(heartbeat)).total_seconds() > 20:
-        jobs.recover(store)  # a worker that died leaves a failed run, not an eternal spinner
+        job_control.recover(store)  # a worker that died leaves a failed run, not an eternal spinner
     widgets.progress_panel(run)
-    st.caption(jobs.place(store, run))  # "running on gpu-2, cuda:0" or "queued, 3rd in line"
+    st.caption(job_control.place(store, run))  # "running on gpu-2, cuda:0" or "queued, 3rd in line"
     figure = figures.loss_chart(run.loss_history)
     if figure is not None:
         st.plotly_chart(figure, config={"displayModeBar": False}, key=f"live_loss_{run.id}")
@@ -225,7 +225,7 @@ def live_run(run_id: int, shown_status: str) -> None:
     if run.cancel_requested:
         st.caption("Stopping at the next step ...")
     elif st.button("Cancel run", icon=":material/stop_circle:", key=f"cancel_{run.id}"):
-        jobs.cancel_job(store, run.id)
+        job_control.cancel_job(store, run.id)
         st.rerun(scope="fragment")
 
 
@@ -260,7 +260,7 @@ def finished_run(run: RunInfo) -> None:
             navigation.set_run(run.id)
             st.switch_page("views/explore.py")
     elif run.status == "failed":
-        log = jobs.read_log_tail(store, run)
+        log = job_control.read_log_tail(store, run)
         if log.strip():
             with st.expander("Worker log"):
                 st.code(log, language=None)
@@ -274,7 +274,7 @@ def epochs_text(run: RunInfo) -> str:
     if done is not None:
         return str(done) if done else "–"  # 0: the representation trained no MGViT
     asked = run.settings.get("epochs")
-    return str(asked) if asked not in (None, "") else ("–" if run.status not in jobs.ACTIVE else AUTO)
+    return str(asked) if asked not in (None, "") else ("–" if run.status not in job_control.ACTIVE else AUTO)
 
 
 def runs_table(runs: list[RunInfo]) -> None:
@@ -304,8 +304,8 @@ project_id = navigation.select_project()
 project = store.get_project(project_id)
 messages.show()
 
-runs = store.list_runs(project.id, kind=jobs.DISCOVER)
-active = [r for r in runs if r.status in jobs.ACTIVE]
+runs = store.list_runs(project.id, kind=job_control.DISCOVER)
+active = [r for r in runs if r.status in job_control.ACTIVE]
 maps = store.list_maps(project.id)
 images = store.list_images(project.id, role="unlabeled")
 n_labels = len(store.labeled_set(project.id))
@@ -333,7 +333,7 @@ else:
         if settings is not None:
             done = [r for r in runs if r.status == "done"]
             parent = done[0].id if settings["labels_from_project"] and done else None
-            run_id = jobs.start_job(store, project.id, jobs.DISCOVER, settings, parent_run_id=parent)
+            run_id = job_control.start_job(store, project.id, job_control.DISCOVER, settings, parent_run_id=parent)
             messages.flash("success", f"Run #{run_id} started.")
             st.rerun()
 

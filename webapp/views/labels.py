@@ -12,7 +12,7 @@ import streamlit as st
 from core.config import SettingsError
 from core.settings import SETTING
 from storage import DONE, SOURCE_ENGINEER, SOURCE_IMPORTED, RunInfo
-from webapp import downloads, evaluation, jobs, messages, navigation
+from webapp import downloads, evaluation, job_control, messages, navigation
 from webapp.workspace import get_store
 from webapp.widgets import (
     class_estimate_note,
@@ -50,7 +50,7 @@ metric_cards([
 
 def latest_retrain(project: int) -> RunInfo | None:
     """The newest run started to learn from the labeled set (from this page), any status."""
-    for candidate in store.list_runs(project, kind=jobs.DISCOVER):
+    for candidate in store.list_runs(project, kind=job_control.DISCOVER):
         if candidate.parent_run_id or candidate.settings.get("labels_from_project"):
             return candidate
     return None
@@ -60,10 +60,10 @@ def latest_retrain(project: int) -> RunInfo | None:
 def follow_run(active_id: int) -> None:
     """Live state of the retraining run; the whole page reruns when it ends (to show its outcome)."""
     current = store.get_run(active_id)
-    if current.status not in jobs.ACTIVE:
+    if current.status not in job_control.ACTIVE:
         st.rerun()
     progress_panel(current)
-    st.caption(jobs.place(store, current))  # "queued, 2nd in line on the gpu queue" or "running on gpu-2, cuda:0"
+    st.caption(job_control.place(store, current))  # "queued, 2nd in line on the gpu queue" or "running on gpu-2, cuda:0"
     page_link("views/discover.py", "See its loss chart on the Discover page", ":material/rocket_launch:")
 
 
@@ -80,7 +80,7 @@ def retrain_outcome(last: RunInfo) -> None:
     elif last.status == "failed":
         st.caption("Nothing of the earlier runs was changed. Adjust the settings below (for example a fixed "
                    "number of new classes) and start the run again.")
-        log = jobs.read_log_tail(store, last)
+        log = job_control.read_log_tail(store, last)
         if log.strip():
             with st.expander("Worker log"):
                 st.code(log, language=None)
@@ -124,7 +124,7 @@ with right:
 
 # ------------------------------------------------------------------------------ retrain
 st.subheader("2 · Start a run that learns from the labeled set", anchor=False)
-active = jobs.active_runs(store, project_id, jobs.DISCOVER)
+active = job_control.active_runs(store, project_id, job_control.DISCOVER)
 retrain = latest_retrain(project_id)
 if active:
     with st.container(border=True):
@@ -156,7 +156,7 @@ if submitted:
     else:
         settings.update(classes=classes, epochs=int(epochs), seed=int(seed),
                         labels_from_project=True, parent_run_id=run_id)
-        new_id = jobs.start_job(store, project_id, jobs.DISCOVER, settings, parent_run_id=run_id)
+        new_id = job_control.start_job(store, project_id, job_control.DISCOVER, settings, parent_run_id=run_id)
         messages.flash("success", f"Run #{new_id} started; it learns {len(labeled_set):,} labeled regions. "
                             "This page follows it below.")
     st.rerun()

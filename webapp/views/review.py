@@ -22,7 +22,7 @@ from core.imageio import ImageReadError, read_gray, read_image
 from core.detection.maps import to_uint8
 from core.regions.crops import recut_image
 from storage import BinarizationInput, ProjectInfo
-from webapp import intake, jobs, messages, navigation, widgets
+from webapp import intake, job_control, messages, navigation, widgets
 from webapp.mebin_figures import distribution_charts, draw_boxes, enlarge, evidence_chart, heat_overlay, mask_view
 from jobs.maps import latest_maps
 from webapp.workspace import get_store
@@ -143,7 +143,7 @@ def maps_form(project: ProjectInfo, has_normal: bool) -> None:
                    icon=":material/warning:")
     if st.button("Make maps and run MEBin", type="primary", disabled=not ready, key="maps_start",
                  icon=":material/play_arrow:"):
-        run_id = jobs.start_job(store, project.id, jobs.DETECT, settings)
+        run_id = job_control.start_job(store, project.id, job_control.DETECT, settings)
         messages.flash("success", f"Detection started (run #{run_id})."
                        + (f" The {len(overrides)} threshold(s) set by hand are replaced by MEBin's." if overrides else ""))
         st.rerun()
@@ -153,14 +153,14 @@ def maps_form(project: ProjectInfo, has_normal: bool) -> None:
 def job_monitor(run_id: int) -> None:
     """Live progress of a detection job; reruns the page when it ends."""
     run = store.get_run(run_id)
-    if run.status in jobs.ACTIVE:
+    if run.status in job_control.ACTIVE:
         heartbeat = widgets.as_utc(run.heartbeat_at or run.created_at)
         if heartbeat is not None and (pd.Timestamp.now(tz="UTC") - pd.Timestamp(heartbeat)).total_seconds() > 20:
-            jobs.recover(store)
+            job_control.recover(store)
         widgets.progress_panel(run)
-        st.caption(jobs.place(store, run))  # "running on gpu-2, cuda:0" or "queued, 3rd in line"
+        st.caption(job_control.place(store, run))  # "running on gpu-2, cuda:0" or "queued, 3rd in line"
         if st.button("Cancel", icon=":material/stop_circle:", key=f"cancel_{run.id}"):
-            jobs.cancel_job(store, run.id)
+            job_control.cancel_job(store, run.id)
             st.rerun(scope="fragment")
     else:
         st.rerun()
@@ -253,7 +253,7 @@ pending_overrides_note(project)
 
 images = {i.relpath: i for i in store.list_images(project.id)}
 has_normal = any(i.role == "normal" for i in images.values())
-active = jobs.active_runs(store, project.id, kind=jobs.DETECT)
+active = job_control.active_runs(store, project.id, kind=job_control.DETECT)
 binarizations = store.list_binarizations(project.id)
 maps = latest_maps(store, project.id)
 
@@ -262,7 +262,7 @@ if active:
         st.markdown("**Making anomaly maps**")
         job_monitor(active[0].id)
 else:
-    last = jobs.latest_run(store, project.id, jobs.DETECT)
+    last = job_control.latest_run(store, project.id, job_control.DETECT)
     if last is not None and last.status == "failed":
         st.error(f"The last detection (run #{last.id}) failed: {widgets.literal(last.message)}", icon=":material/error:")
     with st.expander(":material/tune: Make anomaly maps" + (" again" if maps else ""), expanded=not maps):
@@ -296,7 +296,7 @@ widgets.metric_cards([
     ("Overrides", overrides, "thresholds set by hand on this page"),
 ])
 # What the built-in detector ran and how well its maps separate (stored with the detection run).
-finished = next((r for r in store.list_runs(project.id, kind=jobs.DETECT) if r.status == "done"), None)
+finished = next((r for r in store.list_runs(project.id, kind=job_control.DETECT) if r.status == "done"), None)
 summary = ((finished.metrics or {}).get("detection") if finished is not None else None) or {}
 if summary.get("choice"):
     st.caption(f"Detector: {summary['choice']}"
