@@ -1,5 +1,5 @@
 """Jobs on the queue (jobs.worker, DBOS Transact) against the runner they replaced (one
-`python -m webapp.worker RUN_ID` process per run: webapp/job_control.py of OLD_REF), in one run:
+`python -m webapp.worker RUN_ID` process per run: webapp/jobs.py of OLD_REF), in one run:
 
 - enqueue-to-start: from the run's record to its worker marking it running (started_at - created_at),
   a run that fails at once (its data folder is gone) so only the start is timed;
@@ -25,43 +25,26 @@ import time
 import uuid
 from pathlib import Path
 
-import numpy as np
-
-from core.demo.build import DemoConfig, generate_demo, gt_masks_to_maps
-from core.imageio import read_gray
+from core.demo.build import DemoConfig, generate_demo
 from storage import open_workspace
+from tests.builders import TINY_DEMO, TINY_RUN, demo_maps
 
 REPO = Path(__file__).resolve().parents[1]
-#: The last main whose runner launched one worker process per run (webapp/job_control.py, webapp/worker.py).
+#: The last main whose runner launched one worker process per run (webapp/jobs.py, webapp/worker.py).
 OLD_REF = "243c6b8"
-#: The tests' tiny demo (tests/builders.py) and a discovery that trains a tiny MGViT.
-TINY_DEMO = dict(image_size=64, n_train_good=4, n_test_good=2, n_per_class=3, defect_types=("scratch", "hole", "stain"))
-TINY_RUN = {"classes": 3, "backbone": "vit_micro_scratch", "epochs": 1, "batch_size": 8, "device": "cpu",
-            "seed": 0, "representation": "hybrid"}
-
-
-def demo_maps(root: Path, maps_dir: Path) -> Path:
-    """Maps simulated from the demo's ground-truth masks (as tests/builders.py): no detector in the timings."""
-    for image in sorted((root / "test").rglob("*.png")):
-        mask_path = root / "ground_truth" / image.parent.name / f"{image.stem}_mask.png"
-        mask = read_gray(mask_path) if mask_path.is_file() else np.zeros((64, 64), np.uint8)
-        target = maps_dir / image.relative_to(root).with_suffix(".npy")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        np.save(target, gt_masks_to_maps([mask], seed=len(str(image)))[0])
-    return maps_dir
-
+#: The old runner's benchmark, run in a checkout of OLD_REF.
 OLD_RUNNER = r"""
 import json, sys, time
 from storage import open_workspace
 import webapp
-from webapp import intake, job_control
+from webapp import intake, jobs
 assert webapp.__file__.startswith(sys.path[0] or __import__("os").getcwd()), webapp.__file__  # the old tree's
 workspace, data, maps, starts, discover = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5] == "1"
 store = open_workspace(workspace)
 bad = store.create_project("gone", workspace + "/no-such-folder")
 out = {"start_s": []}
 for _ in range(starts):
-    run = job_control.wait_for(store, job_control.start_job(store, bad.id, job_control.DETECT, {}), timeout=120)
+    run = jobs.wait_for(store, jobs.start_job(store, bad.id, jobs.DETECT, {}), timeout=120)
     out["start_s"].append((run.started_at - run.created_at).total_seconds())
 began = time.perf_counter()
 for _ in range(100):
@@ -69,7 +52,7 @@ for _ in range(100):
 out["progress_ms"] = 10 * (time.perf_counter() - began)
 if discover:
     info = intake.create_project(store, "tiny", intake.summarize_dataset(data, maps))
-    run = job_control.wait_for(store, job_control.start_job(store, info.id, job_control.DISCOVER, json.loads(sys.argv[6])), timeout=900)
+    run = jobs.wait_for(store, jobs.start_job(store, info.id, jobs.DISCOVER, json.loads(sys.argv[6])), timeout=900)
     out["discovery_s"] = (run.finished_at - run.created_at).total_seconds()
     out["discovery_status"] = run.status
 print("RESULT " + json.dumps(out))
