@@ -21,7 +21,7 @@ from core.config import MEBinConfig, RegionConfig
 from core.imageio import ImageReadError, read_gray, read_image
 from core.detection.maps import to_uint8
 from core.regions.crops import recut_image
-from storage import BinarizationInput, ProjectInfo
+from storage import BinarizationInput, NotFound, ProjectInfo
 from webapp import intake, job_control, messages, navigation, widgets
 from webapp.mebin_figures import distribution_charts, draw_boxes, enlarge, evidence_chart, heat_overlay, mask_view
 from jobs.maps import latest_maps
@@ -251,8 +251,7 @@ project = store.get_project(project_id)
 messages.show()
 pending_overrides_note(project)
 
-images = {i.relpath: i for i in store.list_images(project.id)}
-has_normal = any(i.role == "normal" for i in images.values())
+has_normal = bool(store.project_counts(project.id)["roles"].get("normal"))  # counted, not 25,000 images listed
 active = job_control.active_runs(store, project.id, kind=job_control.DETECT)
 binarizations = store.list_binarizations(project.id)
 maps = latest_maps(store, project.id)
@@ -346,7 +345,10 @@ chosen = pick_col.selectbox(
     format_func=lambda k: f"{k}  ·  {by_image[k]['crops']} crop{'' if by_image[k]['crops'] == 1 else 's'}",
 )
 record = by_image[chosen]
-info = images.get(chosen)
+try:
+    info = store.get_image(project.id, chosen)
+except NotFound:
+    info = None
 map_record = maps.get(chosen)
 if info is None or map_record is None:
     st.warning(f"{widgets.literal(chosen)}: the image or its map is no longer recorded; make the maps again.")
