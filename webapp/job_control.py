@@ -100,7 +100,8 @@ def _age_s(moment: datetime | None) -> float:
 def fail_abandoned(store: Store, older_than_s: float = ABANDONED_AFTER_S, lost_after_s: float = LOST_AFTER_S) -> list[int]:
     """Fail runs that can never end on their own: queued for older_than_s with no job in the queue
     (a run merely waiting in line is left alone), or running with no heartbeat for lost_after_s
-    (its worker died and no worker took it again). Returns the ids failed."""
+    (its worker died and no worker took it again). Called on app start and by stalled monitors.
+    Returns the ids failed."""
     failed = []
     for project in store.list_projects():
         for run in store.list_runs(project.id, status=QUEUED):
@@ -113,11 +114,6 @@ def fail_abandoned(store: Store, older_than_s: float = ABANDONED_AFTER_S, lost_a
                                        f"run again within {int(lost_after_s)} s; start it again")
                 failed.append(run.id)
     return failed
-
-
-def recover(store: Store) -> list[int]:
-    """Fail runs that can never end (called on app start and by stalled monitors)."""
-    return sorted(fail_abandoned(store))
 
 
 def wait_for(store: Store, run_id: int, timeout: float = 300.0, poll: float = 0.25,

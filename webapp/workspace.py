@@ -26,9 +26,9 @@ def database_url() -> str | None:
 def _open_store(workspace: str, url: str | None) -> Store:
     store = open_workspace(Path(workspace), url)
     # Runs whose worker died while the app was down would otherwise show "running" forever.
-    from webapp.job_control import recover
+    from webapp.job_control import fail_abandoned
 
-    recover(store)
+    fail_abandoned(store)
     return store
 
 

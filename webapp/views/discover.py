@@ -214,7 +214,7 @@ def live_run(run_id: int, shown_status: str) -> None:
         st.rerun()  # the whole page follows: the finished run, or "running" in the runs table too
     heartbeat = widgets.as_utc(run.heartbeat_at or run.created_at)
     if heartbeat is not None and (pd.Timestamp.now(tz="UTC") - pd.Timestamp(heartbeat)).total_seconds() > 20:
-        job_control.recover(store)  # a worker that died leaves a failed run, not an eternal spinner
+        job_control.fail_abandoned(store)  # a worker that died leaves a failed run, not an eternal spinner
     widgets.progress_panel(run)
     st.caption(job_control.place(store, run))  # "running on gpu-2, cuda:0" or "queued, 3rd in line"
     figure = figures.loss_chart(run.loss_history)

@@ -156,7 +156,7 @@ def job_monitor(run_id: int) -> None:
     if run.status in job_control.ACTIVE:
         heartbeat = widgets.as_utc(run.heartbeat_at or run.created_at)
         if heartbeat is not None and (pd.Timestamp.now(tz="UTC") - pd.Timestamp(heartbeat)).total_seconds() > 20:
-            job_control.recover(store)
+            job_control.fail_abandoned(store)
         widgets.progress_panel(run)
         st.caption(job_control.place(store, run))  # "running on gpu-2, cuda:0" or "queued, 3rd in line"
         if st.button("Cancel", icon=":material/stop_circle:", key=f"cancel_{run.id}"):
