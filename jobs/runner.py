@@ -68,7 +68,7 @@ def execute(store: Store, run_id: int, worker: WorkerInfo | None = None) -> str:
     report = Reporter(store, run_id)
     try:
         message = job(store, claimed, report)
-        if claimed.kind != "discover":
+        if store.get_run(run_id).status == RUNNING:  # a body that records more (discover) finishes the run itself
             store.finish_run(run_id, message=message, loss_history=report.loss_history or None,
                              metrics=report.metrics)
         return DONE
