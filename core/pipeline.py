@@ -28,8 +28,8 @@ from core.labels import plan_labels
 from core.records import Manifest, Region
 from core.regions.mebin import MEBinResult
 from core.results import DiscoveryResult, ImageResult, LabelPlan, MapSet, PipelineProgress, Prediction, RegionResult
-from core.stages import (Stages, binarize_maps, cut_regions, detector_for, find_regions, prepare_maps,
-                         run_detection)
+from core.stages import (Stages, binarize_maps, cut_regions, detection_share, detector_for, find_regions,
+                         plan_seconds, prepare_maps, run_detection)
 
 if TYPE_CHECKING:
     import torch
@@ -43,10 +43,12 @@ __all__ = [
     "compute_metrics",
     "cut_regions",
     "descriptor_prior",
+    "detection_share",
     "detector_for",
     "estimate_classes",
     "find_regions",
     "plan_labels",
+    "plan_seconds",
     "predict",
     "prepare_maps",
     "region_descriptors",
@@ -179,6 +181,7 @@ def predict(
     descriptors: np.ndarray | None = None,
     region_truth: Mapping[str, str] | None = None,
     n_novel: int | None = None,
+    report: Callable[[float, str], None] | None = None,
 ) -> Prediction:
     """Region probabilities, classes and 2-D map coordinates; image classes by area-weighted fusion.
 
@@ -188,8 +191,12 @@ def predict(
     ground_truth: image key -> ground-truth class, copied onto the results for the metrics;
     region_truth: region key -> class from region-level annotations (COCO), which wins when given.
     model None (the "descriptors" representation trains none): n_novel novel classes are grouped.
+    report(fraction, message): where it is (grouping, then the 2-D map: UMAP, most of its time).
     """
     from core.grouping.predict import assemble_results, predict_regions
+
+    report = report or (lambda fraction, message: None)
+    report(0.0, "grouping the regions")
 
     if model is None:
         if config.space.trains_model or n_novel is None:
@@ -221,9 +228,11 @@ def predict(
             weak=np.array([r.weak for r in regions], bool))
         # stored and drawn like the CLS feature: L2-normalized rows ("split" and UMAP work on them)
         embedding = embedding / np.maximum(np.linalg.norm(embedding, axis=1, keepdims=True), 1e-12)
+        report(0.1, "drawing the 2-D map")
         predictions = predict_regions(embedding, logits, len(labels.base_classes), labels.base_classes,
                                       predict_config, seed=config.seed, probabilities=probabilities)
     else:
+        report(0.1, "drawing the 2-D map")
         predictions = predict_regions(embedding, logits, len(labels.base_classes),
                                       labels.base_classes, predict_config, seed=config.seed)
         marked = labels.region_label_index < -1
@@ -350,9 +359,11 @@ def run_discovery(
     """
     device = _check_inputs(manifest, config)
     stages = Stages(progress, should_cancel)
+    stages.plan(plan_seconds(manifest, config, maps is None))
     map_set = _maps(manifest, config, stages, device, maps, normal_peaks, workdir)
     found = find_regions(map_set, manifest.normal, config, stages, thresholds=thresholds)
     regions = found.regions
+    stages.plan(plan_seconds(manifest, config, False, len(regions)))  # the bar's rest by the regions counted
     labels = plan_labels(regions, labeled, region_labels)
     region_truth = region_truth_for(manifest, regions, map_set, config.ground_truth)
     problems = [str(p) for p in manifest.problems] + found.problems + labels.problems
@@ -365,7 +376,8 @@ def run_discovery(
     with stages("prediction", "predicting", cancellable=False) as stage:
         predicted = predict(trained.model, regions, map_set, found.binarization, labels, config, device,
                             {r.relpath: r.gt_class for r in manifest.unlabeled}, descriptors,
-                            None if region_truth is None else region_truth.classes, n_novel=n_novel)
+                            None if region_truth is None else region_truth.classes, n_novel=n_novel,
+                            report=stage.report)
         stage.summary = f"{len(predicted.regions)} regions, {len(predicted.images)} images classified"
     with stages("metrics", cancellable=False) as stage:
         metrics = compute_metrics(predicted.images, predicted.regions, predicted.normal_cluster, region_truth)

@@ -8,12 +8,29 @@ from typing import Any
 
 from core.dataset import load_dataset
 from core.decisions import decide
-from jobs.maps import binarization_inputs, compute_maps, save_maps, store_regions, with_search_range
+from jobs.maps import binarization_inputs, compute_maps, map_source, save_maps, store_regions, with_search_range
 from jobs.progress import Reporter
 from storage import RunInfo, Store
 
-#: Where the detection job's bar stands when core's stages "mebin" and "regions" start, and their spans.
-DETECT_SPANS = {"mebin": (0.80, 0.05), "regions": (0.85, 0.14)}
+#: Where the detection job's bar starts (after reading the data set) and where core's stages end
+#: (storing the regions takes the rest).
+BAR_START, BAR_END = 0.02, 0.99
+
+
+def detect_spans(manifest: Any, config: Any, builtin: bool) -> dict[str, tuple[float, float]]:
+    """(start, width) on the job's bar of the maps, MEBin and regions, by their expected seconds
+    (core.pipeline.plan_seconds: the detector's steps, the masks redrawn against the references)."""
+    from core.pipeline import plan_seconds
+
+    seconds = plan_seconds(manifest, config, builtin)
+    names = ("maps", "mebin", "regions")
+    total = sum(seconds[name] for name in names)
+    spans, start = {}, BAR_START
+    for name in names:
+        width = (BAR_END - BAR_START) * seconds[name] / max(total, 1e-9)
+        spans[name] = (start, width)
+        start += width
+    return spans
 
 
 def run_detect(store: Store, run: RunInfo, report: Reporter) -> str:
@@ -26,8 +43,9 @@ def run_detect(store: Store, run: RunInfo, report: Reporter) -> str:
     manifest = load_dataset(Path(project.data_root))
     store.record_images(project.id, manifest.images)
     report.check()
-    # The detector is most of a detection job: it gets most of the bar (measured on the demo).
-    computed = compute_maps(store, project, manifest, config, run.settings, report, span=(0.02, 0.80))
+    spans = detect_spans(manifest, config, map_source(project, run.settings) == "builtin")
+    computed = compute_maps(store, project, manifest, config, run.settings, report,
+                            span=(BAR_START, sum(spans["maps"])))
     if computed.summary:
         report.metrics = {"detection": computed.summary}  # method, why, separation: kept with the run
     report.check()
@@ -38,7 +56,7 @@ def run_detect(store: Store, run: RunInfo, report: Reporter) -> str:
     map_set = prepare_maps([records[k] for k in keys], computed.maps, computed.normal_peaks)
 
     def progress(event: Any) -> None:
-        start, span = DETECT_SPANS[event.stage]
+        start, span = spans[event.stage]
         report(start + span * event.fraction, event.stage, event.message, force=event.fraction == 0.0)
         report.check()
 

@@ -21,6 +21,10 @@ from jobs.progress import JobCancelled, Reporter
 from jobs.wording import app_wording
 from storage import SOURCE_GROUND_TRUTH, AssignmentInput, ClusterInput, RunInfo, Store
 
+#: Where the pipeline's part of a discovery job's bar ends; storing the results takes the rest.
+PIPELINE_END = 0.97
+
+
 def _previous_run_id(store: Store, run: RunInfo) -> int | None:
     """The run whose names a retraining run carries over: its parent, else the newest done run."""
     if run.parent_run_id:
@@ -52,9 +56,13 @@ def _discovery_inputs(store: Store, run: RunInfo, project: Any, manifest: Any, c
     keys = [r.relpath for r in manifest.unlabeled]
     maps = None if settings.get("recompute_maps") else stored_maps(store, project.id, keys)
     normal_peaks = stored_normal_peaks(store, project.id, keys)
+    start = 0.0
     if maps is None:
-        # core.pipeline gives the maps stage its first 10 % of the bar; the worker makes them here.
-        computed = compute_maps(store, project, manifest, config, settings, report, span=(0.0, 0.097))
+        # the worker makes them here, on the detector's share of the bar (core.pipeline.detection_share)
+        from core.pipeline import detection_share
+
+        start = PIPELINE_END * detection_share(manifest, config)
+        computed = compute_maps(store, project, manifest, config, settings, report, span=(0.0, start))
         maps, normal_peaks = computed.maps, computed.normal_peaks
         save_maps(store, project.id, maps, computed.source, normal_peaks, computed.separation)
     report.check()
@@ -65,11 +73,13 @@ def _discovery_inputs(store: Store, run: RunInfo, project: Any, manifest: Any, c
     if settings.get("labels_from_project"):
         by_id = {info.id: region_key(info.image, info.index) for info in store.list_regions(project.id)}
         region_labels = {by_id[i]: name for i, name in store.labeled_set(project.id).items() if i in by_id}
-    return {"maps": maps, "normal_peaks": normal_peaks, "labeled": labeled, "region_labels": region_labels}
+    return {"maps": maps, "normal_peaks": normal_peaks, "labeled": labeled, "region_labels": region_labels,
+            "start": start}
 
 
-def _progress(report: Reporter) -> Callable[[Any], None]:
-    """core's progress events on the job's bar (up to 97 %), the loss history on the way."""
+def _progress(report: Reporter, start: float = 0.0) -> Callable[[Any], None]:
+    """core's progress events on the job's bar (from `start`, where the job's own maps ended, up to
+    PIPELINE_END), the loss history on the way."""
     def on_progress(event: Any) -> None:
         if report.should_cancel():
             raise JobCancelled()  # stop now rather than predict with a half-trained model
@@ -81,7 +91,8 @@ def _progress(report: Reporter) -> Callable[[Any], None]:
                 point["epoch_done"] = True
             if step.epoch_done or not report.loss_history or report.loss_history[-1].get("x") != point["x"]:
                 report.add_loss(point)
-        report(0.97 * event.overall, event.stage, event.message, force=bool(step and step.epoch_done))
+        report(start + (PIPELINE_END - start) * event.overall, event.stage, event.message,
+               force=bool(step and step.epoch_done))
     return on_progress
 
 
@@ -97,17 +108,18 @@ def run_discover(store: Store, run: RunInfo, report: Reporter) -> str:
     store.record_images(project.id, manifest.images)
     report.check()
     inputs = _discovery_inputs(store, run, project, manifest, decided.config, report)
+    start = inputs.pop("start")
     config = with_room_for_new_classes(decided.config, inputs["labeled"], inputs["region_labels"])
     overrides = store.threshold_overrides(project.id)  # the engineer's, from the Detection page
     workdir = store.project_dir(project.id) / "runs" / str(run.id)
     try:
-        result = run_discovery(manifest, config, **inputs, progress=_progress(report),
+        result = run_discovery(manifest, config, **inputs, progress=_progress(report, start),
                                should_cancel=report.should_cancel, workdir=workdir, thresholds=overrides)
     except DiscoveryCancelled as error:
         raise JobCancelled() from error
     if result.cancelled or report.should_cancel():
         raise JobCancelled()
-    report(0.97, "saving", "writing results", force=True)
+    report(PIPELINE_END, "saving", "writing results", force=True)
     checkpoint = _save_results(store, run, result, config, workdir)
     _finish(store, run, result, decided, report, checkpoint, overrides, inputs)
     return ""

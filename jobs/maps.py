@@ -88,13 +88,18 @@ def _imported(manifest: Manifest, maps_dir: str, report: Reporter, start: float)
                         record.normal_peaks, record.separation)
 
 
+def map_source(project: ProjectInfo, settings: Mapping[str, Any]) -> str:
+    """"import" (a maps folder) or "builtin" (the detector): as asked, else import when the project has a folder."""
+    maps_dir = settings.get("maps_dir") or project.settings.get("maps_dir")
+    return settings.get("map_source") or ("import" if maps_dir else "builtin")
+
+
 def compute_maps(store: Store, project: ProjectInfo, manifest: Manifest, config: DiscoveryConfig,
                  settings: Mapping[str, Any], report: Reporter, span: tuple[float, float]) -> ComputedMaps:
     """Raw maps of the images to inspect: imported from the maps folder or from the built-in detector
     (config.detector), reported on the part `span` of the job's progress bar."""
     maps_dir = settings.get("maps_dir") or project.settings.get("maps_dir")
-    source = settings.get("map_source") or ("import" if maps_dir else "builtin")
-    if source == "import":
+    if map_source(project, settings) == "import":
         if not maps_dir:
             raise ValueError("no maps folder is set for this project: choose the built-in detector")
         return _imported(manifest, maps_dir, report, span[0])
@@ -102,8 +107,10 @@ def compute_maps(store: Store, project: ProjectInfo, manifest: Manifest, config:
     from core.device import resolve_device
     from core.pipeline import detector_for, run_detection
 
+    from core.detection.plan import step_shares
+
     detector = detector_for(manifest, config.detector, config.seed)
-    steps = StepSpan(*span)  # the detector's phases on one forward-only part of the bar
+    steps = StepSpan(*span, step_shares(manifest, detector))  # the detector's phases on one forward-only part of the bar
 
     def progress(stage: str, done: int, total: int) -> None:
         report(steps.position(stage, done, total), "maps", f"{stage} {done}/{total}")

@@ -27,17 +27,6 @@ STAGE_LABELS = {
     "metrics": "Computing metrics",
     "saving": "Saving results",
 }
-#: Share of the detector's time per sub-step (names as core.detection reports them), in order.
-#: A sub-step not listed takes half of what is left of the detector's share when it starts.
-DETECTOR_STEPS: dict[str, float] = {
-    "hashing images": 0.03,
-    "fit: features of normal images": 0.30,
-    "fit: coreset": 0.37,
-    "predict: anomaly maps": 0.30,
-    "template: registered differences": 0.97,
-    "zero-shot: features": 0.30,
-    "zero-shot: mutual scoring": 0.67,
-}
 #: Most points kept in a run's loss history (older points are thinned out).
 MAX_LOSS_POINTS = 1500
 #: Shortest interval between two progress writes to the database, seconds.
@@ -57,11 +46,11 @@ class JobCancelled(Exception):
 class StepSpan:
     """Sub-steps (detector phases) reported as (name, done, total) mapped onto one part of the bar.
 
-    Known sub-steps take their share of DETECTOR_STEPS in the order they start; an unknown one
-    takes half of what is left. The position only moves forward.
+    Known sub-steps take their share (core.detection.plan.step_shares: sized by the data set) in the
+    order they start; an unknown one takes half of what is left. The position only moves forward.
     """
 
-    def __init__(self, start: float, end: float, shares: Mapping[str, float] = DETECTOR_STEPS) -> None:
+    def __init__(self, start: float, end: float, shares: Mapping[str, float]) -> None:
         self.start, self.end = start, end
         self.shares = dict(shares)
         self._base = 0.0  # share of the span finished by earlier sub-steps

@@ -14,7 +14,8 @@ from jobs.progress import LINEAR_BAND, Reporter, RemainingTime, StepSpan, linear
 
 def test_detector_phases_make_one_bar_that_never_goes_back():
     # The detector restarts its counter for every phase (6% -> 1% -> 9% ... in the issue).
-    span = StepSpan(0.02, 0.80)
+    span = StepSpan(0.02, 0.80, {"hashing images": 0.03, "fit: features of normal images": 0.30, "fit: coreset": 0.37,
+                                 "predict: anomaly maps": 0.30})
     reports = ([("hashing images", d, 10) for d in range(11)]
                + [("fit: features of normal images", d, 6) for d in range(7)]
                + [("fit: coreset", d, 50) for d in range(0, 51, 5)]
@@ -129,3 +130,33 @@ def test_the_page_runs_a_stalled_workers_estimate_down_but_not_to_zero():
     assert run_remaining(run, later) == pytest.approx(linear_remaining(256, 0.98) / LINEAR_BAND)
     soon = start + timedelta(seconds=101)  # just after the write: its estimate, run down by a second
     assert run_remaining(run, soon) == pytest.approx(max(1.0, linear_remaining(101, 0.98) / LINEAR_BAND))
+
+
+@pytest.mark.parametrize("normal", [30, 8])
+def test_the_detectors_plan_sizes_its_steps_by_the_data_set(tmp_path, normal):
+    """auto offline compares two detectors on a sample, then fits one in full: the comparison's
+    six steps took half of what was left each, so the full fit moved nothing for a third of a
+    demo detection. The plan gives every step the share its image count says, and either full
+    fit (learned or filter bank) completes the bar."""
+    from core.dataset import load_dataset
+    from core.demo.build import DemoConfig, generate_demo
+    from core.detection.config import DetectorConfig
+    from core.detection.plan import step_shares
+
+    root = generate_demo(tmp_path / "demo", DemoConfig(image_size=64, n_train_good=normal, n_test_good=4,
+                                                        n_per_class=6, defect_types=("scratch", "hole")))
+    shares = step_shares(load_dataset(root), DetectorConfig())
+    compare = sum(v for k, v in shares.items() if k.startswith("choosing the detector"))
+    learned_path = compare + sum(v for k, v in shares.items() if k.startswith(("learned:", "predict:", "hashing")))
+    bank_path = compare + sum(v for k, v in shares.items() if k.startswith(("fit:", "predict:", "hashing")))
+    if normal >= 22:  # enough references to learn from: auto compares on a sample first
+        assert 0.2 < compare < 0.8 and shares["predict: anomaly maps"] > 0.1
+        assert learned_path == pytest.approx(1.0, abs=0.01) and bank_path == pytest.approx(1.0, abs=0.1)
+    else:  # too few for the learned detector: the filter bank alone, no comparison
+        assert compare == 0 and sum(shares.values()) == pytest.approx(1.0)
+    span, bar = StepSpan(0.0, 1.0, shares), []
+    for step in shares:  # the learned path as auto reports it (the filter bank's full fit skipped)
+        if step.startswith("fit:") and normal >= 22:
+            continue
+        bar += [span.position(step, done, 4) for done in range(5)]
+    assert all(b >= a for a, b in zip(bar, bar[1:])) and bar[-1] > 0.9

@@ -189,3 +189,38 @@ def test_engineer_threshold_overrides_replace_mebins_choice(tiny_set, tiny_resul
     assert boxes == [(0, 0, 64, 64)]  # no foreground: the whole image is one crop
     untouched = next(r.relpath for r in manifest.unlabeled if r.relpath not in overrides)
     assert result.binarization[untouched].threshold == baseline.binarization[untouched].threshold
+
+
+def test_the_bar_follows_the_work_when_nothing_is_trained(tiny_set):
+    """The descriptors train no MGViT: the training stage's fixed 70 % made the bar jump from 18 % to
+    89 % in an instant and then stand still through the grouping and the 2-D map. Planned by the
+    stages' expected seconds, the training stage takes none of it and the prediction reports inside."""
+    from dataclasses import replace
+
+    manifest, maps = tiny_set
+    reports = []
+    run_discovery(manifest, replace(TINY, representation="descriptors"), maps=maps, progress=reports.append)
+    overall = [p.overall for p in reports]
+    assert overall == sorted(overall) and overall[-1] == pytest.approx(1.0)
+    training = [p.overall for p in reports if p.stage == "training"]
+    assert max(training) - min(training) < 0.01
+    prediction = [p for p in reports if p.stage == "prediction"]
+    assert prediction[0].overall < 0.8 and {"grouping the regions", "drawing the 2-D map"} <= {p.message for p in prediction}
+
+
+def test_a_plan_shares_what_is_left_of_the_bar():
+    from core.progress import StageReporter, stage_seconds
+
+    events = []
+    reporter = StageReporter(events.append)
+    reporter.plan(stage_seconds(100, redraw=True, epochs=0))
+    reporter.finish("maps")
+    reporter.finish("mebin")
+    at_cut = reporter.done
+    reporter.plan(stage_seconds(100, n_regions=2000, redraw=True, epochs=0))  # MEBin counted many regions
+    assert reporter.done == at_cut and reporter.shares["training"] == 0.0
+    assert sum(reporter.shares[s] for s in STAGES if s not in ("maps", "mebin")) == pytest.approx(1.0 - at_cut)
+    assert reporter.shares["regions"] > 0.5 * (1.0 - at_cut)  # redrawing 2,000 masks is most of what is left
+    for stage in ("regions", "estimate", "training", "prediction", "metrics"):
+        reporter.finish(stage)
+    assert events[-1].overall == pytest.approx(1.0)

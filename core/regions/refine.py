@@ -23,7 +23,7 @@ of three generated demos, 0.33 -> 0.44.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -36,6 +36,8 @@ from core.records import Region
 __all__ = ["ReferenceImages", "references_for", "refine_mask", "refine_regions"]
 
 THUMB = 32  # side of the thumbnails that choose the nearest references
+#: Regions between two progress reports of refine_regions.
+PROGRESS_EVERY = 25
 GROW = 4  # pixels the blob may grow by (a smooth map's mask can fall short of a defect's ends)
 
 
@@ -152,18 +154,22 @@ def refine_mask(gray: np.ndarray, box: tuple[int, int, int, int], mask_crop: np.
 
 
 def refine_regions(regions: Sequence[Region], images: dict[str, np.ndarray], references: ReferenceImages | None,
-                   config: RegionConfig, exact: Sequence[str] = ()) -> tuple[list[Region], int]:
+                   config: RegionConfig, exact: Sequence[str] = (),
+                   progress: Callable[[int, int], None] | None = None) -> tuple[list[Region], int]:
     """Every region's mask refined against the references: (regions, how many were redrawn).
 
     Regions of images in `exact` (an engineer set their threshold) keep the map's mask, as do all
-    where config.refine is "none" or no reference exists.
+    where config.refine is "none" or no reference exists. progress(regions done, total), at most
+    every PROGRESS_EVERY regions (redrawing is most of the regions stage on a set with thousands).
     """
     if config.refine == "none" or references is None or not len(references):
         return list(regions), 0
     skip = set(exact)
     grays: dict[str, tuple[np.ndarray, list[np.ndarray]]] = {}
     out, redrawn = [], 0
-    for region in regions:
+    for done, region in enumerate(regions):
+        if progress is not None and done % PROGRESS_EVERY == 0:
+            progress(done, len(regions))
         if region.image in skip:
             out.append(region)
             continue
