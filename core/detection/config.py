@@ -39,7 +39,9 @@ class DetectorConfig:
     tile_downscale: float = 5.0  # images whose shorter side exceeds image_size x this are detected in tiles (0 = never)
     batch_size: int = 8  # images per forward pass
     zero_shot_fraction: float = 0.3  # zero-shot: share of most similar other images averaged (MuSc: 30%)
-    zero_shot_references: int = 64  # zero-shot: most other images each image is compared with
+    # zero-shot: most other images (or tiles) each is compared with. 64 -> 16 measured: demo pixel AUROC 0.975 ->
+    # 0.972 in 108 -> 34 s, DeepPCB (60 images) 0.660 -> 0.656 in 81 -> 24 s, AITEX defective strips 0.972 at 16
+    zero_shot_references: int = 16
     holdout_share: float = 0.1  # share of normal images held out (at most 50) to measure how well the maps separate
     pairing: Path | None = None  # template: CSV file with columns image,reference (else paired by name)
     template_smoothing: float = 1.0  # template: Gaussian smoothing of image and reference, pixels
