@@ -25,7 +25,7 @@ from core.progress import StageReporter, check_cancel, stage_seconds
 from core.records import ImageRecord, Manifest, Region
 from core.regions.crops import set_floor
 from core.regions.mebin import MEBinResult
-from core.regions.refine import ReferenceImages, refine_regions, references_for
+from core.regions.refine import ReferenceImages, redraws, refine_regions, references_for
 from core.results import MapSet, PipelineProgress
 
 if TYPE_CHECKING:
@@ -90,14 +90,13 @@ def plan_seconds(manifest: Manifest, config: DiscoveryConfig, detects: bool,
         from core.detection.plan import detector_seconds, step_seconds
 
         detector_s = detector_seconds(step_seconds(manifest, detector_for(manifest, config.detector, config.seed)))
-    return _seconds(config, len(manifest.unlabeled), bool(manifest.normal), n_regions, detector_s)
+    return _seconds(config, len(manifest.unlabeled), len(manifest.normal), n_regions, detector_s)
 
 
-def _seconds(config: DiscoveryConfig, n_images: int, has_normal: bool, n_regions: int | None,
+def _seconds(config: DiscoveryConfig, n_images: int, n_references: int, n_regions: int | None,
              detector_s: float = 0.0) -> dict[str, float]:
-    redraw = config.regions.extraction == "components" and config.regions.refine != "none" and has_normal
-    return stage_seconds(n_images, n_regions=n_regions, redraw=redraw, detector_s=detector_s,
-                         epochs=config.train.epochs if config.space.trains_model else 0)
+    return stage_seconds(n_images, n_regions=n_regions, redraw=redraws(config.regions, n_references),
+                         detector_s=detector_s, epochs=config.train.epochs if config.space.trains_model else 0)
 
 
 def detection_share(manifest: Manifest, config: DiscoveryConfig) -> float:
@@ -249,8 +248,7 @@ def cut_regions(
     # median threshold, so noise in a defect-free image does not become regions.
     found = [int(b.threshold) for b in binarization.values() if b.threshold < 255]
     fallback = int(np.median(found)) if found else 255
-    refining = config.extraction == "components" and references is not None and len(references) > 0
-    cut_share = CUT_SHARE if refining and config.refine != "none" else 1.0
+    cut_share = CUT_SHARE if references is not None and redraws(config, len(references)) else 1.0
     regions: list[Region] = []
     for index, key in enumerate(maps.keys):
         result = binarization[key]
@@ -309,7 +307,7 @@ def find_regions(maps: MapSet, normal: Sequence[ImageRecord], config: DiscoveryC
         found = sum(1 for b in binarization.values() if b.num_anomalies > 0)
         stage.summary = f"{found} of {len(maps.keys)} images with anomalies"
     # the rest of the bar by the components MEBin found (about the regions the cut will make)
-    stages.plan(_seconds(config, len(maps.keys), bool(normal), sum(b.num_anomalies for b in binarization.values())))
+    stages.plan(_seconds(config, len(maps.keys), len(normal), sum(b.num_anomalies for b in binarization.values())))
     with stages("regions") as stage:
         references = references_for([r.path for r in normal], config.regions)
         floor = set_floor([maps.normalized[k] for k in maps.keys], maps.normal_peaks, config.regions)

@@ -50,8 +50,9 @@ def with_room_for_new_classes(config: DiscoveryConfig, labeled: Any, region_labe
 
 
 def _discovery_inputs(store: Store, run: RunInfo, project: Any, manifest: Any, config: DiscoveryConfig,
-                      report: Reporter) -> dict[str, Any]:
-    """The stored maps (or new ones), the labeled set and the engineer's region labels of a discovery run."""
+                      report: Reporter) -> tuple[dict[str, Any], float]:
+    """The stored maps (or new ones), the labeled set and the engineer's region labels of a discovery run,
+    and where on the bar the pipeline starts (after the maps this job made, if it made any)."""
     settings = run.settings
     keys = [r.relpath for r in manifest.unlabeled]
     maps = None if settings.get("recompute_maps") else stored_maps(store, project.id, keys)
@@ -73,8 +74,7 @@ def _discovery_inputs(store: Store, run: RunInfo, project: Any, manifest: Any, c
     if settings.get("labels_from_project"):
         by_id = {info.id: region_key(info.image, info.index) for info in store.list_regions(project.id)}
         region_labels = {by_id[i]: name for i, name in store.labeled_set(project.id).items() if i in by_id}
-    return {"maps": maps, "normal_peaks": normal_peaks, "labeled": labeled, "region_labels": region_labels,
-            "start": start}
+    return {"maps": maps, "normal_peaks": normal_peaks, "labeled": labeled, "region_labels": region_labels}, start
 
 
 def _progress(report: Reporter, start: float = 0.0) -> Callable[[Any], None]:
@@ -107,8 +107,7 @@ def run_discover(store: Store, run: RunInfo, report: Reporter) -> str:
     manifest = load_dataset(Path(project.data_root))
     store.record_images(project.id, manifest.images)
     report.check()
-    inputs = _discovery_inputs(store, run, project, manifest, decided.config, report)
-    start = inputs.pop("start")
+    inputs, start = _discovery_inputs(store, run, project, manifest, decided.config, report)
     config = with_room_for_new_classes(decided.config, inputs["labeled"], inputs["region_labels"])
     overrides = store.threshold_overrides(project.id)  # the engineer's, from the Detection page
     workdir = store.project_dir(project.id) / "runs" / str(run.id)

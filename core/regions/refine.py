@@ -100,9 +100,14 @@ class ReferenceImages:
         return gray
 
 
+def redraws(config: RegionConfig, references: int) -> bool:
+    """Whether masks are redrawn against `references` normal images (not with the paper's extraction or "none")."""
+    return config.extraction == "components" and config.refine != "none" and references > 0
+
+
 def references_for(paths: Sequence[Path], config: RegionConfig) -> ReferenceImages | None:
     """The references a run refines its masks against; None when it does not (paper's extraction, "none", no normals)."""
-    if config.extraction != "components" or config.refine == "none" or not len(paths):
+    if not redraws(config, len(paths)):
         return None
     return ReferenceImages(paths)
 
