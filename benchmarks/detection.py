@@ -9,7 +9,8 @@ defects with pixel masks; recall = share of mask components found at 1% pixel fa
 next two and keeps the one whose maps separate the held-out normals better), the learned detector
 (fitted to the normal images, no weights), PatchCore on the offline filter bank (the earlier
 default), golden-template comparison (sets with one reference per image) and
-zero-shot (no references). Each row runs in its own process so its peak memory is its own.
+zero-shot (no references; `--zero-shot`: on the inspected images alone, AITEX's first defective strip of each
+type; as run by default and as MuSc publishes it, every patch compared). Each row runs in its own process so its peak memory is its own.
 
     python benchmarks/detection.py                      # all sets and methods
     python benchmarks/detection.py --quick              # small sets, for a first look
@@ -35,7 +36,7 @@ from core.demo.build import generate_demo
 from core.detection import DetectorConfig, detect
 from core.detection.boxes import box_scores, coco_truth_for_maps
 from core.demo.hard import generate_hard_demo
-from core.records import Manifest
+from core.records import GOOD, Manifest
 
 _REPO = Path(__file__).resolve().parents[1]
 #: ../shared beside the clone; a worktree one level deeper finds it two levels up.
@@ -61,6 +62,16 @@ def _aitex(count: int) -> Manifest:
     return Manifest(manifest.root, manifest.layout, sorted(manifest.normal, key=lambda r: r.relpath)[:count] + tests)
 
 
+def _aitex_defects() -> Manifest:
+    """AITEX with no references at all: the first defective strip of each type (zero-shot rows)."""
+    manifest = load_dataset(AITEX)
+    first: dict[str, object] = {}
+    for record in sorted(manifest.unlabeled, key=lambda r: r.relpath):
+        if record.gt_class not in (None, GOOD):
+            first.setdefault(record.gt_class, record)
+    return Manifest(manifest.root, manifest.layout, list(first.values()))
+
+
 def _deeppcb(count: int, method: str) -> Manifest:
     """The first `count` DeepPCB images; template: their own templates; else all 500 templates as references."""
     manifest = load_dataset(DEEPPCB)
@@ -79,8 +90,8 @@ def _row(job: tuple[str, str, str, dict], queue: multiprocessing.Queue) -> None:
     set_name, root, method, settings = job
     torch.set_num_threads(settings.pop("threads", 1))
     count = settings.pop("count", 0)
-    manifest = (_deeppcb(count, method) if set_name == "DeepPCB" else _aitex(count) if set_name == "AITEX"
-                else load_dataset(root))
+    manifest = (_deeppcb(count, method) if set_name == "DeepPCB" else _aitex_defects() if set_name == "AITEX" and
+                method == "zero-shot" else _aitex(count) if set_name == "AITEX" else load_dataset(root))
     if method == "zero-shot":
         manifest = Manifest(manifest.root, manifest.layout, manifest.unlabeled)
     config = DetectorConfig(method=method, **settings)
@@ -94,7 +105,8 @@ def _row(job: tuple[str, str, str, dict], queue: multiprocessing.Queue) -> None:
         quality = detection_aurocs(manifest, detection.maps)
     separation = detection.separation["auroc"] if detection.separation else float("nan")
     queue.put({**quality, "fit_s": detection.timings.get("fit", 0.0), "predict_s": detection.timings.get("predict", 0.0),
-               "total_s": total, "images": len(detection.maps), "scored": len(detection.maps) + len(detection.held_out), "separation": separation,
+               "total_s": total, "images": len(detection.maps),
+               "tiles_200": sum(m.size for m in detection.maps.values()) / 200**2, "scored": len(detection.maps) + len(detection.held_out), "separation": separation,
                "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "choice": detection.choice,
                "method": detection.config.method})
 
@@ -122,17 +134,27 @@ def _jobs(args: argparse.Namespace, folder: Path) -> list[tuple[str, str, str, d
             root = str(make(Path(folder) / name, seed=0, **size))
             jobs += [(name, root, "auto", learned), (name, root, "learned", learned), (name, root, "patchcore", offline)]
             if args.zero_shot:
-                jobs.append((name, root, "zero-shot", dict(offline, image_size=128)))
+                jobs += _zero_shot(name, root, dict(offline))
     deeppcb = 20 if args.quick else args.deeppcb
     if "deeppcb" in sets and DEEPPCB.is_dir():
         jobs += [("DeepPCB", "", "learned", {**learned, "count": deeppcb}),
                  ("DeepPCB", "", "patchcore", {**offline, "count": deeppcb}),
                  ("DeepPCB", "", "template", {"count": deeppcb, "threads": args.threads})]
+        if args.zero_shot:
+            jobs += _zero_shot("DeepPCB", "", {**offline, "count": deeppcb})
     aitex = 30 if args.quick else args.aitex
     if "aitex" in sets and AITEX.is_dir():
         jobs += [("AITEX", "", "auto", {**learned, "count": aitex}), ("AITEX", "", "learned", {**learned, "count": aitex}),
                  ("AITEX", "", "patchcore", {**offline, "count": aitex})]
+        if args.zero_shot:  # on its defective strips alone, one per type: no references at all
+            jobs += _zero_shot("AITEX", "", dict(offline))
     return jobs
+
+
+def _zero_shot(name: str, root: str, settings: dict) -> list[tuple[str, str, str, dict]]:
+    """Zero-shot as the default runs it (each image offers a coreset of its patches) and as MuSc publishes it
+    (every patch of the other images compared), on the set's inspected images alone."""
+    return [(name, root, "zero-shot", dict(settings)), (name, root, "zero-shot", {**settings, "zero_shot_coreset": 1.0})]
 
 
 def _scale(folder: Path, references: int, threads: int) -> None:
@@ -154,26 +176,33 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads per row [1]")
     parser.add_argument("--deeppcb", type=int, default=100, help="DeepPCB images to inspect [100]")
     parser.add_argument("--aitex", type=int, default=0, help="AITEX references and test images drawn (0 = all) [0]")
-    parser.add_argument("--zero-shot", action="store_true", help="also zero-shot rows (slow on a CPU)")
+    parser.add_argument("--zero-shot", action="store_true", help="also zero-shot rows")
+    parser.add_argument("--methods", default="", help="comma list: only these methods' rows (e.g. zero-shot) [all]")
     parser.add_argument("--scale-refs", type=int, default=0,
                         help="also time `detect` defaults with this many hard-set references (e.g. 800)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
-        jobs = _jobs(args, Path(folder))
+        methods = set(filter(None, args.methods.split(",")))
+        args.zero_shot = args.zero_shot or "zero-shot" in methods
+        jobs = [job for job in _jobs(args, Path(folder)) if not methods or job[2] in methods]
         print(f"torch threads per row {args.threads}; sets {args.sets}{' (quick)' if args.quick else ''}; DeepPCB "
               f"{'found' if DEEPPCB.is_dir() else 'absent'}, AITEX {'found' if AITEX.is_dir() else 'absent'}; pixel "
               "AUROC on DeepPCB counts box interiors as defect pixels; recall = boxes (DeepPCB) or mask components "
               "found at 1% pixel false positives")
         header = (f"{'set':8s} {'method':10s} {'backbone':11s} {'image AUROC':>11s} {'pixel AUROC':>11s} {'recall':>6s} "
-                  f"{'separation':>10s} {'fit s':>7s} {'predict s':>9s} {'total s':>7s} {'images':>6s} {'peak MiB':>8s}")
+                  f"{'separation':>10s} {'fit s':>7s} {'predict s':>9s} {'total s':>7s} {'images':>6s} {'peak MiB':>8s} "
+                  f"{'s/200x200':>10s}")  # total seconds per 200 x 200 pixels of the inspected images
         print(header)
         print("-" * len(header))
         for job in jobs:
             row = _run((job[0], job[1], job[2], dict(job[3])))
             backbone = job[3].get("backbone", "-") if job[2] != "auto" else f"-> {row['method']}"
+            if job[2] == "zero-shot":
+                backbone = "all patches" if job[3].get("zero_shot_coreset") == 1.0 else "coresets"
             print(f"{job[0]:8s} {job[2]:10s} {backbone:11s} {row['image_auroc']:11.3f} {row['pixel_auroc']:11.3f} "
                   f"{row['recall']:6.3f} {row['separation']:10.2f} {row['fit_s']:7.1f} {row['predict_s']:9.1f} "
-                  f"{row['total_s']:7.0f} {row['images']:6d} {row['peak_mib']:8.0f}", flush=True)
+                  f"{row['total_s']:7.0f} {row['images']:6d} {row['peak_mib']:8.0f} "
+                  f"{row['total_s'] / max(row['tiles_200'], 1e-9):10.2f}", flush=True)
         if args.scale_refs:
             _scale(Path(folder), args.scale_refs, args.threads)
 

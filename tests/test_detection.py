@@ -42,6 +42,28 @@ def test_coreset_keeps_outliers_and_nearest_distance_is_exact():
     assert torch.allclose(nearest_distances(queries, points), expected, atol=1e-5)
 
 
+def test_zero_shot_coresets_score_a_texture_like_all_its_patches():
+    import torch
+
+    from core.detection.zero_shot import comparison_patches, mutual_scores
+
+    # Six "images" of one texture (a few patch kinds repeated, with noise); the first holds 5 defect patches.
+    generator = torch.Generator().manual_seed(0)
+    kinds = torch.randn(12, 8, generator=generator)
+    images = [kinds[torch.randint(12, (900,), generator=generator)] + 0.05 * torch.randn(900, 8, generator=generator)
+              for _ in range(6)]
+    images[0][:5] += 3.0
+    offered = [comparison_patches(image, 0.1, 128, 0) for image in images]
+    assert [len(o) for o in offered] == [90] * 6 and comparison_patches(images[1], 1.0, 128, 0) is images[1]
+    full = mutual_scores(images[0], images[1:], 0.3)
+    cored = mutual_scores(images[0], offered[1:], 0.3)
+    # the defect patches stand out either way, and a normal patch scores nearly as against every patch
+    assert cored[:5].min() > 2 * cored[5:].max() and full[:5].min() > 2 * full[5:].max()
+    assert (cored[5:] - full[5:]).abs().max() < 0.15
+    # a defect in an image offered for comparison keeps its place in the coreset (k-center keeps outliers)
+    assert torch.cdist(images[0][:5], comparison_patches(images[0], 0.1, 128, 0)).min(dim=1).values.max() < 0.5
+
+
 def test_patchcore_maps_cover_every_image_at_its_size(cpu, tiny, tmp_path):
     detection = detect(tiny, TINY, cpu)
     assert sorted(detection.maps) == sorted(r.relpath for r in tiny.unlabeled)

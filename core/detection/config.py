@@ -42,6 +42,7 @@ class DetectorConfig:
     # zero-shot: most other images (or tiles) each is compared with. 64 -> 16 measured: demo pixel AUROC 0.975 ->
     # 0.972 in 108 -> 34 s, DeepPCB (60 images) 0.660 -> 0.656 in 81 -> 24 s, AITEX defective strips 0.972 at 16
     zero_shot_references: int = 16
+    zero_shot_coreset: float = 0.1  # zero-shot: share of each image's patches the others are compared with (1 = all, MuSc)
     holdout_share: float = 0.1  # share of normal images held out (at most 50) to measure how well the maps separate
     pairing: Path | None = None  # template: CSV file with columns image,reference (else paired by name)
     template_smoothing: float = 1.0  # template: Gaussian smoothing of image and reference, pixels
@@ -69,6 +70,8 @@ class DetectorConfig:
             raise ValueError(f"holdout_share must be in [0, 0.5), not {self.holdout_share}")
         if not 0 < self.zero_shot_fraction <= 1:
             raise ValueError(f"zero_shot_fraction must be in (0, 1], not {self.zero_shot_fraction}")
+        if not 0 < self.zero_shot_coreset <= 1:
+            raise ValueError(f"zero_shot_coreset must be in (0, 1], not {self.zero_shot_coreset}")
         if self.learned_dim < 1 or self.learned_squash <= 0 or self.learned_cells_per_image < 1:
             raise ValueError(f"need learned_dim >= 1, learned_squash > 0, learned_cells_per_image >= 1, not "
                              f"{self.learned_dim}, {self.learned_squash}, {self.learned_cells_per_image}")

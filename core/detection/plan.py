@@ -24,7 +24,8 @@ STEP_COST = {
     "fit: coreset": 2.5,
     "predict: anomaly maps": 0.13,
     "zero-shot: features": 0.10,
-    "zero-shot: mutual scoring": 1.0,
+    "zero-shot: coresets": 0.03,
+    "zero-shot: mutual scoring": 0.10,
 }
 
 
@@ -56,6 +57,7 @@ def step_seconds(manifest: Manifest, config: DetectorConfig) -> dict[str, float]
         return seconds
     if method == "zero-shot":
         seconds["zero-shot: features"] = STEP_COST["zero-shot: features"] * len(references)
+        seconds["zero-shot: coresets"] = STEP_COST["zero-shot: coresets"] * len(references)
         seconds["zero-shot: mutual scoring"] = STEP_COST["zero-shot: mutual scoring"] * targets
         return seconds
     held = held_out_count(len(references), config.holdout_share)

@@ -19,7 +19,7 @@ from core.detection.learned import LearnedDetector
 from core.detection.patchcore import PatchCore, patch_scores_to_maps
 from core.detection.template import template_map
 from core.detection.tiles import Piece, load_piece
-from core.detection.zero_shot import mutual_scores, reference_indices
+from core.detection.zero_shot import comparison_patches, mutual_scores, reference_indices
 from core.imageio import ImageReadError
 from core.records import ImageRecord
 
@@ -189,6 +189,11 @@ def run_zero_shot(featurizer: Featurizer, references: Sequence[ImageRecord], tar
         for index, record in enumerate(records):
             patches[record.relpath] = embeddings[index].permute(1, 2, 0).reshape(-1, embeddings.shape[1])
             grids[record.relpath] = (tuple(embeddings.shape[-2:]), in_size, sizes[index])
+    offered: dict[str, torch.Tensor] = {}
+    with torch.inference_mode():
+        for done, (relpath, rows) in enumerate(patches.items(), 1):
+            offered[relpath] = comparison_patches(rows, config.zero_shot_coreset, config.projection_dim, config.seed)
+            notify(progress, "zero-shot: coresets", done, len(patches))
     timings["fit"] = time.perf_counter() - started
 
     started = time.perf_counter()
@@ -199,7 +204,7 @@ def run_zero_shot(featurizer: Featurizer, references: Sequence[ImageRecord], tar
         index = position[record.relpath]
         chosen = reference_indices(len(order), index, config.zero_shot_references, config.seed)
         with torch.inference_mode():
-            scores = mutual_scores(patches[record.relpath], [patches[order[j]] for j in chosen],
+            scores = mutual_scores(patches[record.relpath], [offered[order[j]] for j in chosen],
                                    config.zero_shot_fraction)
         grid, in_size, size = grids[record.relpath]
         maps[record.relpath] = to_image_maps(scores.reshape(1, *grid), in_size, [size], config.sigma)[0]

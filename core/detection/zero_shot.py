@@ -3,13 +3,18 @@
 Every patch of an image is compared with the patches of the other images of the set: its
 distance to the nearest patch of each other image, averaged over the most similar share of
 those images. Normal patches find close matches in most images; defects, being rare, do not.
+
+What an image offers the others to be compared with is a k-center coreset of its patches
+(`zero_shot_coreset`, PatchCore's greedy selection; 1 = all of them, MuSc as published): a
+textured image repeats itself, so a tenth of its patches covers nearly every patch the others
+look for, and the mutual scoring, nearly all of zero-shot's time, shrinks by as much.
 """
 
 from __future__ import annotations
 
 import torch
 
-from core.detection.patchcore import CHUNK_ELEMENTS
+from core.detection.patchcore import CHUNK_ELEMENTS, greedy_coreset
 
 
 def reference_indices(count: int, target: int, limit: int, seed: int = 0) -> list[int]:
@@ -20,6 +25,15 @@ def reference_indices(count: int, target: int, limit: int, seed: int = 0) -> lis
     generator = torch.Generator().manual_seed(seed * 1_000_003 + target)
     pick = torch.randperm(len(others), generator=generator)[:limit]
     return sorted(others[int(i)] for i in pick)
+
+
+def comparison_patches(patches: torch.Tensor, share: float, projection_dim: int, seed: int) -> torch.Tensor:
+    """The rows of one image's n x D patches that other images are compared with: a greedy k-center coreset
+    of round(share x n) of them (all when share is 1)."""
+    count = max(1, int(round(share * patches.shape[0])))
+    if count >= patches.shape[0]:
+        return patches
+    return patches[greedy_coreset(patches, count, projection_dim, seed)].contiguous()
 
 
 def mutual_scores(query: torch.Tensor, references: list[torch.Tensor], fraction: float) -> torch.Tensor:
