@@ -12,7 +12,7 @@ engineer would after looking); the bundle of that run classifies the second half
 - novelty: for each defect type, that type's regions are left out of the first half (region level:
   DeepPCB images mix types), the rest grouped again with K - 1 and named the same way, and the second
   half classified: the AUROC with which the novelty score picks out the held-out type's regions, for
-  distances in class units (the default) and plain distances;
+  the default rule (Mahalanobis distance to Gaussian classes) and the neighbours rule of older bundles;
 - throughput: images per second of classification (threads as given) and the maps' share of the time.
 
 DeepPCB maps: the built-in golden-template detector. AITEX maps: its ground-truth masks (the learned
@@ -155,7 +155,8 @@ def evaluate(name: str, root: Path, make_maps, seed: int, limit: int, neighbors:
 
 def held_out(raw_first, regions_first, truth_first, classified, truth_second, config, k: int, seed: int,
              neighbors: int) -> dict:
-    """AUROC of the novelty score for each defect type left out of the first half (class units, plain); raw_first:
+    """AUROC of the novelty score for each defect type left out of the first half (the default Gaussian classes, the
+    nearest neighbours in class units of format-1 bundles); raw_first:
     the first half's raw descriptors (the bundle's rows)."""
     from core.classify.openset import fit_open_set
     from core.grouping.descriptors import Descriptors, combine
@@ -178,8 +179,8 @@ def held_out(raw_first, regions_first, truth_first, classified, truth_second, co
         positive = [t == held for t in truth_second]
         weak = np.array([c.region.weak for c in classified.regions])  # never unknown: "no anomaly found"
         out[held] = tuple(auroc(positive, np.where(weak, 0.0, fit_open_set(features, labels, classes, neighbors,
-                                                                           normalize=n).predict(new).novelty))
-                          for n in (True, False))
+                                                                           rule=rule).predict(new).novelty))
+                          for rule in ("gaussian", "neighbors"))
     return out
 
 
@@ -232,7 +233,7 @@ def print_table(rows: list[dict]) -> None:
         print(f"{r['set']:<14} {r['images'][0]:>4}/{r['images'][1]:<4} {r['k']:>2} {r['own']:>7.3f} "
               f"{r['accuracy']:>6.3f} {r['known_accuracy']:>9.3f} {r['unknown_share']:>7.1%} {r['per_s']:>6.2f} "
               f"{r['maps_share']:>5.0%}")
-    print("\nnovelty AUROC per held-out type (distances in class units / plain):")
+    print("\nnovelty AUROC per held-out type (Gaussian classes, the default / nearest neighbours in class units):")
     for r in rows:
         for held, (units, plain) in r["novelty"].items():
             print(f"  {r['set']:<12} {held:<20} {units:.3f} / {plain:.3f}")
@@ -249,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pcb-images", type=int, default=0, help="DeepPCB images drawn (0 = all 500)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--neighbors", type=int, default=NEIGHBORS, help="novelty rows: k of the class distance")
+    parser.add_argument("--neighbors", type=int, default=NEIGHBORS, help="novelty rows: k of the neighbours rule")
     parser.add_argument("--work", type=Path, help="demo: keep the generated sets and the run here")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)

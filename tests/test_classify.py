@@ -69,12 +69,13 @@ def _classify(*args: str) -> subprocess.CompletedProcess:
 # ------------------------------------------------------------------------------ the open-set rule
 
 
-def test_open_set_flags_a_held_out_type_and_keeps_the_named_ones():
+@pytest.mark.parametrize("rule", ["gaussian", "neighbors"])
+def test_open_set_flags_a_held_out_type_and_keeps_the_named_ones(rule):
     rng = np.random.default_rng(0)
     centres = np.array([[0.0] * 6, [6.0] + [0.0] * 5, [0.0, 6.0] + [0.0] * 4])
     train = np.concatenate([c + rng.normal(size=(40, 6)) for c in centres])
     labels = np.repeat(np.arange(3), 40)
-    model = fit_open_set(train, labels, ["a", "b", "c"])
+    model = fit_open_set(train, labels, ["a", "b", "c"], rule=rule)
     known = np.concatenate([c + rng.normal(size=(30, 6)) for c in centres])
     held_out = np.array([0.0, 0.0, 6.0, 0.0, 0.0, 0.0]) + rng.normal(size=(30, 6))  # a fourth type, never named
     on_known, on_held_out = model.predict(known), model.predict(held_out)
@@ -84,9 +85,36 @@ def test_open_set_flags_a_held_out_type_and_keeps_the_named_ones():
 
     assert roc_auc_score([0] * 90 + [1] * 30, np.concatenate([on_known.novelty, on_held_out.novelty])) > 0.95
     assert np.allclose(on_known.probabilities.sum(axis=1), 1.0)
-    # calibrated on the run's own regions: about `quantile` of them (left out in turn) stay under the threshold
-    own = model.novelty_of(model._class_distances(train, leave_out=True)).min(axis=1)
-    assert abs((own <= model.threshold).mean() - model.quantile) < 0.03
+    # calibrated on the run's own regions: about `quantile` of them (each scored unseen) stay under the threshold
+    assert abs((model.own_novelty() <= model.threshold).mean() - model.quantile) < 0.03
+
+
+def test_gaussian_classes_flag_a_type_off_the_directions_a_named_class_varies_in():
+    # Two named classes of 60 regions in 20 dimensions, each spread widely in 5 of them and tight in the
+    # others; a new type sits off the first class in a tight direction. Neighbour distances are dominated by
+    # the wide spreads; the class's Gaussian measures each direction in the class's own spread.
+    rng = np.random.default_rng(0)
+
+    def regions(count, centre):
+        x = rng.normal(0, 0.1, (count, 20))
+        x[:, :5] = rng.normal(0, 2.0, (count, 5))
+        return x + centre
+
+    second = np.zeros(20)
+    second[10] = 8.0
+    features, labels = np.concatenate([regions(60, 0.0), regions(60, second)]), np.repeat([0, 1], 60)
+    known, new_type = regions(50, 0.0), regions(50, np.eye(20)[15] * 2.5)
+    from sklearn.metrics import roc_auc_score
+
+    def flags(rule):
+        result = fit_open_set(features, labels, ["a", "b"], rule=rule).predict(np.concatenate([known, new_type]))
+        return roc_auc_score([0] * 50 + [1] * 50, result.novelty), result.unknown[50:].mean(), result.unknown[:50].mean()
+
+    auroc, new_unknown, known_unknown = flags("gaussian")
+    assert auroc > 0.99 and new_unknown > 0.9 and known_unknown < 0.1
+    assert flags("neighbors")[0] < 0.95
+    with pytest.raises(ValueError, match="rule"):
+        fit_open_set(features, labels, ["a", "b"], rule="nearest")
 
 
 def test_open_set_rejects_labels_out_of_range():
@@ -120,9 +148,28 @@ def test_bundle_round_trip_in_a_fresh_process_and_workspace(run, tmp_path):
 def test_a_loaded_bundle_rebuilds_the_space_its_calibration_was_made_in(run):
     bundle = load_bundle(run[1])
     refitted = fit_open_set(bundle.classifier.features, bundle.classifier.labels, bundle.classes)
+    assert bundle.classifier.rule == refitted.rule == "gaussian"
     assert refitted.threshold == pytest.approx(bundle.classifier.threshold, rel=1e-5)
     assert np.allclose(refitted.unit, bundle.classifier.unit, rtol=1e-5)
     assert len(bundle.keys) == bundle.info["regions"] == len(bundle.classifier.labels)
+
+
+def test_a_version_1_bundle_classifies_as_it_was_calibrated(run, tmp_path):
+    # Bundles written before the Gaussian classes (format version 1) recorded the neighbours rule's units and
+    # threshold: read, they keep that rule, so a saved model never silently changes its answers.
+    bundle = load_bundle(run[1])
+    old = fit_open_set(bundle.classifier.features, bundle.classifier.labels, bundle.classes, rule="neighbors")
+    copy = tmp_path / "bundle"
+    shutil.copytree(run[1] / "bundle", copy)
+    info = json.loads((copy / "bundle.json").read_text())
+    state = {key: value for key, value in old.state().items() if key not in ("rule", "shrink")}
+    (copy / "bundle.json").write_text(json.dumps({**info, "format_version": 1, "classifier": state}))
+    loaded = load_bundle(copy)
+    assert loaded.classifier.rule == "neighbors" and loaded.classifier.threshold == pytest.approx(old.threshold)
+    assert "nearest-neighbour" in loaded.describe_threshold()
+    probe = bundle.classifier.features[:7] + 0.1
+    assert np.array_equal(loaded.classifier.predict(probe).classes, old.predict(probe).classes)
+    assert np.allclose(loaded.classifier.predict(probe).novelty, old.predict(probe).novelty)
 
 
 def test_relabel_makes_a_new_bundle_and_leaves_the_old_one(run, tmp_path):

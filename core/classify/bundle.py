@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from core.classify.openset import OpenSetClassifier, fit_open_set
+from core.classify.openset import SHRINK, OpenSetClassifier, fit_open_set
 from core.config import DiscoveryConfig
 from core.decisions import decide
 from core.errors import UserError
@@ -37,7 +37,9 @@ __all__ = ["BUNDLE_FILE", "FORMAT", "FORMAT_VERSION", "Bundle", "BundleError", "
            "load_bundle", "relabel_bundle", "write_bundle"]
 
 FORMAT = "defect-discovery-studio model bundle"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+#: Versions this code reads: 1 (open-set rule "neighbors", before the Gaussian classes) and 2.
+READABLE_VERSIONS = (1, 2)
 BUNDLE_FILE = "bundle.json"
 TRAINING_FILE = "training.npz"
 #: settings that name files of the machine that ran; a bundle carries what it needs instead
@@ -101,10 +103,7 @@ class Bundle:
         return self.folder / "labeled"
 
     def describe_threshold(self) -> str:
-        state = self.info["classifier"]
-        return (f"unknown when a region's distance to its nearest named class exceeds {state['threshold']:.3f} class "
-                f"units (in {state['neighbors']}-nearest-neighbour distance of that class), the value "
-                f"{state['quantile']:.0%} of the run's own {self.info['regions']} regions stay under")
+        return self.classifier.describe(self.info["regions"])
 
 
 class _Images(Mapping):
@@ -264,7 +263,8 @@ def relabel_bundle(bundle: Bundle, folder: Path, classes: Mapping[str, str], run
     except BaseException:
         shutil.rmtree(scratch, ignore_errors=True)
         raise
-    info = dict(bundle.info, run=run or bundle.info.get("run"), relabelled_from=str(bundle.folder))
+    info = dict(bundle.info, run=run or bundle.info.get("run"), relabelled_from=str(bundle.folder),
+                format_version=FORMAT_VERSION, code_version=_code_version())
     return _finish(folder, scratch, info, bundle.descriptors.values, keys, names, bundle.info["normal_class"])
 
 
@@ -295,10 +295,10 @@ def load_bundle(path: Path) -> Bundle:
         raise BundleError(f"{file}: not a model bundle (not readable JSON: {error})") from error
     if not isinstance(info, dict) or info.get("format") != FORMAT:
         raise BundleError(f"{file}: not a model bundle (its 'format' is not {FORMAT!r})")
-    if info.get("format_version") != FORMAT_VERSION:
+    if info.get("format_version") not in READABLE_VERSIONS:
         raise BundleError(f"{file}: bundle format version {info.get('format_version')!r}; this Studio "
-                          f"(code {_code_version()}) reads version {FORMAT_VERSION}; make the bundle again from "
-                          "its run")
+                          f"(code {_code_version()}) reads versions {', '.join(map(str, READABLE_VERSIONS))}; make "
+                          "the bundle again from its run")
     folder = file.parent
     try:
         with np.load(folder / TRAINING_FILE, allow_pickle=False) as data:
@@ -311,9 +311,13 @@ def load_bundle(path: Path) -> Bundle:
         state, classes = info["classifier"], list(info["classes"])
     except (OSError, KeyError, TypeError, ValueError) as error:
         raise BundleError(f"{folder / TRAINING_FILE}: bundle incomplete or damaged ({error})") from error
-    classifier = OpenSetClassifier(combine(descriptors, config.descriptors).astype(np.float64), labels, classes,
-                                   np.asarray(state["unit"], np.float64), float(state["threshold"]),
-                                   int(state["neighbors"]), float(state["quantile"]))
+    try:
+        classifier = OpenSetClassifier(combine(descriptors, config.descriptors).astype(np.float64), labels, classes,
+                                       np.asarray(state["unit"], np.float64), float(state["threshold"]),
+                                       int(state["neighbors"]), float(state["quantile"]),
+                                       str(state.get("rule", "neighbors")), float(state.get("shrink", SHRINK)))
+    except (KeyError, TypeError, ValueError) as error:
+        raise BundleError(f"{file}: the bundle's classifier cannot be read ({error})") from error
     references = [folder / "references" / name for name in info.get("references", [])]
     missing = [p for p in references if not p.is_file()]
     if missing:
