@@ -85,6 +85,9 @@ def test_open_set_flags_a_held_out_type_and_keeps_the_named_ones(rule):
 
     assert roc_auc_score([0] * 90 + [1] * 30, np.concatenate([on_known.novelty, on_held_out.novelty])) > 0.95
     assert np.allclose(on_known.probabilities.sum(axis=1), 1.0)
+    # confidence says how sure, not always 1: a region halfway between two classes is a toss-up
+    halfway = model.predict((centres[0] + centres[1])[None] / 2)
+    assert 0.3 < halfway.confidence[0] < 0.7 and on_known.confidence.mean() > 0.9
     # calibrated on the run's own regions: about `quantile` of them (each scored unseen) stay under the threshold
     assert abs((model.own_novelty() <= model.threshold).mean() - model.quantile) < 0.03
 
@@ -162,7 +165,7 @@ def test_a_version_1_bundle_classifies_as_it_was_calibrated(run, tmp_path):
     copy = tmp_path / "bundle"
     shutil.copytree(run[1] / "bundle", copy)
     info = json.loads((copy / "bundle.json").read_text())
-    state = {key: value for key, value in old.state().items() if key not in ("rule", "shrink")}
+    state = {key: value for key, value in old.state().items() if key not in ("rule", "shrink", "scale")}
     (copy / "bundle.json").write_text(json.dumps({**info, "format_version": 1, "classifier": state}))
     loaded = load_bundle(copy)
     assert loaded.classifier.rule == "neighbors" and loaded.classifier.threshold == pytest.approx(old.threshold)

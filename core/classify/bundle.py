@@ -315,7 +315,8 @@ def load_bundle(path: Path) -> Bundle:
         classifier = OpenSetClassifier(combine(descriptors, config.descriptors).astype(np.float64), labels, classes,
                                        np.asarray(state["unit"], np.float64), float(state["threshold"]),
                                        int(state["neighbors"]), float(state["quantile"]),
-                                       str(state.get("rule", "neighbors")), float(state.get("shrink", SHRINK)))
+                                       str(state.get("rule", "neighbors")), float(state.get("shrink", SHRINK)),
+                                       float(state.get("scale", 1.0)))
     except (KeyError, TypeError, ValueError) as error:
         raise BundleError(f"{file}: the bundle's classifier cannot be read ({error})") from error
     references = [folder / "references" / name for name in info.get("references", [])]

@@ -32,7 +32,7 @@ NEIGHBORS = 5  # neighbors rule: k of the class distance
 SHRINK = 0.3  # gaussian rule: weight of the class's average variance in its covariance (0.1-0.5 measured alike)
 FOLDS = 5  # gaussian rule: the threshold's calibration scores each fifth of the regions with the other four
 QUANTILE = 0.95  # share of the run's own regions the threshold calls known
-TEMPERATURE = 0.5  # softmax over -normalized distance: the confidence among named classes
+TEMPERATURE = 0.5  # softmax over -distance / (scale x this): the confidence among named classes
 
 
 @dataclass
@@ -98,6 +98,7 @@ class OpenSetClassifier:
     quantile: float = QUANTILE
     rule: str = "gaussian"
     shrink: float = SHRINK
+    scale: float = 1.0  # the confidence's distance unit: gaussian, the median own (out-of-fold) distance; neighbors 1
     _fitted: list | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -152,7 +153,7 @@ class OpenSetClassifier:
         normalized = self.novelty_of(self._class_distances(features))
         classes = normalized.argmin(axis=1).astype(np.int64)
         novelty = normalized[np.arange(len(classes)), classes]
-        logits = -np.where(np.isfinite(normalized), normalized, 1e6) / TEMPERATURE
+        logits = -np.where(np.isfinite(normalized), normalized, 1e6) / (TEMPERATURE * self.scale)
         logits -= logits.max(axis=1, keepdims=True)
         probabilities = np.exp(logits)
         probabilities /= probabilities.sum(axis=1, keepdims=True)
@@ -175,7 +176,7 @@ class OpenSetClassifier:
     def state(self) -> dict:
         """What a bundle records beside the training rows (bundle.json)."""
         return {"rule": self.rule, "neighbors": self.neighbors, "shrink": self.shrink, "quantile": self.quantile,
-                "threshold": float(self.threshold), "unit": [float(u) for u in self.unit]}
+                "threshold": float(self.threshold), "scale": float(self.scale), "unit": [float(u) for u in self.unit]}
 
 
 def fit_open_set(features: np.ndarray, labels: Sequence[int], classes: Sequence[str],
@@ -206,4 +207,8 @@ def fit_open_set(features: np.ndarray, labels: Sequence[int], classes: Sequence[
     own = model.own_novelty()
     finite = own[np.isfinite(own)]
     model.threshold = float(np.quantile(finite, quantile)) if len(finite) else np.inf
+    if rule == "gaussian" and len(finite) and np.median(finite) > 1e-12:
+        # Mahalanobis distances grow with the dimension: a region one typical distance further from the second
+        # class than from the first is e^2 more likely the first, whatever the descriptor count.
+        model.scale = float(np.median(finite))
     return model
