@@ -153,10 +153,9 @@ class GroupingConfig:
     """Settings of the spectral grouping and of the late fusion (core.grouping.spectral)."""
 
     vit_weight: float = 0.5  # hybrid: weight of the embedding beside the descriptors (each unit variance)
-    # k of the nearest-neighbour graph (clamped to N - 1). 15 -> 12 measured (descriptors, NMI, seed 0): demo 0.467 ->
-    # 0.494, DeepPCB template 0.802 -> 0.802, annotated 0.677 -> 0.728, AITEX masks (3 seeds) 0.521 -> 0.520;
-    # 8, 10 and 30 were each worse on some set (docs/results.md)
-    neighbors: int = 12
+    # k of the nearest-neighbour graph (clamped to N - 1). 12 measured against 15 (docs/results.md): the DeepPCB box maps
+    # and the demo group better, AITEX's F1 and its classification of new images worse (0.598 -> 0.510, 3 seeds)
+    neighbors: int = 15
     dimensions: int = 0  # spectral coordinates kept; 0 = as many as groups are sought
     normal_score: float = 0.5  # a group whose mean anomaly score is below this may be the normal slot
     normal_margin: float = 0.15  # ... when the next weakest group scores at least this much more
@@ -301,7 +300,7 @@ class EstimateConfig:
 
     k_min: int = 2  # smallest number of classes tried
     k_max: int = 12  # largest number of classes tried (clamped to the number of samples - 1)
-    neighbors: int = 15  # k of the nearest-neighbour graph (the grouping's was 15 too until its own measurement, 12)
+    neighbors: int = 15  # k of the nearest-neighbour graph, as the grouping's (GroupingConfig.neighbors)
     references: int = 3  # shuffled references whose eigengaps are subtracted
     max_samples: int = 3000  # subsample larger sets (eigenvalues of an N x N sparse graph)
     min_score: float = 0.0  # regions with anomaly score below this are left out when enough remain (0: none)
