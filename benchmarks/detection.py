@@ -9,8 +9,9 @@ defects with pixel masks; recall = share of mask components found at 1% pixel fa
 next two and keeps the one whose maps separate the held-out normals better), the learned detector
 (fitted to the normal images, no weights), PatchCore on the offline filter bank (the earlier
 default), golden-template comparison (sets with one reference per image) and
-zero-shot (no references; `--zero-shot`: on the inspected images alone, AITEX's first defective strip of each
-type; as run by default and as MuSc publishes it, every patch compared). Each row runs in its own process so its peak memory is its own.
+zero-shot (no references; `--zero-shot`: on the inspected images alone, AITEX's first defective strip of
+each type; as run by default and as MuSc publishes it, every patch compared). Each row runs in its own
+process so its peak memory is its own.
 
     python benchmarks/detection.py                      # all sets and methods
     python benchmarks/detection.py --quick              # small sets, for a first look
@@ -86,14 +87,21 @@ def _deeppcb(count: int, method: str) -> Manifest:
     return Manifest(manifest.root, manifest.layout, targets + normal)
 
 
+def _manifest(set_name: str, root: str, method: str, count: int) -> Manifest:
+    """What a row detects on; zero-shot rows get the inspected images alone (AITEX: one defective strip per type)."""
+    if set_name == "DeepPCB":
+        manifest = _deeppcb(count, method)
+    elif set_name == "AITEX":
+        manifest = _aitex_defects() if method == "zero-shot" else _aitex(count)
+    else:
+        manifest = load_dataset(root)
+    return Manifest(manifest.root, manifest.layout, manifest.unlabeled) if method == "zero-shot" else manifest
+
+
 def _row(job: tuple[str, str, str, dict], queue: multiprocessing.Queue) -> None:
     set_name, root, method, settings = job
     torch.set_num_threads(settings.pop("threads", 1))
-    count = settings.pop("count", 0)
-    manifest = (_deeppcb(count, method) if set_name == "DeepPCB" else _aitex_defects() if set_name == "AITEX" and
-                method == "zero-shot" else _aitex(count) if set_name == "AITEX" else load_dataset(root))
-    if method == "zero-shot":
-        manifest = Manifest(manifest.root, manifest.layout, manifest.unlabeled)
+    manifest = _manifest(set_name, root, method, settings.pop("count", 0))
     config = DetectorConfig(method=method, **settings)
     started = time.perf_counter()
     detection = detect(manifest, config, torch.device("cpu"))
@@ -105,8 +113,8 @@ def _row(job: tuple[str, str, str, dict], queue: multiprocessing.Queue) -> None:
         quality = detection_aurocs(manifest, detection.maps)
     separation = detection.separation["auroc"] if detection.separation else float("nan")
     queue.put({**quality, "fit_s": detection.timings.get("fit", 0.0), "predict_s": detection.timings.get("predict", 0.0),
-               "total_s": total, "images": len(detection.maps),
-               "tiles_200": sum(m.size for m in detection.maps.values()) / 200**2, "scored": len(detection.maps) + len(detection.held_out), "separation": separation,
+               "total_s": total, "images": len(detection.maps), "tiles_200": sum(m.size for m in detection.maps.values()) / 200**2,
+               "scored": len(detection.maps) + len(detection.held_out), "separation": separation,
                "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "choice": detection.choice,
                "method": detection.config.method})
 
