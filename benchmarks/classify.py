@@ -8,11 +8,12 @@ engineer would after looking); the bundle of that run classifies the second half
 
 - region accuracy on the second half (nearest named class, every region; and over the regions not
   flagged unknown, with the unknown share), beside the discovery's own accuracy on the first half
-  under the same naming: the baseline, measured in the same run;
+  under the same naming: the baseline, measured in the same run; and the same accuracy under each
+  open-set rule (core.classify.openset.RULES) fitted on the same bundle rows;
 - novelty: for each defect type, that type's regions are left out of the first half (region level:
   DeepPCB images mix types), the rest grouped again with K - 1 and named the same way, and the second
   half classified: the AUROC with which the novelty score picks out the held-out type's regions, for
-  the default rule (Mahalanobis distance to Gaussian classes) and the neighbours rule of older bundles;
+  each open-set rule (the default first, then those of older bundles);
 - throughput: images per second of classification (threads as given) and the maps' share of the time.
 
 DeepPCB maps: the built-in golden-template detector. AITEX maps: its ground-truth masks (the learned
@@ -29,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from core.classify.openset import NEIGHBORS
+from core.classify.openset import NEIGHBORS, RULES
 from core.records import NORMAL_CLASS, Manifest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -146,18 +147,31 @@ def evaluate(name: str, root: Path, make_maps, seed: int, limit: int, neighbors:
     row = {"set": name, "images": (len(first), len(second)), "k": k, "own": own_accuracy,
            "accuracy": float(named.mean()), "known_accuracy": float(named[~unknown].mean()) if (~unknown).any()
            else float("nan"), "unknown_share": float(unknown.mean()), "per_s": len(second) / elapsed,
-           "maps_share": map_time * len(second) / elapsed, "threshold": bundle.info["classifier"]["threshold"]}
+           "maps_share": map_time * len(second) / elapsed, "threshold": bundle.info["classifier"]["threshold"],
+           "by_rule": {rule: float(np.mean([as_truth(name) == t for name, t in zip(names_by_rule(bundle, classified, rule),
+                                                                                  truth_second)])) for rule in RULES}}
     found = [i for i, r in enumerate(regions_first) if not r.weak]  # the bundle's rows
     row["novelty"] = held_out(bundle.descriptors, [regions_first[i] for i in found], [truth_first[i] for i in found],
                               classified, truth_second, config, k, seed, neighbors)
     return row
 
 
+def names_by_rule(bundle, classified, rule: str) -> list[str]:
+    """Each classified region's class name under another open-set rule fitted on the bundle's rows (weak regions
+    stay "no anomaly found"): the same run and regions, only the rule differs."""
+    from core.classify.classify import NO_ANOMALY
+    from core.classify.openset import fit_open_set
+    from core.grouping.descriptors import combine
+
+    model = fit_open_set(bundle.classifier.features, bundle.classifier.labels, bundle.classes, rule=rule)
+    result = model.predict(combine(classified.descriptors, bundle.config.descriptors, reference=bundle.descriptors))
+    return [NO_ANOMALY if c.region.weak else bundle.classes[int(k)] for c, k in zip(classified.regions, result.classes)]
+
+
 def held_out(raw_first, regions_first, truth_first, classified, truth_second, config, k: int, seed: int,
              neighbors: int) -> dict:
-    """AUROC of the novelty score for each defect type left out of the first half (the default Gaussian classes, the
-    nearest neighbours in class units of format-1 bundles); raw_first:
-    the first half's raw descriptors (the bundle's rows)."""
+    """AUROC of the novelty score for each defect type left out of the first half, per open-set rule (RULES: the
+    default first); raw_first: the first half's raw descriptors (the bundle's rows)."""
     from core.classify.openset import fit_open_set
     from core.grouping.descriptors import Descriptors, combine
     from core.grouping.spectral import grouped_probabilities
@@ -180,7 +194,7 @@ def held_out(raw_first, regions_first, truth_first, classified, truth_second, co
         weak = np.array([c.region.weak for c in classified.regions])  # never unknown: "no anomaly found"
         out[held] = tuple(auroc(positive, np.where(weak, 0.0, fit_open_set(features, labels, classes, neighbors,
                                                                            rule=rule).predict(new).novelty))
-                          for rule in ("gaussian", "neighbors"))
+                          for rule in RULES)
     return out
 
 
@@ -219,7 +233,18 @@ def demo_row(work: Path, seed: int) -> dict:
     import json
 
     timings = json.loads((out / "classification.json").read_text())["timings_s"]
-    return {"set": "demo (images)", "images": (len(run), len(rows)), "k": 5, "own": own,
+    by_rule = {}
+    from core.classify import classify_images, fit_open_set, load_bundle, load_images
+
+    bundle = load_bundle(work / "run")
+    manifest = load_images(work / "demo1" / "test", bundle)
+    fitted = bundle.classifier
+    for rule in RULES:  # the same run and maps (the classification's cache), only the rule differs
+        bundle.classifier = fit_open_set(fitted.features, fitted.labels, fitted.classes, rule=rule)
+        images = classify_images(bundle, manifest, cache_dir=work / "classify-cache").images
+        by_rule[rule] = float(np.mean([names.get(i.name, as_truth(i.name, "good")) == Path(i.image).parts[0]
+                                       for i in images]))
+    return {"set": "demo (images)", "images": (len(run), len(rows)), "k": 5, "own": own, "by_rule": by_rule,
             "accuracy": float(np.mean(right)), "known_accuracy": float(np.mean([ok for ok, r in zip(right, rows)
                                                                                  if r["unknown"] == "0"])),
             "unknown_share": float(np.mean([r["unknown"] == "1" for r in rows])), "per_s": len(rows) / elapsed,
@@ -233,13 +258,17 @@ def print_table(rows: list[dict]) -> None:
         print(f"{r['set']:<14} {r['images'][0]:>4}/{r['images'][1]:<4} {r['k']:>2} {r['own']:>7.3f} "
               f"{r['accuracy']:>6.3f} {r['known_accuracy']:>9.3f} {r['unknown_share']:>7.1%} {r['per_s']:>6.2f} "
               f"{r['maps_share']:>5.0%}")
-    print("\nnovelty AUROC per held-out type (Gaussian classes, the default / nearest neighbours in class units):")
+    rules = " / ".join(RULES)
+    print(f"\naccuracy on the second half by open-set rule ({rules}; the first is the default):")
     for r in rows:
-        for held, (units, plain) in r["novelty"].items():
-            print(f"  {r['set']:<12} {held:<20} {units:.3f} / {plain:.3f}")
+        print(f"  {r['set']:<14} " + " / ".join(f"{r['by_rule'][rule]:.3f}" for rule in RULES))
+    print(f"\nnovelty AUROC per held-out type ({rules}):")
+    for r in rows:
+        for held, values in r["novelty"].items():
+            print(f"  {r['set']:<12} {held:<20} " + " / ".join(f"{v:.3f}" for v in values))
         if r["novelty"]:
             values = np.array(list(r["novelty"].values()))
-            print(f"  {r['set']:<12} {'mean':<20} {np.nanmean(values[:, 0]):.3f} / {np.nanmean(values[:, 1]):.3f}")
+            print(f"  {r['set']:<12} {'mean':<20} " + " / ".join(f"{v:.3f}" for v in np.nanmean(values, axis=0)))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -69,7 +69,7 @@ def _classify(*args: str) -> subprocess.CompletedProcess:
 # ------------------------------------------------------------------------------ the open-set rule
 
 
-@pytest.mark.parametrize("rule", ["gaussian", "neighbors"])
+@pytest.mark.parametrize("rule", ["subspace", "gaussian", "neighbors"])
 def test_open_set_flags_a_held_out_type_and_keeps_the_named_ones(rule):
     rng = np.random.default_rng(0)
     centres = np.array([[0.0] * 6, [6.0] + [0.0] * 5, [0.0, 6.0] + [0.0] * 4])
@@ -113,11 +113,35 @@ def test_gaussian_classes_flag_a_type_off_the_directions_a_named_class_varies_in
         result = fit_open_set(features, labels, ["a", "b"], rule=rule).predict(np.concatenate([known, new_type]))
         return roc_auc_score([0] * 50 + [1] * 50, result.novelty), result.unknown[50:].mean(), result.unknown[:50].mean()
 
-    auroc, new_unknown, known_unknown = flags("gaussian")
-    assert auroc > 0.99 and new_unknown > 0.9 and known_unknown < 0.1
+    for rule in ("subspace", "gaussian"):
+        auroc, new_unknown, known_unknown = flags(rule)
+        assert auroc > 0.99 and new_unknown > 0.9 and known_unknown < 0.1, rule
     assert flags("neighbors")[0] < 0.95
     with pytest.raises(ValueError, match="rule"):
         fit_open_set(features, labels, ["a", "b"], rule="nearest")
+
+
+def test_a_broad_class_does_not_draw_the_regions_of_a_tight_one():
+    # A run names each class from a dozen regions in many dimensions: a tight class (spread 0.5) and a broad,
+    # mixed one (spread 2) three units away in three dimensions. A class's covariance is known only in the few
+    # directions its regions span; shrunk toward its own average variance (the "gaussian" rule), the broad class
+    # is near everything elsewhere and takes the tight class's new regions. The subspace rule gives every class
+    # one floor and chooses the class where the run's regions vary.
+    rng = np.random.default_rng(0)
+    centre = np.zeros(60)
+    centre[:3] = 3.0
+    features = np.concatenate([rng.normal(0, 0.5, (12, 60)), centre + rng.normal(0, 2.0, (12, 60))])
+    labels = np.repeat([0, 1], 12)
+    tight, broad = rng.normal(0, 0.5, (50, 60)), centre + rng.normal(0, 2.0, (50, 60))
+
+    def right(rule):
+        model = fit_open_set(features, labels, ["tight", "broad"], rule=rule)
+        return (model.predict(tight).classes == 0).mean(), (model.predict(broad).classes == 1).mean()
+
+    assert min(right("subspace")) > 0.9
+    assert right("gaussian")[0] < 0.2 and right("neighbors")[0] < 0.2
+    with pytest.raises(ValueError, match="subspace"):
+        fit_open_set(features, labels, ["tight", "broad"], subspace=0.0)
 
 
 def test_open_set_rejects_labels_out_of_range():
@@ -151,28 +175,32 @@ def test_bundle_round_trip_in_a_fresh_process_and_workspace(run, tmp_path):
 def test_a_loaded_bundle_rebuilds_the_space_its_calibration_was_made_in(run):
     bundle = load_bundle(run[1])
     refitted = fit_open_set(bundle.classifier.features, bundle.classifier.labels, bundle.classes)
-    assert bundle.classifier.rule == refitted.rule == "gaussian"
+    assert bundle.classifier.rule == refitted.rule == "subspace"
     assert refitted.threshold == pytest.approx(bundle.classifier.threshold, rel=1e-5)
     assert np.allclose(refitted.unit, bundle.classifier.unit, rtol=1e-5)
     assert len(bundle.keys) == bundle.info["regions"] == len(bundle.classifier.labels)
 
 
-def test_a_version_1_bundle_classifies_as_it_was_calibrated(run, tmp_path):
+@pytest.mark.parametrize("version, rule, recorded", [(1, "neighbors", ("rule", "shrink", "scale", "subspace")),
+                                                     (2, "gaussian", ("subspace",))])
+def test_an_older_bundle_classifies_as_it_was_calibrated(run, tmp_path, version, rule, recorded):
     # Bundles written before the Gaussian classes (format version 1) recorded the neighbours rule's units and
-    # threshold: read, they keep that rule, so a saved model never silently changes its answers.
+    # threshold, those before the subspace rule (2) the Gaussian rule's: read, they keep their rule, so a saved
+    # model never silently changes its answers.
     bundle = load_bundle(run[1])
-    old = fit_open_set(bundle.classifier.features, bundle.classifier.labels, bundle.classes, rule="neighbors")
+    old = fit_open_set(bundle.classifier.features, bundle.classifier.labels, bundle.classes, rule=rule)
     copy = tmp_path / "bundle"
     shutil.copytree(run[1] / "bundle", copy)
     info = json.loads((copy / "bundle.json").read_text())
-    state = {key: value for key, value in old.state().items() if key not in ("rule", "shrink", "scale")}
-    (copy / "bundle.json").write_text(json.dumps({**info, "format_version": 1, "classifier": state}))
+    state = {key: value for key, value in old.state().items() if key not in recorded}
+    (copy / "bundle.json").write_text(json.dumps({**info, "format_version": version, "classifier": state}))
     loaded = load_bundle(copy)
-    assert loaded.classifier.rule == "neighbors" and loaded.classifier.threshold == pytest.approx(old.threshold)
-    assert "nearest-neighbour" in loaded.describe_threshold()
+    assert loaded.classifier.rule == rule and loaded.classifier.threshold == pytest.approx(old.threshold)
+    assert ("nearest-neighbour" if rule == "neighbors" else "its average variance") in loaded.describe_threshold()
     probe = bundle.classifier.features[:7] + 0.1
     assert np.array_equal(loaded.classifier.predict(probe).classes, old.predict(probe).classes)
     assert np.allclose(loaded.classifier.predict(probe).novelty, old.predict(probe).novelty)
+    assert np.allclose(loaded.classifier.predict(probe).confidence, old.predict(probe).confidence)
 
 
 def test_relabel_makes_a_new_bundle_and_leaves_the_old_one(run, tmp_path):

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from core.classify.openset import SHRINK, OpenSetClassifier, fit_open_set
+from core.classify.openset import SHRINK, SUBSPACE, OpenSetClassifier, fit_open_set
 from core.config import DiscoveryConfig
 from core.decisions import decide
 from core.errors import UserError
@@ -37,9 +37,10 @@ __all__ = ["BUNDLE_FILE", "FORMAT", "FORMAT_VERSION", "Bundle", "BundleError", "
            "load_bundle", "relabel_bundle", "write_bundle"]
 
 FORMAT = "defect-discovery-studio model bundle"
-FORMAT_VERSION = 2
-#: Versions this code reads: 1 (open-set rule "neighbors", before the Gaussian classes) and 2.
-READABLE_VERSIONS = (1, 2)
+FORMAT_VERSION = 3
+#: Versions this code reads: 1 (open-set rule "neighbors", before the Gaussian classes), 2 (rule "gaussian",
+#: before the subspace rule) and 3. Each keeps the rule it was calibrated with.
+READABLE_VERSIONS = (1, 2, 3)
 BUNDLE_FILE = "bundle.json"
 TRAINING_FILE = "training.npz"
 #: settings that name files of the machine that ran; a bundle carries what it needs instead
@@ -316,7 +317,7 @@ def load_bundle(path: Path) -> Bundle:
                                        np.asarray(state["unit"], np.float64), float(state["threshold"]),
                                        int(state["neighbors"]), float(state["quantile"]),
                                        str(state.get("rule", "neighbors")), float(state.get("shrink", SHRINK)),
-                                       float(state.get("scale", 1.0)))
+                                       float(state.get("scale", 1.0)), float(state.get("subspace", SUBSPACE)))
     except (KeyError, TypeError, ValueError) as error:
         raise BundleError(f"{file}: the bundle's classifier cannot be read ({error})") from error
     references = [folder / "references" / name for name in info.get("references", [])]
