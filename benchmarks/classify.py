@@ -148,8 +148,9 @@ def evaluate(name: str, root: Path, make_maps, seed: int, limit: int, neighbors:
            "accuracy": float(named.mean()), "known_accuracy": float(named[~unknown].mean()) if (~unknown).any()
            else float("nan"), "unknown_share": float(unknown.mean()), "per_s": len(second) / elapsed,
            "maps_share": map_time * len(second) / elapsed, "threshold": bundle.info["classifier"]["threshold"],
-           "by_rule": {rule: float(np.mean([as_truth(name) == t for name, t in zip(names_by_rule(bundle, classified, rule),
-                                                                                  truth_second)])) for rule in RULES}}
+           "by_rule": {rule: float(np.mean([as_truth(n) == t for n, t in
+                                            zip(names_by_rule(bundle, classified, rule), truth_second)]))
+                       for rule in RULES}}
     found = [i for i, r in enumerate(regions_first) if not r.weak]  # the bundle's rows
     row["novelty"] = held_out(bundle.descriptors, [regions_first[i] for i in found], [truth_first[i] for i in found],
                               classified, truth_second, config, k, seed, neighbors)

@@ -223,7 +223,8 @@ class OpenSetClassifier:
             scored = "each left out in turn"
         elif self.rule == "gaussian":
             distance = (f"Mahalanobis distance to its nearest named class (each class a Gaussian of its regions, "
-                        f"covariance shrunk {self.shrink:.0%} toward its average variance) exceeds {self.threshold:.3f}")
+                        f"covariance shrunk {self.shrink:.0%} toward its average variance) exceeds "
+                        f"{self.threshold:.3f}")
             scored = f"each scored by classes fitted on the other {FOLDS - 1} of {FOLDS} folds"
         else:
             distance = (f"Mahalanobis distance, in all directions, to its nearest named class (each class a Gaussian "
