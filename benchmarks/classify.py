@@ -1,6 +1,7 @@
 """Classifying new images with a run's named classes: accuracy, novelty and throughput.
 
     nice -n 10 python -m benchmarks.classify [--sets deeppcb,aitex] [--pcb-images 0] [--seed 0] [--threads 2]
+                                            [--device cpu|auto|cuda]
 
 Per data set: the images are split in two seeded halves. Discovery runs on the first half (K = the
 number of defect types there); each cluster is named by the majority true class of its regions (as an
@@ -14,7 +15,8 @@ engineer would after looking); the bundle of that run classifies the second half
   DeepPCB images mix types), the rest grouped again with K - 1 and named the same way, and the second
   half classified: the AUROC with which the novelty score picks out the held-out type's regions, for
   each open-set rule (the default first, then those of older bundles);
-- throughput: images per second of classification (threads as given) and the maps' share of the time.
+- throughput: images per second of classification (threads as given; on --device: DeepPCB's template
+  maps and the classification, the demo's detector and classification) and the maps' share of the time.
 
 DeepPCB maps: the built-in golden-template detector. AITEX maps: its ground-truth masks (the learned
 detector on 4096 x 256 strips is too slow for a benchmark run); region truth from the COCO boxes.
@@ -78,17 +80,17 @@ def auroc(positive, score) -> float:
     return float(roc_auc_score(positive, score)) if 0 < positive.sum() < len(positive) else float("nan")
 
 
-def deeppcb_maps(root: Path, records) -> dict:
+def deeppcb_maps(root: Path, records, device="cpu") -> dict:
     from core.dataset import load_dataset
     from core.detection import DetectorConfig, detect
 
     full = load_dataset(root)
     manifest = Manifest(full.root, full.layout, full.normal + list(records), full.problems)
-    found = detect(manifest, DetectorConfig(method="template"), "cpu")
+    found = detect(manifest, DetectorConfig(method="template"), device)
     return {k: np.asarray(v, np.float32) for k, v in found.maps.items()}
 
 
-def aitex_maps(root: Path, records) -> dict:
+def aitex_maps(root: Path, records, device="cpu") -> dict:
     from core.demo.build import maps_from_ground_truth
 
     return maps_from_ground_truth(records)
@@ -113,7 +115,7 @@ def discover_half(root: Path, manifest: Manifest, first, maps, k: int, seed: int
     return config, run_discovery(half, config, maps={r.relpath: maps[r.relpath] for r in first})
 
 
-def evaluate(name: str, root: Path, make_maps, seed: int, limit: int, neighbors: int = NEIGHBORS) -> dict:
+def evaluate(name: str, root: Path, make_maps, seed: int, limit: int, neighbors: int = NEIGHBORS, device="cpu") -> dict:
     """Every number of one data set's rows."""
     from dataclasses import replace
 
@@ -123,7 +125,7 @@ def evaluate(name: str, root: Path, make_maps, seed: int, limit: int, neighbors:
     manifest = load_dataset(root)
     first, second = halves(manifest, seed, limit)
     started = time.perf_counter()
-    maps = make_maps(root, first + second)
+    maps = make_maps(root, first + second, device)
     map_time = (time.perf_counter() - started) / max(1, len(first) + len(second))
     k = len({r.gt_class for r in first} - {None, "good"}) if manifest.layout == "mvtec" else 6
     config, result = discover_half(root, manifest, first, maps, k, seed)
@@ -139,7 +141,8 @@ def evaluate(name: str, root: Path, make_maps, seed: int, limit: int, neighbors:
     bundle = load_bundle(write_bundle(folder, source))
     second_manifest = replace(manifest, images=[*references_of(manifest, second), *second])
     started = time.perf_counter()
-    classified = classify_images(bundle, second_manifest, maps={r.relpath: maps[r.relpath] for r in second})
+    classified = classify_images(bundle, second_manifest, maps={r.relpath: maps[r.relpath] for r in second},
+                                 device=device)
     elapsed = time.perf_counter() - started + map_time * len(second)  # maps made above, timed per image
     truth_second = region_truth(root, [c.region for c in classified.regions], second)
     named = np.array([as_truth(c.name) == t for c, t in zip(classified.regions, truth_second)])
@@ -199,7 +202,7 @@ def held_out(raw_first, regions_first, truth_first, classified, truth_second, co
     return out
 
 
-def demo_row(work: Path, seed: int) -> dict:
+def demo_row(work: Path, seed: int, device: str = "cpu") -> dict:
     """The demo check: discover draw --seed 0 (K = 5), classify draw --seed 1 with --model the run's folder;
     each cluster named by the majority true class of its images; image accuracy (unknown counts wrong)."""
     import csv
@@ -216,13 +219,14 @@ def demo_row(work: Path, seed: int) -> dict:
     if not (work / "run" / "bundle").is_dir():
         core("discover", "--dataset", str(work / "demo0"), "--out", str(work / "run"), "--classes", "5", "--seed",
              str(seed), "--quiet", "--device", "cpu", "--workdir", str(work / "workdir"))
-    out = work / "classified"
-    if out.exists():
-        import shutil
+    import shutil
 
-        shutil.rmtree(out)
+    out = work / "classified"
+    for old in (out, work / "classify-cache"):  # a rerun with --work times the detector again, not its cache
+        if old.exists():
+            shutil.rmtree(old)
     elapsed = core("classify", "--model", str(work / "run"), "--images", str(work / "demo1" / "test"), "--out",
-                   str(out), "--workdir", str(work / "classify-cache"))
+                   str(out), "--workdir", str(work / "classify-cache"), "--device", str(device))
     with open(work / "run" / "images.csv", newline="", encoding="utf-8") as handle:
         run = list(csv.DictReader(handle))
     names = majority_names([r["cluster_name"] for r in run], [r["gt"] for r in run])
@@ -242,7 +246,7 @@ def demo_row(work: Path, seed: int) -> dict:
     fitted = bundle.classifier
     for rule in RULES:  # the same run and maps (the classification's cache), only the rule differs
         bundle.classifier = fit_open_set(fitted.features, fitted.labels, fitted.classes, rule=rule)
-        images = classify_images(bundle, manifest, cache_dir=work / "classify-cache").images
+        images = classify_images(bundle, manifest, cache_dir=work / "classify-cache", device=device).images
         by_rule[rule] = float(np.mean([names.get(i.name, as_truth(i.name, "good")) == Path(i.image).parts[0]
                                        for i in images]))
     return {"set": "demo (images)", "images": (len(run), len(rows)), "k": 5, "own": own, "by_rule": by_rule,
@@ -282,20 +286,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--neighbors", type=int, default=NEIGHBORS, help="novelty rows: k of the neighbours rule")
     parser.add_argument("--work", type=Path, help="demo: keep the generated sets and the run here")
+    parser.add_argument("--device", default="cpu", help="where maps and classification run: cpu | auto | cuda "
+                        "| cuda:N [cpu]; discovery of the first half stays on the CPU")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    from core.device import resolve_device
+
+    device = resolve_device(args.device)
     datasets = ROOT.parent / "shared" / "datasets"
     rows = []
     for name in args.sets.split(","):
         started = time.perf_counter()
         if name == "deeppcb":
             rows.append(evaluate("DeepPCB", datasets / "deeppcb", deeppcb_maps, args.seed, args.pcb_images,
-                                 args.neighbors))
+                                 args.neighbors, device))
         elif name == "aitex":
-            rows.append(evaluate("AITEX", datasets / "aitex", aitex_maps, args.seed, 0, args.neighbors))
+            rows.append(evaluate("AITEX", datasets / "aitex", aitex_maps, args.seed, 0, args.neighbors, device))
         elif name == "demo":
-            rows.append(demo_row(args.work or Path(tempfile.mkdtemp(prefix="classify-demo-")), args.seed))
+            rows.append(demo_row(args.work or Path(tempfile.mkdtemp(prefix="classify-demo-")), args.seed, str(device)))
         print(f"{name}: {time.perf_counter() - started:.0f} s", file=sys.stderr)
+    print(f"maps and classification on {device}, {args.threads} CPU threads")
     print_table(rows)
     return 0
 
