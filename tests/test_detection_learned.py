@@ -10,7 +10,7 @@ from core.detection import DetectionError, DetectorConfig, detect
 from core.detection.detector import LEARNED_MODEL
 from core.detection.learned import MIN_REFERENCES, LearnedDetector
 
-SMALL = dict(image_size=64, coreset_max=400, coreset_candidates=4000, learned_cells_per_image=150, holdout_share=0.0)
+SMALL = dict(image_size=64, coreset_max=400, learned_candidates=4000, learned_cells_per_image=150, holdout_share=0.0)
 
 
 def _texture(rng: np.random.Generator, shape: tuple[int, int]) -> np.ndarray:

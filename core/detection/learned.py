@@ -147,10 +147,11 @@ class LearnedDetector:
         projected = (rows - mean) @ basis
         total = split * STRIDE * STRIDE  # cells drawn from ~STRIDE^2 more pixels' worth of patches
         report = lambda done, steps: progress("learned: coreset", done, steps)  # noqa: E731
+        candidates = max(config.learned_candidates, config.coreset_max)  # never fewer than the bank keeps
         structure = PatchCore(config.coreset_ratio, config.projection_dim, config.seed, config.coreset_max,
-                              config.coreset_candidates).fit(projected[:split], report, total_patches=total)
+                              candidates).fit(projected[:split], report, total_patches=total)
         texture = PatchCore(config.coreset_ratio, config.projection_dim, config.seed, STATS_BANK,
-                            config.coreset_candidates).fit(stats[:split], total_patches=total)
+                            candidates).fit(stats[:split], total_patches=total)
         pick = torch.randperm(rows.shape[0] - split, generator=generator)[:CALIBRATION_CELLS].to(self.device) + split
         calibration = []
         for bank, held in ((structure, projected[pick]), (texture, stats[pick])):
