@@ -203,6 +203,24 @@ def test_an_older_bundle_classifies_as_it_was_calibrated(run, tmp_path, version,
     assert np.allclose(loaded.classifier.predict(probe).confidence, old.predict(probe).confidence)
 
 
+def test_a_bundle_rebuilds_the_detector_it_recorded_not_todays_defaults(run, tmp_path):
+    # A bundle refits its detector on its references when it classifies: it must be the detector the run used,
+    # even after a default changes (PatchCore's candidate draw did), or a saved model would change its answers.
+    assert load_bundle(run[1]).config.detector.as_dict() == json.loads(
+        (run[1] / "bundle" / "bundle.json").read_text())["maps"]["detector"]
+    copy = tmp_path / "bundle"
+    shutil.copytree(run[1] / "bundle", copy)
+    info = json.loads((copy / "bundle.json").read_text())
+    info["maps"]["detector"].update(coreset_candidates=12_345, from_a_later_version=1)
+    (copy / "bundle.json").write_text(json.dumps(info))
+    detector = load_bundle(copy).config.detector
+    assert detector.coreset_candidates == 12_345 and detector.seed == info["maps"]["detector"]["seed"]
+    info["maps"]["detector"]["coreset_candidates"] = 1  # fewer than the bank it keeps: not a detector
+    (copy / "bundle.json").write_text(json.dumps(info))
+    with pytest.raises(BundleError, match="coreset"):
+        load_bundle(copy)
+
+
 def test_relabel_makes_a_new_bundle_and_leaves_the_old_one(run, tmp_path):
     folder = run[1] / "bundle"
     before = _digest(folder)

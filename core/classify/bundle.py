@@ -307,6 +307,9 @@ def load_bundle(path: Path) -> Bundle:
             keys = [str(k) for k in data["keys"]]
         settings = {k: v for k, v in info["settings"].items() if v is not None}
         config = decide(settings).config
+        recorded = (info.get("maps") or {}).get("detector")
+        if isinstance(recorded, dict):  # the detector as the run ran it, whatever today's defaults
+            config = replace(config, detector=config.detector.with_recorded(recorded))
         groups = {k: slice(*v) for k, v in info["descriptors"]["groups"].items()}
         descriptors = Descriptors(values, groups, list(info["descriptors"]["names"]))
         state, classes = info["classifier"], list(info["classes"])

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +86,14 @@ class DetectorConfig:
             raise ValueError(f"tile_downscale must be 0 (never tile) or >= 1, not {self.tile_downscale}")
         if self.neighbourhood < 1 or self.neighbourhood % 2 == 0:
             raise ValueError(f"neighbourhood must be an odd number >= 1, not {self.neighbourhood}")
+
+    def with_recorded(self, recorded: Mapping[str, Any]) -> DetectorConfig:
+        """This config with the values a record (as_dict) kept, so that what ran is rebuilt even after a default
+        changed: fields the record lacks keep this config's value, keys this code does not know are ignored, and
+        local paths (weights, pairing) are never taken from a record that travelled."""
+        known = {f.name for f in fields(self)} - {"weights", "pairing"}
+        values = {k: (tuple(v) if k == "layers" else v) for k, v in recorded.items() if k in known}
+        return replace(self, **values)
 
     def as_dict(self) -> dict[str, Any]:
         """Plain JSON-able settings (paths as strings), e.g. for the cache key and run records."""
